@@ -1,0 +1,238 @@
+"""The aggregator's HTTP face: JSON API (OpenAPI at /openapi.json), the dashboard page, SSE.
+
+Owns: routes and their translation between storage dataclasses and wire schemas. No business rules
+live here; it reads through cloud.storage and asks nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from cloud.api.schemas import (
+    DeviceCreate,
+    DevicePublic,
+    Health,
+    IntervalGeneration,
+    RejectionPublic,
+    StatsPublic,
+    TokenPublic,
+)
+from cloud.storage.store import Store
+from protocol import cose
+from protocol.topics import TopicError, check_segment
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _epoch(dt: datetime | None) -> int | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)  # the API speaks UTC; a bare time is taken as UTC
+    return int(dt.timestamp())
+
+
+def create_app(
+    store: Store,
+    *,
+    admin_token: str = "",
+    broker_connected: Callable[[], bool] = lambda: False,
+    stream_interval_s: float = 1.0,
+) -> FastAPI:
+    """Build the FastAPI application around a store."""
+    app = FastAPI(
+        title="gridmint aggregator",
+        version="0.1.0",
+        description="Signed kWh generation tokens from edge agents: fleet, tokens, ingest stats.",
+    )
+    templates = Jinja2Templates(directory=str(WEB / "templates"))
+    app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
+
+    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not admin_token:
+            raise HTTPException(403, "admin calls are disabled: no admin token is configured")
+        if authorization is None or not authorization.startswith("Bearer "):
+            raise HTTPException(401, "send the admin token as 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(authorization[7:].encode(), admin_token.encode()):
+            raise HTTPException(403, "the admin token is not valid")
+
+    async def stats_public() -> StatsPublic:
+        s = await store.stats()
+        return StatsPublic(
+            accepted=s.accepted,
+            rejected=s.rejected,
+            rejected_by_reason=s.rejected_by_reason,
+            generated_wh=s.generated_wh,
+            kwh=s.generated_wh / 1000,
+            per_interval=[
+                IntervalGeneration(interval_start=_ts(t), generated_wh=w)
+                for t, w in s.per_interval_wh
+            ],
+        )
+
+    async def devices_public() -> list[DevicePublic]:
+        return [
+            DevicePublic(
+                device_id=d.device.device_id,
+                site_id=d.device.site_id,
+                status=d.device.status,
+                capacity_w=d.device.capacity_w,
+                zone=d.device.zone,
+                tokens=d.tokens,
+                generated_wh=d.generated_wh,
+                last_interval_start=_ts(d.last_interval_start)
+                if d.last_interval_start is not None
+                else None,
+            )
+            for d in await store.list_devices()
+        ]
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz() -> Health:
+        """Liveness plus database and broker state."""
+        try:
+            await store.stats(intervals=1)
+            db = "ok"
+        except Exception as exc:  # report, don't crash
+            db = f"error: {exc}"
+        return Health(
+            status="ok" if db == "ok" else "degraded",
+            database=db,
+            broker="connected" if broker_connected() else "disconnected",
+        )
+
+    @app.get("/api/v1/devices", response_model=list[DevicePublic], tags=["fleet"])
+    async def list_devices() -> list[DevicePublic]:
+        """Every registered device with its token count and generation."""
+        return await devices_public()
+
+    @app.post(
+        "/api/v1/admin/devices",
+        response_model=DevicePublic,
+        status_code=201,
+        tags=["admin"],
+        dependencies=[Depends(require_admin)],
+    )
+    async def register_device(body: DeviceCreate) -> DevicePublic:
+        """Register a device and its Ed25519 public key (admin only; enrollment comes later)."""
+        try:
+            check_segment(body.device_id, "device id")
+            check_segment(body.site_id, "site id")
+            public_key = bytes.fromhex(body.public_key)
+        except (TopicError, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        if len(public_key) != 32:
+            raise HTTPException(422, "public_key must be 32 bytes (64 hex digits)")
+        try:
+            await store.add_device(
+                body.device_id,
+                body.site_id,
+                public_key,
+                cose.key_id(public_key),
+                body.capacity_w,
+                body.zone,
+            )
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        for d in await devices_public():
+            if d.device_id == body.device_id:
+                return d
+        raise HTTPException(500, "device vanished after registration")
+
+    @app.get("/api/v1/tokens", response_model=list[TokenPublic], tags=["tokens"])
+    async def list_tokens(
+        device_id: str | None = None,
+        since: Annotated[datetime | None, Query(description="interval start >= (UTC)")] = None,
+        until: Annotated[datetime | None, Query(description="interval start < (UTC)")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[TokenPublic]:
+        """Accepted tokens, newest interval first."""
+        rows = await store.list_tokens(device_id, _epoch(since), _epoch(until), limit, offset)
+        return [
+            TokenPublic(
+                token_id=r.token_id,
+                device_id=r.device_id,
+                seq=r.seq,
+                interval_start=_ts(r.interval_start),
+                interval_s=r.interval_s,
+                generated_wh=r.generated_wh,
+                imported_wh=r.imported_wh,
+                exported_wh=r.exported_wh,
+                charged_wh=r.charged_wh,
+                discharged_wh=r.discharged_wh,
+                status=r.status,
+                quality=r.quality,
+                record_hash=r.record_hash.hex(),
+                envelope=r.envelope.hex(),
+                received_at=_ts(r.received_ms / 1000),
+            )
+            for r in rows
+        ]
+
+    @app.get("/api/v1/stats", response_model=StatsPublic, tags=["tokens"])
+    async def stats() -> StatsPublic:
+        """Accepted and rejected (by reason) counts and generation per interval."""
+        return await stats_public()
+
+    @app.get("/api/v1/rejections", response_model=list[RejectionPublic], tags=["tokens"])
+    async def list_rejections(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[RejectionPublic]:
+        """Newest refused messages with their reasons."""
+        return [
+            RejectionPublic(
+                id=r.id,
+                received_at=_ts(r.received_ms / 1000),
+                topic=r.topic,
+                device_id=r.device_id,
+                reason=r.reason,
+                detail=r.detail,
+                size=r.size,
+                sha256=r.sha256.hex(),
+            )
+            for r in await store.list_rejections(limit)
+        ]
+
+    @app.get("/api/v1/stream", tags=["tokens"], response_class=StreamingResponse)
+    async def stream(request: Request) -> StreamingResponse:
+        """Server-sent events: a `stats` event with counters and the fleet, once a second."""
+
+        async def events() -> AsyncIterator[str]:
+            while not await request.is_disconnected():
+                payload = {
+                    "stats": (await stats_public()).model_dump(mode="json"),
+                    "devices": [d.model_dump(mode="json") for d in await devices_public()],
+                }
+                yield f"event: stats\ndata: {json.dumps(payload)}\n\n"
+                await asyncio.sleep(stream_interval_s)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard(request: Request) -> HTMLResponse:
+        """The fleet dashboard."""
+        return templates.TemplateResponse(
+            request,
+            "index.html",
+            {"devices": await devices_public(), "stats": await stats_public()},
+        )
+
+    return app

@@ -1,0 +1,89 @@
+"""Wire schemas of the HTTP API (pydantic): what clients send and receive."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class DevicePublic(BaseModel):
+    """A registered device as the fleet table shows it."""
+
+    device_id: str
+    site_id: str
+    status: str
+    capacity_w: int
+    zone: str
+    tokens: int
+    generated_wh: int
+    last_interval_start: datetime | None
+
+
+class DeviceCreate(BaseModel):
+    """Admin registration of a device and its signing key."""
+
+    device_id: str = Field(min_length=1, max_length=64)
+    site_id: str = Field(min_length=1, max_length=64)
+    public_key: str = Field(description="raw Ed25519 public key, 64 hex digits")
+    capacity_w: int = Field(gt=0, le=10_000_000)
+    zone: str = ""
+
+
+class TokenPublic(BaseModel):
+    """An accepted generation token: the signed record's figures and its bytes."""
+
+    token_id: str
+    device_id: str
+    seq: int
+    interval_start: datetime
+    interval_s: int
+    generated_wh: int
+    imported_wh: int
+    exported_wh: int
+    charged_wh: int
+    discharged_wh: int
+    status: str
+    quality: int
+    record_hash: str
+    envelope: str = Field(description="the COSE_Sign1 record, hex")
+    received_at: datetime
+
+
+class IntervalGeneration(BaseModel):
+    """Fleet generation in one interval."""
+
+    interval_start: datetime
+    generated_wh: int
+
+
+class StatsPublic(BaseModel):
+    """Ingest counters and generation."""
+
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    generated_wh: int
+    kwh: float = Field(description="generated_wh / 1000, for display only")
+    per_interval: list[IntervalGeneration]
+
+
+class RejectionPublic(BaseModel):
+    """One refused message."""
+
+    id: int
+    received_at: datetime
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    size: int
+    sha256: str
+
+
+class Health(BaseModel):
+    """Liveness and the state of the parts the aggregator depends on."""
+
+    status: str
+    database: str
+    broker: str

@@ -1,0 +1,118 @@
+"""Ingest rules for signed interval records: pure checks, no I/O.
+
+Owns: deciding, from a parsed record and what the aggregator already knows, whether the record
+is accepted and, if not, the one reason why. The service (cloud.services.ingest) gathers the facts
+and stores the outcome. See docs/tokens.md, "Ingest checks".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.reasons import RejectReason
+from protocol.record import IntervalRecord
+
+MAX_SIGNED_BIGINT = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """Tolerances of the ingest checks."""
+
+    future_skew_s: int = 120
+    backfill_window_s: int = 7 * 24 * 3600
+    capacity_margin: float = 1.1  # as FEA's CAPACITY_MARGIN: 10 % over rated power
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a record is refused."""
+
+    reason: RejectReason
+    detail: str
+
+
+def check_storable(rec: IntervalRecord) -> Refusal | None:
+    """Values must fit the database's signed 64-bit columns."""
+    for name, v in (
+        ("seq", rec.seq),
+        ("boot", rec.boot),
+        *zip(
+            ("generated", "imported", "exported", "charged", "discharged"),
+            rec.energy.as_list(),
+            strict=True,
+        ),
+    ):
+        if v > MAX_SIGNED_BIGINT:
+            return Refusal(RejectReason.BAD_FIELD, f"{name} {v} is out of range")
+    return None
+
+
+def check_interval(rec: IntervalRecord, received_s: float, limits: IngestLimits) -> Refusal | None:
+    """The interval must be aligned, already closed, and inside the backfill window."""
+    if rec.interval_start % rec.interval_s:
+        return Refusal(
+            RejectReason.MISALIGNED_INTERVAL,
+            f"interval start {rec.interval_start} is not a multiple of {rec.interval_s} s",
+        )
+    if rec.interval_end > received_s + limits.future_skew_s:
+        return Refusal(
+            RejectReason.FUTURE_INTERVAL,
+            f"interval ends at {rec.interval_end}, after the receive time {int(received_s)}",
+        )
+    if rec.interval_start < received_s - limits.backfill_window_s:
+        return Refusal(
+            RejectReason.STALE_INTERVAL,
+            f"interval start {rec.interval_start} is older than the backfill window",
+        )
+    return None
+
+
+def check_chain(
+    rec: IntervalRecord, head_seq: int | None, head_hash: bytes | None, conflict: bool
+) -> Refusal | None:
+    """The record must extend the device's chain by exactly one.
+
+    `conflict` says whether a different record is stored for the same seq or interval: signing two
+    different records for one slot is equivocation, evidence of a faulty or dishonest device.
+    """
+    if conflict:
+        return Refusal(
+            RejectReason.EQUIVOCATION,
+            f"another record is already stored for seq {rec.seq} or interval {rec.interval_start}",
+        )
+    if head_seq is None or head_hash is None:
+        return None  # the first record we hear of anchors the chain
+    if rec.seq <= head_seq:
+        return Refusal(
+            RejectReason.EQUIVOCATION,
+            f"seq {rec.seq} is not after the newest accepted seq {head_seq}",
+        )
+    if rec.seq > head_seq + 1:
+        return Refusal(
+            RejectReason.SEQUENCE_GAP,
+            f"seq {rec.seq} skips ahead of {head_seq}; waiting for the missing records",
+        )
+    if rec.prev_hash != head_hash:
+        return Refusal(
+            RejectReason.CHAIN_BROKEN,
+            f"prev hash does not match the stored record seq {head_seq}",
+        )
+    return None
+
+
+def check_plausible(rec: IntervalRecord, capacity_w: int, limits: IngestLimits) -> Refusal | None:
+    """Energy must be possible for the device's rated capacity in the interval."""
+    bound = int(capacity_w * rec.interval_s / 3600 * limits.capacity_margin) + 1
+    for name, v in (
+        ("generated", rec.energy.generated_wh),
+        ("charged", rec.energy.charged_wh),
+        ("discharged", rec.energy.discharged_wh),
+    ):
+        if v > bound:
+            return Refusal(
+                RejectReason.IMPLAUSIBLE_ENERGY,
+                f"{name} {v} Wh exceeds {bound} Wh possible at {capacity_w} W in "
+                f"{rec.interval_s} s",
+            )
+    return None

@@ -1,0 +1,100 @@
+"""The aggregator process: storage, MQTT ingest and the HTTP server, started and stopped together.
+
+Owns: composition of the cloud parts (the composition root for `gridmint cloud serve` and the demo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import uvicorn
+
+from cloud.api.app import create_app
+from cloud.domain.ingest_rules import IngestLimits
+from cloud.mqtt_ingest import MqttIngest
+from cloud.services.ingest import IngestService
+from cloud.settings import CloudSettings
+from cloud.storage.store import Store
+from protocol.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on `host`."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class CloudRuntime:
+    """Starts and stops the aggregator's parts."""
+
+    def __init__(self, settings: CloudSettings, clock: Clock | None = None):
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store: Store | None = None
+        self.ingest: IngestService | None = None
+        self.mqtt: MqttIngest | None = None
+        self._server: uvicorn.Server | None = None
+        self._server_task: asyncio.Task[None] | None = None
+        self.http_port = settings.http_port
+
+    @property
+    def url(self) -> str:
+        """Where the dashboard and API are served."""
+        return f"http://{self.settings.http_host}:{self.http_port}"
+
+    async def start(self, *, serve_http: bool = True, connect_mqtt: bool = True) -> None:
+        """Open and migrate storage, connect to the broker, serve HTTP."""
+        s = self.settings
+        self.store = await Store.connect(s.database_url)
+        await self.store.migrate()
+        self.ingest = IngestService(
+            self.store,
+            s.deployment.encode(),
+            self.clock.now,
+            IngestLimits(future_skew_s=s.future_skew_s, backfill_window_s=s.backfill_window_s),
+            s.max_message_bytes,
+        )
+        if connect_mqtt:
+            self.mqtt = MqttIngest(self.ingest, s.broker_url, s.client_id)
+            await self.mqtt.start()
+        if serve_http:
+            if self.http_port == 0:
+                self.http_port = free_port(s.http_host)
+            mqtt = self.mqtt
+            app = create_app(
+                self.store,
+                admin_token=s.admin_token,
+                broker_connected=lambda: mqtt is not None and mqtt.connected,
+            )
+            config = uvicorn.Config(
+                app,
+                host=s.http_host,
+                port=self.http_port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+            self._server = uvicorn.Server(config)
+            self._server_task = asyncio.create_task(self._server.serve())
+            while not self._server.started:
+                if self._server_task.done():
+                    await self._server_task
+                    raise RuntimeError(f"HTTP server could not start on port {self.http_port}")
+                await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Stop serving, disconnect, close storage."""
+        if self._server is not None and self._server_task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server_task, 5)
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        if self.store is not None:
+            await self.store.close()

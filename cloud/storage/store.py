@@ -1,0 +1,426 @@
+"""The storage adapter: one async API over SQLite (embedded default) and PostgreSQL.
+
+Owns: connections, migrations, and every query the aggregator makes. Callers pass and receive
+plain dataclasses, never SQLAlchemy rows, so the services stay independent of the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, func, insert, select
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from cloud.storage.tables import device_keys, devices, rejections, tokens
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Rejected payloads are kept whole up to this size; beyond it, the head, size and hash.
+KEEP_PAYLOAD_BYTES = 65536
+
+
+class DuplicateTokenError(Exception):
+    """A token with the same id, (device, seq) or record hash is already stored."""
+
+
+class StorageUrlError(ValueError):
+    """A database URL we cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A registered device."""
+
+    device_id: str
+    site_id: str
+    status: str
+    capacity_w: int
+    zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """A device's public signing key and its validity (Unix seconds)."""
+
+    kid: bytes
+    device_id: str
+    public_key: bytes
+    valid_from: int
+    valid_until: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The newest accepted record of a device."""
+
+    seq: int
+    record_hash: bytes
+    interval_start: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """An accepted generation token."""
+
+    token_id: str
+    device_id: str
+    seq: int
+    boot: int
+    interval_start: int
+    interval_s: int
+    generated_wh: int
+    imported_wh: int
+    exported_wh: int
+    charged_wh: int
+    discharged_wh: int
+    status: str
+    quality: int
+    record_hash: bytes
+    prev_hash: bytes
+    envelope: bytes
+    received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One refused message, as stored."""
+
+    id: int
+    received_ms: int
+    topic: str
+    device_id: str | None
+    reason: str
+    detail: str
+    size: int
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSummary:
+    """A device with its token totals, for the fleet table."""
+
+    device: Device
+    tokens: int
+    generated_wh: int
+    last_interval_start: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Ingest counters and per-interval generation."""
+
+    accepted: int
+    rejected_by_reason: dict[str, int]
+    generated_wh: int
+    per_interval_wh: list[tuple[int, int]]
+
+    @property
+    def rejected(self) -> int:
+        """All refusals."""
+        return sum(self.rejected_by_reason.values())
+
+
+def normalise_url(url: str) -> str:
+    """Accept sqlite:///path and postgresql://... and pick the async drivers."""
+    try:
+        u = make_url(url)
+    except Exception:
+        raise StorageUrlError(f"database url {url!r} is not a URL") from None
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        return str(u.set(drivername="sqlite+aiosqlite"))
+    if backend == "postgresql":
+        return u.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise StorageUrlError(f"database url {url!r}: only sqlite and postgresql are supported")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class Store:
+    """Async storage; `await Store.connect(url)`, then `await store.migrate()`."""
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    async def connect(cls, url: str) -> Store:
+        """Create the engine (and, for SQLite, the file's folder)."""
+        full = normalise_url(url)
+        u = make_url(full)
+        if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(full, pool_pre_ping=u.get_backend_name() != "sqlite")
+        if u.get_backend_name() == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return cls(engine)
+
+    async def migrate(self, revision: str = "head") -> None:
+        """Bring the schema up to `revision` with Alembic."""
+
+        def run(sync_conn: Connection) -> None:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = sync_conn
+            command.upgrade(cfg, revision)
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(run)
+
+    async def close(self) -> None:
+        """Dispose of the connection pool."""
+        await self.engine.dispose()
+
+    # devices and keys
+
+    async def add_device(
+        self,
+        device_id: str,
+        site_id: str,
+        public_key: bytes,
+        kid: bytes,
+        capacity_w: int,
+        zone: str = "",
+        status: str = "approved",
+        valid_from: int = 0,
+    ) -> Device:
+        """Register a device and its first key; re-registering the same key is a no-op."""
+        now = int(time.time() * 1000)
+        async with self.engine.begin() as conn:
+            existing = (
+                await conn.execute(select(devices).where(devices.c.device_id == device_id))
+            ).first()
+            if existing is None:
+                await conn.execute(
+                    insert(devices).values(
+                        device_id=device_id,
+                        site_id=site_id,
+                        status=status,
+                        capacity_w=capacity_w,
+                        zone=zone,
+                        created_ms=now,
+                    )
+                )
+            key = (await conn.execute(select(device_keys).where(device_keys.c.kid == kid))).first()
+            if key is None:
+                await conn.execute(
+                    insert(device_keys).values(
+                        kid=kid,
+                        device_id=device_id,
+                        public_key=public_key,
+                        valid_from=valid_from,
+                        valid_until=None,
+                    )
+                )
+            elif key.device_id != device_id:
+                raise ValueError("this key is already registered to another device")
+        dev = await self.get_device(device_id)
+        assert dev is not None
+        return dev
+
+    async def get_device(self, device_id: str) -> Device | None:
+        """Look up a device."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(devices).where(devices.c.device_id == device_id))
+            ).first()
+        return None if row is None else _device(row)
+
+    async def get_key(self, kid: bytes) -> DeviceKey | None:
+        """Look up a public key by key id."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(device_keys).where(device_keys.c.kid == kid))).first()
+        if row is None:
+            return None
+        return DeviceKey(
+            bytes(row.kid), row.device_id, bytes(row.public_key), row.valid_from, row.valid_until
+        )
+
+    async def list_devices(self) -> list[DeviceSummary]:
+        """Every device with its token count, total generation and newest interval."""
+        agg = (
+            select(
+                tokens.c.device_id,
+                func.count().label("n"),
+                func.coalesce(func.sum(tokens.c.generated_wh), 0).label("gen"),
+                func.max(tokens.c.interval_start).label("last"),
+            )
+            .group_by(tokens.c.device_id)
+            .subquery()
+        )
+        q = (
+            select(devices, agg.c.n, agg.c.gen, agg.c.last)
+            .select_from(devices.outerjoin(agg, agg.c.device_id == devices.c.device_id))
+            .order_by(devices.c.site_id, devices.c.device_id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [DeviceSummary(_device(r), int(r.n or 0), int(r.gen or 0), r.last) for r in rows]
+
+    # tokens
+
+    async def chain_head(self, device_id: str) -> ChainHead | None:
+        """The device's accepted record with the highest sequence number."""
+        q = (
+            select(tokens.c.seq, tokens.c.record_hash, tokens.c.interval_start)
+            .where(tokens.c.device_id == device_id)
+            .order_by(tokens.c.seq.desc())
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        return (
+            None if row is None else ChainHead(row.seq, bytes(row.record_hash), row.interval_start)
+        )
+
+    async def has_record(self, record_hash: bytes) -> bool:
+        """True if a record with these exact bytes is stored."""
+        q = select(tokens.c.token_id).where(tokens.c.record_hash == record_hash)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(q)).first() is not None
+
+    async def conflicting_token(self, device_id: str, seq: int, interval_start: int) -> bool:
+        """True if the device already has a different record for this seq or interval."""
+        q = select(tokens.c.token_id).where(
+            tokens.c.device_id == device_id,
+            (tokens.c.seq == seq) | (tokens.c.interval_start == interval_start),
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(q)).first() is not None
+
+    async def insert_token(self, row: TokenRow) -> None:
+        """Store an accepted token; raises DuplicateTokenError on any uniqueness conflict."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(tokens).values(**_asdict(row)))
+        except IntegrityError:
+            raise DuplicateTokenError(row.token_id) from None
+
+    async def list_tokens(
+        self,
+        device_id: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TokenRow]:
+        """Accepted tokens, newest interval first; `since`/`until` bound the interval start."""
+        q = select(tokens)
+        if device_id is not None:
+            q = q.where(tokens.c.device_id == device_id)
+        if since is not None:
+            q = q.where(tokens.c.interval_start >= since)
+        if until is not None:
+            q = q.where(tokens.c.interval_start < until)
+        q = (
+            q.order_by(tokens.c.interval_start.desc(), tokens.c.device_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [_token(r) for r in rows]
+
+    # rejections and stats
+
+    async def add_rejection(
+        self,
+        topic: str,
+        payload: bytes,
+        reason: str,
+        detail: str,
+        received_ms: int,
+        device_id: str | None = None,
+    ) -> None:
+        """Store a refused message with its reason; large payloads keep their head and hash."""
+        truncated = len(payload) > KEEP_PAYLOAD_BYTES
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(rejections).values(
+                    received_ms=received_ms,
+                    topic=topic[:1024],
+                    device_id=device_id[:64] if device_id else None,
+                    reason=reason,
+                    detail=detail[:2000],
+                    size=len(payload),
+                    sha256=hashlib.sha256(payload).digest(),
+                    payload=payload[:KEEP_PAYLOAD_BYTES],
+                    truncated=int(truncated),
+                )
+            )
+
+    async def list_rejections(self, limit: int = 100) -> list[Rejection]:
+        """Newest refusals first."""
+        q = select(rejections).order_by(rejections.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            Rejection(
+                r.id,
+                r.received_ms,
+                r.topic,
+                r.device_id,
+                r.reason,
+                r.detail,
+                r.size,
+                bytes(r.sha256),
+            )
+            for r in rows
+        ]
+
+    async def stats(self, intervals: int = 96) -> Stats:
+        """Accepted and rejected counts, and generation per interval for the newest intervals."""
+        async with self.engine.connect() as conn:
+            accepted, gen = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(tokens.c.generated_wh), 0))
+                )
+            ).one()
+            by_reason = (
+                await conn.execute(
+                    select(rejections.c.reason, func.count()).group_by(rejections.c.reason)
+                )
+            ).all()
+            per = (
+                await conn.execute(
+                    select(tokens.c.interval_start, func.sum(tokens.c.generated_wh))
+                    .group_by(tokens.c.interval_start)
+                    .order_by(tokens.c.interval_start.desc())
+                    .limit(intervals)
+                )
+            ).all()
+        return Stats(
+            accepted=int(accepted),
+            rejected_by_reason={r: int(n) for r, n in by_reason},
+            generated_wh=int(gen),
+            per_interval_wh=[(int(s), int(w)) for s, w in reversed(per)],
+        )
+
+
+def _device(r: Any) -> Device:
+    return Device(r.device_id, r.site_id, r.status, r.capacity_w, r.zone)
+
+
+def _token(r: Any) -> TokenRow:
+    m = dict(r._mapping)
+    for k in ("record_hash", "prev_hash", "envelope"):
+        m[k] = bytes(m[k])
+    return TokenRow(**m)
+
+
+def _asdict(row: TokenRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in TokenRow.__slots__}

@@ -1,0 +1,88 @@
+"""The aggregator's tables (SQLAlchemy Core), one schema for SQLite and PostgreSQL.
+
+Owns: table definitions. The schema itself is created and changed only by the Alembic migrations
+in cloud/storage/migrations; a test checks that these definitions and the migrations agree.
+Energy is whole Wh in BIGINT columns, times are Unix seconds or milliseconds (UTC).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments INTEGER PRIMARY KEY columns.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("site_id", String(64), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("capacity_w", BigInteger, nullable=False),
+    Column("zone", String(64), nullable=False, server_default=""),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+device_keys = Table(
+    "device_keys",
+    metadata,
+    Column("kid", LargeBinary(8), primary_key=True),
+    Column("device_id", String(64), ForeignKey("devices.device_id"), nullable=False, index=True),
+    Column("public_key", LargeBinary(32), nullable=False),
+    Column("valid_from", BigInteger, nullable=False),
+    Column("valid_until", BigInteger, nullable=True),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column("device_id", String(64), ForeignKey("devices.device_id"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("boot", BigInteger, nullable=False),
+    Column("interval_start", BigInteger, nullable=False),
+    Column("interval_s", Integer, nullable=False),
+    Column("generated_wh", BigInteger, nullable=False),
+    Column("imported_wh", BigInteger, nullable=False),
+    Column("exported_wh", BigInteger, nullable=False),
+    Column("charged_wh", BigInteger, nullable=False),
+    Column("discharged_wh", BigInteger, nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("quality", Integer, nullable=False),
+    Column("record_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("received_ms", BigInteger, nullable=False),
+    UniqueConstraint("device_id", "seq", name="uq_tokens_device_seq"),
+    UniqueConstraint("device_id", "interval_start", name="uq_tokens_device_interval"),
+    Index("ix_tokens_interval_start", "interval_start"),
+)
+
+rejections = Table(
+    "rejections",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("received_ms", BigInteger, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("device_id", String(64), nullable=True),
+    Column("reason", String(32), nullable=False, index=True),
+    Column("detail", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", LargeBinary(32), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("truncated", Integer, nullable=False),
+)

@@ -1,0 +1,211 @@
+"""The edge's durable outbox and state: SQLite in WAL mode through aiosqlite.
+
+Owns: storing every minted token together with the chain and accounting state in one transaction,
+before anything is published, and dropping a token only when the cloud's receipt says it holds
+it. Counters (minted, delivered, confirmed, rejected) live beside them for status and the demo.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from edge.accounting import AccountantState
+from edge.minting import ChainState, MintedToken
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    token_id TEXT NOT NULL UNIQUE,
+    record_hash BLOB NOT NULL UNIQUE,
+    interval_start INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    sent_ms INTEGER,
+    reason TEXT
+);
+"""
+
+COUNTERS = ("minted", "delivered", "confirmed", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One stored token waiting for the cloud's receipt."""
+
+    seq: int
+    token_id: str
+    record_hash: bytes
+    envelope: bytes
+    status: str
+    attempts: int
+
+
+class Outbox:
+    """SQLite-backed outbox; open with `await Outbox.open(path)`."""
+
+    def __init__(self, db: aiosqlite.Connection):
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Outbox:
+        """Open (creating if needed) the outbox database."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a token the agent reported as minted must survive a power cut.
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.executescript(_SCHEMA)
+        await db.commit()
+        return cls(db)
+
+    async def close(self) -> None:
+        """Close the database."""
+        await self._db.close()
+
+    async def _get(self, key: str) -> Any:
+        async with self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else json.loads(row[0])
+
+    async def _put(self, key: str, value: Any) -> None:
+        await self._db.execute(
+            "INSERT INTO kv(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    async def _bump(self, counter: str, by: int = 1) -> None:
+        await self._put(counter, int(await self._get(counter) or 0) + by)
+
+    async def load_chain(self) -> ChainState:
+        """The chain state after the last minted token."""
+        data = await self._get("chain")
+        if data is None:
+            return ChainState()
+        return ChainState(seq=data["seq"], boot=data["boot"], prev_hash=bytes.fromhex(data["prev"]))
+
+    async def start_boot(self) -> ChainState:
+        """Count one more agent start in the chain state and return it."""
+        chain = await self.load_chain()
+        chain = ChainState(seq=chain.seq, boot=chain.boot + 1, prev_hash=chain.prev_hash)
+        await self._put_chain(chain)
+        await self._db.commit()
+        return chain
+
+    async def _put_chain(self, chain: ChainState) -> None:
+        await self._put(
+            "chain", {"seq": chain.seq, "boot": chain.boot, "prev": chain.prev_hash.hex()}
+        )
+
+    async def load_accountant(self) -> AccountantState | None:
+        """The interval accounting state, if any was saved."""
+        data = await self._get("accountant")
+        return None if data is None else AccountantState.from_json(data)
+
+    async def save_accountant(self, state: AccountantState) -> None:
+        """Persist the accounting state alone (a boundary reading that closed nothing)."""
+        await self._put("accountant", state.to_json())
+        await self._db.commit()
+
+    async def commit_mint(self, token: MintedToken, state: AccountantState, now_ms: int) -> None:
+        """Store a token, the chain after it and the accounting state in one transaction."""
+        try:
+            await self._db.execute(
+                "INSERT INTO outbox(seq, token_id, record_hash, interval_start, envelope, "
+                "created_ms) VALUES(?, ?, ?, ?, ?, ?)",
+                (
+                    token.record.seq,
+                    token.token_id,
+                    token.record_hash,
+                    token.record.interval_start,
+                    token.envelope,
+                    now_ms,
+                ),
+            )
+            await self._put_chain(token.next_chain)
+            await self._put("accountant", state.to_json())
+            await self._bump("minted")
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
+
+    async def due(self, now_ms: int, resend_after_ms: int, limit: int = 100) -> list[OutboxRow]:
+        """Tokens to publish now: never sent, or sent with no receipt for too long, oldest first."""
+        async with self._db.execute(
+            "SELECT seq, token_id, record_hash, envelope, status, attempts FROM outbox "
+            "WHERE status = 'pending' OR (status = 'sent' AND sent_ms < ?) ORDER BY seq LIMIT ?",
+            (now_ms - resend_after_ms, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [OutboxRow(r[0], r[1], bytes(r[2]), bytes(r[3]), r[4], r[5]) for r in rows]
+
+    async def mark_sent(self, record_hash: bytes, now_ms: int) -> None:
+        """The broker acknowledged the token (PUBACK)."""
+        async with self._db.execute(
+            "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_ms = ? "
+            "WHERE record_hash = ? AND status IN ('pending', 'sent') RETURNING attempts",
+            (now_ms, record_hash),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None and row[0] == 1:
+            await self._bump("delivered")
+        await self._db.commit()
+
+    async def confirm(self, record_hash: bytes) -> bool:
+        """The cloud holds the token: drop it from the outbox. False if it was not here."""
+        cur = await self._db.execute("DELETE FROM outbox WHERE record_hash = ?", (record_hash,))
+        found = cur.rowcount > 0
+        if found:
+            await self._bump("confirmed")
+        await self._db.commit()
+        return found
+
+    async def reject(self, record_hash: bytes, reason: str, retry: bool, now_ms: int) -> None:
+        """The cloud refused the token.
+
+        A permanent refusal keeps the token, marked, for inspection. A retryable one (an earlier
+        record has not arrived) queues every earlier unconfirmed token for sending again at once,
+        and this one after the usual resend delay, so the chain is replayed in order.
+        """
+        if retry:
+            async with self._db.execute(
+                "SELECT seq FROM outbox WHERE record_hash = ?", (record_hash,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return
+            await self._db.execute(
+                "UPDATE outbox SET status = 'pending' WHERE seq < ? AND status = 'sent'", (row[0],)
+            )
+            await self._db.execute(
+                "UPDATE outbox SET status = 'sent', sent_ms = ?, reason = ? WHERE seq = ?",
+                (now_ms, reason, row[0]),
+            )
+        else:
+            cur2 = await self._db.execute(
+                "UPDATE outbox SET status = 'rejected', reason = ? "
+                "WHERE record_hash = ? AND status != 'rejected'",
+                (reason, record_hash),
+            )
+            if cur2.rowcount:
+                await self._bump("rejected")
+        await self._db.commit()
+
+    async def counters(self) -> dict[str, int]:
+        """minted, delivered, confirmed, rejected and the number still waiting."""
+        out = {c: int(await self._get(c) or 0) for c in COUNTERS}
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'sent')"
+        ) as cur:
+            row = await cur.fetchone()
+        out["waiting"] = int(row[0]) if row else 0
+        return out

@@ -1,0 +1,82 @@
+"""Typed edge agent settings, read from a TOML file (see firmware-configs/edge/example.toml).
+
+Owns: the shape and validation of the agent's configuration. A wrong value gives a plain message
+naming the field, never a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edge.accounting import Channel
+from protocol.topics import check_segment
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used, with a plain-language reason."""
+
+
+class MeterSettings(BaseModel):
+    """One Modbus device the agent reads."""
+
+    name: str
+    register_map: str = Field(description="register map name, e.g. eastron/sdm630")
+    transport: Literal["tcp"] = "tcp"
+    host: str = "127.0.0.1"
+    port: int = Field(502, ge=1, le=65535)
+    unit_id: int = Field(1, ge=0, le=247)
+    timeout_s: float = Field(1.0, gt=0)
+    channels: dict[Channel, str] = Field(
+        description="site channel -> register map quantity holding its cumulative energy"
+    )
+    serial: str = ""
+
+
+class EdgeSettings(BaseSettings):
+    """Everything one edge agent needs. Environment variables GRIDMINT_EDGE_* override the file."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDMINT_EDGE_", extra="forbid")
+
+    device_id: str
+    site_id: str
+    deployment: str = Field("gridmint-dev", description="deployment id, signed as external data")
+    key_file: Path
+    state_db: Path
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    interval_s: Literal[300, 900] = 300
+    capacity_w: int = Field(5000, gt=0)
+    zone: str = ""
+    tech: str = "pv"
+    firmware: str = "gridmint-edge/0.1"
+    resend_after_s: float = Field(30.0, gt=0)
+    meters: list[MeterSettings]
+
+    @field_validator("device_id", "site_id")
+    @classmethod
+    def _segment(cls, v: str) -> str:
+        return check_segment(v, "id")
+
+
+def load_settings(path: Path) -> EdgeSettings:
+    """Read and validate an edge TOML file; relative paths are taken from the file's folder."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for key in ("key_file", "state_db"):
+        if key in raw and not Path(raw[key]).is_absolute():
+            raw[key] = str(path.parent / raw[key])
+    try:
+        return EdgeSettings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"config file {path}: {problems}") from None

@@ -1,0 +1,444 @@
+"""The `gridmint` command: demo, edge agent, cloud aggregator, simulators, token tools.
+
+Owns: argument parsing and turning errors into plain messages with an exit code. Every command
+that runs long shows progress; every expected failure prints one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from protocol.clock import Clock, SimClock, SystemClock
+
+app = typer.Typer(
+    help="gridmint: signed kWh tokens from rooftop solar, aggregated into a virtual power plant.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+edge_app = typer.Typer(help="The Raspberry Pi edge agent.", no_args_is_help=True)
+cloud_app = typer.Typer(help="The cloud aggregator.", no_args_is_help=True)
+sim_app = typer.Typer(help="Device simulators.", no_args_is_help=True)
+token_app = typer.Typer(help="Inspect signed interval records.", no_args_is_help=True)
+app.add_typer(edge_app, name="edge")
+app.add_typer(cloud_app, name="cloud")
+app.add_typer(sim_app, name="sim")
+app.add_typer(token_app, name="token")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print a plain error and return the exit to raise."""
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"--start {value!r} is not an ISO 8601 time like 2026-06-01T10:00Z") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _clock(speed: float, start: str | None, origin: float | None) -> Clock:
+    if speed <= 0:
+        raise fail("--speed must be positive")
+    if speed == 1.0 and start is None:
+        return SystemClock()
+    begin = _parse_time(start) or datetime.now(UTC)
+    clock = SimClock.starting_at(begin.timestamp(), speed)
+    if origin is not None:
+        clock = SimClock(origin_sim=begin.timestamp(), speed=speed, origin_real=origin)
+    return clock
+
+
+def _run_until_signal(main: Any) -> Any:
+    """Run a coroutine factory taking a stop event; Ctrl-C or SIGTERM set the event."""
+
+    async def runner() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    return asyncio.run(runner())
+
+
+SpeedOpt = Annotated[float, typer.Option(help="simulated clock speed (1 = real time)")]
+StartOpt = Annotated[
+    str | None, typer.Option(help="simulated clock start, ISO 8601 UTC (with --speed)")
+]
+OriginOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="real Unix time at which the simulated clock reads --start "
+        "(give every process the same value to share one clock)"
+    ),
+]
+
+
+@app.command()
+def demo(
+    homes: Annotated[int, typer.Option(min=1, max=200, help="number of simulated homes")] = 3,
+    speed: Annotated[
+        float, typer.Option(min=1.0, help="simulated seconds per real second")
+    ] = 120.0,
+    duration: Annotated[
+        float | None, typer.Option(min=1.0, help="real seconds to run (default: until Ctrl-C)")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="print the summary as one JSON object, last on stdout")
+    ] = False,
+    broker: Annotated[
+        str | None, typer.Option(help="use this broker (mqtt://host:port), not an embedded one")
+    ] = None,
+    port: Annotated[int, typer.Option(help="dashboard HTTP port (0: any free port)")] = 8000,
+    start: StartOpt = None,
+    interval: Annotated[int, typer.Option(help="interval length in seconds: 300 or 900")] = 300,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="keep the demo's databases and keys here")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run simulated homes, edge agents, a broker and the cloud in one process."""
+    _setup_logging(verbose)
+    from gridmint.demo import DemoOptions, default_start, print_summary, run_demo
+    from mqttlink import BrokerAddress, BrokerUrlError
+
+    if interval not in (300, 900):
+        raise fail("--interval must be 300 or 900")
+    if broker is not None:
+        try:
+            BrokerAddress.parse(broker)
+        except BrokerUrlError as exc:
+            raise fail(str(exc)) from None
+    opts = DemoOptions(
+        homes=homes,
+        speed=speed,
+        duration_s=duration,
+        start=_parse_time(start) or default_start(),
+        broker_url=broker,
+        http_port=port,
+        data_dir=data_dir,
+        interval_s=interval,
+        as_json=json_out,
+    )
+    out = Console(stderr=True) if json_out else console
+    try:
+        summary = _run_until_signal(lambda stop: run_demo(opts, out, stop))
+    except OSError as exc:
+        raise fail(f"demo could not start: {exc}") from None
+    print_summary(summary, out, json_out)
+
+
+@edge_app.command("run")
+def edge_run(
+    config: Annotated[Path, typer.Option(help="edge agent TOML file")],
+    speed: SpeedOpt = 1.0,
+    start: StartOpt = None,
+    origin: OriginOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the edge agent: read meters, mint signed interval tokens, publish them."""
+    _setup_logging(verbose)
+    from edge.drivers.register_map import RegisterMapError
+
+    from edge.agent import EdgeAgent, ModbusMeterReader
+    from edge.keys import KeyFileError, load_or_create_key
+    from edge.outbox import Outbox
+    from edge.settings import ConfigError, load_settings
+    from mqttlink import BrokerAddress, BrokerUrlError
+
+    try:
+        settings = load_settings(config)
+        BrokerAddress.parse(settings.broker_url)
+        key = load_or_create_key(settings.key_file)
+        readers = [ModbusMeterReader(m) for m in settings.meters]
+    except (ConfigError, KeyFileError, BrokerUrlError, RegisterMapError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    clock = _clock(speed, start, origin)
+
+    async def main(stop: asyncio.Event) -> None:
+        outbox = await Outbox.open(settings.state_db)
+        agent = EdgeAgent(settings, key, clock, list(readers), outbox)
+        err.print(
+            f"edge agent {settings.device_id}: {len(readers)} meter(s), broker "
+            f"{settings.broker_url}; Ctrl-C stops"
+        )
+        try:
+            await agent.run(stop)
+        finally:
+            await outbox.close()
+
+    _run_until_signal(main)
+
+
+@edge_app.command("pubkey")
+def edge_pubkey(
+    key_file: Annotated[Path, typer.Option(help="device key file (created if missing)")],
+) -> None:
+    """Print the device's public key and key id (hex), creating the key if needed."""
+    from edge.keys import KeyFileError, load_or_create_key
+    from protocol import cose
+
+    try:
+        key = load_or_create_key(key_file)
+    except KeyFileError as exc:
+        raise fail(str(exc)) from None
+    pub = cose.public_bytes(key.public_key())
+    print(json.dumps({"public_key": pub.hex(), "kid": cose.key_id(pub).hex()}))
+
+
+@cloud_app.command("serve")
+def cloud_serve(
+    database_url: Annotated[
+        str | None, typer.Option(help="sqlite:///file or postgresql://...")
+    ] = None,
+    broker: Annotated[str | None, typer.Option(help="mqtt://host:port")] = None,
+    host: Annotated[str | None, typer.Option(help="HTTP listen address")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
+    deployment: Annotated[str | None, typer.Option(help="deployment id")] = None,
+    speed: SpeedOpt = 1.0,
+    start: StartOpt = None,
+    origin: OriginOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the aggregator: MQTT ingest, storage, API and dashboard."""
+    _setup_logging(verbose)
+    from cloud.runtime import CloudRuntime
+    from cloud.settings import CloudSettings
+    from cloud.storage.store import StorageUrlError
+    from mqttlink import BrokerAddress, BrokerUrlError
+
+    overrides = {
+        k: v
+        for k, v in {
+            "database_url": database_url,
+            "broker_url": broker,
+            "http_host": host,
+            "http_port": port,
+            "deployment": deployment,
+        }.items()
+        if v is not None
+    }
+    settings = CloudSettings(**overrides)
+    try:
+        BrokerAddress.parse(settings.broker_url)
+    except BrokerUrlError as exc:
+        raise fail(str(exc)) from None
+    clock = _clock(speed, start, origin)
+
+    async def main(stop: asyncio.Event) -> None:
+        runtime = CloudRuntime(settings, clock)
+        try:
+            await runtime.start()
+        except StorageUrlError as exc:
+            raise fail(str(exc)) from None
+        except OSError as exc:
+            await runtime.stop()
+            raise fail(f"cannot serve: {exc}") from None
+        err.print(f"aggregator: {runtime.url}/  broker {settings.broker_url}; Ctrl-C stops")
+        try:
+            await stop.wait()
+        finally:
+            await runtime.stop()
+
+    _run_until_signal(main)
+
+
+@cloud_app.command("add-device")
+def cloud_add_device(
+    device_id: Annotated[str, typer.Option()],
+    site_id: Annotated[str, typer.Option()],
+    public_key: Annotated[str, typer.Option(help="raw Ed25519 public key, hex")],
+    capacity_w: Annotated[int, typer.Option(min=1)] = 5000,
+    zone: Annotated[str, typer.Option()] = "",
+    database_url: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Register an approved device directly in the aggregator's database (admin)."""
+    from cloud.settings import CloudSettings
+    from cloud.storage.store import StorageUrlError, Store
+    from protocol import cose
+    from protocol.topics import TopicError, check_segment
+
+    try:
+        check_segment(device_id, "device id")
+        check_segment(site_id, "site id")
+        pub = bytes.fromhex(public_key)
+        if len(pub) != 32:
+            raise ValueError("public key must be 32 bytes (64 hex digits)")
+    except (TopicError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    url = database_url or CloudSettings().database_url
+
+    async def main() -> None:
+        store = await Store.connect(url)
+        try:
+            await store.migrate()
+            await store.add_device(device_id, site_id, pub, cose.key_id(pub), capacity_w, zone)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(main())
+    except (StorageUrlError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"registered {device_id} at {site_id}")
+
+
+@sim_app.command("meter")
+def sim_meter(
+    port: Annotated[int, typer.Option(help="Modbus TCP port")] = 5020,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    register_map: Annotated[str, typer.Option(help="register map name")] = "eastron/sdm630",
+    capacity_w: Annotated[int, typer.Option(min=1)] = 5000,
+    latitude: Annotated[float, typer.Option()] = 48.0,
+    longitude: Annotated[float, typer.Option()] = 0.0,
+    seed: Annotated[int, typer.Option()] = 1,
+    speed: SpeedOpt = 1.0,
+    start: StartOpt = None,
+    origin: OriginOpt = None,
+) -> None:
+    """Serve a simulated home over Modbus TCP: unit 1 = PV meter, unit 2 = grid meter."""
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    from edge.drivers.register_map import RegisterMapError, find_register_map, load_register_map
+    from simulators.modbus_meter import SimulatedMeter, start_meter_server
+
+    try:
+        rmap = load_register_map(find_register_map(register_map))
+    except (RegisterMapError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    clock = _clock(speed, start, origin)
+    common: dict[str, Any] = {
+        "clock": clock,
+        "capacity_w": capacity_w,
+        "latitude": latitude,
+        "longitude": longitude,
+        "base_load_w": 400,
+        "seed": seed,
+    }
+
+    async def main(stop: asyncio.Event) -> None:
+        meters = {
+            1: SimulatedMeter(rmap, role="pv", **common),
+            2: SimulatedMeter(rmap, role="grid", **common),
+        }
+        try:
+            server = await start_meter_server(meters, host=host, port=port)
+        except OSError as exc:
+            raise fail(f"cannot listen on {host}:{port}: {exc}") from None
+        err.print(
+            f"simulated {rmap.model} on {host}:{server.port} (unit 1 PV, unit 2 grid); Ctrl-C stops"
+        )
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    _run_until_signal(main)
+
+
+@token_app.command("decode")
+def token_decode(
+    source: Annotated[
+        str, typer.Argument(help="file with the record's bytes, '-' for stdin, or hex with --hex")
+    ] = "-",
+    hex_input: Annotated[
+        bool, typer.Option("--hex", help="SOURCE (or stdin) holds hex text")
+    ] = False,
+    public_key: Annotated[
+        str | None, typer.Option(help="check the signature with this public key (hex)")
+    ] = None,
+    deployment: Annotated[str, typer.Option(help="deployment id for the check")] = "gridmint-dev",
+) -> None:
+    """Print a signed interval record for humans (and check its signature if given a key)."""
+    from protocol import cose
+    from protocol.record import RecordFormatError
+
+    try:
+        if hex_input:
+            text = (
+                sys.stdin.read()
+                if source == "-"
+                else (Path(source).read_text() if Path(source).exists() else source)
+            )
+            data = bytes.fromhex(text.strip())
+        else:
+            data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot read the record: {exc}") from None
+    try:
+        env, rec = cose.open_record(data)
+    except (cose.EnvelopeError, RecordFormatError) as exc:
+        raise fail(f"not a valid gridmint record: {exc}") from None
+    e = rec.energy
+    out: dict[str, Any] = {
+        "token_id": rec.token_id,
+        "record_hash": cose.record_hash(data).hex(),
+        "kid": env.kid.hex(),
+        "alg": env.alg,
+        "version": rec.version,
+        "device_id": rec.device_id,
+        "meter": rec.meter,
+        "seq": rec.seq,
+        "boot": rec.boot,
+        "interval_start": datetime.fromtimestamp(rec.interval_start, UTC).isoformat(),
+        "interval_s": rec.interval_s,
+        "energy_wh": {
+            "generated": e.generated_wh,
+            "imported": e.imported_wh,
+            "exported": e.exported_wh,
+            "charged": e.charged_wh,
+            "discharged": e.discharged_wh,
+        },
+        "registers_wh": list(rec.registers_wh),
+        "channels": str(rec.channels),
+        "soc_permille": rec.soc_permille,
+        "reading_time": datetime.fromtimestamp(rec.reading_ms / 1000, UTC).isoformat(),
+        "time_quality": rec.time_quality.name.lower(),
+        "time_source": list(rec.time_source),
+        "status": rec.status,
+        "quality": rec.quality.name.lower(),
+        "prev_hash": rec.prev_hash.hex(),
+        "firmware": rec.firmware,
+        "zone": rec.zone,
+        "tech": list(rec.tech),
+    }
+    if public_key is not None:
+        try:
+            cose.verify(env, bytes.fromhex(public_key), deployment.encode())
+            out["signature"] = "valid"
+        except (cose.SignatureError, ValueError) as exc:
+            out["signature"] = f"INVALID: {exc}"
+    console.print_json(json.dumps(out))
+    if out.get("signature", "valid") != "valid":
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

@@ -1,0 +1,287 @@
+"""`gridmint demo`: simulated homes, real edge agents, a broker and the cloud, on one clock.
+
+Owns: wiring N simulated homes (a PV meter and a grid meter each, served over Modbus TCP) to N
+edge agents, an embedded MQTT broker (or an external one) and the aggregator on SQLite, all
+running on one simulated clock so that hours pass in minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from simulators.modbus_meter import SimulatedMeter, start_meter_server
+
+from cloud.runtime import CloudRuntime, free_port
+from cloud.settings import CloudSettings
+from edge.accounting import Channel
+from edge.agent import EdgeAgent, ModbusMeterReader
+from edge.keys import create_key_file
+from edge.outbox import Outbox
+from edge.settings import EdgeSettings, MeterSettings
+from gridmint.broker import EmbeddedBroker
+from protocol import cose
+from protocol.clock import SimClock
+
+DEPLOYMENT = "gridmint-demo"
+PV_UNIT, GRID_UNIT = 1, 2
+
+
+def default_start() -> datetime:
+    """Yesterday at 10:00 UTC: a sunny morning in the past, near longitude 0."""
+    today = datetime.now(UTC).replace(hour=10, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=1)
+
+
+@dataclass
+class DemoOptions:
+    """What `gridmint demo` was asked to do."""
+
+    homes: int = 3
+    speed: float = 120.0
+    duration_s: float | None = None
+    start: datetime = field(default_factory=default_start)
+    broker_url: str | None = None
+    http_port: int = 8000
+    data_dir: Path | None = None
+    interval_s: int = 300
+    as_json: bool = False
+
+
+@dataclass
+class Home:
+    """One simulated home: its meters' server and its edge agent."""
+
+    site_id: str
+    device_id: str
+    agent: EdgeAgent
+    outbox: Outbox
+    server: Any
+    task: asyncio.Task[None] | None = None
+
+
+async def _make_home(
+    i: int, opts: DemoOptions, clock: SimClock, broker_url: str, data: Path, cloud: CloudRuntime
+) -> Home:
+    from edge.drivers.register_map import find_register_map, load_register_map
+
+    site_id, device_id = f"site-{i:03d}", f"pi-{i:03d}"
+    capacity_w = 4000 + 500 * (i % 4)
+    sdm630 = load_register_map(find_register_map("eastron/sdm630"))
+    common = {
+        "clock": clock,
+        "capacity_w": capacity_w,
+        "latitude": 48.0 + i * 0.1,
+        "longitude": 0.0 + i * 0.2,
+        "base_load_w": 350 + 50 * (i % 3),
+        "seed": 1000 + i,
+    }
+    meters = {
+        PV_UNIT: SimulatedMeter(sdm630, role="pv", **common),
+        GRID_UNIT: SimulatedMeter(sdm630, role="grid", **common),
+    }
+    server = await start_meter_server(meters, host="127.0.0.1", port=0)
+    settings = EdgeSettings(
+        device_id=device_id,
+        site_id=site_id,
+        deployment=DEPLOYMENT,
+        key_file=data / device_id / "device.key",
+        state_db=data / device_id / "edge.sqlite",
+        broker_url=broker_url,
+        interval_s=opts.interval_s,
+        capacity_w=capacity_w,
+        zone="demo-zone-1",
+        resend_after_s=5.0,
+        meters=[
+            MeterSettings(
+                name="pv",
+                register_map="eastron/sdm630",
+                port=server.port,
+                unit_id=PV_UNIT,
+                channels={Channel.GENERATED: "export_energy"},
+                serial=f"SIM-PV-{i:03d}",
+            ),
+            MeterSettings(
+                name="grid",
+                register_map="eastron/sdm630",
+                port=server.port,
+                unit_id=GRID_UNIT,
+                channels={Channel.IMPORTED: "import_energy", Channel.EXPORTED: "export_energy"},
+                serial=f"SIM-GRID-{i:03d}",
+            ),
+        ],
+    )
+    key = create_key_file(settings.key_file)
+    public = cose.public_bytes(key.public_key())
+    assert cloud.store is not None
+    await cloud.store.add_device(
+        device_id, site_id, public, cose.key_id(public), capacity_w, settings.zone
+    )
+    outbox = await Outbox.open(settings.state_db)
+    readers = [ModbusMeterReader(m) for m in settings.meters]
+    agent = EdgeAgent(settings, key, clock, list(readers), outbox)
+    return Home(site_id, device_id, agent, outbox, server)
+
+
+async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> dict[str, Any]:
+    """Run the demo until `stop` is set or the duration passes; return the summary."""
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    tmp = None
+    if opts.data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="gridmint-demo-")
+        data = Path(tmp.name)
+    else:
+        data = opts.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+    out = console if not opts.as_json else Console(stderr=True)
+    clock = SimClock.starting_at(opts.start.timestamp(), opts.speed)
+    broker: EmbeddedBroker | None = None
+    if opts.broker_url is None:
+        broker = EmbeddedBroker("127.0.0.1", free_port())
+        await broker.start()
+        broker_url = broker.url
+        out.print(f"[bold]broker[/]  embedded, plain TCP on loopback: {broker_url}")
+    else:
+        broker_url = opts.broker_url
+        out.print(f"[bold]broker[/]  external: {broker_url}")
+    cloud = CloudRuntime(
+        CloudSettings(
+            database_url=f"sqlite:///{data / 'cloud.sqlite'}",
+            broker_url=broker_url,
+            deployment=DEPLOYMENT,
+            http_port=opts.http_port,
+            client_id=f"gridmint-aggregator-{int(time.time())}",
+        ),
+        clock=clock,
+    )
+    homes: list[Home] = []
+    try:
+        try:
+            await cloud.start()
+        except (OSError, RuntimeError):
+            # The chosen port is taken: serve on any free one rather than fail the demo.
+            await cloud.stop()
+            cloud.settings.http_port = 0
+            cloud.http_port = 0
+            await cloud.start()
+        out.print(f"[bold]cloud[/]   dashboard: [link]{cloud.url}/[/link]   API: {cloud.url}/docs")
+        out.print(f"[bold]data[/]    {data}")
+        homes.extend(
+            [
+                await _make_home(i, opts, clock, broker_url, data, cloud)
+                for i in range(1, opts.homes + 1)
+            ]
+        )
+        agent_stop = asyncio.Event()
+        for h in homes:
+            h.task = asyncio.create_task(h.agent.run(agent_stop))
+        out.print(
+            f"[bold]homes[/]   {opts.homes} simulated, clock x{opts.speed:g} from "
+            f"{opts.start.isoformat()} ({opts.interval_s} s intervals)"
+        )
+        await _watch(opts, out, stop, homes, cloud)
+        # Drain: stop minting, let every stored token reach the cloud.
+        for h in homes:
+            await h.agent.stop_sampling()
+        for h in homes:
+            await h.agent.drain(timeout_s=30.0)
+        summary = await _summary(homes, cloud, clock, data)
+        agent_stop.set()
+        for h in homes:
+            if h.task is not None:
+                await h.task
+        return summary
+    finally:
+        for h in homes:
+            with contextlib.suppress(Exception):
+                await h.outbox.close()
+            with contextlib.suppress(Exception):
+                await h.server.stop()
+        await cloud.stop()
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                await broker.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+async def _watch(
+    opts: DemoOptions, out: Console, stop: asyncio.Event, homes: list[Home], cloud: CloudRuntime
+) -> None:
+    assert cloud.store is not None
+    started = time.monotonic()
+    total = opts.duration_s
+    with Progress(
+        TextColumn("[bold]running[/]"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=out,
+        transient=opts.as_json,
+    ) as progress:
+        task = progress.add_task("demo", total=total or 1, status="starting")
+        while not stop.is_set():
+            elapsed = time.monotonic() - started
+            if total is not None and elapsed >= total:
+                break
+            stats = await cloud.store.stats(intervals=1)
+            minted = 0
+            for h in homes:
+                minted += (await h.outbox.counters())["minted"]
+            sim_now = datetime.fromtimestamp(homes[0].agent.clock.now(), UTC) if homes else None
+            progress.update(
+                task,
+                completed=elapsed if total else 0,
+                status=f"sim {sim_now:%H:%M} UTC  minted {minted}  accepted {stats.accepted}  "
+                f"rejected {stats.rejected}  {stats.generated_wh / 1000:.2f} kWh",
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+
+async def _summary(
+    homes: list[Home], cloud: CloudRuntime, clock: SimClock, data: Path
+) -> dict[str, Any]:
+    assert cloud.store is not None
+    counts = {"minted": 0, "delivered": 0, "confirmed": 0, "waiting": 0}
+    for h in homes:
+        c = await h.outbox.counters()
+        for k in counts:
+            counts[k] += c[k]
+    stats = await cloud.store.stats()
+    return {
+        "homes": len(homes),
+        "minted": counts["minted"],
+        "delivered": counts["delivered"],
+        "confirmed": counts["confirmed"],
+        "waiting": counts["waiting"],
+        "accepted": stats.accepted,
+        "rejected": stats.rejected,
+        "rejected_by_reason": stats.rejected_by_reason,
+        "generated_wh": stats.generated_wh,
+        "kwh": round(stats.generated_wh / 1000, 3),
+        "sim_end": datetime.fromtimestamp(clock.now(), UTC).isoformat(),
+        "dashboard": f"{cloud.url}/",
+    }
+
+
+def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> None:
+    """Human table, or one JSON object as the last line on stdout."""
+    if as_json:
+        print(json.dumps(summary, sort_keys=True), flush=True)
+        return
+    console.print("\n[bold]summary[/]")
+    for k in ("homes", "minted", "delivered", "accepted", "rejected", "kwh", "waiting"):
+        console.print(f"  {k:<10} {summary[k]}")
+    if summary["rejected_by_reason"]:
+        console.print(f"  reasons    {summary['rejected_by_reason']}")

@@ -1,0 +1,264 @@
+"""An asyncio face on paho-mqtt, shared by the edge agent and the cloud aggregator.
+
+Owns: one MQTT connection with automatic reconnect (paho's network thread), publishing that waits
+for the broker's PUBACK, and subscriptions whose messages are handed to the asyncio loop and
+acknowledged only when the handler has finished (manual ack), so "acknowledged" means "stored".
+Imports nothing of ours; it is the only place that imports paho.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class BrokerUrlError(ValueError):
+    """A broker address that is not mqtt://host:port or mqtts://host:port."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where the broker listens."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """Parse mqtt://host[:port] (plain) or mqtts://host[:port] (TLS)."""
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise BrokerUrlError(f"broker url {url!r} must look like mqtt://host:1883")
+        try:
+            port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+        except ValueError:
+            raise BrokerUrlError(f"broker url {url!r} has an invalid port") from None
+        return cls(u.hostname, port, u.scheme == "mqtts")
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The last-will message the broker publishes if the connection dies."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A topic filter and the coroutine that handles its messages."""
+
+    topic_filter: str
+    handler: MessageHandler
+    qos: int = 1
+
+
+class MqttLink:
+    """One MQTT connection. Create, `await start()`, use, `await stop()`."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        *,
+        clean_session: bool = False,
+        will: Will | None = None,
+        online: tuple[str, bytes] | None = None,
+        subscriptions: list[Subscription] | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        reconnect_min_s: int = 1,
+        reconnect_max_s: int = 10,
+        max_inflight: int = 20,
+    ):
+        self.address = address
+        self.client_id = client_id
+        self._online = online
+        self._subs = list(subscriptions or [])
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.connected = asyncio.Event()
+        self._lock = threading.Lock()
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._early_acks: set[int] = set()
+        self._inbox: asyncio.Queue[tuple[MessageHandler, str, bytes, int, int]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self.connects = 0
+        self.disconnects = 0
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=paho.MQTTv311,
+        )
+        c.manual_ack_set(True)
+        c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(0)
+        if will is not None:
+            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        if tls_context is not None:
+            c.tls_set_context(tls_context)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        self._client = c
+
+    async def start(self) -> None:
+        """Start connecting in the background; returns at once (see `connected`)."""
+        self._loop = asyncio.get_running_loop()
+        self._worker = asyncio.create_task(self._work())
+        self._client.connect_async(self.address.host, self.address.port, keepalive=15)
+        self._client.loop_start()
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the connection; False if it did not come."""
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (no last-will) and stop the network thread."""
+        with contextlib.suppress(Exception):
+            self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        self.connected.clear()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.cancel()
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout_s: float = 10.0,
+    ) -> bool:
+        """Publish; for QoS 1 wait for the broker's PUBACK. False if not acknowledged in time."""
+        loop = asyncio.get_running_loop()
+        if not self.connected.is_set():
+            # paho would queue it and resend on reconnect; the caller's outbox does that instead.
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        if qos == 0:
+            return True
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                fut.set_result(None)
+            else:
+                self._acks[info.mid] = fut
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            with self._lock:
+                self._acks.pop(info.mid, None)
+            return False
+        return True
+
+    def publish_nowait(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> bool:
+        """Hand a message to paho without waiting for the PUBACK; False if not connected."""
+        if not self.connected.is_set():
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # paho callbacks: they run on paho's network thread; hand everything to the loop.
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.warning("broker %s refused the connection: %s", self.address, reason_code)
+            return
+        self.connects += 1
+        for sub in self._subs:
+            client.subscribe(sub.topic_filter, qos=sub.qos)
+        if self._online is not None:
+            client.publish(self._online[0], self._online[1], qos=1, retain=True)
+        self._call(self.connected.set)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
+        self.disconnects += 1
+        self._call(self.connected.clear)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):  # type: ignore[no-untyped-def]
+        with self._lock:
+            fut = self._acks.pop(mid, None)
+            if fut is None:
+                self._early_acks.add(mid)
+                return
+
+        def resolve() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self._call(resolve)
+
+    def _on_message(self, client, userdata, msg):  # type: ignore[no-untyped-def]
+        handler = self._handler_for(msg.topic)
+        if handler is None or self._loop is None:
+            client.ack(msg.mid, msg.qos)
+            return
+        item = (handler, msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        self._call(lambda: self._inbox.put_nowait(item))
+
+    async def _work(self) -> None:
+        # One worker keeps each connection's messages in arrival order (records of one device
+        # arrive in sequence), and acknowledges each only after its handler has finished.
+        while True:
+            handler, topic, payload, mid, qos = await self._inbox.get()
+            try:
+                await handler(topic, payload)
+            except Exception:
+                # A handler must never stop the link; it logs and counts its own failures.
+                log.exception("handler for %s failed", topic)
+            finally:
+                self._client.ack(mid, qos)
+
+    def _handler_for(self, topic: str) -> MessageHandler | None:
+        for sub in self._subs:
+            if paho.topic_matches_sub(_strip_share(sub.topic_filter), topic):
+                return sub.handler
+        return None
+
+
+def _strip_share(topic_filter: str) -> str:
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter

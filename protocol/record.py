@@ -1,0 +1,314 @@
+"""The signed interval record, version 1: the generation token's payload.
+
+Owns: the record's fields and their deterministic CBOR encoding (RFC 8949 section 4.2.1), and the
+token id. Imports nothing of ours. No floats anywhere: energy is whole Wh, time is integer seconds
+or milliseconds (UTC), state of charge is permille.
+
+Map keys are the unsigned integers 0..23, which all encode in one byte, so cbor2's length-first
+canonical order and RFC 8949's bytewise order agree (see docs/tokens.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import Any
+
+import cbor2
+
+FORMAT_VERSION = 1
+ALLOWED_INTERVALS_S = (300, 900)
+ZERO_HASH = bytes(32)
+MAX_UINT64 = 2**64 - 1
+
+
+class RecordFormatError(ValueError):
+    """A payload that is not a well-formed, canonical version-1 record."""
+
+    def __init__(self, message: str, *, non_canonical: bool = False, version: bool = False):
+        super().__init__(message)
+        self.non_canonical = non_canonical
+        self.version = version
+
+
+class Key(IntEnum):
+    """CBOR map keys of the record payload."""
+
+    VERSION = 0
+    DEVICE = 1
+    METER = 2
+    SEQ = 3
+    BOOT = 4
+    INTERVAL_START = 5
+    INTERVAL_S = 6
+    ENERGY = 7
+    REGISTERS = 8
+    CHANNELS = 9
+    SOC = 10
+    READING_MS = 11
+    TIME_QUALITY = 12
+    TIME_SOURCE = 13
+    STATUS = 14
+    QUALITY = 15
+    PREV = 16
+    FIRMWARE = 17
+    ZONE = 18
+    TECH = 19
+
+
+class Channels(IntFlag):
+    """Which energy channels a record actually measured (the others are zero by absence)."""
+
+    NONE = 0
+    GENERATED = 1
+    IMPORTED = 2
+    EXPORTED = 4
+    CHARGED = 8
+    DISCHARGED = 16
+
+
+class TimeQuality(IntEnum):
+    """How far the reading time can be trusted (after OCMF's U/I/S/R)."""
+
+    UNKNOWN = 0
+    INFORMATIVE = 1
+    SYNCHRONIZED = 2
+    RELATIVE = 3
+
+
+class Quality(IntEnum):
+    """Whether the interval's energy was measured, estimated or substituted (Green Button style)."""
+
+    MEASURED = 0
+    ESTIMATED = 1
+    SUBSTITUTED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Energy:
+    """One interval's energy per channel, in whole Wh, all non-negative."""
+
+    generated_wh: int = 0
+    imported_wh: int = 0
+    exported_wh: int = 0
+    charged_wh: int = 0
+    discharged_wh: int = 0
+
+    def as_list(self) -> list[int]:
+        """The wire order: generated, imported, exported, charged, discharged."""
+        return [
+            self.generated_wh,
+            self.imported_wh,
+            self.exported_wh,
+            self.charged_wh,
+            self.discharged_wh,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalRecord:
+    """One device's closed interval, as signed by the device.
+
+    `registers_wh` holds the meters' running totals at interval end (Wh, same channel order as
+    `energy`), evidence that consecutive records agree: registers[n] - registers[n-1] == energy[n]
+    unless the status names a counter reset.
+    """
+
+    device_id: str
+    seq: int
+    boot: int
+    interval_start: int
+    interval_s: int
+    energy: Energy
+    registers_wh: tuple[int, int, int, int, int]
+    channels: Channels
+    reading_ms: int
+    prev_hash: bytes
+    meter: str = ""
+    soc_permille: int | None = None
+    time_quality: TimeQuality = TimeQuality.SYNCHRONIZED
+    time_source: tuple[str, int] = ("ntp", 0)
+    status: str = "G"
+    quality: Quality = Quality.MEASURED
+    firmware: str = ""
+    zone: str = ""
+    tech: tuple[str, int] = ("pv", 0)
+    version: int = field(default=FORMAT_VERSION)
+
+    @property
+    def interval_end(self) -> int:
+        """End of the interval (exclusive), Unix seconds."""
+        return self.interval_start + self.interval_s
+
+    @property
+    def token_id(self) -> str:
+        """The generation token's id: derived from (device, interval start) so it exists once."""
+        return token_id(self.device_id, self.interval_start)
+
+    @property
+    def capacity_w(self) -> int:
+        """Rated capacity the device declared, in W."""
+        return self.tech[1]
+
+
+def token_id(device_id: str, interval_start: int) -> str:
+    """Hex SHA-256 over a domain tag, the device id and the interval start."""
+    h = hashlib.sha256()
+    h.update(b"gridmint/token/v1\x00")
+    h.update(device_id.encode("utf-8"))
+    h.update(b"\x00")
+    h.update(interval_start.to_bytes(8, "big"))
+    return h.hexdigest()
+
+
+def to_map(rec: IntervalRecord) -> dict[int, Any]:
+    """The record as the CBOR map that is signed."""
+    m: dict[int, Any] = {
+        Key.VERSION: rec.version,
+        Key.DEVICE: rec.device_id,
+        Key.METER: rec.meter,
+        Key.SEQ: rec.seq,
+        Key.BOOT: rec.boot,
+        Key.INTERVAL_START: rec.interval_start,
+        Key.INTERVAL_S: rec.interval_s,
+        Key.ENERGY: rec.energy.as_list(),
+        Key.REGISTERS: list(rec.registers_wh),
+        Key.CHANNELS: int(rec.channels),
+        Key.READING_MS: rec.reading_ms,
+        Key.TIME_QUALITY: int(rec.time_quality),
+        Key.TIME_SOURCE: [rec.time_source[0], rec.time_source[1]],
+        Key.STATUS: rec.status,
+        Key.QUALITY: int(rec.quality),
+        Key.PREV: rec.prev_hash,
+        Key.FIRMWARE: rec.firmware,
+        Key.ZONE: rec.zone,
+        Key.TECH: [rec.tech[0], rec.tech[1]],
+    }
+    if rec.soc_permille is not None:
+        m[Key.SOC] = rec.soc_permille
+    # Plain ints as keys: IntEnum members would encode the same, but keep the map type obvious.
+    return {int(k): v for k, v in m.items()}
+
+
+def encode(rec: IntervalRecord) -> bytes:
+    """Deterministic CBOR bytes of the record; raises RecordFormatError if a field is invalid."""
+    validate(rec)
+    return cbor2.dumps(to_map(rec), canonical=True)
+
+
+def decode(payload: bytes) -> IntervalRecord:
+    """Parse canonical CBOR bytes into a record.
+
+    Raises RecordFormatError if the bytes are not CBOR, not a version-1 record, or not
+    byte-identical to the record's canonical encoding.
+    """
+    try:
+        obj = cbor2.loads(payload)
+    except Exception as exc:  # cbor2 raises several types for bad input
+        raise RecordFormatError(f"payload is not CBOR: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RecordFormatError("payload is not a CBOR map")
+    version = obj.get(int(Key.VERSION))
+    if version != FORMAT_VERSION:
+        raise RecordFormatError(f"unsupported record version {version!r}", version=True)
+    rec = from_map(obj)
+    if cbor2.dumps(to_map(rec), canonical=True) != payload:
+        raise RecordFormatError("payload is not in canonical CBOR form", non_canonical=True)
+    return rec
+
+
+def _uint(m: dict[Any, Any], key: Key, maximum: int = MAX_UINT64) -> int:
+    v = m.get(int(key))
+    if type(v) is not int or not 0 <= v <= maximum:
+        raise RecordFormatError(f"field {key.name.lower()} must be an unsigned integer, got {v!r}")
+    return v
+
+
+def _text(m: dict[Any, Any], key: Key, max_len: int = 256) -> str:
+    v = m.get(int(key))
+    if not isinstance(v, str) or len(v) > max_len:
+        raise RecordFormatError(f"field {key.name.lower()} must be text of at most {max_len}")
+    return v
+
+
+def _uint_list(m: dict[Any, Any], key: Key, length: int) -> list[int]:
+    v = m.get(int(key))
+    if (
+        not isinstance(v, (list, tuple))
+        or len(v) != length
+        or not all(type(x) is int and 0 <= x <= MAX_UINT64 for x in v)
+    ):
+        raise RecordFormatError(f"field {key.name.lower()} must be {length} unsigned integers")
+    return v
+
+
+def _pair(m: dict[Any, Any], key: Key) -> tuple[str, int]:
+    v = m.get(int(key))
+    if (
+        not isinstance(v, (list, tuple))
+        or len(v) != 2
+        or not isinstance(v[0], str)
+        or type(v[1]) is not int
+        or v[1] < 0
+    ):
+        raise RecordFormatError(f"field {key.name.lower()} must be [text, unsigned integer]")
+    return (v[0], v[1])
+
+
+def from_map(m: dict[Any, Any]) -> IntervalRecord:
+    """Build a record from a decoded CBOR map, checking every field's type."""
+    known = {int(k) for k in Key}
+    unknown = [k for k in m if not (type(k) is int and k in known)]
+    if unknown:
+        raise RecordFormatError(f"unknown payload keys {unknown!r}")
+    prev = m.get(int(Key.PREV))
+    if not isinstance(prev, bytes) or len(prev) != 32:
+        raise RecordFormatError("field prev must be 32 bytes")
+    soc = _uint(m, Key.SOC, 1000) if int(Key.SOC) in m else None
+    e = _uint_list(m, Key.ENERGY, 5)
+    r = _uint_list(m, Key.REGISTERS, 5)
+    try:
+        rec = IntervalRecord(
+            version=_uint(m, Key.VERSION),
+            device_id=_text(m, Key.DEVICE, 64),
+            meter=_text(m, Key.METER),
+            seq=_uint(m, Key.SEQ),
+            boot=_uint(m, Key.BOOT),
+            interval_start=_uint(m, Key.INTERVAL_START),
+            interval_s=_uint(m, Key.INTERVAL_S),
+            energy=Energy(*e),
+            registers_wh=(r[0], r[1], r[2], r[3], r[4]),
+            channels=Channels(_uint(m, Key.CHANNELS, 31)),
+            soc_permille=soc,
+            reading_ms=_uint(m, Key.READING_MS),
+            time_quality=TimeQuality(_uint(m, Key.TIME_QUALITY, 3)),
+            time_source=_pair(m, Key.TIME_SOURCE),
+            status=_text(m, Key.STATUS, 64),
+            quality=Quality(_uint(m, Key.QUALITY, 2)),
+            prev_hash=prev,
+            firmware=_text(m, Key.FIRMWARE),
+            zone=_text(m, Key.ZONE, 64),
+            tech=_pair(m, Key.TECH),
+        )
+    except ValueError as exc:
+        raise RecordFormatError(str(exc)) from None
+    validate(rec)
+    return rec
+
+
+def validate(rec: IntervalRecord) -> None:
+    """Check value rules that types alone do not express."""
+    if rec.version != FORMAT_VERSION:
+        raise RecordFormatError(f"unsupported record version {rec.version}", version=True)
+    if not rec.device_id:
+        raise RecordFormatError("device id is empty")
+    if rec.interval_s not in ALLOWED_INTERVALS_S:
+        raise RecordFormatError(f"interval length {rec.interval_s} s is not 300 or 900")
+    if len(rec.prev_hash) != 32:
+        raise RecordFormatError("prev hash must be 32 bytes")
+    if rec.soc_permille is not None and not 0 <= rec.soc_permille <= 1000:
+        raise RecordFormatError("state of charge must be 0..1000 permille")
+    for v in (*rec.energy.as_list(), *rec.registers_wh, rec.seq, rec.boot, rec.reading_ms):
+        if type(v) is not int or not 0 <= v <= MAX_UINT64:
+            raise RecordFormatError(f"{v!r} is not an unsigned 64-bit integer")

@@ -1,0 +1,114 @@
+"""Real services for tests: a Mosquitto broker on a free port, databases on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+PG_DSN = os.environ.get("GRIDMINT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def free_port() -> int:
+    """A TCP port free right now on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    """Block until something accepts TCP connections on the port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout_s} s")
+
+
+class Mosquitto:
+    """A real Mosquitto process (Debian's binary) on its own port, stoppable and restartable."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_config: str = ""):
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.binary).exists():
+            raise RuntimeError("mosquitto is not installed: run ./scripts/test, which installs it")
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        self.log = workdir / f"mosquitto-{self.port}.log"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"log_dest file {self.log}\n{extra_config}"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """mqtt://127.0.0.1:PORT"""
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the broker and wait until it listens."""
+        self.proc = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
+            [self.binary, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+    def kill(self) -> None:
+        """Kill the broker at once (SIGKILL): no goodbye to clients, no state saved."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            self.proc = None
+
+    def stop(self) -> None:
+        """Stop the broker politely."""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+def create_pg_database() -> str:
+    """Create a fresh database on the real PostgreSQL; return its URL."""
+    import asyncpg
+
+    name = f"gridmint_test_{uuid.uuid4().hex[:12]}"
+
+    async def run() -> None:
+        conn = await asyncpg.connect(f"{PG_DSN}/postgres")
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return f"{PG_DSN}/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    """Drop a database made by create_pg_database."""
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+
+    async def run() -> None:
+        conn = await asyncpg.connect(f"{PG_DSN}/postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
