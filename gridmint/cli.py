@@ -245,7 +245,7 @@ def cloud_serve(
         }.items()
         if v is not None
     }
-    settings = CloudSettings(**overrides)
+    settings = CloudSettings.model_validate(overrides)
     try:
         BrokerAddress.parse(settings.broker_url)
     except BrokerUrlError as exc:

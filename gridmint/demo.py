@@ -98,7 +98,7 @@ async def _make_home(
         key_file=data / device_id / "device.key",
         state_db=data / device_id / "edge.sqlite",
         broker_url=broker_url,
-        interval_s=opts.interval_s,
+        interval_s=300 if opts.interval_s == 300 else 900,
         capacity_w=capacity_w,
         zone="demo-zone-1",
         resend_after_s=5.0,

@@ -240,7 +240,7 @@ def _uint_list(m: dict[Any, Any], key: Key, length: int) -> list[int]:
         or not all(type(x) is int and 0 <= x <= MAX_UINT64 for x in v)
     ):
         raise RecordFormatError(f"field {key.name.lower()} must be {length} unsigned integers")
-    return v
+    return list(v)
 
 
 def _pair(m: dict[Any, Any], key: Key) -> tuple[str, int]:

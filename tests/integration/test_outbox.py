@@ -1,0 +1,76 @@
+"""The edge outbox on a real SQLite file: store before publish, delete only on the cloud's word."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge.accounting import AccountantState, Channel
+from edge.keys import KeyFileError, create_key_file, load_key_file
+from edge.outbox import Outbox
+from tests.helpers.records import FakeDevice
+
+
+async def test_minted_token_and_chain_survive_a_reopen(tmp_path: Path) -> None:
+    dev = FakeDevice("pi-1")
+    ob = await Outbox.open(tmp_path / "edge.sqlite")
+    tok = dev.next_token()
+    state = AccountantState(interval_start=tok.record.interval_end, totals_wh={Channel.GENERATED: 9})
+    await ob.commit_mint(tok, state, 1)
+    await ob.close()
+
+    ob = await Outbox.open(tmp_path / "edge.sqlite")
+    chain = await ob.load_chain()
+    assert chain == tok.next_chain
+    assert await ob.load_accountant() == state
+    (row,) = await ob.due(now_ms=2, resend_after_ms=1000)
+    assert row.envelope == tok.envelope
+    assert (await ob.counters())["minted"] == 1
+    await ob.close()
+
+
+async def test_token_is_dropped_only_on_the_clouds_receipt(tmp_path: Path) -> None:
+    dev = FakeDevice("pi-1")
+    ob = await Outbox.open(tmp_path / "edge.sqlite")
+    t1, t2 = dev.next_token(), dev.next_token()
+    for t in (t1, t2):
+        await ob.commit_mint(t, AccountantState(), 0)
+    await ob.mark_sent(t1.record_hash, now_ms=1000)
+    # broker acknowledged, cloud not yet: t1 waits, not due again until the resend delay
+    assert [r.seq for r in await ob.due(now_ms=1500, resend_after_ms=5000)] == [2]
+    assert [r.seq for r in await ob.due(now_ms=7000, resend_after_ms=5000)] == [1, 2]
+    assert await ob.confirm(t1.record_hash)
+    assert not await ob.confirm(t1.record_hash)  # a second receipt changes nothing
+    c = await ob.counters()
+    assert (c["minted"], c["delivered"], c["confirmed"], c["waiting"]) == (2, 1, 1, 1)
+    await ob.close()
+
+
+async def test_sequence_gap_receipt_resends_earlier_tokens_first(tmp_path: Path) -> None:
+    dev = FakeDevice("pi-1")
+    ob = await Outbox.open(tmp_path / "edge.sqlite")
+    toks = [dev.next_token() for _ in range(3)]
+    for t in toks:
+        await ob.commit_mint(t, AccountantState(), 0)
+        await ob.mark_sent(t.record_hash, now_ms=1000)
+    await ob.reject(toks[2].record_hash, "sequence_gap", retry=True, now_ms=2000)
+    assert [r.seq for r in await ob.due(now_ms=2100, resend_after_ms=5000)] == [1, 2]
+    await ob.reject(toks[0].record_hash, "bad_signature", retry=False, now_ms=2200)
+    c = await ob.counters()
+    assert c["rejected"] == 1
+    assert [r.seq for r in await ob.due(now_ms=99_000, resend_after_ms=5000)] == [2, 3]
+    await ob.close()
+
+
+def test_key_file_is_private_and_refused_when_readable_by_others(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "device.key"
+    key = create_key_file(path)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert load_key_file(path).public_key() == key.public_key()
+    with pytest.raises(KeyFileError, match="already exists"):
+        create_key_file(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_key_file(path)
