@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import signal
+import string
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,9 +166,8 @@ def edge_run(
 ) -> None:
     """Run the edge agent: read meters, mint signed interval tokens, publish them."""
     _setup_logging(verbose)
-    from edge.drivers.register_map import RegisterMapError
-
     from edge.agent import EdgeAgent, ModbusMeterReader
+    from edge.drivers.register_map import RegisterMapError
     from edge.keys import KeyFileError, load_or_create_key
     from edge.outbox import Outbox
     from edge.settings import ConfigError, load_settings
@@ -325,8 +325,9 @@ def sim_meter(
 ) -> None:
     """Serve a simulated home over Modbus TCP: unit 1 = PV meter, unit 2 = grid meter."""
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    from edge.drivers.register_map import RegisterMapError, find_register_map, load_register_map
     from simulators.modbus_meter import SimulatedMeter, start_meter_server
+
+    from edge.drivers.register_map import RegisterMapError, find_register_map, load_register_map
 
     try:
         rmap = load_register_map(find_register_map(register_map))
@@ -381,11 +382,12 @@ def token_decode(
 
     try:
         if hex_input:
-            text = (
-                sys.stdin.read()
-                if source == "-"
-                else (Path(source).read_text() if Path(source).exists() else source)
-            )
+            if source == "-":
+                text = sys.stdin.read()
+            elif all(c in string.hexdigits for c in source.strip()):
+                text = source
+            else:
+                text = Path(source).read_text()
             data = bytes.fromhex(text.strip())
         else:
             data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()

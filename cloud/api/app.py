@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -225,6 +225,29 @@ def create_app(
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text exposition of the ingest counters (from the database)."""
+        s = await store.stats(intervals=1)
+        lines = [
+            "# HELP gridmint_tokens_accepted_total Generation tokens accepted and stored.",
+            "# TYPE gridmint_tokens_accepted_total counter",
+            f"gridmint_tokens_accepted_total {s.accepted}",
+            "# HELP gridmint_tokens_rejected_total Messages refused, by reason.",
+            "# TYPE gridmint_tokens_rejected_total counter",
+            *(
+                f'gridmint_tokens_rejected_total{{reason="{r}"}} {n}'
+                for r, n in sorted(s.rejected_by_reason.items())
+            ),
+            "# HELP gridmint_generated_wh_total Generation in accepted tokens, Wh.",
+            "# TYPE gridmint_generated_wh_total counter",
+            f"gridmint_generated_wh_total {s.generated_wh}",
+            "# HELP gridmint_broker_connected 1 while the aggregator is connected to the broker.",
+            "# TYPE gridmint_broker_connected gauge",
+            f"gridmint_broker_connected {int(broker_connected())}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard(request: Request) -> HTMLResponse:

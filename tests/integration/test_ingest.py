@@ -135,11 +135,16 @@ async def test_bad_records_are_refused_with_distinct_reasons_and_good_ones_flow(
             stats = (await http.get("/api/v1/stats")).json()
             tokens = (await http.get("/api/v1/tokens", params={"device_id": "pi-good"})).json()
             rejections = (await http.get("/api/v1/rejections")).json()
+            metrics = (await http.get("/metrics")).text
+            health = (await http.get("/healthz")).json()
         assert stats["accepted"] == 8
         assert stats["rejected_by_reason"] == {reason: 1 for reason in bad}
         assert stats["generated_wh"] == 8 * 250
         assert sorted(t["seq"] for t in tokens) == list(range(1, 9))
         assert {r["reason"] for r in rejections} == set(bad)
+        assert "gridmint_tokens_accepted_total 8" in metrics
+        assert 'gridmint_tokens_rejected_total{reason="bad_signature"} 1' in metrics
+        assert health == {"status": "ok", "database": "ok", "broker": "connected"}
         big = next(r for r in rejections if r["reason"] == "too_large")
         assert big["size"] == 1_000_000
         assert big["sha256"] == hashlib.sha256(bad["too_large"]).hexdigest()

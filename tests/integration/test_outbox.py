@@ -17,7 +17,9 @@ async def test_minted_token_and_chain_survive_a_reopen(tmp_path: Path) -> None:
     dev = FakeDevice("pi-1")
     ob = await Outbox.open(tmp_path / "edge.sqlite")
     tok = dev.next_token()
-    state = AccountantState(interval_start=tok.record.interval_end, totals_wh={Channel.GENERATED: 9})
+    state = AccountantState(
+        interval_start=tok.record.interval_end, totals_wh={Channel.GENERATED: 9}
+    )
     await ob.commit_mint(tok, state, 1)
     await ob.close()
 
