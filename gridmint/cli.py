@@ -37,7 +37,7 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(token_app, name="token")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -51,6 +51,8 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # pymodbus logs every timeout with a frame dump; the agent reports unavailable meters itself.
+    logging.getLogger("pymodbus").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def _parse_time(value: str | None) -> datetime | None:

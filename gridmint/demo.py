@@ -78,7 +78,7 @@ async def _make_home(
     site_id, device_id = f"site-{i:03d}", f"pi-{i:03d}"
     capacity_w = 4000 + 500 * (i % 4)
     sdm630 = load_register_map(find_register_map("eastron/sdm630"))
-    common = {
+    common: dict[str, Any] = {
         "clock": clock,
         "capacity_w": capacity_w,
         "latitude": 48.0 + i * 0.1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ GRIDMINT = [sys.executable, "-m", "gridmint"]
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*GRIDMINT, *args], input=stdin.decode() if stdin else None, capture_output=True,
-        text=True, timeout=60, check=False,
+        text=True, timeout=60, check=False, env={**os.environ, "COLUMNS": "200"},
     )
 
 
@@ -44,7 +45,7 @@ def test_bad_input_gives_a_plain_message_not_a_traceback(tmp_path: Path) -> None
     cases = [
         (["token", "decode", str(garbage)], "not a valid gridmint record"),
         (["edge", "run", "--config", str(tmp_path / "missing.toml")], "does not exist"),
-        (["demo", "--homes", "0"], "0"),
+        (["demo", "--homes", "0"], "greater than or equal to 1"),
         (["demo", "--no-such-flag"], "No such option"),
         (["demo", "--broker", "http://x"], "must look like mqtt://"),
         (["cloud", "add-device", "--device-id", "a/b", "--site-id", "s", "--public-key", "00"],
