@@ -327,9 +327,8 @@ def sim_meter(
 ) -> None:
     """Serve a simulated home over Modbus TCP: unit 1 = PV meter, unit 2 = grid meter."""
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    from simulators.modbus_meter import SimulatedMeter, start_meter_server
-
     from edge.drivers.register_map import RegisterMapError, find_register_map, load_register_map
+    from simulators.modbus_meter import SimulatedMeter, start_meter_server
 
     try:
         rmap = load_register_map(find_register_map(register_map))

@@ -20,7 +20,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from simulators.modbus_meter import SimulatedMeter, start_meter_server
 
 from cloud.runtime import CloudRuntime, free_port
 from cloud.settings import CloudSettings
@@ -32,6 +31,7 @@ from edge.settings import EdgeSettings, MeterSettings
 from gridmint.broker import EmbeddedBroker
 from protocol import cose
 from protocol.clock import SimClock
+from simulators.modbus_meter import SimulatedMeter, start_meter_server
 
 DEPLOYMENT = "gridmint-demo"
 PV_UNIT, GRID_UNIT = 1, 2
