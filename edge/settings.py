@@ -50,9 +50,9 @@ class EdgeSettings(BaseSettings):
     broker_url: str = "mqtt://127.0.0.1:1883"
     interval_s: Literal[300, 900] = 300
     capacity_w: int = Field(5000, gt=0)
-    zone: str = ""
-    tech: str = "pv"
-    firmware: str = "gridmint-edge/0.1"
+    zone: str = Field("", max_length=64)
+    tech: str = Field("pv", max_length=32)
+    firmware: str = Field("gridmint-edge/0.1", max_length=128)
     resend_after_s: float = Field(30.0, gt=0)
     meters: list[MeterSettings]
 

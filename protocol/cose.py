@@ -107,10 +107,15 @@ def parse(envelope: bytes) -> Sign1:
         hdr = cbor2.loads(protected)
     except Exception:  # cbor2 raises several types for bad input
         raise EnvelopeError("protected header is not CBOR") from None
-    if not isinstance(hdr, dict) or set(hdr) != {HDR_ALG, HDR_KID}:
+    # type() checks: True == 1 and -19.0 == -19 in Python, but they are other CBOR items.
+    if (
+        not isinstance(hdr, dict)
+        or set(hdr) != {HDR_ALG, HDR_KID}
+        or any(type(label) is not int for label in hdr)
+    ):
         raise EnvelopeError("protected header must hold exactly alg and kid")
     alg, kid = hdr[HDR_ALG], hdr[HDR_KID]
-    if alg not in (ALG_ED25519, ALG_EDDSA):
+    if type(alg) is not int or alg not in (ALG_ED25519, ALG_EDDSA):
         raise EnvelopeError(f"unsupported algorithm {alg!r}")
     if not isinstance(kid, bytes) or len(kid) != 8:
         raise EnvelopeError("kid must be 8 bytes")

@@ -250,7 +250,7 @@ def _pair(m: dict[Any, Any], key: Key) -> tuple[str, int]:
         or len(v) != 2
         or not isinstance(v[0], str)
         or type(v[1]) is not int
-        or v[1] < 0
+        or not 0 <= v[1] <= MAX_UINT64
     ):
         raise RecordFormatError(f"field {key.name.lower()} must be [text, unsigned integer]")
     return (v[0], v[1])
@@ -298,17 +298,70 @@ def from_map(m: dict[Any, Any]) -> IntervalRecord:
 
 
 def validate(rec: IntervalRecord) -> None:
-    """Check value rules that types alone do not express."""
+    """Check every field against the rules `decode` applies, so whatever encodes also decodes.
+
+    Types are checked at run time too (fields typed `object` here on purpose): a record built
+    from untyped input must fail here, at signing, not at the verifier.
+    """
     if rec.version != FORMAT_VERSION:
         raise RecordFormatError(f"unsupported record version {rec.version}", version=True)
+    texts: tuple[tuple[Key, object, int], ...] = (
+        (Key.DEVICE, rec.device_id, 64),
+        (Key.METER, rec.meter, 256),
+        (Key.STATUS, rec.status, 64),
+        (Key.FIRMWARE, rec.firmware, 256),
+        (Key.ZONE, rec.zone, 64),
+    )
+    for key, text, max_len in texts:
+        if not isinstance(text, str) or len(text) > max_len:
+            raise RecordFormatError(f"field {key.name.lower()} must be text of at most {max_len}")
     if not rec.device_id:
         raise RecordFormatError("device id is empty")
+    uints: tuple[tuple[Key, object, int], ...] = (
+        (Key.SEQ, rec.seq, MAX_UINT64),
+        (Key.BOOT, rec.boot, MAX_UINT64),
+        (Key.INTERVAL_START, rec.interval_start, MAX_UINT64),
+        (Key.INTERVAL_S, rec.interval_s, MAX_UINT64),
+        (Key.CHANNELS, rec.channels, 31),
+        (Key.READING_MS, rec.reading_ms, MAX_UINT64),
+        (Key.TIME_QUALITY, rec.time_quality, 3),
+        (Key.QUALITY, rec.quality, 2),
+    )
+    for key, value, maximum in uints:
+        if not _is_uint(value, maximum):
+            raise RecordFormatError(f"field {key.name.lower()} must be an unsigned integer")
     if rec.interval_s not in ALLOWED_INTERVALS_S:
         raise RecordFormatError(f"interval length {rec.interval_s} s is not 300 or 900")
-    if len(rec.prev_hash) != 32:
+    prev: object = rec.prev_hash
+    if not isinstance(prev, bytes) or len(prev) != 32:
         raise RecordFormatError("prev hash must be 32 bytes")
-    if rec.soc_permille is not None and not 0 <= rec.soc_permille <= 1000:
+    soc: object = rec.soc_permille
+    if soc is not None and not _is_uint(soc, 1000):
         raise RecordFormatError("state of charge must be 0..1000 permille")
-    for v in (*rec.energy.as_list(), *rec.registers_wh, rec.seq, rec.boot, rec.reading_ms):
-        if type(v) is not int or not 0 <= v <= MAX_UINT64:
-            raise RecordFormatError(f"{v!r} is not an unsigned 64-bit integer")
+    lists: tuple[tuple[Key, object], ...] = (
+        (Key.ENERGY, tuple(rec.energy.as_list())),
+        (Key.REGISTERS, rec.registers_wh),
+    )
+    for key, values in lists:
+        if not isinstance(values, tuple) or len(values) != 5:
+            raise RecordFormatError(f"field {key.name.lower()} must be 5 unsigned integers")
+        for v in values:
+            if not _is_uint(v):
+                raise RecordFormatError(f"{v!r} is not an unsigned 64-bit integer")
+    pairs: tuple[tuple[Key, object], ...] = (
+        (Key.TIME_SOURCE, rec.time_source),
+        (Key.TECH, rec.tech),
+    )
+    for key, pair in pairs:
+        if (
+            not isinstance(pair, tuple)
+            or len(pair) != 2
+            or not isinstance(pair[0], str)
+            or not _is_uint(pair[1])
+        ):
+            raise RecordFormatError(f"field {key.name.lower()} must be (text, unsigned integer)")
+
+
+def _is_uint(value: object, maximum: int = MAX_UINT64) -> bool:
+    """An int (or int enum member, never a bool) in 0..maximum."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum

@@ -37,7 +37,7 @@ class Channel(StrEnum):
 
 def check_segment(value: str, what: str) -> str:
     """Return `value` if it is a safe topic segment (no wildcards, slashes or blanks)."""
-    if not _SEGMENT.match(value):
+    if not _SEGMENT.fullmatch(value):  # not match(): "$" also matches before a final "\n"
         raise TopicError(
             f"{what} {value!r} is not a valid id: use 1-64 letters, digits, '_', '.', ':' or '-'"
         )
