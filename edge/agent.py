@@ -1,24 +1,29 @@
-"""The edge agent: read meters at every interval boundary, mint, store, publish, await receipts.
+"""The edge agent: read meters, close intervals, mint, store, publish, await receipts.
 
-Owns: the agent's tasks and their wiring (composition of accounting, minting, outbox, uplink).
-It runs on any `protocol.clock.Clock`, so the demo can run it faster than real time.
+Owns: the agent's tasks and their wiring (composition of meters, accounting, minting, outbox and
+the MQTT link). It runs on any `protocol.clock.Clock`, so the demo can run it faster than real
+time. Three tasks: a boundary task that reads every meter right after each interval boundary, a
+telemetry task that polls at `telemetry_interval_s` (live values at QoS 0, status, and readings
+for the accountant so swaps and resets inside an interval are seen), and a publisher.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.accounting import Channel, IntervalAccountant, align_down
+from edge.accounting import Channel, IntervalAccountant, Reading, align_down
+from edge.meters import MeterReader
 from edge.minting import ChainState, DeviceIdentity, mint
 from edge.outbox import Outbox
-from edge.settings import EdgeSettings, MeterSettings
+from edge.settings import EdgeSettings
 from mqttlink import BrokerAddress, MqttLink, Subscription, Will
 from protocol import topics
 from protocol.clock import Clock, SimClock
@@ -27,70 +32,27 @@ from protocol.record import TimeQuality
 
 log = logging.getLogger(__name__)
 
-_WH_PER_UNIT = {"Wh": 1.0, "kWh": 1000.0, "MWh": 1_000_000.0}
+ClockCheck = Callable[[], tuple[bool, str, int]]
 
 
-class MeterReader(Protocol):
-    """Anything that returns cumulative energy totals (Wh) per site channel."""
-
-    name: str
-
-    async def read_totals(self) -> dict[Channel, int]:
-        """Read the meter; raise an exception with a plain message if it does not answer."""
-        ...
-
-    async def close(self) -> None:
-        """Release the connection."""
-        ...
+def _sim_clock_check() -> tuple[bool, str, int]:
+    return True, "sim", 0
 
 
-class ModbusMeterReader:
-    """A Modbus meter read through the generic, register-map driven driver."""
-
-    def __init__(self, settings: MeterSettings):
-        from edge.drivers.modbus_generic import ModbusDevice
-        from edge.drivers.register_map import find_register_map, load_register_map
-
-        self.name = settings.name
-        self.settings = settings
-        self.map = load_register_map(find_register_map(settings.register_map))
-        for ch, quantity in settings.channels.items():
-            if quantity not in self.map.quantities:
-                raise ValueError(
-                    f"meter {settings.name}: {self.map.model} has no quantity {quantity!r} "
-                    f"for channel {ch.value}"
-                )
-        self.device = ModbusDevice(
-            self.map, settings.host, settings.port, settings.unit_id, timeout_s=settings.timeout_s
-        )
-
-    async def read_totals(self) -> dict[Channel, int]:
-        """Read the energy registers and convert them to whole Wh."""
-        names = list(self.settings.channels.values())
-        values = await self.device.read(names)
-        out: dict[Channel, int] = {}
-        for ch, quantity in self.settings.channels.items():
-            unit = self.map.quantities[quantity].unit
-            factor = _WH_PER_UNIT.get(unit)
-            if factor is None:
-                raise ValueError(f"quantity {quantity} has unit {unit}, not an energy unit")
-            # float32 kWh registers: subtract in float64, store integers (devices.md).
-            out[ch] = round(values[quantity] * factor)
-        return out
-
-    async def close(self) -> None:
-        """Close the Modbus connection."""
-        await self.device.close()
+def _unknown_clock_check() -> tuple[bool, str, int]:
+    # Without a check, the system time is informative only (the Pi has no RTC).
+    return True, "system", 0
 
 
 @dataclass(slots=True)
 class AgentStats:
     """Live counters for status output and the demo."""
 
-    readings: int = 0
+    polls: int = 0
     read_failures: int = 0
     last_error: str = ""
     receipts: int = 0
+    held_unsynced: int = 0
     meters_unavailable: dict[str, str] = field(default_factory=dict)
 
 
@@ -104,6 +66,7 @@ class EdgeAgent:
         clock: Clock,
         meters: list[MeterReader],
         outbox: Outbox,
+        clock_check: ClockCheck | None = None,
     ):
         self.settings = settings
         self.key = key
@@ -111,55 +74,61 @@ class EdgeAgent:
         self.meters = meters
         self.outbox = outbox
         self.stats = AgentStats()
+        self._clock_check = clock_check or (
+            _sim_clock_check if isinstance(clock, SimClock) else _unknown_clock_check
+        )
         self.identity = DeviceIdentity(
             device_id=settings.device_id,
-            meter=";".join(f"{m.name}" for m in settings.meters),
+            meter=";".join(m.serial or m.name for m in settings.meters)[:256],
             firmware=settings.firmware,
             zone=settings.zone,
             tech=settings.tech,
             capacity_w=settings.capacity_w,
         )
         self._wake = asyncio.Event()
-        self._sampler: asyncio.Task[None] | None = None
-        self.started = asyncio.Event()
+        self._read_lock = asyncio.Lock()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._chain = ChainState()
         self._accountant = IntervalAccountant(settings.interval_s, settings.capacity_w)
+        self._soc: int | None = None
+        self._last_status = ""
+        self.started = asyncio.Event()
         site, dev = settings.site_id, settings.device_id
         self.token_topic = topics.topic(site, dev, topics.Channel.TOKENS)
-        status_topic = topics.topic(site, dev, topics.Channel.STATUS)
+        self.telemetry_topic = topics.topic(site, dev, topics.Channel.TELEMETRY)
+        self.status_topic = topics.topic(site, dev, topics.Channel.STATUS)
         self.link = MqttLink(
             BrokerAddress.parse(settings.broker_url),
             client_id=f"edge-{dev}",
             clean_session=False,
-            will=Will(status_topic, b"offline"),
-            online=(status_topic, b"online"),
+            will=Will(self.status_topic, json.dumps({"state": "offline"}).encode()),
+            online=(self.status_topic, json.dumps({"state": "online"}).encode()),
             subscriptions=[
                 Subscription(topics.topic(site, dev, topics.Channel.RECEIPTS), self._on_receipt)
             ],
         )
 
-    def _time_quality(self) -> tuple[TimeQuality, tuple[str, int]]:
-        if isinstance(self.clock, SimClock):
-            return TimeQuality.SYNCHRONIZED, ("sim", 0)
-        # Clock synchronisation detection on the Pi comes with the field-grade agent (issue 3).
-        return TimeQuality.INFORMATIVE, ("system", 0)
+    # lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run sampling and publishing until `stop` is set, then shut down cleanly."""
+        """Run until `stop` is set, then shut down cleanly."""
         self._chain = await self.outbox.start_boot()
         saved = await self.outbox.load_accountant()
         if saved is not None:
             self._accountant.state = saved
         await self.link.start()
-        self._sampler = asyncio.create_task(self._sample_loop(stop), name="sample")
-        tasks = [self._sampler, asyncio.create_task(self._publish_loop(stop), name="publish")]
+        self._tasks = {
+            "boundary": asyncio.create_task(self._boundary_loop(stop), name="boundary"),
+            "telemetry": asyncio.create_task(self._telemetry_loop(stop), name="telemetry"),
+            "publish": asyncio.create_task(self._publish_loop(stop), name="publish"),
+        }
         self.started.set()
         try:
             await stop.wait()
         finally:
-            for t in tasks:
+            for t in self._tasks.values():
                 t.cancel()
-            for t in tasks:
+            for t in self._tasks.values():
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
             await self.link.stop()
@@ -169,10 +138,12 @@ class EdgeAgent:
 
     async def stop_sampling(self) -> None:
         """Stop reading meters and minting; publishing goes on (to drain the outbox)."""
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
+        for name in ("boundary", "telemetry"):
+            task = self._tasks.get(name)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until the cloud holds every stored token; False if some are still waiting."""
@@ -184,50 +155,70 @@ class EdgeAgent:
             await asyncio.sleep(0.1)
         return (await self.outbox.counters())["waiting"] == 0
 
-    async def _read_all(self) -> dict[Channel, int]:
-        totals: dict[Channel, int] = {}
+    # reading and minting
+
+    async def _poll_all(
+        self, all_values: bool
+    ) -> tuple[float, dict[Channel, Reading], dict[str, dict[str, float]]]:
+        readings: dict[Channel, Reading] = {}
+        values: dict[str, dict[str, float]] = {}
         for meter in self.meters:
-            for attempt in range(3):
+            for attempt in range(3 if not all_values else 1):
                 try:
-                    totals.update(await meter.read_totals())
-                    self.stats.meters_unavailable.pop(meter.name, None)
-                    break
+                    poll = await meter.poll(self.clock.now(), all_values)
                 except Exception as exc:  # a dead meter must not stop the others
                     self.stats.read_failures += 1
                     self.stats.last_error = f"{meter.name}: {exc}"
-                    if attempt == 2:
+                    if attempt == (2 if not all_values else 0):
+                        if meter.name not in self.stats.meters_unavailable:
+                            log.warning("meter %s unavailable: %s", meter.name, exc)
                         self.stats.meters_unavailable[meter.name] = str(exc)
-                        log.warning("meter %s unavailable: %s", meter.name, exc)
                     else:
                         await asyncio.sleep(0.05)
-        self.stats.readings += 1
-        return totals
+                    continue
+                if meter.name in self.stats.meters_unavailable:
+                    log.warning("meter %s is back", meter.name)
+                    self.stats.meters_unavailable.pop(meter.name, None)
+                readings.update(poll.readings)
+                values[meter.name] = poll.values
+                if poll.soc_permille is not None:
+                    self._soc = poll.soc_permille
+                break
+        self.stats.polls += 1
+        return self.clock.now(), readings, values
 
-    async def sample_once(self) -> None:
-        """Read every meter now and close an interval if a boundary has passed."""
-        totals = await self._read_all()
-        ts = self.clock.now()
-        if not totals:
-            return
-        closed = self._accountant.observe(ts, totals)
-        if closed is None:
-            await self.outbox.save_accountant(self._accountant.state)
-            return
-        tq, source = self._time_quality()
-        token = mint(
-            closed,
-            self._chain,
-            self.identity,
-            self.key,
-            self.settings.deployment.encode(),
-            tq,
-            source,
-        )
-        await self.outbox.commit_mint(token, self._accountant.state, int(time.time() * 1000))
-        self._chain = token.next_chain
-        self._wake.set()
+    def _time_quality(self) -> tuple[bool, TimeQuality, tuple[str, int]]:
+        synced, source, since = self._clock_check()
+        if source == "system":
+            return True, TimeQuality.INFORMATIVE, (source, since)
+        return synced, TimeQuality.SYNCHRONIZED if synced else TimeQuality.UNKNOWN, (source, since)
 
-    async def _sample_loop(self, stop: asyncio.Event) -> None:
+    async def sample_once(self, all_values: bool = False) -> dict[str, dict[str, float]]:
+        """Read every meter now, feed the accountant, and mint if an interval closed."""
+        async with self._read_lock:
+            ts, readings, values = await self._poll_all(all_values)
+            synced, tq, source = self._time_quality()
+            if not synced:
+                # No trustworthy time: hold. The next synchronised reading books the energy,
+                # flagged GAP/ESTIMATED; nothing is minted on a guessed clock.
+                self.stats.held_unsynced += 1
+                return values
+            if not readings:
+                return values
+            closed = self._accountant.observe(ts, readings)
+            if closed is None:
+                await self.outbox.save_accountant(self._accountant.state)
+                return values
+            token = mint(
+                closed, self._chain, self.identity, self.key,
+                self.settings.deployment.encode(), tq, source, self._soc,
+            )
+            await self.outbox.commit_mint(token, self._accountant.state, int(time.time() * 1000))
+            self._chain = token.next_chain
+            self._wake.set()
+            return values
+
+    async def _boundary_loop(self, stop: asyncio.Event) -> None:
         ivl = self.settings.interval_s
         while not stop.is_set():
             boundary = align_down(self.clock.now(), ivl) + ivl
@@ -235,9 +226,63 @@ class EdgeAgent:
             try:
                 await self.sample_once()
             except Exception as exc:
-                # Storage trouble (full disk, locked file) is reported, never a crash.
+                # Storage trouble (full disk, locked file) is reported, never a crash; the
+                # accounting state was not saved, so the next reading books the energy again.
                 self.stats.last_error = f"sampling failed: {exc}"
                 log.error("sampling failed: %s", exc)
+                saved = await self._reload_state()
+                if not saved:
+                    await asyncio.sleep(1.0)
+
+    async def _reload_state(self) -> bool:
+        try:
+            state = await self.outbox.load_accountant()
+            self._chain = await self.outbox.load_chain()
+        except Exception:
+            return False
+        if state is not None:
+            self._accountant.state = state
+        return True
+
+    async def _telemetry_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                values = await self.sample_once(all_values=True)
+                await self._publish_telemetry(values)
+            except Exception as exc:
+                self.stats.last_error = f"telemetry failed: {exc}"
+                log.error("telemetry failed: %s", exc)
+            await asyncio.sleep(self.settings.telemetry_interval_s)
+
+    # MQTT
+
+    def status(self, waiting: int) -> dict[str, object]:
+        """The retained status: online, buffering (tokens waiting) or fault (meters down)."""
+        if self.meters and len(self.stats.meters_unavailable) == len(self.meters):
+            state = "fault"
+        elif waiting > 0 or self.stats.held_unsynced and not self._time_quality()[0]:
+            state = "buffering"
+        else:
+            state = "online"
+        return {
+            "state": state,
+            "waiting": waiting,
+            "unavailable": dict(self.stats.meters_unavailable),
+            "seq": self._chain.seq,
+            "boot": self._chain.boot,
+        }
+
+    async def _publish_telemetry(self, values: dict[str, dict[str, float]]) -> None:
+        if not self.link.connected.is_set():
+            return
+        now_ms = int(self.clock.now() * 1000)
+        payload = {"ts_ms": now_ms, "meters": values, "soc_permille": self._soc}
+        self.link.publish_nowait(self.telemetry_topic, json.dumps(payload).encode(), qos=0)
+        status = self.status((await self.outbox.counters())["waiting"])
+        text = json.dumps(status, sort_keys=True)
+        if text != self._last_status:
+            self._last_status = text
+            self.link.publish_nowait(self.status_topic, text.encode(), qos=1, retain=True)
 
     async def _publish_loop(self, stop: asyncio.Event) -> None:
         resend_ms = int(self.settings.resend_after_s * 1000)

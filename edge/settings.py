@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.accounting import Channel
@@ -22,19 +22,28 @@ class ConfigError(ValueError):
 
 
 class MeterSettings(BaseModel):
-    """One Modbus device the agent reads."""
+    """One device the agent reads."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str
-    register_map: str = Field(description="register map name, e.g. eastron/sdm630")
+    driver: Literal["modbus"] = "modbus"
+    register_map: str = Field("", description="register map name, e.g. eastron/sdm630")
     transport: Literal["tcp"] = "tcp"
     host: str = "127.0.0.1"
     port: int = Field(502, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=247)
     timeout_s: float = Field(1.0, gt=0)
     channels: dict[Channel, str] = Field(
-        description="site channel -> register map quantity holding its cumulative energy"
+        default_factory=dict,
+        description="site channel -> quantity holding its lifetime energy total",
     )
-    serial: str = ""
+    integrate: dict[Channel, str] = Field(
+        default_factory=dict,
+        description="site channel -> power quantity (W) to integrate when there is no counter",
+    )
+    soc: str = Field("", description="quantity holding the battery state of charge")
+    serial: str = Field("", description="meter serial: a change on a channel is a meter swap")
 
 
 class EdgeSettings(BaseSettings):
@@ -54,6 +63,7 @@ class EdgeSettings(BaseSettings):
     tech: str = Field("pv", max_length=32)
     firmware: str = Field("gridmint-edge/0.1", max_length=128)
     resend_after_s: float = Field(30.0, gt=0)
+    telemetry_interval_s: float = Field(10.0, gt=0, description="real seconds between polls")
     meters: list[MeterSettings]
 
     @field_validator("device_id", "site_id")

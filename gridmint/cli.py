@@ -168,9 +168,10 @@ def edge_run(
 ) -> None:
     """Run the edge agent: read meters, mint signed interval tokens, publish them."""
     _setup_logging(verbose)
-    from edge.agent import EdgeAgent, ModbusMeterReader
+    from edge.agent import EdgeAgent
     from edge.drivers.register_map import RegisterMapError
     from edge.keys import KeyFileError, load_or_create_key
+    from edge.meters import make_reader
     from edge.outbox import Outbox
     from edge.settings import ConfigError, load_settings
     from mqttlink import BrokerAddress, BrokerUrlError
@@ -179,14 +180,14 @@ def edge_run(
         settings = load_settings(config)
         BrokerAddress.parse(settings.broker_url)
         key = load_or_create_key(settings.key_file)
-        readers = [ModbusMeterReader(m) for m in settings.meters]
+        readers = [make_reader(m) for m in settings.meters]
     except (ConfigError, KeyFileError, BrokerUrlError, RegisterMapError, ValueError) as exc:
         raise fail(str(exc)) from None
     clock = _clock(speed, start, origin)
 
     async def main(stop: asyncio.Event) -> None:
         outbox = await Outbox.open(settings.state_db)
-        agent = EdgeAgent(settings, key, clock, list(readers), outbox)
+        agent = EdgeAgent(settings, key, clock, readers, outbox)
         err.print(
             f"edge agent {settings.device_id}: {len(readers)} meter(s), broker "
             f"{settings.broker_url}; Ctrl-C stops"

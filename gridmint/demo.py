@@ -24,8 +24,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from cloud.runtime import CloudRuntime, free_port
 from cloud.settings import CloudSettings
 from edge.accounting import Channel
-from edge.agent import EdgeAgent, ModbusMeterReader
+from edge.agent import EdgeAgent
 from edge.keys import create_key_file
+from edge.meters import make_reader
 from edge.outbox import Outbox
 from edge.settings import EdgeSettings, MeterSettings
 from gridmint.broker import EmbeddedBroker
@@ -102,6 +103,7 @@ async def _make_home(
         capacity_w=capacity_w,
         zone="demo-zone-1",
         resend_after_s=5.0,
+        telemetry_interval_s=1.0,
         meters=[
             MeterSettings(
                 name="pv",
@@ -128,8 +130,8 @@ async def _make_home(
         device_id, site_id, public, cose.key_id(public), capacity_w, settings.zone
     )
     outbox = await Outbox.open(settings.state_db)
-    readers = [ModbusMeterReader(m) for m in settings.meters]
-    agent = EdgeAgent(settings, key, clock, list(readers), outbox)
+    readers = [make_reader(m) for m in settings.meters]
+    agent = EdgeAgent(settings, key, clock, readers, outbox)
     return Home(site_id, device_id, agent, outbox, server)
 
 

@@ -46,6 +46,15 @@ async def test_demo_flow_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     assert summary["kwh"] > 0
     for seqs in _chains(tmp_path / "cloud.sqlite").values():
         assert seqs == list(range(1, len(seqs) + 1))
+    # A healthy run flags nothing: every interval measured, no resets, jumps or gaps.
+    con = sqlite3.connect(tmp_path / "cloud.sqlite")
+    try:
+        statuses = {row[0] for row in con.execute("SELECT DISTINCT status FROM tokens")}
+        qualities = {row[0] for row in con.execute("SELECT DISTINCT quality FROM tokens")}
+    finally:
+        con.close()
+    assert statuses == {"G"}
+    assert qualities == {0}
 
 
 async def test_broker_outage_of_30_s_loses_and_duplicates_nothing(
