@@ -110,12 +110,16 @@ class EdgeAgent:
 
     # lifecycle
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then shut down cleanly."""
+    async def resume(self) -> None:
+        """Count a boot and pick up the chain and accounting state where the last run left it."""
         self._chain = await self.outbox.start_boot()
         saved = await self.outbox.load_accountant()
         if saved is not None:
             self._accountant.state = saved
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down cleanly."""
+        await self.resume()
         await self.link.start()
         self._tasks = {
             "boundary": asyncio.create_task(self._boundary_loop(stop), name="boundary"),

@@ -86,3 +86,33 @@ class SimClock:
     async def sleep(self, seconds: float) -> None:
         """Sleep for `seconds` of simulated time."""
         await self.sleep_until(self.now() + seconds)
+
+
+class ManualClock:
+    """A clock that moves only when told to: for tests that step through faults."""
+
+    speed = 1.0
+
+    def __init__(self, start: float):
+        self._now = start
+
+    def now(self) -> float:
+        """Return the set time."""
+        return self._now
+
+    def set(self, when: float) -> None:
+        """Jump to `when` (forwards or backwards, as NTP may)."""
+        self._now = when
+
+    def advance(self, seconds: float) -> None:
+        """Move forwards."""
+        self._now += seconds
+
+    async def sleep_until(self, when: float) -> None:
+        """Yield until someone moves the clock to `when`."""
+        while self._now < when:
+            await asyncio.sleep(0.001)
+
+    async def sleep(self, seconds: float) -> None:
+        """Yield until someone moves the clock forward by `seconds`."""
+        await self.sleep_until(self._now + seconds)
