@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge import systemd
 from edge.accounting import Channel, IntervalAccountant, Reading, align_down
+from edge.gpio import StatusPanel, led_state_for
 from edge.meters import MeterReader
 from edge.minting import ChainState, DeviceIdentity, mint
 from edge.outbox import Outbox
 from edge.settings import EdgeSettings
+from edge.systemd import Heartbeat
 from mqttlink import BrokerAddress, MqttLink, Subscription, Will
 from protocol import topics
 from protocol.clock import Clock, SimClock
@@ -32,16 +35,32 @@ from protocol.record import TimeQuality
 
 log = logging.getLogger(__name__)
 
-ClockCheck = Callable[[], tuple[bool, str, int]]
+ClockCheck = Callable[[], tuple[TimeQuality, tuple[str, int]]]
 
 
-def _sim_clock_check() -> tuple[bool, str, int]:
-    return True, "sim", 0
+def _sim_clock_check() -> tuple[TimeQuality, tuple[str, int]]:
+    return TimeQuality.SYNCHRONIZED, ("sim", 0)
 
 
-def _unknown_clock_check() -> tuple[bool, str, int]:
-    # Without a check, the system time is informative only (the Pi has no RTC).
-    return True, "system", 0
+class SystemClockCheck:
+    """The Pi's clock synchronisation state, asked of the OS at most every `every_s` seconds."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s = every_s
+        self._cached: tuple[TimeQuality, tuple[str, int]] | None = None
+        self._at = 0.0
+
+    def __call__(self) -> tuple[TimeQuality, tuple[str, int]]:
+        from edge import clocksync
+
+        now = time.monotonic()
+        if self._cached is None or now - self._at > self.every_s:
+            status = clocksync.read_clock_status()
+            self._cached = clocksync.time_quality_for(
+                status, time.time(), clocksync.clock_epoch()
+            )
+            self._at = now
+        return self._cached
 
 
 @dataclass(slots=True)
@@ -67,6 +86,7 @@ class EdgeAgent:
         meters: list[MeterReader],
         outbox: Outbox,
         clock_check: ClockCheck | None = None,
+        panel: StatusPanel | None = None,
     ):
         self.settings = settings
         self.key = key
@@ -75,8 +95,14 @@ class EdgeAgent:
         self.outbox = outbox
         self.stats = AgentStats()
         self._clock_check = clock_check or (
-            _sim_clock_check if isinstance(clock, SimClock) else _unknown_clock_check
+            _sim_clock_check if isinstance(clock, SimClock) else SystemClockCheck()
         )
+        self.panel = panel
+        self._beats = {
+            "telemetry": Heartbeat(settings.telemetry_interval_s * 3 + 60),
+            "publish": Heartbeat(60),
+        }
+        self._disconnected_since: float | None = time.monotonic()
         self.identity = DeviceIdentity(
             device_id=settings.device_id,
             meter=";".join(m.serial or m.name for m in settings.meters)[:256],
@@ -125,11 +151,15 @@ class EdgeAgent:
             "boundary": asyncio.create_task(self._boundary_loop(stop), name="boundary"),
             "telemetry": asyncio.create_task(self._telemetry_loop(stop), name="telemetry"),
             "publish": asyncio.create_task(self._publish_loop(stop), name="publish"),
+            "watchdog": asyncio.create_task(systemd.run_watchdog(self.healthy, stop)),
+            "led": asyncio.create_task(self._led_loop(stop), name="led"),
         }
         self.started.set()
+        systemd.ready(f"minting for {self.settings.device_id}")
         try:
             await stop.wait()
         finally:
+            systemd.stopping()
             for t in self._tasks.values():
                 t.cancel()
             for t in self._tasks.values():
@@ -139,6 +169,37 @@ class EdgeAgent:
             for m in self.meters:
                 with contextlib.suppress(Exception):
                     await m.close()
+            if self.panel is not None:
+                self.panel.close()
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the loops are alive and making progress."""
+        for name in ("telemetry", "publish"):
+            task = self._tasks.get(name)
+            if task is None or task.done() or not self._beats[name].healthy():
+                return False
+        return True
+
+    async def _led_loop(self, stop: asyncio.Event) -> None:
+        if self.panel is None:
+            return
+        while not stop.is_set():
+            connected = self.link.connected.is_set()
+            if connected:
+                self._disconnected_since = None
+            elif self._disconnected_since is None:
+                self._disconnected_since = time.monotonic()
+            waiting = (await self.outbox.counters())["waiting"]
+            self.panel.set_state(
+                led_state_for(
+                    connected, waiting, len(self.stats.meters_unavailable),
+                    self.panel.provisioning, meters_total=len(self.meters),
+                    disconnected_s=0.0 if self._disconnected_since is None
+                    else time.monotonic() - self._disconnected_since,
+                )
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     async def stop_sampling(self) -> None:
         """Stop reading meters and minting; publishing goes on (to drain the outbox)."""
@@ -191,18 +252,15 @@ class EdgeAgent:
         self.stats.polls += 1
         return self.clock.now(), readings, values
 
-    def _time_quality(self) -> tuple[bool, TimeQuality, tuple[str, int]]:
-        synced, source, since = self._clock_check()
-        if source == "system":
-            return True, TimeQuality.INFORMATIVE, (source, since)
-        return synced, TimeQuality.SYNCHRONIZED if synced else TimeQuality.UNKNOWN, (source, since)
+    def _time_quality(self) -> tuple[TimeQuality, tuple[str, int]]:
+        return self._clock_check()
 
     async def sample_once(self, all_values: bool = False) -> dict[str, dict[str, float]]:
         """Read every meter now, feed the accountant, and mint if an interval closed."""
         async with self._read_lock:
             ts, readings, values = await self._poll_all(all_values)
-            synced, tq, source = self._time_quality()
-            if not synced:
+            tq, source = self._time_quality()
+            if tq is TimeQuality.UNKNOWN:
                 # No trustworthy time: hold. The next synchronised reading books the energy,
                 # flagged GAP/ESTIMATED; nothing is minted on a guessed clock.
                 self.stats.held_unsynced += 1
@@ -250,6 +308,7 @@ class EdgeAgent:
 
     async def _telemetry_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._beats["telemetry"].beat()
             try:
                 values = await self.sample_once(all_values=True)
                 await self._publish_telemetry(values)
@@ -264,7 +323,7 @@ class EdgeAgent:
         """The retained status: online, buffering (tokens waiting) or fault (meters down)."""
         if self.meters and len(self.stats.meters_unavailable) == len(self.meters):
             state = "fault"
-        elif waiting > 0 or self.stats.held_unsynced and not self._time_quality()[0]:
+        elif waiting > 0 or self._time_quality()[0] is TimeQuality.UNKNOWN:
             state = "buffering"
         else:
             state = "online"
@@ -291,6 +350,7 @@ class EdgeAgent:
     async def _publish_loop(self, stop: asyncio.Event) -> None:
         resend_ms = int(self.settings.resend_after_s * 1000)
         while not stop.is_set():
+            self._beats["publish"].beat()
             if not self.link.connected.is_set():
                 await self.link.wait_connected(5.0)
                 continue

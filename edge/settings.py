@@ -46,6 +46,18 @@ class MeterSettings(BaseModel):
     serial: str = Field("", description="meter serial: a change on a channel is a meter swap")
 
 
+class GpioSettings(BaseModel):
+    """The Pi's status LED, push button and load relays (BCM pin numbers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    led_pin: int = Field(17, ge=0, le=27)
+    button_pin: int = Field(27, ge=0, le=27)
+    relays: dict[str, int] = Field(default_factory=dict, description="load name -> pin")
+    relay_active_high: bool = True
+    long_press_s: float = Field(3.0, gt=0)
+
+
 class EdgeSettings(BaseSettings):
     """Everything one edge agent needs. Environment variables GRIDMINT_EDGE_* override the file."""
 
@@ -65,6 +77,7 @@ class EdgeSettings(BaseSettings):
     resend_after_s: float = Field(30.0, gt=0)
     telemetry_interval_s: float = Field(10.0, gt=0, description="real seconds between polls")
     meters: list[MeterSettings]
+    gpio: GpioSettings | None = Field(None, description="absent: no LED, button or relays")
 
     @field_validator("device_id", "site_id")
     @classmethod

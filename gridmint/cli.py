@@ -187,7 +187,20 @@ def edge_run(
 
     async def main(stop: asyncio.Event) -> None:
         outbox = await Outbox.open(settings.state_db)
-        agent = EdgeAgent(settings, key, clock, readers, outbox)
+        panel = None
+        if settings.gpio is not None:
+            from edge.gpio import StatusPanel
+
+            g = settings.gpio
+            try:
+                panel = StatusPanel(
+                    g.led_pin, g.button_pin, g.relays, long_press_s=g.long_press_s,
+                    relay_active_high=g.relay_active_high, loop=asyncio.get_running_loop(),
+                    on_show_status=lambda: err.print(json.dumps(agent.status(0))),
+                )
+            except Exception as exc:  # no GPIO on this machine: run without the panel
+                err.print(f"[yellow]warning:[/] GPIO unavailable, running without LED: {exc}")
+        agent = EdgeAgent(settings, key, clock, readers, outbox, panel=panel)
         err.print(
             f"edge agent {settings.device_id}: {len(readers)} meter(s), broker "
             f"{settings.broker_url}; Ctrl-C stops"

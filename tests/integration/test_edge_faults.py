@@ -49,7 +49,10 @@ class Rig:
         outbox = await Outbox.open(self.settings.state_db)
         agent = EdgeAgent(
             self.settings, KEY, self.clock, [make_reader(m) for m in self.settings.meters],
-            outbox, clock_check=lambda: (self.synced[0], "ntp", 0),
+            outbox,
+            clock_check=lambda: (
+                TimeQuality.SYNCHRONIZED if self.synced[0] else TimeQuality.UNKNOWN, ("ntp", 0)
+            ),
         )
         await agent.resume()
         return agent, outbox
