@@ -13,6 +13,7 @@ import contextlib
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -23,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+_EARLY_ACK_TTL_S = 5.0
 
 
 class BrokerUrlError(ValueError):
@@ -97,7 +99,9 @@ class MqttLink:
         self.connected = asyncio.Event()
         self._lock = threading.Lock()
         self._acks: dict[int, asyncio.Future[None]] = {}
-        self._early_acks: set[int] = set()
+        # PUBACKs that arrived before publish() registered its future, with their arrival time.
+        # Message ids repeat after 65535, so an entry is trusted only briefly.
+        self._early_acks: dict[int, float] = {}
         self._inbox: asyncio.Queue[tuple[MessageHandler, str, bytes, int, int]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self.connects = 0
@@ -172,8 +176,8 @@ class MqttLink:
             return True
         fut: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
+            acked_at = self._early_acks.pop(info.mid, None)
+            if acked_at is not None and time.monotonic() - acked_at < _EARLY_ACK_TTL_S:
                 fut.set_result(None)
             else:
                 self._acks[info.mid] = fut
@@ -192,6 +196,8 @@ class MqttLink:
         if not self.connected.is_set():
             return False
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        with self._lock:
+            self._early_acks.pop(info.mid, None)  # nobody waits for this one
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # paho callbacks: they run on paho's network thread; hand everything to the loop.
@@ -221,7 +227,13 @@ class MqttLink:
         with self._lock:
             fut = self._acks.pop(mid, None)
             if fut is None:
-                self._early_acks.add(mid)
+                now = time.monotonic()
+                self._early_acks[mid] = now
+                if len(self._early_acks) > 1000:  # acks nobody waits for (timed out, nowait)
+                    for old in [
+                        m for m, t in self._early_acks.items() if now - t > _EARLY_ACK_TTL_S
+                    ]:
+                        del self._early_acks[old]
                 return
 
         def resolve() -> None:

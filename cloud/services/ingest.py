@@ -142,7 +142,11 @@ class IngestService:
                 RejectReason.TOPIC_MISMATCH,
                 f"record of device {rec.device_id!r} published on the topic of {topic_device!r}",
             ), rejected
-        device = await self.store.get_device(rec.device_id)
+        record_hash = cose.record_hash(payload)
+        ctx = await self.store.ingest_context(
+            rec.device_id, envelope.kid, record_hash, rec.seq, rec.interval_start
+        )
+        device = ctx.device
         if device is None:
             return Refusal(
                 RejectReason.UNKNOWN_DEVICE, f"device {rec.device_id!r} is not registered"
@@ -152,7 +156,7 @@ class IngestService:
                 RejectReason.DEVICE_NOT_APPROVED,
                 f"device {rec.device_id!r} is {device.status}, not approved",
             ), rejected
-        key = await self.store.get_key(envelope.kid)
+        key = ctx.key
         if key is None or key.device_id != rec.device_id:
             return Refusal(
                 RejectReason.UNKNOWN_KEY,
@@ -162,8 +166,7 @@ class IngestService:
             cose.verify(envelope, key.public_key, self.deployment)
         except cose.SignatureError as exc:
             return Refusal(RejectReason.BAD_SIGNATURE, str(exc)), rejected
-        record_hash = cose.record_hash(payload)
-        if await self.store.has_record(record_hash):
+        if ctx.already_stored:
             return Refusal(
                 RejectReason.REPLAYED,
                 f"record seq {rec.seq} of {rec.device_id!r} is already stored",
@@ -174,10 +177,9 @@ class IngestService:
         ):
             if refusal is not None:
                 return refusal, rejected
-        head = await self.store.chain_head(rec.device_id)
-        conflict = await self.store.conflicting_token(rec.device_id, rec.seq, rec.interval_start)
+        head = ctx.head
         refusal = check_chain(
-            rec, head.seq if head else None, head.record_hash if head else None, conflict
+            rec, head.seq if head else None, head.record_hash if head else None, ctx.conflict
         ) or check_plausible(rec, device.capacity_w, self.limits)
         if refusal is not None:
             return refusal, rejected

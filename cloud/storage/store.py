@@ -66,6 +66,17 @@ class ChainHead:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestContext:
+    """Everything ingest needs to know about one record's device, read in one round trip."""
+
+    device: Device | None
+    key: DeviceKey | None
+    already_stored: bool
+    head: ChainHead | None
+    conflict: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TokenRow:
     """An accepted generation token."""
 
@@ -272,6 +283,56 @@ class Store:
         return [DeviceSummary(_device(r), int(r.n or 0), int(r.gen or 0), r.last) for r in rows]
 
     # tokens
+
+    async def ingest_context(
+        self, device_id: str, kid: bytes, record_hash: bytes, seq: int, interval_start: int
+    ) -> IngestContext:
+        """Device, key, duplicate, chain head and conflict checks on one connection."""
+        async with self.engine.connect() as conn:
+            dev = (
+                await conn.execute(select(devices).where(devices.c.device_id == device_id))
+            ).first()
+            key = (await conn.execute(select(device_keys).where(device_keys.c.kid == kid))).first()
+            stored = (
+                await conn.execute(
+                    select(tokens.c.token_id).where(tokens.c.record_hash == record_hash)
+                )
+            ).first()
+            head = (
+                await conn.execute(
+                    select(tokens.c.seq, tokens.c.record_hash, tokens.c.interval_start)
+                    .where(tokens.c.device_id == device_id)
+                    .order_by(tokens.c.seq.desc())
+                    .limit(1)
+                )
+            ).first()
+            conflict = (
+                await conn.execute(
+                    select(tokens.c.token_id)
+                    .where(
+                        tokens.c.device_id == device_id,
+                        (tokens.c.seq == seq) | (tokens.c.interval_start == interval_start),
+                    )
+                    .limit(1)
+                )
+            ).first()
+        return IngestContext(
+            device=None if dev is None else _device(dev),
+            key=None
+            if key is None
+            else DeviceKey(
+                bytes(key.kid),
+                key.device_id,
+                bytes(key.public_key),
+                key.valid_from,
+                key.valid_until,
+            ),
+            already_stored=stored is not None,
+            head=None
+            if head is None
+            else ChainHead(head.seq, bytes(head.record_hash), head.interval_start),
+            conflict=conflict is not None,
+        )
 
     async def chain_head(self, device_id: str) -> ChainHead | None:
         """The device's accepted record with the highest sequence number."""
