@@ -16,12 +16,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge import systemd
 from edge.accounting import Channel, IntervalAccountant, Reading, align_down
-from edge.gpio import StatusPanel, led_state_for
 from edge.meters import MeterReader
 from edge.minting import ChainState, DeviceIdentity, mint
 from edge.outbox import Outbox
@@ -32,6 +32,9 @@ from protocol import topics
 from protocol.clock import Clock, SimClock
 from protocol.receipts import Receipt
 from protocol.record import TimeQuality
+
+if TYPE_CHECKING:
+    from edge.gpio import StatusPanel
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +186,8 @@ class EdgeAgent:
     async def _led_loop(self, stop: asyncio.Event) -> None:
         if self.panel is None:
             return
+        from edge.gpio import led_state_for  # gpiozero only where there is a panel
+
         while not stop.is_set():
             connected = self.link.connected.is_set()
             if connected:
