@@ -77,7 +77,11 @@ class SimulatedMeter:
         self.clock = clock
         self.home = home or HomeModel(capacity_w, latitude, longitude, base_load_w, seed)
         self.unit_id: int = register_map.default_unit
-        self.phases = 3 if "power_l3" in register_map.quantities else 1
+        self.phases = (
+            3
+            if any(f"{k}_l3" in register_map.quantities for k in ("power", "voltage", "current"))
+            else 1
+        )
         self._rng = random.Random(f"{seed}:{role}:jitter")
         start_import, start_export = DEFAULT_START_KWH[role]
         self._energy = EnergyIntegrator(
@@ -102,6 +106,10 @@ class SimulatedMeter:
         if ts > self._last_ts:
             self._energy.integrate(self.net_power_w, self._last_ts, ts)
             self._last_ts = ts
+
+    def skip_to(self, ts: float) -> None:
+        """Move the meter's time to `ts` without booking energy (it was off, e.g. rebooting)."""
+        self._last_ts = max(self._last_ts, ts)
 
     def energy_kwh(self) -> tuple[float, float]:
         """(import, export) totals in kWh (float64) at the clock's current time."""

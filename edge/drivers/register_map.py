@@ -7,6 +7,12 @@ Why a data file instead of a driver class per meter: the differences between met
 types, scales and word orders, which are data. Keeping them in TOML lets a field engineer add a
 meter without touching code, and lets the simulator serve exactly the map the edge reads.
 
+Missing values: a quantity may declare `invalid` raw patterns (e.g. "all_ones" for an ABB
+uint64 energy register that reads 0xFFFF... when the value is not available). `decode` returns
+None for such a pattern, never a huge number; `ModbusDevice.read` then leaves the quantity out of
+its result (and lists it in `ModbusDevice.last_missing`), so a missing total can never be booked
+as energy.
+
 This module does no network I/O (it only reads map files), so the codecs can be tested against
 hand-computed register dumps without a device.
 """
@@ -24,9 +30,9 @@ from pathlib import Path
 from typing import Any, Final, Literal, NoReturn, get_args
 
 Table = Literal["input", "holding"]
-ValueType = Literal["float32", "uint16", "int16", "uint32", "int32"]
+ValueType = Literal["float32", "uint16", "int16", "uint32", "int32", "uint64", "int64"]
 WordOrder = Literal["ABCD", "CDAB"]
-Role = Literal["energy_counter", "setting"]
+Role = Literal["energy_counter", "setting", "info"]
 
 #: struct format (big-endian) and register count per value type.
 _FORMATS: Final[dict[str, tuple[str, int]]] = {
@@ -35,7 +41,14 @@ _FORMATS: Final[dict[str, tuple[str, int]]] = {
     "int16": (">h", 1),
     "uint32": (">I", 2),
     "int32": (">i", 2),
+    "uint64": (">Q", 4),
+    "int64": (">q", 4),
 }
+
+#: Units an energy counter may declare, with their size in Wh (the agent converts with these).
+ENERGY_UNITS_WH: Final[dict[str, float]] = {"Wh": 1.0, "kWh": 1000.0, "MWh": 1_000_000.0}
+#: Roles that are not polled by default (read only when asked for by name).
+_NOT_POLLED: Final = frozenset({"setting", "info"})
 
 #: Largest block one Modbus read may ask for (FC03/FC04 limit in the Modbus spec).
 MAX_READ_REGISTERS: Final = 125
@@ -56,7 +69,8 @@ class Quantity:
     """One measured or configured value on a device.
 
     `address` is the 0-based wire address; `value = raw * scale`; `word_order` is already resolved
-    from the map default, so codecs need nothing but the quantity.
+    from the map default, so codecs need nothing but the quantity. `invalid` holds raw bit
+    patterns (the registers joined high word first, as an unsigned integer) that mean "no value".
     """
 
     name: str
@@ -67,6 +81,7 @@ class Quantity:
     unit: str
     word_order: WordOrder
     role: Role | None = None
+    invalid: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +97,20 @@ class RegisterMap:
     parity: str
     stopbits: int
     quantities: dict[str, Quantity]
+    max_gap: int = DEFAULT_MAX_GAP
 
     def measurements(self) -> list[str]:
-        """Names polled by default: everything except device settings (role "setting").
+        """Names polled by default: everything except settings and identification registers.
 
-        Settings (unit id, baud code) do not change between polls; reading them on every poll
-        would cost bus time, so they are read only when asked for by name.
+        Settings (unit id, baud code, role "setting") and identification registers (model code,
+        role "info") do not change between polls; reading them on every poll would cost bus
+        time, so they are read only when asked for by name.
         """
-        return [n for n, q in self.quantities.items() if q.role != "setting"]
+        return [n for n, q in self.quantities.items() if q.role not in _NOT_POLLED]
+
+    def energy_counters(self) -> list[str]:
+        """Names of the lifetime energy totals (role "energy_counter")."""
+        return [n for n, q in self.quantities.items() if q.role == "energy_counter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +149,18 @@ def _integer_divisor(scale: float) -> int | None:
     return rounded if abs(inverse - rounded) < 1e-9 * abs(inverse) else None
 
 
-def decode(quantity: Quantity, words: Sequence[int]) -> float:
+def all_ones(value_type: str) -> int:
+    """The all-ones raw pattern of `value_type` (0xFFFF, 0xFFFFFFFF, ...)."""
+    return (1 << (16 * register_count(value_type))) - 1
+
+
+def decode(quantity: Quantity, words: Sequence[int]) -> float | None:
     """Turn the registers of one quantity, in wire order, into its scaled value.
 
-    ABCD means the high word comes first on the wire; CDAB means the low word comes first.
-    A float32 NaN is returned as NaN: deciding that it means "missing" is the caller's business.
+    ABCD means the high word comes first on the wire; CDAB means the low word comes first (for
+    64-bit values: the four words in reverse order). Returns None when the raw pattern is one of
+    the quantity's declared `invalid` patterns ("value not available"). A float32 NaN that is not
+    declared invalid is returned as NaN: deciding that it means "missing" is the caller's business.
     """
     fmt, count = _FORMATS[quantity.type]
     if len(words) != count:
@@ -141,20 +169,37 @@ def decode(quantity: Quantity, words: Sequence[int]) -> float:
         if not 0 <= word <= 0xFFFF:
             raise ValueError(f"{quantity.name}: register value {word!r} is not a 16-bit word")
     ordered = list(words) if quantity.word_order == "ABCD" else list(reversed(words))
-    raw = struct.unpack(fmt, b"".join(w.to_bytes(2, "big") for w in ordered))[0]
+    data = b"".join(w.to_bytes(2, "big") for w in ordered)
+    if quantity.invalid and int.from_bytes(data, "big") in quantity.invalid:
+        return None
+    raw = struct.unpack(fmt, data)[0]
     divisor = _integer_divisor(quantity.scale)
     if divisor is not None:
         return float(raw) / divisor
     return float(raw) * quantity.scale
 
 
-def encode(quantity: Quantity, value: float) -> list[int]:
+def encode(quantity: Quantity, value: float | None) -> list[int]:
     """Turn a scaled value into the registers a device would send (inverse of `decode`).
 
     Integer types round to the nearest raw count; values outside the type's range raise
     ValueError rather than wrapping, because a wrapped counter would look like a reset.
+    None encodes the quantity's first `invalid` pattern (what a device sends for "no value");
+    a quantity without one cannot encode None.
     """
-    fmt, _count = _FORMATS[quantity.type]
+    fmt, count = _FORMATS[quantity.type]
+    if value is None:
+        if not quantity.invalid:
+            raise ValueError(f"{quantity.name}: no invalid pattern declared to encode None")
+        data = quantity.invalid[0].to_bytes(2 * count, "big")
+    else:
+        data = _pack(quantity, fmt, value)
+    words = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+    return words if quantity.word_order == "ABCD" else words[::-1]
+
+
+def _pack(quantity: Quantity, fmt: str, value: float) -> bytes:
+    """Scale `value` to its raw count and pack it big-endian (before word reordering)."""
     divisor = _integer_divisor(quantity.scale)
     raw = value * divisor if divisor is not None else value / quantity.scale
     packed_value: float | int
@@ -165,29 +210,30 @@ def encode(quantity: Quantity, value: float) -> list[int]:
             raise ValueError(f"{quantity.name}: cannot encode {value!r} as {quantity.type}")
         packed_value = round(raw)
     try:
-        data = struct.pack(fmt, packed_value)
+        return struct.pack(fmt, packed_value)
     except (struct.error, OverflowError) as exc:
         raise ValueError(
             f"{quantity.name}: {value!r} does not fit {quantity.type} (scale {quantity.scale})"
         ) from exc
-    words = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
-    return words if quantity.word_order == "ABCD" else words[::-1]
 
 
 def plan_reads(
     register_map: RegisterMap,
     names: Iterable[str] | None = None,
     *,
-    max_gap: int = DEFAULT_MAX_GAP,
+    max_gap: int | None = None,
     max_count: int = MAX_READ_REGISTERS,
 ) -> list[ReadBlock]:
     """Group the wanted quantities into few reads.
 
     Quantities of the same table join one block when the hole between them is at most `max_gap`
-    registers and the block stays within `max_count` registers. Fewer reads means fewer round
-    trips on a slow RS-485 bus; small holes keep devices that reject unmapped registers happy.
+    registers (default: the map's `max_gap`, 8 unless the file says otherwise) and the block
+    stays within `max_count` registers. Fewer reads means fewer round trips on a slow RS-485
+    bus; small holes keep devices that reject unmapped registers happy.
     `names=None` plans `register_map.measurements()`.
     """
+    if max_gap is None:
+        max_gap = register_map.max_gap
     if not 1 <= max_count <= MAX_READ_REGISTERS:
         raise ValueError(f"max_count must be 1..{MAX_READ_REGISTERS}")
     if max_gap < 0:
@@ -217,13 +263,13 @@ def plan_reads(
 
 def decode_block(
     register_map: RegisterMap, block: ReadBlock, words: Sequence[int]
-) -> dict[str, float]:
-    """Decode every quantity of `block` from the words one read returned."""
+) -> dict[str, float | None]:
+    """Decode every quantity of `block` from the words one read returned (None = invalid)."""
     if len(words) != block.count:
         raise ValueError(
             f"read of {block.count} registers at 0x{block.address:04X} returned {len(words)}"
         )
-    values: dict[str, float] = {}
+    values: dict[str, float | None] = {}
     for name in block.names:
         q = register_map.quantities[name]
         offset = q.address - block.address
@@ -308,10 +354,20 @@ _TOP_KEYS: Final = {
     "source",
     "transport",
     "word_order",
+    "max_gap",
     "quantities",
 }
 _TRANSPORT_KEYS: Final = {"default_unit", "baudrate", "parity", "stopbits"}
-_QUANTITY_KEYS: Final = {"address", "table", "type", "scale", "unit", "word_order", "role"}
+_QUANTITY_KEYS: Final = {
+    "address",
+    "table",
+    "type",
+    "scale",
+    "unit",
+    "word_order",
+    "role",
+    "invalid",
+}
 _REQUIRED: Final[Any] = object()
 
 
@@ -340,8 +396,8 @@ class _Fields:
             self.fail(key, f"expected {'' if allow_empty else 'non-empty '}text, got {value!r}")
         return value
 
-    def integer(self, key: str, low: int, high: int) -> int:
-        value = self._get(key, _REQUIRED)
+    def integer(self, key: str, low: int, high: int, default: Any = _REQUIRED) -> int:
+        value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.fail(key, f"expected an integer {low}..{high}, got {value!r}")
         return value
@@ -359,6 +415,24 @@ class _Fields:
         if value is not None and value not in options:
             self.fail(key, f"expected one of {', '.join(options)}, got {value!r}")
         return value
+
+    def invalid_patterns(self, key: str, value_type: str) -> tuple[int, ...]:
+        """`invalid = "all_ones"`, a raw integer, or a list of those -> raw patterns."""
+        value = self._get(key, [])
+        items = value if isinstance(value, list) else [value]
+        top = all_ones(value_type)
+        patterns: list[int] = []
+        for item in items:
+            if item == "all_ones":
+                patterns.append(top)
+            elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= top:
+                patterns.append(item)
+            else:
+                self.fail(
+                    key,
+                    f'expected "all_ones" or a raw pattern 0..0x{top:X} (or a list), got {item!r}',
+                )
+        return tuple(dict.fromkeys(patterns))
 
     def text_list(self, key: str) -> tuple[str, ...]:
         value = self._get(key, _REQUIRED)
@@ -389,15 +463,20 @@ def _parse(file: Path, doc: Mapping[str, Any]) -> RegisterMap:
             top.fail(f"quantities.{name}", "expected a table")
         q = _Fields(file, f"quantities.{name}.", raw, _QUANTITY_KEYS)
         value_type: ValueType = q.choice("type", get_args(ValueType))
+        role: Role | None = q.choice("role", get_args(Role), default=None)
+        unit = q.text("unit", default="", allow_empty=True)
+        if role == "energy_counter" and unit not in ENERGY_UNITS_WH:
+            q.fail("unit", f"an energy_counter needs one of {', '.join(ENERGY_UNITS_WH)}")
         quantities[name] = Quantity(
             name=name,
             address=q.integer("address", 0, 0x10000 - register_count(value_type)),
             table=q.choice("table", get_args(Table)),
             type=value_type,
             scale=q.number("scale", 1.0),
-            unit=q.text("unit", default="", allow_empty=True),
+            unit=unit,
             word_order=q.choice("word_order", get_args(WordOrder), default=default_order),
-            role=q.choice("role", get_args(Role), default=None),
+            role=role,
+            invalid=q.invalid_patterns("invalid", value_type),
         )
     return RegisterMap(
         vendor=top.text("vendor"),
@@ -409,4 +488,5 @@ def _parse(file: Path, doc: Mapping[str, Any]) -> RegisterMap:
         parity=transport.choice("parity", ("N", "E", "O")),
         stopbits=transport.integer("stopbits", 1, 2),
         quantities=quantities,
+        max_gap=top.integer("max_gap", 0, MAX_READ_REGISTERS, default=DEFAULT_MAX_GAP),
     )
