@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from edge.accounting import Channel, PowerIntegrator, Reading
 from edge.settings import MeterSettings
@@ -100,16 +100,53 @@ class MeterReader:
         await self.driver.close()
 
 
+class _BusOwned:
+    """A driver that has no close() of its own: closing it closes its bus."""
+
+    def __init__(self, device: Any, bus: Any):
+        self.device, self.bus = device, bus
+
+    async def read(self, names: list[str] | None = None) -> dict[str, float]:
+        result: dict[str, float] = await self.device.read(names)
+        return result
+
+    async def close(self) -> None:
+        await self.bus.close()
+
+
+def _bus(settings: MeterSettings, baudrate: int, parity: str, stopbits: int):  # type: ignore[no-untyped-def]
+    from edge.transports.modbus_bus import bus_for
+
+    if settings.transport == "tcp":
+        return bus_for(host=settings.host, port=settings.port, timeout_s=settings.timeout_s)
+    return bus_for(
+        serial_port=settings.serial_port,
+        baudrate=settings.baudrate or baudrate,
+        parity=settings.parity or parity,
+        stopbits=settings.stopbits or stopbits,
+        timeout_s=settings.timeout_s,
+    )
+
+
 def make_reader(settings: MeterSettings) -> MeterReader:
-    """Build the driver a meter's settings ask for."""
+    """Build the driver a meter's settings ask for (inside the running event loop)."""
     if settings.driver == "modbus":
         from edge.drivers.modbus_generic import ModbusDevice
         from edge.drivers.register_map import find_register_map, load_register_map
 
         rmap = load_register_map(find_register_map(settings.register_map))
-        device = ModbusDevice(
-            rmap, settings.host, settings.port, settings.unit_id, timeout_s=settings.timeout_s
-        )
+        bus = _bus(settings, rmap.baudrate, rmap.parity, rmap.stopbits)
+        device = ModbusDevice(rmap, unit_id=settings.unit_id, timeout_s=settings.timeout_s, bus=bus)
         units = {name: q.unit for name, q in rmap.quantities.items()}
         return MeterReader(settings, device, units)
-    raise ValueError(f"meter {settings.name}: driver {settings.driver!r} is not supported yet")
+    if settings.driver == "sunspec":
+        from edge.drivers.sunspec import INVERTER_QUANTITIES, METER_QUANTITIES, SunSpecDevice
+
+        bus = _bus(settings, 9600, "N", 1)
+        sunspec = SunSpecDevice(bus, settings.unit_id, timeout_s=settings.timeout_s * 5)
+        units = {n: q.unit for n, q in {**INVERTER_QUANTITIES, **METER_QUANTITIES}.items()}
+        return MeterReader(settings, _BusOwned(sunspec, bus), units)
+    from edge.drivers.vedirect import QUANTITIES, VeDirectDevice
+
+    ve = VeDirectDevice(settings.serial_port, settings.baudrate or 19200)
+    return MeterReader(settings, ve, {n: q.unit for n, q in QUANTITIES.items()})

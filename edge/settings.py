@@ -27,11 +27,15 @@ class MeterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    driver: Literal["modbus"] = "modbus"
-    register_map: str = Field("", description="register map name, e.g. eastron/sdm630")
-    transport: Literal["tcp"] = "tcp"
+    driver: Literal["modbus", "sunspec", "vedirect"] = "modbus"
+    register_map: str = Field("", description="register map name, e.g. eastron/sdm630 (modbus)")
+    transport: Literal["tcp", "rtu"] = "tcp"
     host: str = "127.0.0.1"
     port: int = Field(502, ge=1, le=65535)
+    serial_port: str = Field("", description="e.g. /dev/gridmint-rs485-A10K1234 (rtu, vedirect)")
+    baudrate: int | None = Field(None, description="default: the register map's factory setting")
+    parity: Literal["N", "E", "O"] | None = None
+    stopbits: Literal[1, 2] | None = None
     unit_id: int = Field(1, ge=0, le=247)
     timeout_s: float = Field(1.0, gt=0)
     channels: dict[Channel, str] = Field(
@@ -44,6 +48,14 @@ class MeterSettings(BaseModel):
     )
     soc: str = Field("", description="quantity holding the battery state of charge")
     serial: str = Field("", description="meter serial: a change on a channel is a meter swap")
+
+
+def _check_meter(m: MeterSettings) -> MeterSettings:
+    if m.driver == "modbus" and not m.register_map:
+        raise ValueError(f"meter {m.name}: a modbus meter needs register_map")
+    if (m.transport == "rtu" or m.driver == "vedirect") and not m.serial_port:
+        raise ValueError(f"meter {m.name}: serial_port is required for {m.driver}/{m.transport}")
+    return m
 
 
 class GpioSettings(BaseModel):
@@ -83,6 +95,14 @@ class EdgeSettings(BaseSettings):
     @classmethod
     def _segment(cls, v: str) -> str:
         return check_segment(v, "id")
+
+    @field_validator("meters")
+    @classmethod
+    def _meters(cls, v: list[MeterSettings]) -> list[MeterSettings]:
+        names = [m.name for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError("meter names must be unique")
+        return [_check_meter(m) for m in v]
 
 
 def load_settings(path: Path) -> EdgeSettings:

@@ -180,12 +180,15 @@ def edge_run(
         settings = load_settings(config)
         BrokerAddress.parse(settings.broker_url)
         key = load_or_create_key(settings.key_file)
-        readers = [make_reader(m) for m in settings.meters]
     except (ConfigError, KeyFileError, BrokerUrlError, RegisterMapError, ValueError) as exc:
         raise fail(str(exc)) from None
     clock = _clock(speed, start, origin)
 
     async def main(stop: asyncio.Event) -> None:
+        try:
+            readers = [make_reader(m) for m in settings.meters]
+        except (RegisterMapError, ValueError, OSError) as exc:
+            raise fail(str(exc)) from None
         outbox = await Outbox.open(settings.state_db)
         panel = None
         if settings.gpio is not None:
