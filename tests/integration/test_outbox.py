@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.accounting import AccountantState, Channel
+from edge.accounting import AccountantState, Channel, ChannelState
 from edge.keys import KeyFileError, create_key_file, load_key_file
 from edge.outbox import Outbox
 from tests.helpers.records import FakeDevice
@@ -18,7 +18,10 @@ async def test_minted_token_and_chain_survive_a_reopen(tmp_path: Path) -> None:
     ob = await Outbox.open(tmp_path / "edge.sqlite")
     tok = dev.next_token()
     state = AccountantState(
-        interval_start=tok.record.interval_end, totals_wh={Channel.GENERATED: 9}
+        interval_start=tok.record.interval_end,
+        last_closed_start=tok.record.interval_start,
+        channels={Channel.GENERATED: ChannelState(base=9, last=9, source="m1")},
+        flags=["R"],
     )
     await ob.commit_mint(tok, state, 1)
     await ob.close()
