@@ -90,10 +90,13 @@ channels = {{ imported = "import_energy", exported = "export_energy" }}
         statuses.append(json.loads(p))
 
     watcher = MqttLink(
-        BrokerAddress.parse(mosquitto.url), "watcher", clean_session=True,
+        BrokerAddress.parse(mosquitto.url),
+        "watcher",
+        clean_session=True,
         subscriptions=[
-            Subscription(topics.topic("site-tele", "pi-tele", topics.Channel.TELEMETRY),
-                         on_tele, qos=0),
+            Subscription(
+                topics.topic("site-tele", "pi-tele", topics.Channel.TELEMETRY), on_tele, qos=0
+            ),
             Subscription(topics.topic("site-tele", "pi-tele", topics.Channel.STATUS), on_status),
         ],
     )
@@ -101,7 +104,9 @@ channels = {{ imported = "import_energy", exported = "export_energy" }}
     assert await watcher.wait_connected(10)
     agent = subprocess.Popen(  # the real command, as systemd would run it
         [sys.executable, "-m", "gridmint", "edge", "run", "--config", str(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
     )
     try:
         await _until(lambda: len(telemetry) >= 3)
@@ -120,9 +125,12 @@ channels = {{ imported = "import_energy", exported = "export_energy" }}
             late.append(p)
 
         newcomer = MqttLink(
-            BrokerAddress.parse(mosquitto.url), "newcomer", clean_session=True,
-            subscriptions=[Subscription(
-                topics.topic("site-tele", "pi-tele", topics.Channel.STATUS), on_late)],
+            BrokerAddress.parse(mosquitto.url),
+            "newcomer",
+            clean_session=True,
+            subscriptions=[
+                Subscription(topics.topic("site-tele", "pi-tele", topics.Channel.STATUS), on_late)
+            ],
         )
         await newcomer.start()
         await _until(lambda: late != [])
@@ -138,17 +146,33 @@ async def test_led_shows_buffering_while_tokens_wait_for_a_broker(
     mosquitto: Mosquitto, meters: MeterServer, tmp_path: Path
 ) -> None:
     settings = EdgeSettings(
-        device_id="pi-led", site_id="site-led", key_file=tmp_path / "k",
-        state_db=tmp_path / "edge.sqlite", broker_url="mqtt://127.0.0.1:1", telemetry_interval_s=0.5,
-        meters=[MeterSettings(name="pv", register_map="eastron/sdm630", port=meters.port,
-                              channels={Channel.GENERATED: "export_energy"})],
+        device_id="pi-led",
+        site_id="site-led",
+        key_file=tmp_path / "k",
+        state_db=tmp_path / "edge.sqlite",
+        broker_url="mqtt://127.0.0.1:1",
+        telemetry_interval_s=0.5,
+        meters=[
+            MeterSettings(
+                name="pv",
+                register_map="eastron/sdm630",
+                port=meters.port,
+                channels={Channel.GENERATED: "export_energy"},
+            )
+        ],
     )
     factory = MockFactory()
     panel = StatusPanel(17, 27, {"boiler": 22}, pin_factory=factory)
     outbox = await Outbox.open(settings.state_db)
     clock = SimClock.starting_at(1_782_039_600, 300)  # June noon, 5 min = 1 s
-    agent = EdgeAgent(settings, Ed25519PrivateKey.generate(), clock,
-                      [make_reader(m) for m in settings.meters], outbox, panel=panel)
+    agent = EdgeAgent(
+        settings,
+        Ed25519PrivateKey.generate(),
+        clock,
+        [make_reader(m) for m in settings.meters],
+        outbox,
+        panel=panel,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
