@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from cloud.api.schemas import (
     DeviceCreate,
     DevicePublic,
+    DeviceStatusChange,
     Health,
     IntervalGeneration,
     RejectionPublic,
@@ -75,6 +76,7 @@ def create_app(
         s = await store.stats()
         return StatsPublic(
             accepted=s.accepted,
+            held=s.held,
             rejected=s.rejected,
             rejected_by_reason=s.rejected_by_reason,
             generated_wh=s.generated_wh,
@@ -146,6 +148,7 @@ def create_app(
                 cose.key_id(public_key),
                 body.capacity_w,
                 body.zone,
+                status=body.status,
             )
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
@@ -153,6 +156,21 @@ def create_app(
             if d.device_id == body.device_id:
                 return d
         raise HTTPException(500, "device vanished after registration")
+
+    @app.post(
+        "/api/v1/admin/devices/{device_id}/status", response_model=DevicePublic, tags=["admin"],
+        dependencies=[Depends(require_admin)],
+    )
+    async def set_device_status(device_id: str, body: DeviceStatusChange) -> DevicePublic:
+        """Approve, reject or revoke a device. Approving counts the tokens it sent while pending."""
+        try:
+            await store.set_device_status(device_id, body.status)
+        except KeyError:
+            raise HTTPException(404, f"device {device_id!r} is not registered") from None
+        for d in await devices_public():
+            if d.device_id == device_id:
+                return d
+        raise HTTPException(404, f"device {device_id!r} is not registered")
 
     @app.get("/api/v1/tokens", response_model=list[TokenPublic], tags=["tokens"])
     async def list_tokens(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -28,6 +29,14 @@ class DeviceCreate(BaseModel):
     public_key: str = Field(description="raw Ed25519 public key, 64 hex digits")
     capacity_w: int = Field(gt=0, le=10_000_000)
     zone: str = ""
+    status: Literal["pending", "approved"] = "approved"
+
+
+class DeviceStatusChange(BaseModel):
+    """An approver's decision on a device."""
+
+    status: Literal["approved", "rejected", "revoked"]
+    reason: str = Field("", max_length=500)
 
 
 class TokenPublic(BaseModel):
@@ -60,7 +69,8 @@ class IntervalGeneration(BaseModel):
 class StatsPublic(BaseModel):
     """Ingest counters and generation."""
 
-    accepted: int
+    accepted: int = Field(description="tokens of approved devices, stored and counted")
+    held: int = Field(description="tokens of devices pending approval: stored, not yet counted")
     rejected: int
     rejected_by_reason: dict[str, int]
     generated_wh: int

@@ -151,10 +151,11 @@ class IngestService:
             return Refusal(
                 RejectReason.UNKNOWN_DEVICE, f"device {rec.device_id!r} is not registered"
             ), rejected
-        if device.status != "approved":
+        if device.status not in ("approved", "pending"):
+            # Pending devices' tokens are verified and kept; they count once approved.
             return Refusal(
                 RejectReason.DEVICE_NOT_APPROVED,
-                f"device {rec.device_id!r} is {device.status}, not approved",
+                f"device {rec.device_id!r} is {device.status}",
             ), rejected
         key = ctx.key
         if key is None or key.device_id != rec.device_id:

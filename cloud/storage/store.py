@@ -24,6 +24,7 @@ from cloud.storage.tables import device_keys, devices, rejections, tokens
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Rejected payloads are kept whole up to this size; beyond it, the head, size and hash.
 KEEP_PAYLOAD_BYTES = 65536
+DEVICE_STATUSES = ("pending", "approved", "rejected", "revoked")
 
 
 class DuplicateTokenError(Exception):
@@ -131,6 +132,7 @@ class Stats:
     rejected_by_reason: dict[str, int]
     generated_wh: int
     per_interval_wh: list[tuple[int, int]]
+    held: int = 0
 
     @property
     def rejected(self) -> int:
@@ -444,13 +446,23 @@ class Store:
         ]
 
     async def stats(self, intervals: int = 96) -> Stats:
-        """Accepted and rejected counts, and generation per interval for the newest intervals."""
+        """Counts and generation per interval (newest intervals) of approved devices' tokens.
+
+        Tokens of devices still pending approval are stored but only reported as `held`.
+        """
+        approved = select(devices.c.device_id).where(devices.c.status == "approved")
+        counted = tokens.c.device_id.in_(approved.scalar_subquery())
         async with self.engine.connect() as conn:
             accepted, gen = (
                 await conn.execute(
-                    select(func.count(), func.coalesce(func.sum(tokens.c.generated_wh), 0))
+                    select(func.count(), func.coalesce(func.sum(tokens.c.generated_wh), 0)).where(
+                        counted
+                    )
                 )
             ).one()
+            held = (
+                await conn.execute(select(func.count()).select_from(tokens).where(~counted))
+            ).scalar_one()
             by_reason = (
                 await conn.execute(
                     select(rejections.c.reason, func.count()).group_by(rejections.c.reason)
@@ -459,6 +471,7 @@ class Store:
             per = (
                 await conn.execute(
                     select(tokens.c.interval_start, func.sum(tokens.c.generated_wh))
+                    .where(counted)
                     .group_by(tokens.c.interval_start)
                     .order_by(tokens.c.interval_start.desc())
                     .limit(intervals)
@@ -469,7 +482,22 @@ class Store:
             rejected_by_reason={r: int(n) for r, n in by_reason},
             generated_wh=int(gen),
             per_interval_wh=[(int(s), int(w)) for s, w in reversed(per)],
+            held=int(held),
         )
+
+    async def set_device_status(self, device_id: str, status: str) -> Device:
+        """Approve, reject or revoke a device; raises KeyError if it is not registered."""
+        if status not in DEVICE_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(DEVICE_STATUSES)}")
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                devices.update().where(devices.c.device_id == device_id).values(status=status)
+            )
+            if result.rowcount == 0:
+                raise KeyError(device_id)
+        dev = await self.get_device(device_id)
+        assert dev is not None
+        return dev
 
 
 def _device(r: Any) -> Device:

@@ -163,3 +163,29 @@ async def test_bad_records_are_refused_with_distinct_reasons_and_good_ones_flow(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_pending_device_tokens_are_kept_and_count_once_approved(store) -> None:  # type: ignore[no-untyped-def]
+    from cloud.services.ingest import IngestService
+
+    clock_now = time.time
+    ingest = IngestService(store, DEPLOYMENT, clock_now)
+    dev = FakeDevice("pi-pending")
+    await store.add_device(dev.device_id, dev.site_id, dev.public_key, dev.kid, 5000,
+                           status="pending")
+    topic = topics.topic(dev.site_id, dev.device_id, topics.Channel.TOKENS)
+    for _ in range(3):
+        out = await ingest.handle(topic, dev.next_token(generated_wh=100).envelope)
+        assert out.receipt.status is ReceiptStatus.ACCEPTED  # held by the cloud: edge may drop it
+    s = await store.stats()
+    assert (s.accepted, s.held, s.generated_wh) == (0, 3, 0)
+
+    await store.set_device_status(dev.device_id, "approved")
+    s = await store.stats()
+    assert (s.accepted, s.held, s.generated_wh) == (3, 0, 300)
+
+    await store.set_device_status(dev.device_id, "revoked")
+    out = await ingest.handle(topic, dev.next_token().envelope)
+    assert out.receipt.status is ReceiptStatus.REJECTED
+    assert out.receipt.reason == "device_not_approved"
+    assert (await store.stats()).rejected_by_reason == {"device_not_approved": 1}
