@@ -81,6 +81,7 @@ function connect() {
     const s = data.stats;
     text("accepted", s.accepted);
     text("rejected", s.rejected);
+    text("held", s.held);
     text("kwh", s.kwh.toFixed(3));
     renderReasons(s.rejected_by_reason);
     renderFleet(data.devices);
