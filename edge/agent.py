@@ -233,27 +233,24 @@ class EdgeAgent:
         readings: dict[Channel, Reading] = {}
         values: dict[str, dict[str, float]] = {}
         for meter in self.meters:
-            for attempt in range(3 if not all_values else 1):
-                try:
-                    poll = await meter.poll(self.clock.now(), all_values)
-                except Exception as exc:  # a dead meter must not stop the others
-                    self.stats.read_failures += 1
-                    self.stats.last_error = f"{meter.name}: {exc}"
-                    if attempt == (2 if not all_values else 0):
-                        if meter.name not in self.stats.meters_unavailable:
-                            log.warning("meter %s unavailable: %s", meter.name, exc)
-                        self.stats.meters_unavailable[meter.name] = str(exc)
-                    else:
-                        await asyncio.sleep(0.05)
-                    continue
-                if meter.name in self.stats.meters_unavailable:
-                    log.warning("meter %s is back", meter.name)
-                    self.stats.meters_unavailable.pop(meter.name, None)
-                readings.update(poll.readings)
-                values[meter.name] = poll.values
-                if poll.soc_permille is not None:
-                    self._soc = poll.soc_permille
-                break
+            # One try per poll: the bus retries a lost frame itself, and a meter that keeps
+            # failing backs off without holding the bus (edge.drivers.modbus_generic).
+            try:
+                poll = await meter.poll(self.clock.now(), all_values)
+            except Exception as exc:  # a dead meter must not stop the others
+                self.stats.read_failures += 1
+                self.stats.last_error = f"{meter.name}: {exc}"
+                if meter.name not in self.stats.meters_unavailable:
+                    log.warning("meter %s unavailable: %s", meter.name, exc)
+                self.stats.meters_unavailable[meter.name] = str(exc)
+                continue
+            if meter.name in self.stats.meters_unavailable:
+                log.warning("meter %s is back", meter.name)
+                self.stats.meters_unavailable.pop(meter.name, None)
+            readings.update(poll.readings)
+            values[meter.name] = poll.values
+            if poll.soc_permille is not None:
+                self._soc = poll.soc_permille
         self.stats.polls += 1
         return self.clock.now(), readings, values
 
