@@ -268,6 +268,40 @@ async def test_sdm630_over_rtu(pair: PtyPair, servers: list[DeviceServer]) -> No
     assert settings == {"modbus_unit_id": 1.0, "baud_code": 2.0}
 
 
+@pytest.mark.serial
+@pytest.mark.modbus
+async def test_sdm120_over_rtu_at_its_factory_2400_baud(
+    pair: PtyPair, servers: list[DeviceServer]
+) -> None:
+    rmap = load("eastron/sdm120")
+    assert rmap.baudrate == 2400
+    clock = SimClock.starting_at(ORIGIN, SPEED)
+    home = HomeModel(3000, LAT, LON, 400.0, SEED)
+    t0 = clock.now()
+    sim = SimulatedDevice(rmap, "grid_meter", clock, SEED, home=home)
+    servers.append(await start_rtu_server({1: sim}, pair.sim_path, 2400))
+    device = ModbusDevice(rmap, bus=SerialBus(pair.device_path, 2400, timeout_s=1.0))
+    try:
+        a, values, b = await timed_read(device, clock)
+    finally:
+        await device.close()
+    net = sorted(
+        (home.load_w(a) - home.pv_w(a), home.load_w(b) - home.pv_w(b))
+    )  # single phase: positive = import
+    # Load carries up to ~5 % jitter on the wire value; bounds widen by 10 % of the magnitude.
+    assert net[0] - 0.1 * abs(net[0]) - 50 <= values["power_l1"]
+    assert values["power_l1"] <= net[1] + 0.1 * abs(net[1]) + 50
+    assert values["total_power"] == values["power_l1"]  # one register on the SDM120
+    assert values["voltage_l1"] == pytest.approx(230.0, abs=3.0)
+    assert values["frequency"] == pytest.approx(50.0, abs=0.2)
+    assert values["import_energy"] >= 0
+    assert values["export_energy"] >= 0
+    assert values["total_energy"] == pytest.approx(
+        values["import_energy"] + values["export_energy"], abs=0.01
+    )
+    _ = t0
+
+
 # --------------------------------------------------------------------------- one shared line
 
 
