@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from protocol.clock import Clock, SimClock, SystemClock
+from provisioning.cli import provision_app
 
 app = typer.Typer(
     help="gridmint: signed kWh tokens from rooftop solar, aggregated into a virtual power plant.",
@@ -35,6 +36,7 @@ app.add_typer(edge_app, name="edge")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(sim_app, name="sim")
 app.add_typer(token_app, name="token")
+app.add_typer(provision_app, name="provision")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)

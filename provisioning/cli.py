@@ -1,0 +1,263 @@
+"""`gridmint provision ...`: installer commands on the Pi (mounted by gridmint/cli.py).
+
+Owns: the `scan` command (argument checking, a progress bar over the probes, a table or JSON of
+what was found, `--write` into the edge TOML). The probing itself is provisioning/scan.py.
+Runs on its own too: `python -m provisioning.cli scan --help`.
+
+Output: progress and messages go to stderr; the table (or with `--json` one JSON object, the
+last line) goes to stdout. A bad argument prints one plain line and exits 1; finding nothing is
+not an error (exit 0, and it says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from provisioning.scan import (
+    DEFAULT_BAUDS,
+    DEFAULT_SERIAL_GLOBS,
+    DEFAULT_SUNSPEC_UNITS,
+    DEFAULT_TCP_UNITS,
+    ConfigWriteError,
+    ScanOptions,
+    ScanReport,
+    default_serial_ports,
+    parse_host,
+    parse_int_list,
+    scan,
+    suggested_name,
+    write_config,
+)
+
+provision_app = typer.Typer(
+    help="Installer tools: find devices and add them to the edge config.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+@provision_app.callback()
+def _provision() -> None:
+    """Installer tools: find devices and add them to the edge config."""
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    return typer.Exit(1)
+
+
+def _options(
+    bauds: str,
+    units: str,
+    sunspec_units: str,
+    tcp_units: str,
+    parity: str,
+    timeout: float,
+    tcp_timeout: float,
+    vedirect: bool,
+    thorough: bool,
+    all_framings: bool,
+) -> ScanOptions:
+    try:
+        baud_list = parse_int_list(bauds, "--bauds", 300, 4_000_000)
+        unit_list = parse_int_list(units, "--units", 1, 247)
+        sunspec_list = parse_int_list(sunspec_units, "--sunspec-units", 1, 247)
+        tcp_list = parse_int_list(tcp_units, "--tcp-units", 1, 247)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if not baud_list:
+        raise _fail("--bauds: give at least one baud rate, e.g. 9600,19200")
+    if not unit_list and not sunspec_list:
+        raise _fail("--units: give at least one unit id, e.g. 1-10")
+    parities = tuple(dict.fromkeys(p.strip().upper() for p in parity.split(",") if p.strip()))
+    if not parities or any(p not in ("N", "E", "O") for p in parities):
+        raise _fail(f"--parity: expected N, E, O or a list like N,E; got {parity!r}")
+    if not 0 < timeout <= 10 or not 0 < tcp_timeout <= 30:
+        raise _fail("--timeout must be 0..10 s and --tcp-timeout 0..30 s (and above 0)")
+    return ScanOptions(
+        bauds=baud_list,
+        parities=parities,
+        units=unit_list,
+        sunspec_units=sunspec_list,
+        tcp_units=tcp_list or DEFAULT_TCP_UNITS,
+        timeout_s=timeout,
+        tcp_timeout_s=tcp_timeout,
+        vedirect=vedirect,
+        presence_probes_serial=0 if thorough else 3,
+        presence_probes_tcp=0 if thorough else 4,
+        all_framings=all_framings,
+    )
+
+
+def _table(report: ScanReport) -> Table:
+    table = Table(title=f"Devices found ({len(report.found)})", title_justify="left")
+    for column in ("name", "device", "kind", "driver / map", "where", "line", "unit", "serial"):
+        table.add_column(column, overflow="fold")
+    table.add_column("details", overflow="fold", max_width=40)
+    for found in report.found:
+        line = f"{found.baudrate} 8{found.parity}1" if found.baudrate else ""
+        details = ", ".join(f"{k}={v}" for k, v in found.details.items() if k != "note")
+        note = found.details.get("note")
+        if note:
+            details = f"{details}; {note}" if details else str(note)
+        table.add_row(
+            suggested_name(found),
+            found.description,
+            found.kind.replace("_", " "),
+            found.register_map or found.driver,
+            found.serial_port or f"{found.host}:{found.port}",
+            line,
+            "" if found.unit_id is None else str(found.unit_id),
+            found.serial_number,
+            details,
+        )
+    return table
+
+
+@provision_app.command("scan")
+def scan_command(
+    port: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--port",
+            help="serial port to probe (repeatable); default: " + ", ".join(DEFAULT_SERIAL_GLOBS),
+        ),
+    ] = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="LAN host[:port] to probe over Modbus TCP (repeatable)"),
+    ] = None,
+    bauds: Annotated[str, typer.Option(help="baud rates, in probing order")] = ",".join(
+        str(b) for b in DEFAULT_BAUDS
+    ),
+    units: Annotated[str, typer.Option(help="unit ids on serial lines, e.g. 1-10,16")] = "1-10",
+    sunspec_units: Annotated[
+        str, typer.Option(help="extra serial unit ids probed for SunSpec only ('' for none)")
+    ] = ",".join(str(u) for u in DEFAULT_SUNSPEC_UNITS),
+    tcp_units: Annotated[str, typer.Option(help="unit ids probed on LAN hosts")] = ",".join(
+        str(u) for u in DEFAULT_TCP_UNITS
+    ),
+    parity: Annotated[str, typer.Option(help="parities to probe: N, or N,E")] = "N",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for a serial answer")] = 0.25,
+    tcp_timeout: Annotated[float, typer.Option(help="seconds to wait for a TCP answer")] = 1.0,
+    vedirect: Annotated[
+        bool, typer.Option("--vedirect/--no-vedirect", help="listen for VE.Direct first")
+    ] = True,
+    thorough: Annotated[
+        bool, typer.Option(help="try every rule on every unit, even silent ones (slow)")
+    ] = False,
+    all_framings: Annotated[
+        bool, typer.Option(help="keep probing other baud rates after one found devices")
+    ] = False,
+    write: Annotated[
+        Path | None, typer.Option("--write", help="add the devices found to this edge TOML")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log Modbus traffic")] = False,
+) -> None:
+    """Probe serial ports and LAN hosts for supported devices and print what answers."""
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    options = _options(
+        bauds,
+        units,
+        sunspec_units,
+        tcp_units,
+        parity,
+        timeout,
+        tcp_timeout,
+        vedirect,
+        thorough,
+        all_framings,
+    )
+    hosts: list[tuple[str, int]] = []
+    for text in host or []:
+        try:
+            hosts.append(parse_host(text))
+        except ValueError as exc:
+            raise _fail(f"--host: {exc}") from None
+    ports = list(port) if port else default_serial_ports()
+    if not ports and not hosts:
+        err.print(
+            "nothing to scan: no serial ports found ("
+            + ", ".join(DEFAULT_SERIAL_GLOBS)
+            + ") and no --host given"
+        )
+        if json_out:
+            typer.echo(json.dumps(ScanReport().to_json()))
+        return
+    targets = ", ".join([*ports, *(f"{h}:{p}" for h, p in hosts)])
+    err.print(f"scanning {targets}", highlight=False)
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("probing", total=None)
+
+        def progress(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=label[:60])
+
+        try:
+            report = asyncio.run(scan(ports, hosts, options, progress))
+        except KeyboardInterrupt:
+            err.print("scan interrupted")
+            raise typer.Exit(130) from None
+
+    written = None
+    if write is not None and report.found:
+        try:
+            written = write_config(write, report.found)
+        except ConfigWriteError as exc:
+            raise _fail(str(exc)) from None
+
+    if json_out:
+        data = report.to_json()
+        if written is not None:
+            data["written"] = {
+                "path": str(write),
+                "added": written.added,
+                "skipped": [{"where": f.where, "reason": r} for f, r in written.skipped],
+            }
+        typer.echo(json.dumps(data))
+    elif report.found:
+        out.print(_table(report))
+    for issue in report.issues:
+        style = {"error": "red", "warning": "yellow"}.get(issue.level, "dim")
+        err.print(f"[{style}]{issue.level}:[/] {issue.where}: {issue.message}", highlight=False)
+    if not report.found:
+        err.print(
+            f"no supported device found ({report.probes} probes in {report.elapsed_s:.1f} s); "
+            "check wiring, power, termination and the line settings (--bauds, --parity)"
+        )
+        if write is not None:
+            err.print(f"{write} not changed")
+        return
+    err.print(f"{len(report.found)} device(s) found in {report.elapsed_s:.1f} s")
+    if written is not None:
+        if written.added:
+            verb = "created" if written.created else "updated"
+            err.print(f"{verb} {write}: added {', '.join(written.added)}", highlight=False)
+        for found, reason in written.skipped:
+            err.print(f"skipped {found.description}: {reason}", highlight=False)
+        if not written.added:
+            err.print(f"{write} not changed")
+
+
+if __name__ == "__main__":
+    provision_app()
