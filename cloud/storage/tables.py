@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     ForeignKey,
     Index,
@@ -85,4 +86,61 @@ rejections = Table(
     Column("sha256", LargeBinary(32), nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("truncated", Integer, nullable=False),
+)
+
+# People and services. Secrets are never stored: passwords as argon2 hashes, bearer tokens and
+# API-key secrets as SHA-256 hex digests.
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", String(32), primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("display_name", String(200), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("created_ms", BigInteger, nullable=False),
+    CheckConstraint(
+        "role IN ('homeowner', 'installer', 'approver', 'grid_operator', 'admin')",
+        name="ck_accounts_role",
+    ),
+    CheckConstraint("status IN ('pending', 'approved', 'rejected')", name="ck_accounts_status"),
+)
+
+sites = Table(
+    "sites",
+    metadata,
+    Column("site_id", String(64), primary_key=True),
+    Column(
+        "owner_account_id",
+        String(32),
+        ForeignKey("accounts.account_id"),
+        nullable=False,
+        index=True,
+    ),
+    Column("name", String(200), nullable=False),
+    Column("zone", String(64), nullable=False, server_default=""),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+auth_tokens = Table(
+    "auth_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.account_id"), nullable=False, index=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("revoked", Integer, nullable=False, server_default="0"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("key_hash", String(64), nullable=False),
+    Column("account_id", String(32), ForeignKey("accounts.account_id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("revoked", Integer, nullable=False, server_default="0"),
 )

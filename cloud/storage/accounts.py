@@ -1,0 +1,400 @@
+"""Accounts, homeowners' sites, login bearer tokens and service API keys, on SQLite or PostgreSQL.
+
+Owns: every query on the accounts, sites, auth_tokens and api_keys tables. It shares the engine
+(and the migrated schema) of cloud.storage.store.Store: `AccountStore(store.engine)`. Secrets
+never reach the database: passwords are argon2 hashes, tokens and key secrets SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloud.auth import (
+    AccountStatus,
+    Role,
+    api_key_matches,
+    hash_password,
+    new_api_key,
+    new_bearer_token,
+    parse_api_key,
+    password_needs_rehash,
+    secret_digest,
+    verify_password,
+)
+from cloud.storage.tables import accounts, api_keys, auth_tokens, sites
+
+MIN_PASSWORD_CHARS = 8
+DEFAULT_TOKEN_TTL_S = 12 * 3600
+# Verified against when the email is unknown, so both failures cost the same argon2 work.
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+class LoginError(ValueError):
+    """Login refused: wrong credentials, or an account that is not approved."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A person's or service's account (without its password hash)."""
+
+    account_id: str
+    email: str
+    display_name: str
+    role: Role
+    status: AccountStatus
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A homeowner's site."""
+
+    site_id: str
+    owner_account_id: str
+    name: str
+    zone: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """An API key as listed (never the secret)."""
+
+    key_id: str
+    account_id: str
+    name: str
+    created_ms: int
+    revoked: bool
+
+
+def _account(row: Any) -> Account:
+    return Account(
+        account_id=row.account_id,
+        email=row.email,
+        display_name=row.display_name,
+        role=Role(row.role),
+        status=AccountStatus(row.status),
+        created_ms=row.created_ms,
+    )
+
+
+def _site(row: Any) -> Site:
+    return Site(row.site_id, row.owner_account_id, row.name, row.zone, row.created_ms)
+
+
+def normalise_email(email: str) -> str:
+    """Emails are compared trimmed and lower-case."""
+    return email.strip().lower()
+
+
+class AccountStore:
+    """Async queries for accounts, sites, tokens and API keys over the Store's engine."""
+
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self._clock = clock
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # accounts
+
+    async def create_account(
+        self,
+        email: str,
+        name: str,
+        password: str,
+        role: Role | str,
+        status: AccountStatus | str = AccountStatus.PENDING,
+    ) -> Account:
+        """Create an account; ValueError for a taken email, unknown role or weak password."""
+        email = normalise_email(email)
+        if "@" not in email or len(email) > 320:
+            raise ValueError(f"{email!r} is not an email address")
+        try:
+            role = Role(role)
+        except ValueError:
+            raise ValueError(f"role must be one of {', '.join(Role)}") from None
+        try:
+            status = AccountStatus(status)
+        except ValueError:
+            raise ValueError(f"status must be one of {', '.join(AccountStatus)}") from None
+        if len(password) < MIN_PASSWORD_CHARS:
+            raise ValueError(f"the password needs at least {MIN_PASSWORD_CHARS} characters")
+        if not name.strip():
+            raise ValueError("the display name must not be empty")
+        account_id = secrets.token_hex(16)
+        password_hash = hash_password(password)
+        duplicate = ValueError(f"an account with email {email!r} already exists")
+        try:
+            async with self.engine.begin() as conn:
+                taken = (
+                    await conn.execute(
+                        select(accounts.c.account_id).where(accounts.c.email == email)
+                    )
+                ).first()
+                if taken is not None:
+                    raise duplicate
+                await conn.execute(
+                    insert(accounts).values(
+                        account_id=account_id,
+                        email=email,
+                        display_name=name.strip(),
+                        password_hash=password_hash,
+                        role=role.value,
+                        status=status.value,
+                        created_ms=self._now_ms(),
+                    )
+                )
+        except IntegrityError:
+            raise duplicate from None
+        account = await self.get_account_by_id(account_id)
+        assert account is not None
+        return account
+
+    async def _set_status(self, account_id: str, status: AccountStatus) -> Account:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(accounts)
+                .where(accounts.c.account_id == account_id)
+                .values(status=status.value)
+            )
+            if result.rowcount == 0:
+                raise KeyError(account_id)
+        account = await self.get_account_by_id(account_id)
+        assert account is not None
+        return account
+
+    async def approve_account(self, account_id: str) -> Account:
+        """Let an account in; KeyError when there is no such account."""
+        return await self._set_status(account_id, AccountStatus.APPROVED)
+
+    async def reject_account(self, account_id: str) -> Account:
+        """Refuse an account and revoke its tokens and API keys; KeyError when unknown."""
+        account = await self._set_status(account_id, AccountStatus.REJECTED)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(auth_tokens).where(auth_tokens.c.account_id == account_id).values(revoked=1)
+            )
+            await conn.execute(
+                update(api_keys).where(api_keys.c.account_id == account_id).values(revoked=1)
+            )
+        return account
+
+    async def get_account_by_id(self, account_id: str) -> Account | None:
+        """Look up an account by id."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(accounts).where(accounts.c.account_id == account_id))
+            ).first()
+        return None if row is None else _account(row)
+
+    async def get_account_by_email(self, email: str) -> Account | None:
+        """Look up an account by email (any case)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(accounts).where(accounts.c.email == normalise_email(email))
+                )
+            ).first()
+        return None if row is None else _account(row)
+
+    async def list_accounts(self, status: AccountStatus | str | None = None) -> list[Account]:
+        """All accounts, oldest first, optionally only those with `status`."""
+        query = select(accounts).order_by(accounts.c.created_ms, accounts.c.email)
+        if status is not None:
+            query = query.where(accounts.c.status == AccountStatus(status).value)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_account(r) for r in rows]
+
+    async def login(self, email: str, password: str, ttl_s: int = DEFAULT_TOKEN_TTL_S) -> str:
+        """A new bearer token for good credentials of an approved account; LoginError otherwise.
+
+        Unknown email and wrong password give the same message (and the same argon2 work).
+        """
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(accounts).where(accounts.c.email == normalise_email(email))
+                )
+            ).first()
+        if row is None:
+            verify_password(_DUMMY_HASH, password)
+            raise LoginError("email or password is wrong")
+        if not verify_password(row.password_hash, password):
+            raise LoginError("email or password is wrong")
+        if row.status == AccountStatus.PENDING:
+            raise LoginError("account is waiting for approval")
+        if row.status != AccountStatus.APPROVED:
+            raise LoginError("account was rejected")
+        if password_needs_rehash(row.password_hash):
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.account_id == row.account_id)
+                    .values(password_hash=hash_password(password))
+                )
+        return await self.issue_token(row.account_id, ttl_s)
+
+    # bearer tokens
+
+    async def issue_token(self, account_id: str, ttl_s: int = DEFAULT_TOKEN_TTL_S) -> str:
+        """A new bearer token for an account, valid for ttl_s seconds; only its digest is kept."""
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        token, digest = new_bearer_token()
+        now = self._now_ms()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(auth_tokens).values(
+                    token_hash=digest,
+                    account_id=account_id,
+                    created_ms=now,
+                    expires_ms=now + ttl_s * 1000,
+                    revoked=0,
+                )
+            )
+        return token
+
+    async def resolve_token(self, token: str) -> Account | None:
+        """The account a live bearer token belongs to; None if unknown, expired or revoked.
+
+        The account may still be pending or rejected; callers check its status.
+        """
+        query = (
+            select(accounts)
+            .join(auth_tokens, auth_tokens.c.account_id == accounts.c.account_id)
+            .where(
+                auth_tokens.c.token_hash == secret_digest(token),
+                auth_tokens.c.revoked == 0,
+                auth_tokens.c.expires_ms > self._now_ms(),
+            )
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _account(row)
+
+    async def revoke_token(self, token: str) -> bool:
+        """Log a token out; False when it was unknown or already revoked."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(auth_tokens)
+                .where(auth_tokens.c.token_hash == secret_digest(token), auth_tokens.c.revoked == 0)
+                .values(revoked=1)
+            )
+        return bool(result.rowcount)
+
+    # API keys
+
+    async def create_api_key(self, account_id: str, name: str) -> str:
+        """A new API key `gmk_<key_id>_<secret>` for a (service) account; shown only now."""
+        made = new_api_key()
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(api_keys).values(
+                        key_id=made.key_id,
+                        key_hash=made.key_hash,
+                        account_id=account_id,
+                        name=name,
+                        created_ms=self._now_ms(),
+                        revoked=0,
+                    )
+                )
+        except IntegrityError:
+            raise KeyError(account_id) from None
+        return made.key
+
+    async def resolve_api_key(self, key: str) -> Account | None:
+        """The account of a valid, unrevoked API key; None otherwise."""
+        parsed = parse_api_key(key)
+        if parsed is None:
+            return None
+        key_id, secret = parsed
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(api_keys.c.key_hash, api_keys.c.revoked, accounts)
+                    .join(accounts, accounts.c.account_id == api_keys.c.account_id)
+                    .where(api_keys.c.key_id == key_id)
+                )
+            ).first()
+        if row is None or row.revoked or not api_key_matches(secret, row.key_hash):
+            return None
+        return _account(row)
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key by its id (or the full key); False when unknown or already revoked."""
+        parsed = parse_api_key(key_id)
+        if parsed is not None:
+            key_id = parsed[0]
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.key_id == key_id, api_keys.c.revoked == 0)
+                .values(revoked=1)
+            )
+        return bool(result.rowcount)
+
+    async def list_api_keys(self, account_id: str | None = None) -> list[ApiKeyInfo]:
+        """API keys (without secrets), optionally of one account."""
+        query = select(api_keys).order_by(api_keys.c.created_ms, api_keys.c.key_id)
+        if account_id is not None:
+            query = query.where(api_keys.c.account_id == account_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            ApiKeyInfo(r.key_id, r.account_id, r.name, r.created_ms, bool(r.revoked)) for r in rows
+        ]
+
+    # sites
+
+    async def create_site(self, site_id: str, owner: str, name: str, zone: str = "") -> Site:
+        """A homeowner's site; ValueError for a taken id, KeyError for an unknown owner."""
+        async with self.engine.begin() as conn:
+            if (
+                await conn.execute(select(sites.c.site_id).where(sites.c.site_id == site_id))
+            ).first() is not None:
+                raise ValueError(f"site {site_id!r} already exists")
+            if (
+                await conn.execute(
+                    select(accounts.c.account_id).where(accounts.c.account_id == owner)
+                )
+            ).first() is None:
+                raise KeyError(owner)
+            await conn.execute(
+                insert(sites).values(
+                    site_id=site_id,
+                    owner_account_id=owner,
+                    name=name,
+                    zone=zone,
+                    created_ms=self._now_ms(),
+                )
+            )
+        site = await self.get_site(site_id)
+        assert site is not None
+        return site
+
+    async def get_site(self, site_id: str) -> Site | None:
+        """Look up a site."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(sites).where(sites.c.site_id == site_id))).first()
+        return None if row is None else _site(row)
+
+    async def list_sites(self, owner: str | None = None) -> list[Site]:
+        """All sites by id, or only those owned by account `owner`."""
+        query = select(sites).order_by(sites.c.site_id)
+        if owner is not None:
+            query = query.where(sites.c.owner_account_id == owner)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_site(r) for r in rows]
