@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cloud.runtime import CloudRuntime, free_port
 from cloud.settings import CloudSettings
+from cloud.storage.accounts import AccountStore
 from edge.accounting import Channel
 from edge.agent import EdgeAgent
 from edge.keys import create_key_file
@@ -176,7 +178,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
             cloud.settings.http_port = 0
             cloud.http_port = 0
             await cloud.start()
-        out.print(f"[bold]cloud[/]   dashboard: [link]{cloud.url}/[/link]   API: {cloud.url}/docs")
+        login_url = await _demo_operator(cloud, out)
         out.print(f"[bold]data[/]    {data}")
         homes.extend(
             [
@@ -198,6 +200,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
         for h in homes:
             await h.agent.drain(timeout_s=30.0)
         summary = await _summary(homes, cloud, clock, data)
+        summary["dashboard"] = login_url
         agent_stop.set()
         for h in homes:
             if h.task is not None:
@@ -215,6 +218,21 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
                 await broker.stop()
         if tmp is not None:
             tmp.cleanup()
+
+
+async def _demo_operator(cloud: CloudRuntime, out: Console) -> str:
+    """A grid-operator account for the demo, and a link that logs the browser in."""
+    assert cloud.store is not None
+    accounts = AccountStore(cloud.store.engine)
+    password = secrets.token_urlsafe(12)
+    account = await accounts.create_account(
+        "operator@demo.gridmint", "Demo operator", password, "grid_operator", "approved"
+    )
+    token = await accounts.issue_token(account.account_id, ttl_s=7 * 24 * 3600)
+    url = f"{cloud.url}/login?token={token}"
+    out.print(f"[bold]cloud[/]   dashboard: [link]{url}[/link]")
+    out.print(f"        login operator@demo.gridmint / {password}   API docs: {cloud.url}/docs")
+    return url
 
 
 async def _watch(

@@ -36,24 +36,28 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.base import ModbusBaseServer
-from pymodbus.simulator import SimData, SimDevice
-from pymodbus.simulator.simutils import DataType
+from pymodbus.simulator import SimDevice
 
-from edge.drivers.register_map import (
-    ENERGY_UNITS_WH,
-    Quantity,
-    RegisterMap,
-    encode,
-    register_count,
-)
+from edge.drivers.register_map import ENERGY_UNITS_WH, RegisterMap
 from protocol.clock import Clock
+from simulators._modbus_server import (
+    ActionHook,
+    TracePacket,
+    Writes,
+    map_sim_device,
+    serve_rtu,
+    serve_tcp,
+    shutdown,
+    unit_sims,
+    unit_tracer,
+    write_quantities,
+)
 from simulators.modbus_meter import SimulatedMeter
 from simulators.models import HomeModel
 
@@ -171,7 +175,7 @@ class ChargeControllerModel:
         }
 
 
-class SimulatedDevice:
+class SimulatedDevice(ActionHook):
     """One simulated Modbus unit serving `register_map` with the physics of `profile`.
 
     `seed` fixes clouds and jitter; pass `home=` to share one `HomeModel` between devices of a
@@ -413,27 +417,11 @@ class SimulatedDevice:
     def sim_device(self, unit_id: int) -> SimDevice:
         """A pymodbus SimDevice serving this map as unit `unit_id` (input/holding apart)."""
         self.unit_id = unit_id
-        holding = _table_simdata(self._quantities("holding"), self.strict_holes)
-        inputs = _table_simdata(self._quantities("input"), self.strict_holes)
-        bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
-        return SimDevice(
-            id=unit_id, simdata=(bits, list(bits), holding, inputs), action=self._action
-        )
+        return map_sim_device(self.register_map, unit_id, self._action, self.strict_holes)
 
-    def _quantities(self, table: str) -> list[Quantity]:
-        return [q for q in self.register_map.quantities.values() if q.table == table]
-
-    async def _action(
-        self,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        current_registers: list[int],
-        set_values: list[int] | list[bool] | None,
+    def _answer(
+        self, function_code: int, start_address: int, registers: list[int], writes: Writes
     ) -> ExcCodes | None:
-        """Called by pymodbus on every request: apply faults, then refresh the registers."""
-        self.requests += 1
         if self.rebooting:
             return None  # the answer is dropped in `outgoing`
         if self._faults:
@@ -444,39 +432,11 @@ class SimulatedDevice:
                 self._wire_faults.append("drop")
                 return None
             self._wire_faults.append(kind)
-        if set_values is not None:
+        if writes is not None:
             return ExcCodes.ILLEGAL_ADDRESS  # read-only device
-        table = "input" if function_code == 4 else "holding"
         values = self.values_at(self.clock.now())
-        for q in self._quantities(table):
-            offset = q.address - start_address
-            n = register_count(q.type)
-            current_registers[offset : offset + n] = encode(q, values[q.name])
+        write_quantities(self.register_map, function_code, start_address, registers, values)
         return None
-
-
-def _table_simdata(quantities: list[Quantity], strict_holes: bool) -> list[SimData]:
-    """Read-only register blocks for one table.
-
-    Default: one block from the lowest to the highest mapped register (holes read as 0).
-    `strict_holes`: one block per run of mapped registers, so a read that spans an unmapped
-    register gets exception 2 (illegal data address), as some real devices answer.
-    """
-    if not quantities:  # pymodbus needs every table to exist; serve one zero register
-        return [SimData(0, count=1, values=0, datatype=DataType.REGISTERS, readonly=True)]
-    spans = sorted((q.address, q.address + register_count(q.type)) for q in quantities)
-    if not strict_holes:
-        spans = [(spans[0][0], max(end for _, end in spans))]
-    merged: list[list[int]] = []
-    for start, end in spans:
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [
-        SimData(start, count=end - start, values=0, datatype=DataType.REGISTERS, readonly=True)
-        for start, end in merged
-    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,56 +457,23 @@ class DeviceServer:
     async def stop(self) -> None:
         """Stop answering and release the socket or serial port."""
         if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]
+            await shutdown(self._server)
             self._server = None
 
 
-def _check_units(devices: Mapping[int, SimulatedDevice]) -> list[SimDevice]:
-    if not devices:
-        raise ValueError("at least one device is needed")
-    for unit_id in devices:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit id {unit_id} is outside 1..247")
-    sims = [device.sim_device(unit_id) for unit_id, device in sorted(devices.items())]
-    # Unit id 0 in pymodbus catches every id not listed (else it logs a KeyError traceback and
-    # answers exception 4); its answers are dropped, so absent units stay silent as on RS-485.
-    sims.append(
-        SimDevice(id=0, simdata=[SimData(0, count=1, values=0, datatype=DataType.REGISTERS)])
+def _tracer(devices: Mapping[int, SimulatedDevice], framing: Framing) -> TracePacket:
+    # RTU: the unit id is the first byte; TCP: it follows the 6-byte MBAP head.
+    return unit_tracer(
+        devices, 0 if framing == "rtu" else 6, lambda device, data: device.outgoing(data, framing)
     )
-    return sims
-
-
-def _tracer(
-    devices: Mapping[int, SimulatedDevice], framing: Framing
-) -> Callable[[bool, bytes], bytes]:
-    unit_at = 0 if framing == "rtu" else 6  # RTU: first byte; TCP: after the 6-byte MBAP head
-
-    def trace_packet(sending: bool, data: bytes) -> bytes:
-        if not sending or len(data) <= unit_at:
-            return data
-        device = devices.get(data[unit_at])
-        if device is None:
-            return b""
-        return device.outgoing(data, framing)
-
-    return trace_packet
 
 
 async def start_tcp_server(
     devices: dict[int, SimulatedDevice], host: str = "127.0.0.1", port: int = 0
 ) -> DeviceServer:
     """Serve `devices` (unit id -> device) on one Modbus TCP port; port 0 picks a free one."""
-    sims = _check_units(devices)
-    server = ModbusTcpServer(sims, address=(host, port), trace_packet=_tracer(devices, "tcp"))
-    try:
-        await server.serve_forever(background=True)
-    except RuntimeError as exc:
-        raise OSError(f"Modbus server cannot listen on {host}:{port}: {exc}") from exc
-    sockets = getattr(server.transport, "sockets", None)
-    if not sockets:
-        await server.shutdown()  # type: ignore[no-untyped-call]
-        raise OSError(f"Modbus server on {host}:{port} did not report its socket")
-    bound = int(sockets[0].getsockname()[1])
+    sims = unit_sims(devices)
+    server, bound = await serve_tcp(sims, host, port, "Modbus server", _tracer(devices, "tcp"))
     return DeviceServer(dict(devices), host=host, port=bound, _server=server)
 
 
@@ -562,19 +489,16 @@ async def start_rtu_server(
     Units not in `devices` stay silent, as on a real line. On a pty the baud rate is not
     enforced; it is passed on so the settings read like the real line's.
     """
-    sims = _check_units(devices)
+    sims = unit_sims(devices)
     path = os.fspath(serial_path)
-    server = ModbusSerialServer(
+    server = await serve_rtu(
         sims,
-        port=path,
+        path,
+        "Modbus RTU simulator",
         baudrate=baudrate,
         parity=parity,
         stopbits=stopbits,
         reconnect_delay=0,
         trace_packet=_tracer(devices, "rtu"),
     )
-    try:
-        await server.serve_forever(background=True)
-    except RuntimeError as exc:
-        raise OSError(f"Modbus RTU simulator cannot open {path}: {exc}") from exc
     return DeviceServer(dict(devices), serial_path=path, _server=server)

@@ -25,11 +25,20 @@ from typing import Final, Literal
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import SimData, SimDevice
-from pymodbus.simulator.simutils import DataType
+from pymodbus.simulator import SimDevice
 
-from edge.drivers.register_map import Quantity, RegisterMap, encode, register_count
+from edge.drivers.register_map import RegisterMap
 from protocol.clock import Clock
+from simulators._modbus_server import (
+    ActionHook,
+    Writes,
+    map_sim_device,
+    serve_tcp,
+    shutdown,
+    unit_sims,
+    unit_tracer,
+    write_quantities,
+)
 from simulators.models import EnergyIntegrator, HomeModel
 
 Role = Literal["pv", "grid"]
@@ -47,7 +56,7 @@ _VOLTAGE_OFFSETS: Final = (0.4, -0.6, 0.9)
 _BAUD_CODES: Final = {2400: 0.0, 4800: 1.0, 9600: 2.0, 19200: 3.0, 38400: 4.0, 1200: 5.0}
 
 
-class SimulatedMeter:
+class SimulatedMeter(ActionHook):
     """One simulated meter whose registers follow a home model on a (simulated) clock.
 
     Energy totals are integrated from the smooth (jitter-free) model between accesses, so they
@@ -182,48 +191,20 @@ class SimulatedMeter:
         meters. Registers between mapped quantities read as 0; everything is read-only.
         """
         self.unit_id = unit_id
-        holding = _table_simdata(self._quantities("holding"))
-        inputs = _table_simdata(self._quantities("input"))
-        bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
-        return SimDevice(
-            id=unit_id, simdata=(bits, list(bits), holding, inputs), action=self._action
-        )
+        return map_sim_device(self.register_map, unit_id, self._action)
 
-    def _quantities(self, table: str) -> list[Quantity]:
-        return [q for q in self.register_map.quantities.values() if q.table == table]
-
-    async def _action(
-        self,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        current_registers: list[int],
-        set_values: list[int] | list[bool] | None,
+    def _answer(
+        self, function_code: int, start_address: int, registers: list[int], writes: Writes
     ) -> ExcCodes | None:
-        """Called by pymodbus on every request: apply faults, then refresh the registers."""
-        self.requests += 1
         if self._faults:
             kind = self._faults.popleft()
             if kind == "exception":
                 return ExcCodes.DEVICE_FAILURE
             self._drops_pending += 1
             return None
-        table = "input" if function_code == 4 else "holding"
         values = self.values_at(self.clock.now())
-        for q in self._quantities(table):
-            offset = q.address - start_address
-            current_registers[offset : offset + register_count(q.type)] = encode(q, values[q.name])
+        write_quantities(self.register_map, function_code, start_address, registers, values)
         return None
-
-
-def _table_simdata(quantities: list[Quantity]) -> list[SimData]:
-    """One read-only block from the lowest to the highest mapped register of a table."""
-    if not quantities:  # pymodbus needs every table to exist; serve one zero register
-        return [SimData(0, count=1, values=0, datatype=DataType.REGISTERS, readonly=True)]
-    start = min(q.address for q in quantities)
-    end = max(q.address + register_count(q.type) for q in quantities)
-    return [SimData(start, count=end - start, values=0, datatype=DataType.REGISTERS, readonly=True)]
 
 
 @dataclass
@@ -237,7 +218,7 @@ class MeterServer:
 
     async def stop(self) -> None:
         """Close the listener and all client connections."""
-        await self._server.shutdown()  # type: ignore[no-untyped-call]
+        await shutdown(self._server)
 
 
 async def start_meter_server(
@@ -249,35 +230,10 @@ async def start_meter_server(
     not in `meters` get no answer, as on an RS-485 line (pymodbus alone would answer them with
     exception 4). Raises OSError when the address cannot be bound.
     """
-    if not meters:
-        raise ValueError("at least one meter is needed")
-    for unit_id in meters:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit id {unit_id} is outside 1..247")
-    devices = [meter.sim_device(unit_id) for unit_id, meter in sorted(meters.items())]
-    # Unit id 0 in pymodbus catches every id not listed; without it pymodbus logs a KeyError
-    # traceback and answers exception 4. Its answers are dropped below.
-    devices.append(
-        SimDevice(id=0, simdata=[SimData(0, count=1, values=0, datatype=DataType.REGISTERS)])
+    # Outgoing Modbus TCP frames carry the unit id at byte 6 (MBAP header). Returning b""
+    # sends nothing: the client times out, as with a meter that is off the bus.
+    trace_packet = unit_tracer(meters, 6, lambda meter, data: b"" if meter._take_drop() else data)
+    server, bound_port = await serve_tcp(
+        unit_sims(meters, "meter"), host, port, "Modbus server", trace_packet
     )
-
-    def trace_packet(sending: bool, data: bytes) -> bytes:
-        # Outgoing Modbus TCP frames carry the unit id at byte 6 (MBAP header). Returning b""
-        # sends nothing: the client times out, as with a meter that is off the bus.
-        if sending and len(data) > 6:
-            meter = meters.get(data[6])
-            if meter is None or meter._take_drop():
-                return b""
-        return data
-
-    server = ModbusTcpServer(devices, address=(host, port), trace_packet=trace_packet)
-    try:
-        await server.serve_forever(background=True)
-    except RuntimeError as exc:  # pymodbus logs the OSError from bind and raises this instead
-        raise OSError(f"Modbus server cannot listen on {host}:{port}: {exc}") from exc
-    sockets = getattr(server.transport, "sockets", None)
-    if not sockets:
-        await server.shutdown()  # type: ignore[no-untyped-call]
-        raise OSError(f"Modbus server on {host}:{port} did not report its socket")
-    bound_port = int(sockets[0].getsockname()[1])
     return MeterServer(host=host, port=bound_port, meters=dict(meters), _server=server)

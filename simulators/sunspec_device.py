@@ -36,10 +36,18 @@ from typing import Any, Final, Literal
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
-from pymodbus.simulator import SimData, SimDevice
-from pymodbus.simulator.simutils import DataType
+from pymodbus.simulator import SimDevice
 
 from protocol.clock import Clock
+from simulators._modbus_server import (
+    ActionHook,
+    Writes,
+    register_block,
+    serve_rtu,
+    serve_tcp,
+    shutdown,
+    unit_sims,
+)
 from simulators.models import EnergyIntegrator, HomeModel
 
 InverterModel = Literal[101, 103]
@@ -138,7 +146,7 @@ def _string(text: str, registers: int) -> list[int]:
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
-class SimulatedSunSpec:
+class SimulatedSunSpec(ActionHook):
     """One SunSpec unit: an inverter and/or a meter whose registers follow a home model.
 
     Addresses: marker at `base`, common model at base + 2, then the inverter model, the
@@ -415,33 +423,18 @@ class SimulatedSunSpec:
     def sim_device(self, unit_id: int) -> SimDevice:
         """A pymodbus SimDevice serving this map as `unit_id` (FC03; read-only)."""
         self.unit_id = unit_id
-        holding = [
-            SimData(
-                self.base,
-                count=self.register_count,
-                values=0,
-                datatype=DataType.REGISTERS,
-                readonly=True,
-            )
-        ]
+        holding = [register_block(self.base, self.register_count)]
         return SimDevice(id=unit_id, simdata=holding, action=self._action)
 
-    async def _action(
-        self,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        current_registers: list[int],
-        set_values: list[int] | list[bool] | None,
+    def _answer(
+        self, function_code: int, start_address: int, registers: list[int], writes: Writes
     ) -> ExcCodes | None:
-        self.requests += 1
         if self._faults and self._faults[0] == "exception":
             self._faults.popleft()
             return ExcCodes.DEVICE_FAILURE
         image = self.registers_at(self.clock.now())
         offset = self.base - start_address
-        current_registers[offset : offset + len(image)] = image
+        registers[offset : offset + len(image)] = image
         return None
 
 
@@ -481,21 +474,6 @@ class _Tracer:
         return data
 
 
-def _devices(devices: dict[int, SimulatedSunSpec]) -> list[SimDevice]:
-    if not devices:
-        raise ValueError("at least one device is needed")
-    for unit_id in devices:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit id {unit_id} is outside 1..247")
-    sims = [device.sim_device(unit_id) for unit_id, device in sorted(devices.items())]
-    # Unit 0 catches every id not listed (else pymodbus logs a KeyError); its answers are
-    # dropped by _Tracer, as an absent unit on a real bus stays silent.
-    sims.append(
-        SimDevice(id=0, simdata=[SimData(0, count=1, values=0, datatype=DataType.REGISTERS)])
-    )
-    return sims
-
-
 @dataclass
 class SunSpecServer:
     """A running simulator: `port` is the TCP port bound (0 for RTU), `serial_path` the pty."""
@@ -509,7 +487,7 @@ class SunSpecServer:
     async def stop(self) -> None:
         """Close the listener or the serial port."""
         if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]
+            await shutdown(self._server)
             self._server = None
 
 
@@ -518,21 +496,9 @@ async def start_sunspec_tcp_server(
 ) -> SunSpecServer:
     """Serve `devices` (unit id -> device) over Modbus TCP; port 0 picks a free port."""
     tracer = _Tracer(dict(devices))
-    server = ModbusTcpServer(
-        _devices(devices),
-        address=(host, port),
-        trace_packet=tracer.trace_packet,
-        trace_pdu=tracer.trace_pdu,
+    server, bound = await serve_tcp(
+        unit_sims(devices), host, port, "SunSpec simulator", tracer.trace_packet, tracer.trace_pdu
     )
-    try:
-        await server.serve_forever(background=True)
-    except RuntimeError as exc:
-        raise OSError(f"SunSpec simulator cannot listen on {host}:{port}: {exc}") from exc
-    sockets = getattr(server.transport, "sockets", None)
-    if not sockets:
-        await server.shutdown()  # type: ignore[no-untyped-call]
-        raise OSError(f"SunSpec simulator on {host}:{port} did not report its socket")
-    bound = int(sockets[0].getsockname()[1])
     return SunSpecServer(dict(devices), host=host, port=bound, _server=server)
 
 
@@ -541,9 +507,10 @@ async def start_sunspec_rtu_server(
 ) -> SunSpecServer:
     """Serve `devices` as Modbus RTU units on `serial_path` (the sim end of a PtyPair), 8N1."""
     tracer = _Tracer(dict(devices))
-    server = ModbusSerialServer(
-        _devices(devices),
-        port=str(serial_path),
+    server = await serve_rtu(
+        unit_sims(devices),
+        str(serial_path),
+        "SunSpec simulator",
         baudrate=baudrate,
         bytesize=8,
         parity="N",
@@ -551,8 +518,4 @@ async def start_sunspec_rtu_server(
         trace_packet=tracer.trace_packet,
         trace_pdu=tracer.trace_pdu,
     )
-    try:
-        await server.serve_forever(background=True)
-    except RuntimeError as exc:
-        raise OSError(f"SunSpec simulator cannot open {serial_path}: {exc}") from exc
     return SunSpecServer(dict(devices), serial_path=str(serial_path), _server=server)

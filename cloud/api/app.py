@@ -7,18 +7,24 @@ live here; it reads through cloud.storage and asks nothing else.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from cloud.api.accounts_routes import add_account_routes
 from cloud.api.schemas import (
     DeviceCreate,
     DevicePublic,
@@ -29,6 +35,8 @@ from cloud.api.schemas import (
     StatsPublic,
     TokenPublic,
 )
+from cloud.auth import Principal, Role, make_auth, site_owner_filter
+from cloud.storage.accounts import AccountStore
 from cloud.storage.store import Store
 from protocol import cose
 from protocol.topics import TopicError, check_segment
@@ -51,11 +59,21 @@ def _epoch(dt: datetime | None) -> int | None:
 def create_app(
     store: Store,
     *,
+    accounts: AccountStore | None = None,
     admin_token: str = "",
     broker_connected: Callable[[], bool] = lambda: False,
     stream_interval_s: float = 1.0,
+    secure_cookies: bool = False,
 ) -> FastAPI:
-    """Build the FastAPI application around a store."""
+    """Build the FastAPI application around a store.
+
+    Every endpoint but /healthz, login and sign-up needs a principal (bearer token, session
+    cookie or API key); the role each endpoint allows is in its `auth.require(...)`.
+    """
+    accounts = accounts or AccountStore(store.engine)
+    auth = make_auth(accounts, admin_token)
+    fleet_roles = (Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
+    anyone = (Role.HOMEOWNER, *fleet_roles)
     app = FastAPI(
         title="gridmint aggregator",
         version="0.1.0",
@@ -64,13 +82,12 @@ def create_app(
     templates = Jinja2Templates(directory=str(WEB / "templates"))
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
 
-    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not admin_token:
-            raise HTTPException(403, "admin calls are disabled: no admin token is configured")
-        if authorization is None or not authorization.startswith("Bearer "):
-            raise HTTPException(401, "send the admin token as 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(authorization[7:].encode(), admin_token.encode()):
-            raise HTTPException(403, "the admin token is not valid")
+    async def visible_sites(p: Principal) -> list[str] | None:
+        """Site ids the principal may see; None means all."""
+        owner = site_owner_filter(p)
+        if owner is None:
+            return None
+        return [site.site_id for site in await accounts.list_sites(owner=owner)]
 
     async def stats_public() -> StatsPublic:
         s = await store.stats()
@@ -87,7 +104,7 @@ def create_app(
             ],
         )
 
-    async def devices_public() -> list[DevicePublic]:
+    async def devices_public(sites: list[str] | None = None) -> list[DevicePublic]:
         return [
             DevicePublic(
                 device_id=d.device.device_id,
@@ -102,6 +119,7 @@ def create_app(
                 else None,
             )
             for d in await store.list_devices()
+            if sites is None or d.device.site_id in sites
         ]
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
@@ -119,19 +137,21 @@ def create_app(
         )
 
     @app.get("/api/v1/devices", response_model=list[DevicePublic], tags=["fleet"])
-    async def list_devices() -> list[DevicePublic]:
-        """Every registered device with its token count and generation."""
-        return await devices_public()
+    async def list_devices(
+        p: Principal = Depends(auth.require(*anyone, action="list devices")),
+    ) -> list[DevicePublic]:
+        """Registered devices with token counts and generation (a homeowner: their own)."""
+        return await devices_public(await visible_sites(p))
 
     @app.post(
         "/api/v1/admin/devices",
         response_model=DevicePublic,
         status_code=201,
         tags=["admin"],
-        dependencies=[Depends(require_admin)],
+        dependencies=[Depends(auth.require(Role.INSTALLER, action="register devices"))],
     )
     async def register_device(body: DeviceCreate) -> DevicePublic:
-        """Register a device and its Ed25519 public key (admin only; enrollment comes later)."""
+        """Register a device and its Ed25519 public key (installers; enrollment comes later)."""
         try:
             check_segment(body.device_id, "device id")
             check_segment(body.site_id, "site id")
@@ -158,8 +178,10 @@ def create_app(
         raise HTTPException(500, "device vanished after registration")
 
     @app.post(
-        "/api/v1/admin/devices/{device_id}/status", response_model=DevicePublic, tags=["admin"],
-        dependencies=[Depends(require_admin)],
+        "/api/v1/admin/devices/{device_id}/status",
+        response_model=DevicePublic,
+        tags=["admin"],
+        dependencies=[Depends(auth.require(Role.APPROVER, action="approve or revoke devices"))],
     )
     async def set_device_status(device_id: str, body: DeviceStatusChange) -> DevicePublic:
         """Approve, reject or revoke a device. Approving counts the tokens it sent while pending."""
@@ -179,9 +201,17 @@ def create_app(
         until: Annotated[datetime | None, Query(description="interval start < (UTC)")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
+        p: Principal = Depends(auth.require(*anyone, action="read tokens")),
     ) -> list[TokenPublic]:
-        """Accepted tokens, newest interval first."""
-        rows = await store.list_tokens(device_id, _epoch(since), _epoch(until), limit, offset)
+        """Accepted tokens, newest interval first (a homeowner: their own sites' only)."""
+        rows = await store.list_tokens(
+            device_id,
+            _epoch(since),
+            _epoch(until),
+            limit,
+            offset,
+            site_ids=await visible_sites(p),
+        )
         return [
             TokenPublic(
                 token_id=r.token_id,
@@ -203,12 +233,24 @@ def create_app(
             for r in rows
         ]
 
-    @app.get("/api/v1/stats", response_model=StatsPublic, tags=["tokens"])
+    @app.get(
+        "/api/v1/stats",
+        response_model=StatsPublic,
+        tags=["tokens"],
+        dependencies=[Depends(auth.require(*fleet_roles, action="read fleet statistics"))],
+    )
     async def stats() -> StatsPublic:
         """Accepted and rejected (by reason) counts and generation per interval."""
         return await stats_public()
 
-    @app.get("/api/v1/rejections", response_model=list[RejectionPublic], tags=["tokens"])
+    @app.get(
+        "/api/v1/rejections",
+        response_model=list[RejectionPublic],
+        tags=["tokens"],
+        dependencies=[
+            Depends(auth.require(Role.APPROVER, Role.GRID_OPERATOR, action="read rejections"))
+        ],
+    )
     async def list_rejections(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[RejectionPublic]:
@@ -227,24 +269,43 @@ def create_app(
             for r in await store.list_rejections(limit)
         ]
 
-    @app.get("/api/v1/stream", tags=["tokens"], response_class=StreamingResponse)
-    async def stream(request: Request) -> StreamingResponse:
+    @app.get(
+        "/api/v1/stream",
+        tags=["tokens"],
+        response_class=StreamingResponse,
+        dependencies=[Depends(auth.require(*fleet_roles, action="follow the fleet"))],
+    )
+    async def stream(
+        request: Request,
+        events: Annotated[
+            int | None, Query(ge=1, description="stop after this many events (default: never)")
+        ] = None,
+    ) -> StreamingResponse:
         """Server-sent events: a `stats` event with counters and the fleet, once a second."""
 
-        async def events() -> AsyncIterator[str]:
+        async def events_gen() -> AsyncIterator[str]:
+            sent = 0
             while not await request.is_disconnected():
                 payload = {
                     "stats": (await stats_public()).model_dump(mode="json"),
                     "devices": [d.model_dump(mode="json") for d in await devices_public()],
                 }
                 yield f"event: stats\ndata: {json.dumps(payload)}\n\n"
+                sent += 1
+                if events is not None and sent >= events:
+                    return
                 await asyncio.sleep(stream_interval_s)
 
         return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            events_gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["ops"],
+        dependencies=[Depends(auth.require(Role.GRID_OPERATOR, action="scrape metrics"))],
+    )
     async def metrics() -> PlainTextResponse:
         """Prometheus text exposition of the ingest counters (from the database)."""
         s = await store.stats(intervals=1)
@@ -268,12 +329,19 @@ def create_app(
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard(request: Request) -> HTMLResponse:
-        """The fleet dashboard."""
+    async def dashboard(
+        request: Request, p: Principal | None = Depends(auth.optional_principal)
+    ) -> Response:
+        """The fleet dashboard (fleet roles); others are sent to log in."""
+        if p is None:
+            return RedirectResponse("/login", status_code=303)
+        if p.role not in (Role.ADMIN, *fleet_roles):
+            raise HTTPException(403, f"role {p.role} may not view the fleet dashboard")
         return templates.TemplateResponse(
             request,
             "index.html",
-            {"devices": await devices_public(), "stats": await stats_public()},
+            {"devices": await devices_public(), "stats": await stats_public(), "who": p},
         )
 
+    add_account_routes(app, accounts, auth, templates, secure_cookies)
     return app

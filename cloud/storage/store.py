@@ -380,9 +380,19 @@ class Store:
         until: int | None = None,
         limit: int = 100,
         offset: int = 0,
+        site_ids: list[str] | None = None,
     ) -> list[TokenRow]:
-        """Accepted tokens, newest interval first; `since`/`until` bound the interval start."""
+        """Accepted tokens, newest interval first; `since`/`until` bound the interval start.
+
+        `site_ids` limits them to devices of those sites (None: every site).
+        """
         q = select(tokens)
+        if site_ids is not None:
+            q = q.where(
+                tokens.c.device_id.in_(
+                    select(devices.c.device_id).where(devices.c.site_id.in_(site_ids))
+                )
+            )
         if device_id is not None:
             q = q.where(tokens.c.device_id == device_id)
         if since is not None:

@@ -11,6 +11,7 @@ from playwright.async_api import Browser, async_playwright, expect
 
 from cloud.runtime import CloudRuntime
 from cloud.settings import CloudSettings
+from cloud.storage.accounts import AccountStore
 from protocol import topics
 from tests.helpers.records import FakeDevice
 
@@ -55,6 +56,10 @@ async def test_dashboard_shows_fleet_and_updates_live(
     cloud: CloudRuntime, browser: Browser, tmp_path: Path
 ) -> None:
     assert cloud.store is not None and cloud.ingest is not None
+    accounts = AccountStore(cloud.store.engine)
+    await accounts.create_account(
+        "operator@example.org", "Olga", "correct horse battery", "grid_operator", "approved"
+    )
     dev = FakeDevice("pi-browser", site_id="site-b")
     await cloud.store.add_device(dev.device_id, dev.site_id, dev.public_key, dev.kid, 5000)
     topic = topics.topic(dev.site_id, dev.device_id, topics.Channel.TOKENS)
@@ -65,7 +70,16 @@ async def test_dashboard_shows_fleet_and_updates_live(
     page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    await page.goto(cloud.url + "/")
+    await page.goto(cloud.url + "/")  # not logged in: the login form
+    await expect(page).to_have_url(cloud.url + "/login")
+    await page.fill("input[name=email]", "operator@example.org")
+    await page.fill("input[name=password]", "wrong password")
+    await page.click("button[type=submit]")
+    await expect(page.locator(".error")).to_contain_text("email or password is wrong")
+    await page.fill("input[name=email]", "operator@example.org")
+    await page.fill("input[name=password]", "correct horse battery")
+    await page.click("button[type=submit]")
+    await expect(page).to_have_url(cloud.url + "/")
     row = page.locator('#fleet tr[data-device="pi-browser"]')
     await expect(row.locator("td.tokens")).to_have_text("2")
     await expect(page.locator("#accepted")).to_have_text("2")

@@ -22,7 +22,8 @@ async def test_register_and_approve_a_device(store: Store) -> None:
         assert "Bearer" in r.json()["detail"]
         r = await c.post("/api/v1/admin/devices", json=body,
                          headers={"Authorization": "Bearer wrong"})
-        assert r.status_code == 403
+        assert r.status_code == 401
+        assert "invalid_token" in r.headers["www-authenticate"]
         r = await c.post("/api/v1/admin/devices", json=body, headers=ADMIN)
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "pending"
@@ -36,14 +37,14 @@ async def test_register_and_approve_a_device(store: Store) -> None:
         r = await c.post("/api/v1/admin/devices/nope/status", json={"status": "approved"},
                          headers=ADMIN)
         assert r.status_code == 404
-        devices = (await c.get("/api/v1/devices")).json()
+        devices = (await c.get("/api/v1/devices", headers=ADMIN)).json()
         assert [d["device_id"] for d in devices] == ["pi-api"]
 
 
-async def test_admin_calls_are_off_without_a_configured_token(store: Store) -> None:
+async def test_no_legacy_admin_token_unless_configured(store: Store) -> None:
     app = create_app(store, admin_token="")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         r = await c.post("/api/v1/admin/devices/x/status", json={"status": "approved"},
                          headers={"Authorization": "Bearer anything"})
-        assert r.status_code == 403
-        assert "disabled" in r.json()["detail"]
+        assert r.status_code == 401
+        assert "not valid" in r.json()["detail"]

@@ -73,6 +73,7 @@ async def test_bad_records_are_refused_with_distinct_reasons_and_good_ones_flow(
             deployment=DEPLOYMENT.decode(),
             http_port=0,
             client_id=f"agg-{time.monotonic_ns()}",
+            admin_token="test-admin",
         )
     )
     await runtime.start()
@@ -131,7 +132,9 @@ async def test_bad_records_are_refused_with_distinct_reasons_and_good_ones_flow(
             return s.accepted == 8 and s.rejected == 7
 
         await _until(all_seen, 30)
-        async with httpx.AsyncClient(base_url=runtime.url) as http:
+        async with httpx.AsyncClient(
+            base_url=runtime.url, headers={"Authorization": "Bearer test-admin"}
+        ) as http:
             stats = (await http.get("/api/v1/stats")).json()
             tokens = (await http.get("/api/v1/tokens", params={"device_id": "pi-good"})).json()
             rejections = (await http.get("/api/v1/rejections")).json()

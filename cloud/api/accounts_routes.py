@@ -1,0 +1,283 @@
+"""People and their sites: login, sign-up, approval of accounts, sites, API keys, login page.
+
+Owns: the HTTP face of cloud.storage.accounts. Roles per route are in each `auth.require`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+
+from cloud.auth import SESSION_COOKIE, Auth, Principal, Role, site_owner_filter
+from cloud.storage.accounts import AccountStore, LoginError
+
+TOKEN_TTL_S = 12 * 3600
+
+
+class LoginRequest(BaseModel):
+    """Email and password."""
+
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+
+
+class LoginResult(BaseModel):
+    """A bearer token (also set as the session cookie)."""
+
+    token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth2 type name
+    expires_in: int = TOKEN_TTL_S
+
+
+class AccountCreate(BaseModel):
+    """Sign-up: the account waits for an approver."""
+
+    email: str = Field(max_length=320)
+    display_name: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=8, max_length=1024)
+    role: Literal["homeowner", "installer", "approver", "grid_operator"] = "homeowner"
+
+
+class AccountPublic(BaseModel):
+    """An account without secrets."""
+
+    account_id: str
+    email: str
+    display_name: str
+    role: str
+    status: str
+
+
+class AccountDecision(BaseModel):
+    """An approver's decision on an account."""
+
+    status: Literal["approved", "rejected"]
+    reason: str = Field("", max_length=500)
+
+
+class SiteCreate(BaseModel):
+    """A homeowner's site, created by an installer."""
+
+    site_id: str = Field(min_length=1, max_length=64)
+    owner_account_id: str
+    name: str = Field(min_length=1, max_length=200)
+    zone: str = Field("", max_length=64)
+
+
+class SitePublic(BaseModel):
+    """A site."""
+
+    site_id: str
+    owner_account_id: str
+    name: str
+    zone: str
+
+
+class ApiKeyCreate(BaseModel):
+    """A service credential for an existing (service) account."""
+
+    account_id: str
+    name: str = Field(min_length=1, max_length=100)
+
+
+class ApiKeyCreated(BaseModel):
+    """The full key, shown once."""
+
+    key: str
+
+
+def _account(a) -> AccountPublic:  # type: ignore[no-untyped-def]
+    return AccountPublic(
+        account_id=a.account_id,
+        email=a.email,
+        display_name=a.display_name,
+        role=str(a.role),
+        status=str(a.status),
+    )
+
+
+def add_account_routes(
+    app: FastAPI,
+    accounts: AccountStore,
+    auth: Auth,
+    templates: Jinja2Templates,
+    secure_cookies: bool,
+) -> None:
+    """Register the account, site and login routes on `app`."""
+    anyone = (Role.HOMEOWNER, Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
+
+    def set_session(response: Response, token: str) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            max_age=TOKEN_TTL_S,
+            httponly=True,
+            samesite="lax",
+            secure=secure_cookies,
+        )
+
+    @app.post("/api/v1/login", response_model=LoginResult, tags=["accounts"])
+    async def login(body: LoginRequest, response: Response) -> LoginResult:
+        """Exchange email and password for a bearer token (also set as a session cookie)."""
+        try:
+            token = await accounts.login(body.email, body.password, TOKEN_TTL_S)
+        except LoginError as exc:
+            raise HTTPException(401, str(exc)) from None
+        set_session(response, token)
+        return LoginResult(token=token)
+
+    @app.post("/api/v1/logout", status_code=204, tags=["accounts"])
+    async def logout(
+        request: Request,
+        response: Response,
+        p: Principal = Depends(auth.require(*anyone, action="log out")),
+    ) -> None:
+        """Revoke the token used for this request and clear the cookie."""
+        header = request.headers.get("authorization", "")
+        token = (
+            header[7:] if header.startswith("Bearer ") else request.cookies.get(SESSION_COOKIE, "")
+        )
+        if p.via != "api_key" and token:
+            await accounts.revoke_token(token)
+        response.delete_cookie(SESSION_COOKIE)
+
+    @app.get("/api/v1/me", response_model=AccountPublic, tags=["accounts"])
+    async def me(
+        p: Principal = Depends(auth.require(*anyone, action="read its account")),
+    ) -> AccountPublic:
+        """The account making the request."""
+        account = await accounts.get_account_by_id(p.account_id)
+        if account is None:  # the legacy admin token has no account row
+            return AccountPublic(
+                account_id=p.account_id,
+                email=p.email,
+                display_name="admin",
+                role=str(p.role),
+                status="approved",
+            )
+        return _account(account)
+
+    @app.post("/api/v1/accounts", response_model=AccountPublic, status_code=201, tags=["accounts"])
+    async def sign_up(body: AccountCreate) -> AccountPublic:
+        """Create an account; it waits for an approver before it can log in."""
+        try:
+            account = await accounts.create_account(
+                body.email, body.display_name, body.password, body.role, "pending"
+            )
+        except ValueError as exc:
+            raise HTTPException(409 if "exists" in str(exc) else 422, str(exc)) from None
+        return _account(account)
+
+    @app.get(
+        "/api/v1/accounts",
+        response_model=list[AccountPublic],
+        tags=["accounts"],
+        dependencies=[Depends(auth.require(Role.APPROVER, action="list accounts"))],
+    )
+    async def list_accounts(status: str | None = None) -> list[AccountPublic]:
+        """Accounts, optionally by status (the approval queue: status=pending)."""
+        try:
+            return [_account(a) for a in await accounts.list_accounts(status)]
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.post(
+        "/api/v1/accounts/{account_id}/status",
+        response_model=AccountPublic,
+        tags=["accounts"],
+        dependencies=[Depends(auth.require(Role.APPROVER, action="approve accounts"))],
+    )
+    async def decide_account(account_id: str, body: AccountDecision) -> AccountPublic:
+        """Approve or reject a waiting account (rejecting revokes its tokens and keys)."""
+        try:
+            if body.status == "approved":
+                account = await accounts.approve_account(account_id)
+            else:
+                account = await accounts.reject_account(account_id)
+        except KeyError:
+            raise HTTPException(404, f"account {account_id!r} does not exist") from None
+        return _account(account)
+
+    @app.post(
+        "/api/v1/sites",
+        response_model=SitePublic,
+        status_code=201,
+        tags=["sites"],
+        dependencies=[Depends(auth.require(Role.INSTALLER, action="create sites"))],
+    )
+    async def create_site(body: SiteCreate) -> SitePublic:
+        """Create a site for a homeowner."""
+        try:
+            site = await accounts.create_site(
+                body.site_id, body.owner_account_id, body.name, body.zone
+            )
+        except KeyError:
+            raise HTTPException(404, "the owner account does not exist") from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return SitePublic(
+            site_id=site.site_id,
+            owner_account_id=site.owner_account_id,
+            name=site.name,
+            zone=site.zone,
+        )
+
+    @app.get("/api/v1/sites", response_model=list[SitePublic], tags=["sites"])
+    async def list_sites(
+        p: Principal = Depends(auth.require(*anyone, action="list sites")),
+    ) -> list[SitePublic]:
+        """Sites: a homeowner sees their own, other roles every site."""
+        return [
+            SitePublic(
+                site_id=s.site_id, owner_account_id=s.owner_account_id, name=s.name, zone=s.zone
+            )
+            for s in await accounts.list_sites(owner=site_owner_filter(p))
+        ]
+
+    @app.post(
+        "/api/v1/api-keys",
+        response_model=ApiKeyCreated,
+        status_code=201,
+        tags=["accounts"],
+        dependencies=[Depends(auth.require(action="create API keys"))],
+    )
+    async def create_api_key(body: ApiKeyCreate) -> ApiKeyCreated:
+        """An API key for a service account (admin only); shown once."""
+        if await accounts.get_account_by_id(body.account_id) is None:
+            raise HTTPException(404, f"account {body.account_id!r} does not exist")
+        return ApiKeyCreated(key=await accounts.create_api_key(body.account_id, body.name))
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    async def login_page(request: Request, token: str | None = None) -> Response:
+        """The login form; `?token=` turns a bearer token into a session (the demo's link)."""
+        if token:
+            if await accounts.resolve_token(token) is None:
+                return templates.TemplateResponse(
+                    request,
+                    "login.html",
+                    {"error": "that login link has expired"},
+                    status_code=401,
+                )
+            response = RedirectResponse("/", status_code=303)
+            set_session(response, token)
+            return response
+        return templates.TemplateResponse(request, "login.html", {"error": None})
+
+    @app.post("/login", response_class=HTMLResponse, include_in_schema=False)
+    async def login_form(
+        request: Request, email: str = Form(...), password: str = Form(...)
+    ) -> Response:
+        """Form login for the web pages."""
+        try:
+            token = await accounts.login(email, password, TOKEN_TTL_S)
+        except LoginError as exc:
+            return templates.TemplateResponse(
+                request, "login.html", {"error": str(exc)}, status_code=401
+            )
+        response = RedirectResponse("/", status_code=303)
+        set_session(response, token)
+        return response

@@ -1,0 +1,114 @@
+"""Authorization table: every API endpoint x every role -> allowed, 401 or 403.
+
+The table is the policy; a new endpoint without a row fails the coverage test, so no endpoint
+can ship without a decision. "Allowed" means authorization passed: the request may still be
+refused later for its body (422) or a missing object (404).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from cloud.api.app import create_app
+from cloud.storage.accounts import AccountStore
+from cloud.storage.store import Store
+
+ROLES = ("anonymous", "homeowner", "installer", "approver", "grid_operator", "admin")
+A, D = "allow", "deny"  # deny = 401 for anonymous, 403 for a signed-in role
+
+# (method, path): decision per role in ROLES order
+TABLE: dict[tuple[str, str], tuple[str, ...]] = {
+    ("GET", "/healthz"): (A, A, A, A, A, A),
+    ("GET", "/metrics"): (D, D, D, D, A, A),
+    ("GET", "/api/v1/devices"): (D, A, A, A, A, A),
+    ("POST", "/api/v1/admin/devices"): (D, D, A, D, D, A),
+    ("POST", "/api/v1/admin/devices/{device_id}/status"): (D, D, D, A, D, A),
+    ("GET", "/api/v1/tokens"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/stats"): (D, D, A, A, A, A),
+    ("GET", "/api/v1/rejections"): (D, D, D, A, A, A),
+    ("GET", "/api/v1/stream"): (D, D, A, A, A, A),
+    ("GET", "/"): (D, D, A, A, A, A),
+    ("POST", "/api/v1/login"): (A, A, A, A, A, A),
+    ("POST", "/api/v1/logout"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/me"): (D, A, A, A, A, A),
+    ("POST", "/api/v1/accounts"): (A, A, A, A, A, A),
+    ("GET", "/api/v1/accounts"): (D, D, D, A, D, A),
+    ("POST", "/api/v1/accounts/{account_id}/status"): (D, D, D, A, D, A),
+    ("POST", "/api/v1/sites"): (D, D, A, D, D, A),
+    ("GET", "/api/v1/sites"): (D, A, A, A, A, A),
+    ("POST", "/api/v1/api-keys"): (D, D, D, D, D, A),
+    ("GET", "/login"): (A, A, A, A, A, A),
+    ("POST", "/login"): (A, A, A, A, A, A),
+}
+
+BODIES = {
+    "/api/v1/login": {"email": "homeowner@example.org", "password": "a long password"},
+    "/api/v1/accounts": {"email": "new@example.org", "display_name": "N", "password": "12345678"},
+}
+
+
+@pytest.fixture
+async def client_and_tokens(
+    store: Store,
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    accounts = AccountStore(store.engine)
+    tokens: dict[str, str] = {}
+    for role in ROLES[1:]:
+        a = await accounts.create_account(
+            f"{role}@example.org", role, "a long password", role, "approved"
+        )
+        tokens[role] = await accounts.issue_token(a.account_id, 3600)
+    app = create_app(store, accounts=accounts, stream_interval_s=0.01)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client, tokens
+
+
+async def test_every_route_has_a_row(store: Store) -> None:
+    routes = create_app(store).routes
+    found = {
+        (m, r.path)
+        for r in routes
+        if isinstance(r, APIRoute)
+        for m in r.methods
+        if r.path not in ("/docs", "/redoc", "/openapi.json")
+    }
+    assert found == set(TABLE)
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(TABLE))
+async def test_role_table(
+    client_and_tokens: tuple[httpx.AsyncClient, dict[str, str]], method: str, path: str
+) -> None:
+    client, tokens = client_and_tokens
+    url = path.replace("{device_id}", "pi-x").replace("{account_id}", "acct-x")
+    for role, decision in zip(ROLES, TABLE[(method, path)], strict=True):
+        headers = {} if role == "anonymous" else {"Authorization": f"Bearer {tokens[role]}"}
+        if path == "/api/v1/stream":
+            r = await client.get(url, params={"events": 1}, headers=headers)
+            status = r.status_code
+        elif path == "/login" and method == "POST":
+            r = await client.post(
+                url,
+                data={"email": "homeowner@example.org", "password": "a long password"},
+                headers=headers,
+            )
+            status = r.status_code
+        else:
+            r = await client.request(method, url, json=BODIES.get(path, {}), headers=headers)
+            status = r.status_code
+        if path == "/" and role == "anonymous":
+            assert status == 303, (role, status)  # the page sends people to log in
+            continue
+        if decision == A:
+            assert status not in (401, 403), (role, method, path, status, r.text)
+        elif role == "anonymous":
+            assert status == 401, (role, method, path, status)
+            assert "www-authenticate" in {k.lower() for k in r.headers}
+        else:
+            assert status == 403, (role, method, path, status)
+            assert f"role {role} may not" in r.json()["detail"]
