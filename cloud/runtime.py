@@ -71,6 +71,8 @@ class CloudRuntime:
                 self.store,
                 admin_token=s.admin_token,
                 broker_connected=lambda: mqtt is not None and mqtt.connected,
+                deployment=s.deployment,
+                broker_url=s.broker_url,
             )
             config = uvicorn.Config(
                 app,

@@ -5,6 +5,7 @@ Owns: the HTTP face of cloud.storage.accounts. Roles per route are in each `auth
 
 from __future__ import annotations
 
+import secrets
 from typing import Literal
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request, Response
@@ -14,6 +15,9 @@ from pydantic import BaseModel, Field
 
 from cloud.auth import SESSION_COOKIE, Auth, Principal, Role, site_owner_filter
 from cloud.storage.accounts import AccountStore, LoginError
+from cloud.storage.claims import ClaimError, ClaimStore
+from protocol import cose
+from protocol.topics import TopicError, check_segment
 
 TOKEN_TTL_S = 12 * 3600
 
@@ -100,14 +104,45 @@ def _account(a) -> AccountPublic:  # type: ignore[no-untyped-def]
     )
 
 
+class ClaimCodeCreated(BaseModel):
+    """A one-time code for the installer to type into `gridmint provision enroll`."""
+
+    code: str
+    site_id: str
+    expires_in: int
+
+
+class EnrollRequest(BaseModel):
+    """What a Pi sends to join a site; the claim code is its credential."""
+
+    claim_code: str = Field(min_length=8, max_length=40)
+    public_key: str = Field(description="raw Ed25519 signing key, 64 hex digits")
+    device_id: str | None = Field(None, description="proposed id; default: generated")
+    capacity_w: int = Field(gt=0, le=10_000_000)
+    zone: str = Field("", max_length=64)
+
+
+class EnrollResult(BaseModel):
+    """The device's identity; it waits for an approver before its tokens count."""
+
+    device_id: str
+    site_id: str
+    status: Literal["pending"] = "pending"
+    deployment: str
+    broker_url: str
+
+
 def add_account_routes(
     app: FastAPI,
     accounts: AccountStore,
     auth: Auth,
     templates: Jinja2Templates,
     secure_cookies: bool,
+    claims: ClaimStore,
+    deployment: str = "",
+    broker_url: str = "",
 ) -> None:
-    """Register the account, site and login routes on `app`."""
+    """Register the account, site, enrollment and login routes on `app`."""
     anyone = (Role.HOMEOWNER, Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
 
     def set_session(response: Response, token: str) -> None:
@@ -224,6 +259,52 @@ def add_account_routes(
             owner_account_id=site.owner_account_id,
             name=site.name,
             zone=site.zone,
+        )
+
+    @app.post(
+        "/api/v1/sites/{site_id}/claim-codes",
+        response_model=ClaimCodeCreated,
+        status_code=201,
+        tags=["sites"],
+    )
+    async def create_claim_code(
+        site_id: str,
+        p: Principal = Depends(auth.require(Role.INSTALLER, action="create claim codes")),
+    ) -> ClaimCodeCreated:
+        """A one-time code (valid 7 days) that lets one Pi enroll at this site."""
+        ttl_s = 7 * 24 * 3600
+        try:
+            code = await claims.create(site_id, p.account_id, ttl_s)
+        except KeyError:
+            raise HTTPException(404, f"site {site_id!r} does not exist") from None
+        return ClaimCodeCreated(code=code, site_id=site_id, expires_in=ttl_s)
+
+    @app.post("/api/v1/enroll", response_model=EnrollResult, status_code=201, tags=["devices"])
+    async def enroll(body: EnrollRequest) -> EnrollResult:
+        """A Pi joins the site of its claim code; it is pending until an approver decides."""
+        device_id = body.device_id or f"pi-{secrets.token_hex(6)}"
+        try:
+            check_segment(device_id, "device id")
+            public_key = bytes.fromhex(body.public_key)
+            if len(public_key) != 32:
+                raise ValueError("public_key must be 32 bytes (64 hex digits)")
+        except (TopicError, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        try:
+            site_id = await claims.redeem(
+                body.claim_code,
+                device_id,
+                public_key,
+                cose.key_id(public_key),
+                body.capacity_w,
+                body.zone,
+            )
+        except ClaimError as exc:
+            raise HTTPException(403, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return EnrollResult(
+            device_id=device_id, site_id=site_id, deployment=deployment, broker_url=broker_url
         )
 
     @app.get("/api/v1/sites", response_model=list[SitePublic], tags=["sites"])

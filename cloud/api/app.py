@@ -37,6 +37,7 @@ from cloud.api.schemas import (
 )
 from cloud.auth import Principal, Role, make_auth, site_owner_filter
 from cloud.storage.accounts import AccountStore
+from cloud.storage.claims import ClaimStore
 from cloud.storage.store import Store
 from protocol import cose
 from protocol.topics import TopicError, check_segment
@@ -64,6 +65,8 @@ def create_app(
     broker_connected: Callable[[], bool] = lambda: False,
     stream_interval_s: float = 1.0,
     secure_cookies: bool = False,
+    deployment: str = "",
+    broker_url: str = "",
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -343,5 +346,14 @@ def create_app(
             {"devices": await devices_public(), "stats": await stats_public(), "who": p},
         )
 
-    add_account_routes(app, accounts, auth, templates, secure_cookies)
+    add_account_routes(
+        app,
+        accounts,
+        auth,
+        templates,
+        secure_cookies,
+        ClaimStore(store.engine),
+        deployment,
+        broker_url,
+    )
     return app

@@ -144,3 +144,15 @@ api_keys = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("revoked", Integer, nullable=False, server_default="0"),
 )
+
+# One-time codes an installer creates for a site; a Pi enrolls with one (only its hash is kept).
+claim_codes = Table(
+    "claim_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("site_id", String(64), ForeignKey("sites.site_id"), nullable=False, index=True),
+    Column("created_by", String(32), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("used_by_device", String(64), nullable=True),
+)

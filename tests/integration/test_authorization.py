@@ -40,6 +40,8 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/accounts/{account_id}/status"): (D, D, D, A, D, A),
     ("POST", "/api/v1/sites"): (D, D, A, D, D, A),
     ("GET", "/api/v1/sites"): (D, A, A, A, A, A),
+    ("POST", "/api/v1/sites/{site_id}/claim-codes"): (D, D, A, D, D, A),
+    ("POST", "/api/v1/enroll"): (A, A, A, A, A, A),
     ("POST", "/api/v1/api-keys"): (D, D, D, D, D, A),
     ("GET", "/login"): (A, A, A, A, A, A),
     ("POST", "/login"): (A, A, A, A, A, A),
@@ -85,7 +87,11 @@ async def test_role_table(
     client_and_tokens: tuple[httpx.AsyncClient, dict[str, str]], method: str, path: str
 ) -> None:
     client, tokens = client_and_tokens
-    url = path.replace("{device_id}", "pi-x").replace("{account_id}", "acct-x")
+    url = (
+        path.replace("{device_id}", "pi-x")
+        .replace("{account_id}", "acct-x")
+        .replace("{site_id}", "site-x")
+    )
     for role, decision in zip(ROLES, TABLE[(method, path)], strict=True):
         headers = {} if role == "anonymous" else {"Authorization": f"Bearer {tokens[role]}"}
         if path == "/api/v1/stream":
