@@ -271,7 +271,11 @@ class EdgeAgent:
                 return values
             closed = self._accountant.observe(ts, readings)
             if closed is None:
-                await self.outbox.save_accountant(self._accountant.state)
+                # Persist at boundaries and on anything flagged; not on every telemetry poll,
+                # which would fsync the Pi's SD card each second. A crash then restarts from a
+                # slightly older total, which books the same energy later, never more.
+                if not all_values or self._accountant.state.flags:
+                    await self.outbox.save_accountant(self._accountant.state)
                 return values
             token = mint(
                 closed, self._chain, self.identity, self.key,
