@@ -13,11 +13,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
+from cloud.api.schemas import device_identity
 from cloud.auth import SESSION_COOKIE, Auth, Principal, Role, site_owner_filter
 from cloud.storage.accounts import AccountStore, LoginError
 from cloud.storage.claims import ClaimError, ClaimStore
 from protocol import cose
-from protocol.topics import TopicError, check_segment
 
 TOKEN_TTL_S = 12 * 3600
 
@@ -284,11 +284,8 @@ def add_account_routes(
         """A Pi joins the site of its claim code; it is pending until an approver decides."""
         device_id = body.device_id or f"pi-{secrets.token_hex(6)}"
         try:
-            check_segment(device_id, "device id")
-            public_key = bytes.fromhex(body.public_key)
-            if len(public_key) != 32:
-                raise ValueError("public_key must be 32 bytes (64 hex digits)")
-        except (TopicError, ValueError) as exc:
+            public_key = device_identity(body.public_key, (device_id, "device id"))
+        except ValueError as exc:  # TopicError is a ValueError
             raise HTTPException(422, str(exc)) from None
         try:
             site_id = await claims.redeem(

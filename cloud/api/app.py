@@ -34,13 +34,13 @@ from cloud.api.schemas import (
     RejectionPublic,
     StatsPublic,
     TokenPublic,
+    device_identity,
 )
 from cloud.auth import Principal, Role, make_auth, site_owner_filter
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.store import Store
 from protocol import cose
-from protocol.topics import TopicError, check_segment
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 
@@ -156,13 +156,11 @@ def create_app(
     async def register_device(body: DeviceCreate) -> DevicePublic:
         """Register a device and its Ed25519 public key (installers; enrollment comes later)."""
         try:
-            check_segment(body.device_id, "device id")
-            check_segment(body.site_id, "site id")
-            public_key = bytes.fromhex(body.public_key)
-        except (TopicError, ValueError) as exc:
+            public_key = device_identity(
+                body.public_key, (body.device_id, "device id"), (body.site_id, "site id")
+            )
+        except ValueError as exc:  # TopicError is a ValueError
             raise HTTPException(422, str(exc)) from None
-        if len(public_key) != 32:
-            raise HTTPException(422, "public_key must be 32 bytes (64 hex digits)")
         try:
             await store.add_device(
                 body.device_id,

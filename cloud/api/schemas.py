@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from protocol.topics import check_segment
+
 
 class DevicePublic(BaseModel):
     """A registered device as the fleet table shows it."""
@@ -97,3 +99,19 @@ class Health(BaseModel):
     status: str
     database: str
     broker: str
+
+
+def device_identity(public_key_hex: str, *ids: tuple[str, str]) -> bytes:
+    """Check device/site ids (as topic segments) and a raw Ed25519 key; return the key bytes.
+
+    `ids` are (value, what) pairs. Raises ValueError with a plain message for the 422 body.
+    """
+    for value, what in ids:
+        check_segment(value, what)
+    try:
+        key = bytes.fromhex(public_key_hex)
+    except ValueError:
+        raise ValueError("public_key must be hex") from None
+    if len(key) != 32:
+        raise ValueError("public_key must be 32 bytes (64 hex digits)")
+    return key
