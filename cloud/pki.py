@@ -134,6 +134,20 @@ def write_private_key(path: Path, key_pem: bytes) -> None:
     os.replace(tmp, path)
 
 
+def check_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    """A well-formed, self-signed CSR for an EC P-256 key, or PkiError."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise PkiError("not a PEM certificate signing request") from None
+    if not csr.is_signature_valid:
+        raise PkiError("the CSR's signature does not verify")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise PkiError("device TLS keys must be EC P-256")
+    return csr
+
+
 # ---- the CA ------------------------------------------------------------------------------------
 
 
@@ -404,16 +418,7 @@ class DeviceCA:
         return key_pem, cert.public_bytes(serialization.Encoding.PEM)
 
     def _checked_csr(self, csr_pem: bytes) -> x509.CertificateSigningRequest:
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError:
-            raise PkiError("not a PEM certificate signing request") from None
-        if not csr.is_signature_valid:
-            raise PkiError("the CSR's signature does not verify")
-        key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise PkiError("device TLS keys must be EC P-256")
-        return csr
+        return check_csr(csr_pem)
 
     def _record(self, cert: x509.Certificate, kind: str, **extra: Any) -> None:
         self._state.issued[_hex(cert.serial_number)] = {

@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 
 from cloud.api.schemas import device_identity
 from cloud.auth import SESSION_COOKIE, Auth, Principal, Role, site_owner_filter
+from cloud.pki import PkiError, check_csr
+from cloud.services.device_credentials import DeviceCredentials
 from cloud.storage.accounts import AccountStore, LoginError
 from cloud.storage.claims import ClaimError, ClaimStore
 from protocol import cose
@@ -120,6 +122,11 @@ class EnrollRequest(BaseModel):
     device_id: str | None = Field(None, description="proposed id; default: generated")
     capacity_w: int = Field(gt=0, le=10_000_000)
     zone: str = Field("", max_length=64)
+    csr: str = Field(
+        "",
+        max_length=8192,
+        description="PEM certificate request for the device's TLS key (needed for a TLS broker)",
+    )
 
 
 class EnrollResult(BaseModel):
@@ -130,6 +137,8 @@ class EnrollResult(BaseModel):
     status: Literal["pending"] = "pending"
     deployment: str
     broker_url: str
+    client_cert: str = Field("", description="PEM client certificate for the broker (CN = device)")
+    ca_bundle: str = Field("", description="PEM CA certificate that signs the broker and devices")
 
 
 def add_account_routes(
@@ -141,6 +150,7 @@ def add_account_routes(
     claims: ClaimStore,
     deployment: str = "",
     broker_url: str = "",
+    credentials: DeviceCredentials | None = None,
 ) -> None:
     """Register the account, site, enrollment and login routes on `app`."""
     anyone = (Role.HOMEOWNER, Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
@@ -287,6 +297,13 @@ def add_account_routes(
             public_key = device_identity(body.public_key, (device_id, "device id"))
         except ValueError as exc:  # TopicError is a ValueError
             raise HTTPException(422, str(exc)) from None
+        if credentials is not None:
+            if not body.csr:
+                raise HTTPException(422, "this aggregator's broker needs TLS: send a csr")
+            try:  # check the request before the claim code is spent
+                check_csr(body.csr.encode())
+            except PkiError as exc:
+                raise HTTPException(422, f"certificate request refused: {exc}") from None
         try:
             site_id = await claims.redeem(
                 body.claim_code,
@@ -300,8 +317,17 @@ def add_account_routes(
             raise HTTPException(403, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
+        cert_pem = ca_pem = b""
+        if credentials is not None:
+            cert_pem = await credentials.issue(site_id, device_id, body.csr.encode())
+            ca_pem = credentials.ca_bundle_pem
         return EnrollResult(
-            device_id=device_id, site_id=site_id, deployment=deployment, broker_url=broker_url
+            device_id=device_id,
+            site_id=site_id,
+            deployment=deployment,
+            broker_url=broker_url,
+            client_cert=cert_pem.decode(),
+            ca_bundle=ca_pem.decode(),
         )
 
     @app.get("/api/v1/sites", response_model=list[SitePublic], tags=["sites"])

@@ -37,6 +37,7 @@ from cloud.api.schemas import (
     device_identity,
 )
 from cloud.auth import Principal, Role, make_auth, site_owner_filter
+from cloud.services.device_credentials import DeviceCredentials
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.store import Store
@@ -67,6 +68,7 @@ def create_app(
     secure_cookies: bool = False,
     deployment: str = "",
     broker_url: str = "",
+    credentials: DeviceCredentials | None = None,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -190,6 +192,9 @@ def create_app(
             await store.set_device_status(device_id, body.status)
         except KeyError:
             raise HTTPException(404, f"device {device_id!r} is not registered") from None
+        if credentials is not None:
+            # The broker must follow the registry: revoke certificates, rewrite the ACL, reload.
+            await credentials.device_status_changed(device_id, body.status)
         for d in await devices_public():
             if d.device_id == device_id:
                 return d
@@ -353,5 +358,6 @@ def create_app(
         ClaimStore(store.engine),
         deployment,
         broker_url,
+        credentials,
     )
     return app
