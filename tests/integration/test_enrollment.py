@@ -67,6 +67,8 @@ async def test_claim_enroll_approve_and_count(store: Store) -> None:
             "status": "pending",
             "deployment": "gridmint-test",
             "broker_url": "mqtts://broker.example:8883",
+            "client_cert": "",  # this aggregator has no CA configured
+            "ca_bundle": "",
         }
         # A claim code works once.
         other = FakeDevice("pi-second")
