@@ -6,6 +6,8 @@ the ingest service has stored the token or its rejection (mqttlink's manual ack)
 
 from __future__ import annotations
 
+import ssl
+
 from cloud.services.ingest import IngestService
 from mqttlink import BrokerAddress, MqttLink, Subscription
 from protocol import topics
@@ -14,7 +16,13 @@ from protocol import topics
 class MqttIngest:
     """Connects ingest to a broker."""
 
-    def __init__(self, service: IngestService, broker_url: str, client_id: str):
+    def __init__(
+        self,
+        service: IngestService,
+        broker_url: str,
+        client_id: str,
+        tls_context: ssl.SSLContext | None = None,
+    ):
         self.service = service
         self.link = MqttLink(
             BrokerAddress.parse(broker_url),
@@ -23,6 +31,7 @@ class MqttIngest:
             subscriptions=[
                 Subscription(topics.subscription(topics.Channel.TOKENS), self._on_token, qos=1)
             ],
+            tls_context=tls_context,
         )
 
     async def start(self) -> None:

@@ -15,9 +15,12 @@ import uvicorn
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
 from cloud.mqtt_ingest import MqttIngest
+from cloud.pki import DeviceCA
+from cloud.services.device_credentials import DeviceCredentials, sighup_pid_file
 from cloud.services.ingest import IngestService
 from cloud.settings import CloudSettings
 from cloud.storage.store import Store
+from mqttlink import client_tls_context
 from protocol.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class CloudRuntime:
         self.store: Store | None = None
         self.ingest: IngestService | None = None
         self.mqtt: MqttIngest | None = None
+        self.credentials: DeviceCredentials | None = None
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
@@ -60,8 +64,31 @@ class CloudRuntime:
             IngestLimits(future_skew_s=s.future_skew_s, backfill_window_s=s.backfill_window_s),
             s.max_message_bytes,
         )
+        if s.device_ca_dir is not None:
+            try:
+                ca = DeviceCA.load(s.device_ca_dir)
+            except FileNotFoundError as exc:
+                raise OSError(
+                    f"no device CA in {s.device_ca_dir} ({exc.filename}); "
+                    "create it with `gridmint cloud pki`"
+                ) from None
+            self.credentials = DeviceCredentials(
+                self.store,
+                ca,
+                s.device_ca_dir,
+                acl_path=s.broker_acl_file,
+                crl_path=s.broker_crl_file,
+                reload_broker=sighup_pid_file(s.broker_pid_file) if s.broker_pid_file else None,
+                aggregator_identity=s.client_id,
+                cert_valid_days=s.device_cert_days,
+                now=self.clock.now,
+            )
+            await self.credentials.sync_broker()
         if connect_mqtt:
-            self.mqtt = MqttIngest(self.ingest, s.broker_url, s.client_id)
+            tls = None
+            if s.broker_ca_file is not None:
+                tls = client_tls_context(s.broker_ca_file, s.broker_cert_file, s.broker_key_file)
+            self.mqtt = MqttIngest(self.ingest, s.broker_url, s.client_id, tls)
             await self.mqtt.start()
         if serve_http:
             if self.http_port == 0:
@@ -73,6 +100,9 @@ class CloudRuntime:
                 broker_connected=lambda: mqtt is not None and mqtt.connected,
                 deployment=s.deployment,
                 broker_url=s.broker_url,
+                credentials=self.credentials,
+                key_overlap_s=s.key_overlap_s,
+                now=self.clock.now,
             )
             config = uvicorn.Config(
                 app,

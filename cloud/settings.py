@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,3 +23,17 @@ class CloudSettings(BaseSettings):
     future_skew_s: int = 120
     backfill_window_s: int = 7 * 24 * 3600
     client_id: str = "gridmint-aggregator"
+    # The aggregator's own TLS identity on an mqtts:// broker.
+    broker_ca_file: Path | None = Field(None, description="CA that signed the broker certificate")
+    broker_cert_file: Path | None = Field(None, description="aggregator client certificate")
+    broker_key_file: Path | None = Field(None, description="its key")
+    # The device CA and the broker files it keeps in step with the registry (all optional: without
+    # a CA, enrollment issues no certificate and the broker is not told about decisions).
+    device_ca_dir: Path | None = Field(None, description="folder written by `gridmint cloud pki`")
+    broker_acl_file: Path | None = Field(None, description="Mosquitto acl_file to regenerate")
+    broker_crl_file: Path | None = Field(None, description="Mosquitto crlfile to regenerate")
+    broker_pid_file: Path | None = Field(None, description="Mosquitto pid_file, to send SIGHUP")
+    device_cert_days: int = Field(90, gt=0, le=825)
+    key_overlap_s: int = Field(
+        24 * 3600, ge=0, description="how long a rotated-out signing key keeps verifying"
+    )

@@ -27,7 +27,7 @@ from edge.minting import ChainState, DeviceIdentity, mint
 from edge.outbox import Outbox
 from edge.settings import EdgeSettings
 from edge.systemd import Heartbeat
-from mqttlink import BrokerAddress, MqttLink, Subscription, Will
+from mqttlink import BrokerAddress, MqttLink, Subscription, Will, client_tls_context
 from protocol import topics
 from protocol.clock import Clock, SimClock
 from protocol.receipts import Receipt
@@ -59,9 +59,7 @@ class SystemClockCheck:
         now = time.monotonic()
         if self._cached is None or now - self._at > self.every_s:
             status = clocksync.read_clock_status()
-            self._cached = clocksync.time_quality_for(
-                status, time.time(), clocksync.clock_epoch()
-            )
+            self._cached = clocksync.time_quality_for(status, time.time(), clocksync.clock_epoch())
             self._at = now
         return self._cached
 
@@ -135,6 +133,11 @@ class EdgeAgent:
             subscriptions=[
                 Subscription(topics.topic(site, dev, topics.Channel.RECEIPTS), self._on_receipt)
             ],
+            tls_context=client_tls_context(
+                settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file
+            )
+            if settings.tls_ca_file is not None
+            else None,
         )
 
     # lifecycle
@@ -197,9 +200,13 @@ class EdgeAgent:
             waiting = (await self.outbox.counters())["waiting"]
             self.panel.set_state(
                 led_state_for(
-                    connected, waiting, len(self.stats.meters_unavailable),
-                    self.panel.provisioning, meters_total=len(self.meters),
-                    disconnected_s=0.0 if self._disconnected_since is None
+                    connected,
+                    waiting,
+                    len(self.stats.meters_unavailable),
+                    self.panel.provisioning,
+                    meters_total=len(self.meters),
+                    disconnected_s=0.0
+                    if self._disconnected_since is None
                     else time.monotonic() - self._disconnected_since,
                 )
             )
@@ -278,8 +285,14 @@ class EdgeAgent:
                     await self.outbox.save_accountant(self._accountant.state)
                 return values
             token = mint(
-                closed, self._chain, self.identity, self.key,
-                self.settings.deployment.encode(), tq, source, self._soc,
+                closed,
+                self._chain,
+                self.identity,
+                self.key,
+                self.settings.deployment.encode(),
+                tq,
+                source,
+                self._soc,
             )
             await self.outbox.commit_mint(token, self._accountant.state, int(time.time() * 1000))
             self._chain = token.next_chain

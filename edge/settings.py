@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.accounting import Channel
@@ -81,6 +81,9 @@ class EdgeSettings(BaseSettings):
     key_file: Path
     state_db: Path
     broker_url: str = "mqtt://127.0.0.1:1883"
+    tls_ca_file: Path | None = Field(None, description="CA bundle for an mqtts:// broker")
+    tls_cert_file: Path | None = Field(None, description="client certificate (CN = device id)")
+    tls_key_file: Path | None = Field(None, description="the client certificate's key (0600)")
     interval_s: Literal[300, 900] = 300
     capacity_w: int = Field(5000, gt=0)
     zone: str = Field("", max_length=64)
@@ -104,6 +107,14 @@ class EdgeSettings(BaseSettings):
             raise ValueError("meter names must be unique")
         return [_check_meter(m) for m in v]
 
+    @model_validator(mode="after")
+    def _tls(self) -> EdgeSettings:
+        if self.broker_url.startswith("mqtts:") and self.tls_ca_file is None:
+            raise ValueError("an mqtts:// broker needs tls_ca_file")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
 
 def load_settings(path: Path) -> EdgeSettings:
     """Read and validate an edge TOML file; relative paths are taken from the file's folder."""
@@ -113,7 +124,7 @@ def load_settings(path: Path) -> EdgeSettings:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    for key in ("key_file", "state_db"):
+    for key in ("key_file", "state_db", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         if key in raw and not Path(raw[key]).is_absolute():
             raw[key] = str(path.parent / raw[key])
     try:

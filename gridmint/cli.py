@@ -205,7 +205,11 @@ def edge_run(
                 )
             except Exception as exc:  # no GPIO on this machine: run without the panel
                 err.print(f"[yellow]warning:[/] GPIO unavailable, running without LED: {exc}")
-        agent = EdgeAgent(settings, key, clock, readers, outbox, panel=panel)
+        try:
+            agent = EdgeAgent(settings, key, clock, readers, outbox, panel=panel)
+        except OSError as exc:  # ssl.SSLError is an OSError: a missing or bad TLS file
+            await outbox.close()
+            raise fail(f"cannot set up the broker connection: {exc}") from None
         err.print(
             f"edge agent {settings.device_id}: {len(readers)} meter(s), broker "
             f"{settings.broker_url}; Ctrl-C stops"

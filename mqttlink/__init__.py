@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
@@ -53,6 +54,21 @@ class BrokerAddress:
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def client_tls_context(
+    ca_file: str | Path, cert_file: str | Path | None = None, key_file: str | Path | None = None
+) -> ssl.SSLContext:
+    """A TLS context that trusts `ca_file` and, when given, presents a client certificate.
+
+    Raises OSError or ssl.SSLError with the file's name when a file is missing or not PEM.
+    """
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    if cert_file is not None or key_file is not None:
+        if cert_file is None or key_file is None:
+            raise ValueError("a client certificate needs both its certificate and its key file")
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    return ctx
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ class RejectReason(StrEnum):
     DEVICE_NOT_APPROVED = "device_not_approved"
     UNKNOWN_KEY = "unknown_key"
     BAD_SIGNATURE = "bad_signature"
+    KEY_RETIRED = "key_retired"
+    KEY_REVOKED = "key_revoked"
     MISALIGNED_INTERVAL = "misaligned_interval"
     FUTURE_INTERVAL = "future_interval"
     STALE_INTERVAL = "stale_interval"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from cloud.api.accounts_routes import add_account_routes
+from cloud.api.device_routes import add_device_routes
+from cloud.api.pages_routes import add_page_routes
 from cloud.api.schemas import (
     DeviceCreate,
     DevicePublic,
@@ -40,6 +43,7 @@ from cloud.auth import Principal, Role, make_auth, site_owner_filter
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
+from cloud.storage.device_views import DeviceViews
 from cloud.storage.store import Store
 from protocol import cose
 
@@ -69,6 +73,8 @@ def create_app(
     deployment: str = "",
     broker_url: str = "",
     credentials: DeviceCredentials | None = None,
+    key_overlap_s: int = 24 * 3600,
+    now: Callable[[], float] = time.time,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -184,12 +190,24 @@ def create_app(
         "/api/v1/admin/devices/{device_id}/status",
         response_model=DevicePublic,
         tags=["admin"],
-        dependencies=[Depends(auth.require(Role.APPROVER, action="approve or revoke devices"))],
     )
-    async def set_device_status(device_id: str, body: DeviceStatusChange) -> DevicePublic:
-        """Approve, reject or revoke a device. Approving counts the tokens it sent while pending."""
+    async def set_device_status(
+        device_id: str,
+        body: DeviceStatusChange,
+        p: Principal = Depends(auth.require(Role.APPROVER, action="approve or revoke devices")),
+    ) -> DevicePublic:
+        """Approve, reject or revoke a device (a reason is required to reject or revoke).
+
+        Approving counts the tokens it sent while pending. Every decision is logged with the
+        approver, the time, old -> new status and the reason (see the device's page).
+        """
+        problem = body.missing_reason()
+        if problem:
+            raise HTTPException(422, problem)
         try:
-            await store.set_device_status(device_id, body.status)
+            await DeviceViews(store.engine).decide(
+                device_id, body.status, p.account_id, body.reason
+            )
         except KeyError:
             raise HTTPException(404, f"device {device_id!r} is not registered") from None
         if credentials is not None:
@@ -349,6 +367,10 @@ def create_app(
             {"devices": await devices_public(), "stats": await stats_public(), "who": p},
         )
 
+    add_device_routes(
+        app, store, deployment, key_overlap_s=key_overlap_s, credentials=credentials, now=now
+    )
+    add_page_routes(app, store, accounts, auth, templates)
     add_account_routes(
         app,
         accounts,

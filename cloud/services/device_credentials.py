@@ -101,6 +101,28 @@ class DeviceCredentials:
         await self.sync_broker()
         return cert_pem
 
+    async def renew(
+        self,
+        device_id: str,
+        current_cert_pem: bytes,
+        csr_pem: bytes,
+        proof: bytes,
+        signed_at: datetime,
+    ) -> bytes:
+        """A renewed certificate for a new TLS key, proven by the current one; else PkiError."""
+        async with self._lock:
+            try:
+                holder = describe(current_cert_pem).common_name
+            except ValueError:
+                raise PkiError("the current certificate is not a PEM certificate") from None
+            if holder != device_id:
+                raise PkiError(f"the current certificate is not {device_id!r}'s")
+            cert_pem = self.ca.renew(
+                current_cert_pem, csr_pem, proof, self._utcnow(), signed_at=signed_at
+            )
+            self.ca.save_state(self.ca_dir)
+        return cert_pem
+
     async def device_status_changed(self, device_id: str, status: str) -> None:
         """Follow an approver's decision: revoke on reject/revoke, then update the broker."""
         if status in ("rejected", "revoked"):

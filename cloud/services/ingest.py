@@ -18,6 +18,7 @@ from cloud.domain.ingest_rules import (
     Refusal,
     check_chain,
     check_interval,
+    check_key_window,
     check_plausible,
     check_storable,
 )
@@ -167,6 +168,9 @@ class IngestService:
             cose.verify(envelope, key.public_key, self.deployment)
         except cose.SignatureError as exc:
             return Refusal(RejectReason.BAD_SIGNATURE, str(exc)), rejected
+        refusal = check_key_window(rec, key.valid_until)
+        if refusal is not None:
+            return refusal, rejected
         if ctx.already_stored:
             return Refusal(
                 RejectReason.REPLAYED,

@@ -14,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -257,11 +257,77 @@ class Store:
         """Look up a public key by key id."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(device_keys).where(device_keys.c.kid == kid))).first()
-        if row is None:
-            return None
-        return DeviceKey(
-            bytes(row.kid), row.device_id, bytes(row.public_key), row.valid_from, row.valid_until
-        )
+        return None if row is None else _key(row)
+
+    async def list_keys(self, device_id: str) -> list[DeviceKey]:
+        """A device's keys, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(device_keys)
+                    .where(device_keys.c.device_id == device_id)
+                    .order_by(device_keys.c.valid_from, device_keys.c.kid)
+                )
+            ).all()
+        return [_key(r) for r in rows]
+
+    async def rotate_key(
+        self,
+        device_id: str,
+        current_kid: bytes,
+        new_public_key: bytes,
+        new_kid: bytes,
+        now_s: int,
+        overlap_s: int,
+    ) -> tuple[DeviceKey, DeviceKey]:
+        """Make `new_public_key` the device's key from `now_s`; the current one retires after
+        `overlap_s` (records of intervals ending by then still verify with it).
+
+        Raises KeyError if the device or key is unknown, ValueError if the current key is not
+        the device's live key or the new key is already registered.
+        """
+        async with self.engine.begin() as conn:
+            current = (
+                await conn.execute(select(device_keys).where(device_keys.c.kid == current_kid))
+            ).first()
+            if current is None or current.device_id != device_id:
+                raise KeyError(f"key {current_kid.hex()} is not a key of {device_id!r}")
+            if current.valid_until is not None and current.valid_until <= now_s:
+                raise ValueError(f"key {current_kid.hex()} is already retired")
+            newer = (
+                await conn.execute(
+                    select(device_keys.c.kid).where(
+                        device_keys.c.device_id == device_id,
+                        device_keys.c.valid_from > current.valid_from,
+                    )
+                )
+            ).first()
+            if newer is not None:
+                raise ValueError(f"key {current_kid.hex()} was already replaced")
+            if (
+                await conn.execute(select(device_keys.c.kid).where(device_keys.c.kid == new_kid))
+            ).first() is not None:
+                raise ValueError("the new key is already registered")
+            until = now_s + overlap_s
+            if current.valid_until is None or current.valid_until > until:
+                await conn.execute(
+                    update(device_keys)
+                    .where(device_keys.c.kid == current_kid)
+                    .values(valid_until=until)
+                )
+            await conn.execute(
+                insert(device_keys).values(
+                    kid=new_kid,
+                    device_id=device_id,
+                    public_key=new_public_key,
+                    valid_from=now_s,
+                    valid_until=None,
+                )
+            )
+        old, new = await self.get_key(current_kid), await self.get_key(new_kid)
+        assert old is not None
+        assert new is not None
+        return new, old
 
     async def list_devices(self) -> list[DeviceSummary]:
         """Every device with its token count, total generation and newest interval."""
@@ -320,15 +386,7 @@ class Store:
             ).first()
         return IngestContext(
             device=None if dev is None else _device(dev),
-            key=None
-            if key is None
-            else DeviceKey(
-                bytes(key.kid),
-                key.device_id,
-                bytes(key.public_key),
-                key.valid_from,
-                key.valid_until,
-            ),
+            key=None if key is None else _key(key),
             already_stored=stored is not None,
             head=None
             if head is None
@@ -508,6 +566,12 @@ class Store:
         dev = await self.get_device(device_id)
         assert dev is not None
         return dev
+
+
+def _key(row: Any) -> DeviceKey:
+    return DeviceKey(
+        bytes(row.kid), row.device_id, bytes(row.public_key), row.valid_from, row.valid_until
+    )
 
 
 def _device(r: Any) -> Device:

@@ -42,6 +42,11 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/sites"): (D, A, A, A, A, A),
     ("POST", "/api/v1/sites/{site_id}/claim-codes"): (D, D, A, D, D, A),
     ("POST", "/api/v1/enroll"): (A, A, A, A, A, A),
+    # Device-signed requests: the signature is the credential, so no role is needed.
+    ("POST", "/api/v1/devices/{device_id}/probe"): (A, A, A, A, A, A),
+    ("POST", "/api/v1/devices/{device_id}/keys"): (A, A, A, A, A, A),
+    ("GET", "/api/v1/devices/{device_id}/keys"): (A, A, A, A, A, A),
+    ("POST", "/api/v1/devices/{device_id}/certificate"): (A, A, A, A, A, A),
     ("POST", "/api/v1/api-keys"): (D, D, D, D, D, A),
     ("GET", "/login"): (A, A, A, A, A, A),
     ("POST", "/login"): (A, A, A, A, A, A),

@@ -1,0 +1,276 @@
+"""What a device asks of the aggregator over HTTP: a commissioning probe, signing-key rotation and
+TLS certificate renewal.
+
+Owns: those routes. None takes a person's credentials: each request is signed by the device's
+current key (Ed25519 statement, or the TLS key for renewal), which is the authentication.
+A refused request is stored as a rejection with its reason, like a refused token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from cloud.pki import PkiError
+from cloud.services.device_credentials import DeviceCredentials
+from cloud.storage.store import DeviceKey, Store
+from protocol import cose, statements
+from protocol.reasons import RejectReason
+
+PROBE_MAX_SKEW_MS = 10 * 60 * 1000  # a probe older or newer than this is refused as stale
+
+
+class SignedStatement(BaseModel):
+    """A COSE_Sign1 statement from `protocol.statements`, hex."""
+
+    statement: str = Field(max_length=4096, pattern="^[0-9a-fA-F]*$")
+
+
+class ProbeResult(BaseModel):
+    """The aggregator's view of a commissioning probe."""
+
+    device_id: str
+    site_id: str
+    status: str
+    kid: str
+    clock_offset_ms: int = Field(description="device clock minus aggregator clock")
+    counts: bool = Field(description="True once approved: the device's tokens count")
+
+
+class KeyPublic(BaseModel):
+    """A device signing key and its validity (Unix seconds; valid_until null = open)."""
+
+    kid: str
+    valid_from: int
+    valid_until: int | None
+
+
+class RotationResult(BaseModel):
+    """The new key and the retiring one."""
+
+    new: KeyPublic
+    previous: KeyPublic
+
+
+class RenewalRequest(BaseModel):
+    """A new TLS key's CSR, proven by the current certificate's key."""
+
+    current_cert: str = Field(max_length=8192)
+    csr: str = Field(max_length=8192)
+    proof: str = Field(max_length=512, pattern="^[0-9a-fA-F]*$", description="hex signature")
+    signed_at: datetime
+
+
+class RenewalResult(BaseModel):
+    """The renewed certificate."""
+
+    client_cert: str
+    ca_bundle: str
+
+
+def _key(k: DeviceKey) -> KeyPublic:
+    return KeyPublic(kid=k.kid.hex(), valid_from=k.valid_from, valid_until=k.valid_until)
+
+
+def add_device_routes(
+    app: FastAPI,
+    store: Store,
+    deployment: str,
+    *,
+    key_overlap_s: int = 24 * 3600,
+    credentials: DeviceCredentials | None = None,
+    now: Callable[[], float] = time.time,
+) -> None:
+    """Register the device-signed routes on `app`."""
+    aad = deployment.encode()
+
+    async def refuse(
+        status: int, device_id: str, reason: RejectReason, detail: str, body: bytes, route: str
+    ) -> HTTPException:
+        await store.add_rejection(
+            f"http:{route}", body, str(reason), detail, int(now() * 1000), device_id
+        )
+        return HTTPException(status, f"{reason}: {detail}")
+
+    async def signer(device_id: str, raw: bytes, route: str) -> tuple[DeviceKey, str, str]:
+        """The live key that signed `raw`, with the device's site and status; else refuse."""
+        device = await store.get_device(device_id)
+        if device is None:
+            raise await refuse(
+                404, device_id, RejectReason.UNKNOWN_DEVICE, "device is not registered", raw, route
+            )
+        if device.status not in ("pending", "approved"):
+            raise await refuse(
+                403,
+                device_id,
+                RejectReason.DEVICE_NOT_APPROVED,
+                f"device is {device.status}",
+                raw,
+                route,
+            )
+        try:
+            kid = statements.signer_kid(raw)
+        except statements.StatementError as exc:
+            raise await refuse(
+                422, device_id, RejectReason.MALFORMED, str(exc), raw, route
+            ) from None
+        key = await store.get_key(kid)
+        if key is None or key.device_id != device_id:
+            raise await refuse(
+                403,
+                device_id,
+                RejectReason.UNKNOWN_KEY,
+                f"key id {kid.hex()} is not a key of this device",
+                raw,
+                route,
+            )
+        if key.valid_until is not None and key.valid_until <= now():
+            raise await refuse(
+                403,
+                device_id,
+                RejectReason.KEY_RETIRED,
+                f"key {kid.hex()} was retired at {key.valid_until}",
+                raw,
+                route,
+            )
+        return key, device.site_id, device.status
+
+    @app.post("/api/v1/devices/{device_id}/probe", response_model=ProbeResult, tags=["devices"])
+    async def probe(device_id: str, body: SignedStatement) -> ProbeResult:
+        """Commissioning check: is this device known, is its key live, is its clock right?
+
+        Signed by the device's key for this deployment; nothing is stored on success.
+        """
+        raw = bytes.fromhex(body.statement)
+        key, site_id, status = await signer(device_id, raw, "probe")
+        try:
+            stated = statements.open_probe(raw, key.public_key, aad)
+        except statements.StatementError as exc:
+            raise await refuse(
+                403, device_id, RejectReason.BAD_SIGNATURE, str(exc), raw, "probe"
+            ) from None
+        if stated.device_id != device_id:
+            raise await refuse(
+                403,
+                device_id,
+                RejectReason.TOPIC_MISMATCH,
+                f"probe of {stated.device_id!r} sent for {device_id!r}",
+                raw,
+                "probe",
+            )
+        offset = stated.unix_ms - int(now() * 1000)
+        if abs(offset) > PROBE_MAX_SKEW_MS:
+            raise await refuse(
+                422,
+                device_id,
+                RejectReason.STALE_INTERVAL,
+                f"the device clock is {offset / 1000:+.0f} s off the aggregator's",
+                raw,
+                "probe",
+            )
+        return ProbeResult(
+            device_id=device_id,
+            site_id=site_id,
+            status=status,
+            kid=key.kid.hex(),
+            clock_offset_ms=offset,
+            counts=status == "approved",
+        )
+
+    @app.post(
+        "/api/v1/devices/{device_id}/keys",
+        response_model=RotationResult,
+        status_code=201,
+        tags=["devices"],
+    )
+    async def rotate_key(device_id: str, body: SignedStatement) -> RotationResult:
+        """Rotate the signing key: the request names the new key and is signed by the current one.
+
+        The current key keeps verifying records of intervals that end within the overlap
+        window (records already in the device's outbox); later ones must use the new key.
+        """
+        raw = bytes.fromhex(body.statement)
+        key, _, _ = await signer(device_id, raw, "rotate-key")
+        try:
+            stated = statements.open_key_rotation(raw, key.public_key, aad)
+        except statements.StatementError as exc:
+            raise await refuse(
+                403, device_id, RejectReason.BAD_SIGNATURE, str(exc), raw, "rotate-key"
+            ) from None
+        if stated.device_id != device_id:
+            raise await refuse(
+                403,
+                device_id,
+                RejectReason.TOPIC_MISMATCH,
+                f"rotation of {stated.device_id!r} sent for {device_id!r}",
+                raw,
+                "rotate-key",
+            )
+        if abs(stated.unix_ms - now() * 1000) > PROBE_MAX_SKEW_MS:
+            raise await refuse(
+                422,
+                device_id,
+                RejectReason.STALE_INTERVAL,
+                "the rotation request is too old or from the future",
+                raw,
+                "rotate-key",
+            )
+        try:
+            new, old = await store.rotate_key(
+                device_id,
+                key.kid,
+                stated.new_public_key,
+                cose.key_id(stated.new_public_key),
+                int(now()),
+                key_overlap_s,
+            )
+        except (KeyError, ValueError) as exc:
+            raise HTTPException(409, str(exc).strip("'\"")) from None
+        return RotationResult(new=_key(new), previous=_key(old))
+
+    @app.get("/api/v1/devices/{device_id}/keys", response_model=list[KeyPublic], tags=["devices"])
+    async def list_keys(device_id: str) -> list[KeyPublic]:
+        """A device's public signing keys and their validity (public data, like a key server)."""
+        if await store.get_device(device_id) is None:
+            raise HTTPException(404, f"device {device_id!r} is not registered")
+        return [_key(k) for k in await store.list_keys(device_id)]
+
+    @app.post(
+        "/api/v1/devices/{device_id}/certificate",
+        response_model=RenewalResult,
+        tags=["devices"],
+    )
+    async def renew_certificate(device_id: str, body: RenewalRequest) -> RenewalResult:
+        """Renew the TLS client certificate before it expires, for a new key.
+
+        Authenticated by a signature of the current certificate's key over the CSR.
+        """
+        if credentials is None:
+            raise HTTPException(404, "this aggregator issues no certificates")
+        device = await store.get_device(device_id)
+        if device is None or device.status not in ("pending", "approved"):
+            raise HTTPException(403, f"device {device_id!r} may not renew a certificate")
+        try:
+            cert = await credentials.renew(
+                device_id,
+                body.current_cert.encode(),
+                body.csr.encode(),
+                bytes.fromhex(body.proof),
+                body.signed_at.astimezone(UTC),
+            )
+        except PkiError as exc:
+            raise await refuse(
+                403,
+                device_id,
+                RejectReason.BAD_SIGNATURE,
+                str(exc),
+                body.csr.encode(),
+                "certificate",
+            ) from None
+        return RenewalResult(
+            client_cert=cert.decode(), ca_bundle=credentials.ca_bundle_pem.decode()
+        )
