@@ -58,6 +58,7 @@ def render_mosquitto(
     persistence: bool = False,
     log_file: Path | None = None,
     run_as_user: str | None = None,
+    pid_file: Path | None = None,
 ) -> str:
     """mosquitto.conf text: a mutual-TLS listener on `port` and, optionally, a loopback one.
 
@@ -94,6 +95,8 @@ def render_mosquitto(
         lines.append(f"persistence_location {conf_dir}/")
     if log_file is not None:
         lines.append(f"log_dest file {_line_safe(str(log_file), 'log_file')}")
+    if pid_file is not None:  # the aggregator sends SIGHUP to this pid after each decision
+        lines.append(f"pid_file {_line_safe(str(pid_file), 'pid_file')}")
     lines += [
         "log_type error",
         "log_type warning",

@@ -31,12 +31,31 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protocol.tls_identity import (  # re-exported: the CA's callers build requests in tests
+    RENEWAL_CONTEXT,
+    make_device_key_and_csr,
+    renewal_payload,
+    sign_renewal,
+)
 from protocol.topics import TopicError, check_segment
+
+__all__ = [
+    "RENEWAL_CONTEXT",
+    "CertInfo",
+    "DeviceCA",
+    "PkiError",
+    "check_csr",
+    "describe",
+    "device_uri",
+    "make_device_key_and_csr",
+    "renewal_payload",
+    "sign_renewal",
+    "write_private_key",
+]
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
 STATE_FILE = "ca-state.json"
-RENEWAL_CONTEXT = b"gridmint-renew-v1\n"
 RENEWAL_MAX_SKEW = timedelta(minutes=5)
 _BACKDATE = timedelta(minutes=5)  # tolerate small clock differences on devices
 
@@ -88,39 +107,7 @@ def _info(cert: x509.Certificate) -> CertInfo:
     )
 
 
-# ---- device side -------------------------------------------------------------------------------
-
-
-def make_device_key_and_csr(device_id: str) -> tuple[bytes, bytes]:
-    """A new EC P-256 TLS key (PKCS#8 PEM) and a CSR for it with CN = device id."""
-    check_segment(device_id, "device id")
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
-
-
-def renewal_payload(csr_pem: bytes, signed_at: datetime) -> bytes:
-    """The bytes a device signs with its current key to ask for a renewal."""
-    csr = x509.load_pem_x509_csr(csr_pem)
-    stamp = _utc(signed_at).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
-    return RENEWAL_CONTEXT + stamp + b"\n" + csr.public_bytes(serialization.Encoding.DER)
-
-
-def sign_renewal(current_key_pem: bytes, csr_pem: bytes, signed_at: datetime) -> bytes:
-    """The proof for `DeviceCA.renew`: the renewal payload signed with the current key."""
-    key = serialization.load_pem_private_key(current_key_pem, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PkiError("the current TLS key must be an EC key")
-    return key.sign(renewal_payload(csr_pem, signed_at), ec.ECDSA(hashes.SHA256()))
+# ---- device side: protocol/tls_identity.py (the device and the CA must agree on these bytes) ----
 
 
 def write_private_key(path: Path, key_pem: bytes) -> None:

@@ -81,6 +81,7 @@ class EdgeSettings(BaseSettings):
     key_file: Path
     state_db: Path
     broker_url: str = "mqtt://127.0.0.1:1883"
+    cloud_url: str = Field("", description="the aggregator's HTTP base URL (probe, proofs)")
     tls_ca_file: Path | None = Field(None, description="CA bundle for an mqtts:// broker")
     tls_cert_file: Path | None = Field(None, description="client certificate (CN = device id)")
     tls_key_file: Path | None = Field(None, description="the client certificate's key (0600)")

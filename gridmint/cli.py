@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from protocol.clock import Clock, SimClock, SystemClock
@@ -199,8 +200,12 @@ def edge_run(
             g = settings.gpio
             try:
                 panel = StatusPanel(
-                    g.led_pin, g.button_pin, g.relays, long_press_s=g.long_press_s,
-                    relay_active_high=g.relay_active_high, loop=asyncio.get_running_loop(),
+                    g.led_pin,
+                    g.button_pin,
+                    g.relays,
+                    long_press_s=g.long_press_s,
+                    relay_active_high=g.relay_active_high,
+                    loop=asyncio.get_running_loop(),
                     on_show_status=lambda: err.print(json.dumps(agent.status(0))),
                 )
             except Exception as exc:  # no GPIO on this machine: run without the panel
@@ -250,6 +255,9 @@ def cloud_serve(
     speed: SpeedOpt = 1.0,
     start: StartOpt = None,
     origin: OriginOpt = None,
+    env_file: Annotated[
+        Path | None, typer.Option(help="GRIDMINT_CLOUD_* settings file (from `cloud pki`)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the aggregator: MQTT ingest, storage, API and dashboard."""
@@ -270,7 +278,13 @@ def cloud_serve(
         }.items()
         if v is not None
     }
-    settings = CloudSettings.model_validate(overrides)
+    if env_file is not None and not env_file.is_file():
+        raise fail(f"--env-file {env_file} does not exist")
+    try:
+        overrides_any: dict[str, Any] = dict(overrides)
+        settings = CloudSettings(_env_file=env_file, **overrides_any)
+    except ValidationError as exc:
+        raise fail(f"settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
     try:
         BrokerAddress.parse(settings.broker_url)
     except BrokerUrlError as exc:
@@ -293,6 +307,34 @@ def cloud_serve(
             await runtime.stop()
 
     _run_until_signal(main)
+
+
+@cloud_app.command("pki")
+def cloud_pki(
+    directory: Annotated[Path, typer.Option("--dir", help="folder for the CA, certs and configs")],
+    host: Annotated[
+        list[str], typer.Option(help="broker host name or IP devices connect to (repeatable)")
+    ],
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TLS listener port")] = 8883,
+    run_as_user: Annotated[
+        str | None, typer.Option(help="Mosquitto `user` (default: the package's)")
+    ] = None,
+) -> None:
+    """Create the device CA and the TLS broker's files; prints how to start both."""
+    from cloud.broker_setup import setup_broker
+    from cloud.pki import PkiError
+
+    try:
+        files = setup_broker(
+            directory, hosts=host, port=port, now=datetime.now(UTC), run_as_user=run_as_user
+        )
+    except (PkiError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"device CA:      {files.ca_cert}")
+    typer.echo(f"broker config:  {files.mosquitto_conf}")
+    typer.echo(f"aggregator env: {files.env_file}")
+    typer.echo(f"start the broker:     mosquitto -c {files.mosquitto_conf}")
+    typer.echo(f"start the aggregator: gridmint cloud serve --env-file {files.env_file}")
 
 
 @cloud_app.command("add-device")

@@ -39,7 +39,7 @@ from provisioning.scan import (
 )
 
 provision_app = typer.Typer(
-    help="Installer tools: find devices and add them to the edge config.",
+    help="Installer tools: find devices, enroll, check, install the service.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -257,6 +257,125 @@ def scan_command(
             err.print(f"skipped {found.description}: {reason}", highlight=False)
         if not written.added:
             err.print(f"{write} not changed")
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="the edge TOML file")]
+
+
+@provision_app.command("enroll")
+def enroll_command(
+    cloud: Annotated[str, typer.Option("--cloud", help="the aggregator's URL, https://...")],
+    claim: Annotated[str, typer.Option("--claim", help="the claim code the installer was given")],
+    config: ConfigOpt = Path("/etc/gridmint/edge.toml"),
+    capacity_w: Annotated[
+        int, typer.Option("--capacity-w", min=1, max=10_000_000, help="rated power, W")
+    ] = 5000,
+    device_id: Annotated[
+        str | None, typer.Option("--device-id", help="proposed id (default: assigned)")
+    ] = None,
+    zone: Annotated[str, typer.Option(help="grid / market zone")] = "",
+    owner: Annotated[
+        str | None, typer.Option(help="give the written files to this user (the service user)")
+    ] = None,
+) -> None:
+    """Join a site: create the device's keys, enroll with the claim code, write config and keys."""
+    from provisioning.enroll import EnrollError, enroll
+
+    with err.status("enrolling with the cloud..."):
+        try:
+            done = enroll(
+                config,
+                cloud,
+                claim,
+                capacity_w=capacity_w,
+                device_id=device_id,
+                zone=zone,
+                owner=owner,
+            )
+        except EnrollError as exc:
+            raise _fail(str(exc)) from None
+    out.print(
+        f"enrolled as [bold]{done.device_id}[/] at site {done.site_id} ({done.status}); "
+        f"broker {done.broker_url}",
+        highlight=False,
+    )
+    for f in done.files:
+        err.print(f"wrote {f}", highlight=False)
+    if done.status != "approved":
+        err.print("an approver must approve this device; its tokens are kept until then")
+
+
+@provision_app.command("check")
+def check_command(
+    config: ConfigOpt = Path("/etc/gridmint/edge.toml"),
+    timeout: Annotated[float, typer.Option(min=0.5, max=60, help="seconds per check")] = 5.0,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Commissioning report: meters, clock, broker over TLS, a signed probe to the cloud."""
+    from provisioning.check import FAIL, OK, run_check
+
+    with err.status("checking..."):
+        report = asyncio.run(run_check(config, timeout_s=timeout))
+    if json_out:
+        typer.echo(
+            json.dumps(
+                {
+                    "passed": report.passed,
+                    "checks": [
+                        {
+                            "name": c.name,
+                            "verdict": c.verdict,
+                            "detail": c.detail,
+                            "values": c.values,
+                        }
+                        for c in report.checks
+                    ],
+                }
+            )
+        )
+    else:
+        table = Table(title="commissioning check")
+        for col in ("check", "result", "detail"):
+            table.add_column(col)
+        colour = {OK: "green", FAIL: "red"}
+        for c in report.checks:
+            table.add_row(c.name, f"[{colour.get(c.verdict, 'yellow')}]{c.verdict}[/]", c.detail)
+        out.print(table)
+    if not report.passed:
+        failed = [c for c in report.checks if c.verdict == FAIL]
+        raise _fail("; ".join(f"{c.name}: {c.detail}" for c in failed))
+    err.print("commissioning check passed")
+
+
+@provision_app.command("install")
+def install_command(
+    root: Annotated[Path, typer.Option(help="install under this root (a Pi: /)")] = Path("/"),
+    config: Annotated[str, typer.Option(help="config path the service runs with")] = (
+        "/etc/gridmint/edge.toml"
+    ),
+    executable: Annotated[str, typer.Option(help="the gridmint executable")] = (
+        "/opt/gridmint/.venv/bin/gridmint"
+    ),
+    user: Annotated[str, typer.Option(help="the service user")] = "gridmint",
+    no_reload: Annotated[
+        bool, typer.Option("--no-reload", help="write files only; print the reload commands")
+    ] = False,
+) -> None:
+    """Install the systemd unit and the udev rules (stable /dev/gridmint-rs485-* names)."""
+    from provisioning.install import InstallError, install
+
+    try:
+        done = install(root, config=config, executable=executable, user=user, reload=not no_reload)
+    except InstallError as exc:
+        raise _fail(str(exc)) from None
+    for f in done.files:
+        out.print(f"wrote {f}", highlight=False)
+    for c in done.commands:
+        out.print(f"ran   {c}", highlight=False)
+    if done.skipped_commands:
+        err.print("then run:", highlight=False)
+        for c in done.skipped_commands:
+            err.print(f"  sudo {c}", highlight=False)
 
 
 if __name__ == "__main__":

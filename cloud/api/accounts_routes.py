@@ -298,6 +298,8 @@ def add_account_routes(
         except ValueError as exc:  # TopicError is a ValueError
             raise HTTPException(422, str(exc)) from None
         if credentials is not None:
+            if device_id == credentials.aggregator_identity:
+                raise HTTPException(422, f"device id {device_id!r} is reserved")
             if not body.csr:
                 raise HTTPException(422, "this aggregator's broker needs TLS: send a csr")
             try:  # check the request before the claim code is spent
