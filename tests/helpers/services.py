@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -112,3 +114,39 @@ def drop_pg_database(url: str) -> None:
             await conn.close()
 
     asyncio.run(run())
+
+
+class ConfiguredMosquitto:
+    """A Mosquitto process with a generated config (TLS, ACL, CRL); `Mosquitto` writes its own."""
+
+    def __init__(self, conf: Path, port: int):
+        self.conf, self.port = conf, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen(  # noqa: S603
+            [binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(200):  # 10 s
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                rc = self.proc.wait(0.05)
+                raise RuntimeError(f"mosquitto exited with {rc}; see {self.conf.parent}")
+        self.stop()
+        raise TimeoutError(f"mosquitto does not listen on {self.port}")
+
+    def hup(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None

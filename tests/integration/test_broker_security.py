@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import signal
 import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +22,7 @@ from cloud.broker_config import password_file_line, render_acl, render_mosquitto
 from cloud.pki import DeviceCA, describe, make_device_key_and_csr, write_private_key
 from mqttlink import BrokerAddress, MqttLink, Subscription
 from protocol.topics import Channel, topic
-from tests.helpers.services import free_port, wait_port
+from tests.helpers.services import ConfiguredMosquitto, free_port, wait_port
 
 pytestmark = pytest.mark.broker
 
@@ -66,46 +63,10 @@ class Pki:
         self.crl_path.write_bytes(self.ca.crl_pem(self.now, next_update_hours=1))
 
 
-class Broker:
-    """Our own Mosquitto process with a given config (the shared helper writes its own)."""
-
-    def __init__(self, conf: Path, port: int):
-        self.conf, self.port = conf, port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(  # noqa: S603
-            [binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for _ in range(200):  # 10 s
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                rc = self.proc.wait(0.05)
-                raise RuntimeError(f"mosquitto exited with {rc}; see {self.conf.parent}")
-        self.stop()
-        raise TimeoutError(f"mosquitto does not listen on {self.port}")
-
-    def hup(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGHUP)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-            self.proc = None
-
-
 @dataclass
 class Setup:
     pki: Pki
-    broker: Broker
+    broker: ConfiguredMosquitto
     acl_path: Path
     serials: dict[str, int]
     loopback_port: int
@@ -155,7 +116,7 @@ def _build(tmp_path: Path, exact_acl: bool) -> Setup:
             run_as_user="root" if os.geteuid() == 0 else None,
         )
     )
-    broker = Broker(conf, port)
+    broker = ConfiguredMosquitto(conf, port)
     broker.start()
     wait_port(loopback, 5.0)
     return Setup(pki, broker, acl, serials, loopback, log)
