@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -376,6 +377,41 @@ def install_command(
         err.print("then run:", highlight=False)
         for c in done.skipped_commands:
             err.print(f"  sudo {c}", highlight=False)
+
+
+@provision_app.command("rotate-key")
+def rotate_key_command(config: ConfigOpt = Path("/etc/gridmint/edge.toml")) -> None:
+    """Replace the signing key: the cloud registers the new key, signed by the current one."""
+    from provisioning.rotate import RotateError, rotate_signing_key
+
+    try:
+        done = rotate_signing_key(config)
+    except RotateError as exc:
+        raise _fail(str(exc)) from None
+    until = (
+        datetime.fromtimestamp(done.previous_valid_until, UTC).isoformat()
+        if done.previous_valid_until is not None
+        else "open"
+    )
+    out.print(
+        f"new signing key {done.new_kid}; key {done.previous_kid} verifies intervals ending "
+        f"until {until}",
+        highlight=False,
+    )
+    err.print("restart the agent to sign with it: sudo systemctl restart gridmint-edge")
+
+
+@provision_app.command("renew-cert")
+def renew_cert_command(config: ConfigOpt = Path("/etc/gridmint/edge.toml")) -> None:
+    """Renew the TLS client certificate for a new key, before the current one expires."""
+    from provisioning.rotate import RotateError, renew_certificate
+
+    try:
+        expires = renew_certificate(config)
+    except RotateError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"new certificate valid until {expires.isoformat()}", highlight=False)
+    err.print("restart the agent to use it: sudo systemctl restart gridmint-edge")
 
 
 if __name__ == "__main__":
