@@ -599,3 +599,153 @@ def test_replaying_any_burning_entry_twice_is_refused(
     with pytest.raises(LedgerRuleError) as exc:
         replay([*eng.entries, forged])
     assert exc.value.index == len(eng.entries)
+
+
+# --- the worked example of docs/tokens.md ("One home over a day") ----------------------------
+# Regenerate the docs table with: .venv/bin/python -m tests.unit.test_ledger_rules
+
+DAY_T0 = T0 - T0 % 86400
+DAY_BATTERY = BatteryParams(
+    usable_capacity_wh=10_000,
+    soh_permille=950,
+    self_discharge_ppm_per_h=500,
+    round_trip_efficiency_permille=900,
+)
+DAY_G = [0] * 6 + [50, 400, 1200, 2200, 3000, 3500, 3600, 3300, 2800, 2000, 1100, 400, 50] + [0] * 5
+DAY_L = [300, 250, 250, 250, 300, 400, 600, 700, 500, 400, 400, 450]
+DAY_L += [600, 500, 400, 450, 600, 900, 1200, 1100, 900, 700, 500, 400]
+
+
+def one_home_day() -> tuple[LedgerEngine, list[tuple[Any, ...]]]:
+    """Hourly intervals of one home (5 kWp PV, 10 kWh battery) and a neighbour who buys.
+
+    A simple physical battery model produces the records' C, D and SoC; at 14:00 the SoC reads
+    100 permille low; at 19:00 a dispatch event exports 1 kWh from the battery; at 13:00 the
+    home sells 1.5 kWh to the neighbour; at midnight unsold export goes to the grid.
+    """
+    bat = DAY_BATTERY
+    eng = LedgerEngine()
+    eng.deposit("neighbour", DAY_T0, 2000)
+    eng.deposit("home", DAY_T0, 2000)
+    stored = 0  # true Wh in the battery
+    full = bat.usable_capacity_wh * bat.soh_permille // 1000
+    rows: list[tuple[Any, ...]] = []
+    for h in range(24):
+        t = DAY_T0 + 3600 * h
+        stored -= stored * bat.self_discharge_ppm_per_h // 1_000_000
+        g, load = DAY_G[h], DAY_L[h]
+        i = e = c = d = 0
+        if g >= load:
+            c = min(g - load, (full - stored) * 1_000_000 // bat.charge_ppm)
+            stored += c * bat.charge_ppm // 1_000_000
+            e = g - load - c
+        else:
+            d = min(load - g, stored * bat.discharge_ppm // 1_000_000)
+            stored -= d * 1_000_000 // bat.discharge_ppm
+            i = load - g - d
+        if h == 19:
+            extra = min(1000, stored * bat.discharge_ppm // 1_000_000)
+            d, e = d + extra, e + extra
+            stored -= extra * 1_000_000 // bat.discharge_ppm
+        soc = stored * 1_000_000 // (bat.usable_capacity_wh * bat.soh_permille)
+        if h == 14:
+            soc -= 100
+        refs = (RecordRef(token_id("home-pv", t), bytes(32), "home-pv", g, "solar", "DE-LU"),)
+        res = eng.close_interval("home", IntervalFlows(t, 3600, g, i, e, c, d, soc, refs), bat)
+        more = []
+        if h == 13:
+            terms = TradeTerms(150, 10, 30, 20_000)
+            more.append(eng.settle_trade("home", "neighbour", (t, t + 3600), 1500, terms, "t13"))
+        if i:
+            more.append(eng.grid_purchase("home", t, i, 300))
+        kinds_ = [x.kind for x in res.entries[1:-1]] + [x.kind for x in more if x is not None]
+        s = eng.state
+        rows.append(
+            (
+                h,
+                g,
+                i,
+                e,
+                c,
+                d,
+                soc,
+                res.entries[-1].cap_wh,
+                kinds_,
+                s.tradable_wh("home"),
+                s.tstorage_wh("home"),
+                s.set_aside_wh("home"),
+            )
+        )
+    eng.expire_unsold(DAY_T0 + 86400, 80)
+    return eng, rows
+
+
+def test_one_home_day_matches_the_docs() -> None:
+    eng, rows = one_home_day()
+    log = eng.entries
+    assert check_conservation(log) == []
+    assert replay(log).snapshot() == eng.state.snapshot()
+
+    def total(kind: EntryKind, attr: str) -> int:
+        return sum(getattr(x, attr) for x in log if x.kind is kind and x.site == "home")
+
+    assert total(EntryKind.MINT_GEN, "minted_wh") == sum(DAY_G) == 23_600
+    assert total(EntryKind.BURN_SELF_CONSUMPTION, "burned_wh") == 5200
+    assert (
+        total(EntryKind.STORAGE_CHARGE, "burned_wh"),
+        total(EntryKind.STORAGE_CHARGE, "minted_wh"),
+    ) == (10_042, 9526)
+    assert total(EntryKind.P2P_TRADE, "burned_wh") == 1500
+    assert total(EntryKind.GRID_SALE, "burned_wh") == 7858
+    assert 5200 + 10_042 + 1500 + (7858 - 1000) == 23_600  # 1000 of the sale was storage-sourced
+    assert eng.state.tstorage_wh("home") == 2880
+    assert eng.state.tgen_wh("neighbour") == 1470
+    assert dict(eng.state.balances) == {
+        GRID_ACCOUNT: -3848,
+        site_account("home"): 2073,
+        site_account("neighbour"): 1715,
+        PLATFORM_FEE_ACCOUNT: 15,
+        DSO_FEE_ACCOUNT: 45,
+    }
+    assert rows[14][11] == 950 and rows[15][11] == 0  # low reading set aside, then returned
+
+
+def print_day() -> None:
+    ab = {
+        EntryKind.BURN_SELF_CONSUMPTION: "self",
+        EntryKind.STORAGE_CHARGE: "charge",
+        EntryKind.STORAGE_DECAY: "decay",
+        EntryKind.STORAGE_DISCHARGE_LOAD: "dis→load",
+        EntryKind.STORAGE_DISCHARGE_GRID: "dis→grid",
+        EntryKind.STORAGE_SET_ASIDE: "set-aside",
+        EntryKind.STORAGE_SET_ASIDE_RETURN: "return",
+        EntryKind.STORAGE_SET_ASIDE_BURN: "aside-burn",
+        EntryKind.P2P_TRADE: "P2P",
+        EntryKind.GRID_PURCHASE: "buy",
+    }
+    eng, rows = one_home_day()
+    print(
+        "| h | G | I | E | C | D | SoC ‰ | cap Wh | entries besides MINT_GEN and CLOSE "
+        "| Tgen tradable | Tstorage | set aside |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for h, g, i, e, c, d, soc, cap, ks, tg, ts, sa in rows:
+        names = ", ".join(ab[k] for k in ks) or "—"
+        print(
+            f"| {h:02d} | {g} | {i} | {e} | {c} | {d} | {soc} | {cap} | {names} "
+            f"| {tg} | {ts} | {sa} |"
+        )
+    for k in EntryKind:
+        xs = [x for x in eng.entries if x.kind is k]
+        print(
+            k.name,
+            len(xs),
+            sum(x.burned_wh for x in xs),
+            sum(x.minted_wh for x in xs),
+            sum(x.exit_wh for x in xs),
+        )
+    print(dict(sorted(eng.state.balances.items())), len(eng.entries))
+
+
+if __name__ == "__main__":
+    print_day()
