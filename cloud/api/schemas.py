@@ -35,10 +35,19 @@ class DeviceCreate(BaseModel):
 
 
 class DeviceStatusChange(BaseModel):
-    """An approver's decision on a device."""
+    """An approver's decision on a device; rejecting or revoking needs a reason."""
 
     status: Literal["approved", "rejected", "revoked"]
-    reason: str = Field("", max_length=500)
+    reason: str = Field(
+        "", max_length=500, description="why; required (non-blank) to reject or revoke"
+    )
+
+    def missing_reason(self) -> str | None:
+        """A plain message when the decision needs a reason and has none, else None."""
+        if self.status != "approved" and not self.reason.strip():
+            verb = "reject" if self.status == "rejected" else "revoke"
+            return f"a reason is required to {verb} a device"
+        return None
 
 
 class TokenPublic(BaseModel):

@@ -156,3 +156,17 @@ claim_codes = Table(
     Column("expires_ms", BigInteger, nullable=False),
     Column("used_by_device", String(64), nullable=True),
 )
+
+# Every approver decision on a device (approve, reject, revoke), append-only. `decided_by` is an
+# account id, or the legacy admin token's principal id, so it is not a foreign key.
+device_decisions = Table(
+    "device_decisions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), ForeignKey("devices.device_id"), nullable=False, index=True),
+    Column("decided_by", String(32), nullable=False),
+    Column("decided_ms", BigInteger, nullable=False, index=True),
+    Column("old_status", String(16), nullable=False),
+    Column("new_status", String(16), nullable=False),
+    Column("reason", String(500), nullable=False, server_default=""),
+)

@@ -32,6 +32,10 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/rejections"): (D, D, D, A, A, A),
     ("GET", "/api/v1/stream"): (D, D, A, A, A, A),
     ("GET", "/"): (D, D, A, A, A, A),
+    ("GET", "/approvals"): (D, D, D, A, D, A),
+    # A homeowner passes the role check; the data rule then limits them to their own sites'
+    # devices (the fixture's pi-x is on the homeowner's site-x; see test_device_pages.py).
+    ("GET", "/devices/{device_id}"): (D, A, A, A, A, A),
     ("POST", "/api/v1/login"): (A, A, A, A, A, A),
     ("POST", "/api/v1/logout"): (D, A, A, A, A, A),
     ("GET", "/api/v1/me"): (D, A, A, A, A, A),
@@ -52,6 +56,9 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/login"): (A, A, A, A, A, A),
 }
 
+# HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.
+PAGES = {"/", "/approvals", "/devices/{device_id}"}
+
 BODIES = {
     "/api/v1/login": {"email": "homeowner@example.org", "password": "a long password"},
     "/api/v1/accounts": {"email": "new@example.org", "display_name": "N", "password": "12345678"},
@@ -69,6 +76,9 @@ async def client_and_tokens(
             f"{role}@example.org", role, "a long password", role, "approved"
         )
         tokens[role] = await accounts.issue_token(a.account_id, 3600)
+        if role == "homeowner":
+            await accounts.create_site("site-x", a.account_id, "X")
+            await store.add_device("pi-x", "site-x", b"\x01" * 32, b"\x02" * 8, 5000)
     app = create_app(store, accounts=accounts, stream_interval_s=0.01)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -112,8 +122,14 @@ async def test_role_table(
         else:
             r = await client.request(method, url, json=BODIES.get(path, {}), headers=headers)
             status = r.status_code
-        if path == "/" and role == "anonymous":
-            assert status == 303, (role, status)  # the page sends people to log in
+        if path in PAGES and role == "anonymous":
+            assert status == 303, (role, path, status)  # the page sends people to log in
+            assert r.headers["location"] == "/login"
+            continue
+        if path in PAGES and path != "/" and decision == D:
+            assert status == 403, (role, method, path, status)
+            assert r.headers["content-type"].startswith("text/html")
+            assert f"role {role} may not" in r.text
             continue
         if decision == A:
             assert status not in (401, 403), (role, method, path, status, r.text)

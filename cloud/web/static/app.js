@@ -49,7 +49,14 @@ function renderFleet(devices) {
     const classes = ["", "", "", "", "tokens", "gen", "last"];
     cells.forEach((c, i) => {
       const td = tr.insertCell();
-      td.textContent = c;
+      if (i === 1) {
+        const a = document.createElement("a");
+        a.href = "/devices/" + encodeURIComponent(d.device_id);
+        a.textContent = c;
+        td.appendChild(a);
+      } else {
+        td.textContent = c;
+      }
       if (classes[i]) td.className = classes[i];
     });
   }
