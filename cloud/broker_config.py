@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from protocol.topics import ROOT, Channel, check_segment
+from protocol.topics import LEDGER_CHECKPOINT, ROOT, Channel, check_segment
 
 DEFAULT_AGGREGATOR = "gridmint-aggregator"
 DEVICE_WRITES = (Channel.TOKENS, Channel.TELEMETRY, Channel.STATUS)
@@ -134,8 +134,10 @@ def render_mosquitto(
 
 def _device_rules(site: str, device: str) -> list[str]:
     base = f"{ROOT}/sites/{site}/devices/{device}"
-    return [f"topic write {base}/{ch.value}" for ch in DEVICE_WRITES] + [
-        f"topic read {base}/{ch.value}" for ch in DEVICE_READS
+    return [
+        *(f"topic write {base}/{ch.value}" for ch in DEVICE_WRITES),
+        *(f"topic read {base}/{ch.value}" for ch in DEVICE_READS),
+        f"topic read {LEDGER_CHECKPOINT}",
     ]
 
 
@@ -158,11 +160,13 @@ def render_acl(aggregator_identity: str, devices: Iterable[tuple[str, str]] | No
     ]
     lines += [f"topic read {any_device}/{ch.value}" for ch in DEVICE_WRITES]
     lines += [f"topic write {any_device}/{ch.value}" for ch in DEVICE_READS]
+    lines.append(f"topic write {LEDGER_CHECKPOINT}")
     if devices is None:
         lines += ["", "# Every other certificate: its own device id, any site."]
         base = f"{ROOT}/sites/+/devices/%u"
         lines += [f"pattern write {base}/{ch.value}" for ch in DEVICE_WRITES]
         lines += [f"pattern read {base}/{ch.value}" for ch in DEVICE_READS]
+        lines.append(f"pattern read {LEDGER_CHECKPOINT}")
     else:
         seen: set[str] = set()
         for site, device in sorted(devices):

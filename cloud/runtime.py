@@ -9,18 +9,25 @@ import asyncio
 import contextlib
 import logging
 import socket
+from pathlib import Path
 
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import make_url
 
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
+from cloud.domain.ledger_rules import BatteryParams
 from cloud.mqtt_ingest import MqttIngest
 from cloud.pki import DeviceCA
 from cloud.services.device_credentials import DeviceCredentials, sighup_pid_file
 from cloud.services.ingest import IngestService
+from cloud.services.ledger import LedgerService, load_or_create_ledger_key
 from cloud.settings import CloudSettings
+from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.store import Store
 from mqttlink import client_tls_context
+from protocol import topics
 from protocol.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ class CloudRuntime:
         self.ingest: IngestService | None = None
         self.mqtt: MqttIngest | None = None
         self.credentials: DeviceCredentials | None = None
+        self.ledger: LedgerService | None = None
+        self._ledger_task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
@@ -84,12 +93,28 @@ class CloudRuntime:
                 now=self.clock.now,
             )
             await self.credentials.sync_broker()
+        self.ledger = LedgerService(
+            LedgerStore(self.store.engine),
+            self._ledger_key(),
+            s.ledger_origin or f"gridmint/{s.deployment}/ledger",
+            self.clock.now,
+            grace_s=s.ledger_grace_s,
+            battery=lambda _site: BatteryParams(
+                usable_capacity_wh=s.battery_usable_wh,
+                soh_permille=s.battery_soh_permille,
+                self_discharge_ppm_per_h=s.battery_self_discharge_ppm_per_h,
+                round_trip_efficiency_permille=s.battery_round_trip_permille,
+            ),
+            publish=self._publish_checkpoint,
+        )
+        await self.ledger.load()
         if connect_mqtt:
             tls = None
             if s.broker_ca_file is not None:
                 tls = client_tls_context(s.broker_ca_file, s.broker_cert_file, s.broker_key_file)
             self.mqtt = MqttIngest(self.ingest, s.broker_url, s.client_id, tls)
             await self.mqtt.start()
+        self._ledger_task = asyncio.create_task(self._close_intervals())
         if serve_http:
             if self.http_port == 0:
                 self.http_port = free_port(s.http_host)
@@ -101,6 +126,7 @@ class CloudRuntime:
                 deployment=s.deployment,
                 broker_url=s.broker_url,
                 credentials=self.credentials,
+                ledger=self.ledger,
                 key_overlap_s=s.key_overlap_s,
                 now=self.clock.now,
             )
@@ -120,8 +146,39 @@ class CloudRuntime:
                     raise RuntimeError(f"HTTP server could not start on port {self.http_port}")
                 await asyncio.sleep(0.02)
 
+    def _ledger_key(self) -> Ed25519PrivateKey:
+        path = self.settings.ledger_key_file
+        if path is None:
+            u = make_url(self.settings.database_url)
+            if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+                path = Path(u.database + ".ledger-key")
+        if path is None:
+            log.warning(
+                "no ledger_key_file: checkpoints are signed with a key that lives only as long "
+                "as this process"
+            )
+            return Ed25519PrivateKey.generate()
+        return load_or_create_ledger_key(path)
+
+    async def _publish_checkpoint(self, note: bytes) -> None:
+        if self.mqtt is not None and self.mqtt.connected:
+            self.mqtt.link.publish_nowait(topics.LEDGER_CHECKPOINT, note, qos=1, retain=True)
+
+    async def _close_intervals(self) -> None:
+        assert self.ledger is not None
+        while True:
+            try:
+                await self.ledger.close_due()
+            except Exception as exc:  # the database may be down: try again next round
+                log.error("ledger: closing intervals failed: %s", exc)
+            await asyncio.sleep(self.settings.ledger_close_every_s)
+
     async def stop(self) -> None:
         """Stop serving, disconnect, close storage."""
+        if self._ledger_task is not None:
+            self._ledger_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ledger_task
         if self._server is not None and self._server_task is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):

@@ -34,6 +34,19 @@ class CloudSettings(BaseSettings):
     broker_crl_file: Path | None = Field(None, description="Mosquitto crlfile to regenerate")
     broker_pid_file: Path | None = Field(None, description="Mosquitto pid_file, to send SIGHUP")
     device_cert_days: int = Field(90, gt=0, le=825)
+    # The token ledger.
+    ledger_key_file: Path | None = Field(
+        None, description="checkpoint signing key; default: next to a SQLite database file"
+    )
+    ledger_origin: str = Field("", description="log name; default gridmint/<deployment>/ledger")
+    ledger_grace_s: int = Field(
+        600, ge=0, description="an interval closes this long after its end (clock seconds)"
+    )
+    ledger_close_every_s: float = Field(2.0, gt=0, description="real seconds between closes")
+    battery_usable_wh: int = Field(10_000, ge=0, description="per-site battery until registered")
+    battery_soh_permille: int = Field(1000, ge=1, le=1000)
+    battery_self_discharge_ppm_per_h: int = Field(50, ge=0)
+    battery_round_trip_permille: int = Field(900, ge=1, le=1000)
     key_overlap_s: int = Field(
         24 * 3600, ge=0, description="how long a rotated-out signing key keeps verifying"
     )

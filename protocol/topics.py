@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 ROOT = "gridmint/v1"
+LEDGER_CHECKPOINT = f"{ROOT}/ledger/checkpoint"  # retained: the newest signed checkpoint
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 

@@ -27,6 +27,7 @@ from fastapi.templating import Jinja2Templates
 
 from cloud.api.accounts_routes import add_account_routes
 from cloud.api.device_routes import add_device_routes
+from cloud.api.ledger_routes import add_ledger_routes
 from cloud.api.pages_routes import add_page_routes
 from cloud.api.schemas import (
     DeviceCreate,
@@ -41,6 +42,7 @@ from cloud.api.schemas import (
 )
 from cloud.auth import Principal, Role, make_auth, site_owner_filter
 from cloud.services.device_credentials import DeviceCredentials
+from cloud.services.ledger import LedgerService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
@@ -73,6 +75,7 @@ def create_app(
     deployment: str = "",
     broker_url: str = "",
     credentials: DeviceCredentials | None = None,
+    ledger: LedgerService | None = None,
     key_overlap_s: int = 24 * 3600,
     now: Callable[[], float] = time.time,
 ) -> FastAPI:
@@ -368,8 +371,15 @@ def create_app(
         )
 
     add_device_routes(
-        app, store, deployment, key_overlap_s=key_overlap_s, credentials=credentials, now=now
+        app,
+        store,
+        deployment,
+        key_overlap_s=key_overlap_s,
+        credentials=credentials,
+        ledger=ledger,
+        now=now,
     )
+    add_ledger_routes(app, ledger, auth, accounts)
     add_page_routes(app, store, accounts, auth, templates)
     add_account_routes(
         app,

@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from cloud.api.ledger_routes import InclusionProof, proof_public
 from cloud.pki import PkiError
 from cloud.services.device_credentials import DeviceCredentials
+from cloud.services.ledger import LedgerService
 from cloud.storage.store import DeviceKey, Store
 from protocol import cose, statements
 from protocol.reasons import RejectReason
@@ -56,6 +58,12 @@ class RotationResult(BaseModel):
     previous: KeyPublic
 
 
+class ProofRequest(SignedStatement):
+    """A fresh signed probe (the credential) and the token ids to prove."""
+
+    token_ids: list[str] = Field(max_length=100)
+
+
 class RenewalRequest(BaseModel):
     """A new TLS key's CSR, proven by the current certificate's key."""
 
@@ -83,6 +91,7 @@ def add_device_routes(
     *,
     key_overlap_s: int = 24 * 3600,
     credentials: DeviceCredentials | None = None,
+    ledger: LedgerService | None = None,
     now: Callable[[], float] = time.time,
 ) -> None:
     """Register the device-signed routes on `app`."""
@@ -180,6 +189,48 @@ def add_device_routes(
             clock_offset_ms=offset,
             counts=status == "approved",
         )
+
+    @app.post(
+        "/api/v1/devices/{device_id}/proofs",
+        response_model=list[InclusionProof | None],
+        tags=["devices", "ledger"],
+    )
+    async def device_proofs(device_id: str, body: ProofRequest) -> list[InclusionProof | None]:
+        """Inclusion proofs for the device's own tokens, asked with a fresh signed probe.
+
+        One item per requested token id, in order; null for a token not in the ledger yet.
+        """
+        raw = bytes.fromhex(body.statement)
+        key, _, _ = await signer(device_id, raw, "proofs")
+        try:
+            stated = statements.open_probe(raw, key.public_key, aad)
+        except statements.StatementError as exc:
+            raise await refuse(
+                403, device_id, RejectReason.BAD_SIGNATURE, str(exc), raw, "proofs"
+            ) from None
+        if stated.device_id != device_id or abs(stated.unix_ms - now() * 1000) > PROBE_MAX_SKEW_MS:
+            raise await refuse(
+                403,
+                device_id,
+                RejectReason.STALE_INTERVAL,
+                "the probe is stale or not this device's",
+                raw,
+                "proofs",
+            )
+        if ledger is None:
+            raise HTTPException(503, "the ledger is not running in this process")
+        out: list[InclusionProof | None] = []
+        for token_id in body.token_ids:
+            proof = await ledger.proof_for_token(token_id)
+            if proof is not None and proof.token_id != token_id:
+                proof = None
+            if proof is not None:
+                # Only the device's own records: the leaf must cover a record of this device.
+                rec_device = await store.token_device(token_id)
+                if rec_device != device_id:
+                    raise HTTPException(403, f"token {token_id} is not {device_id!r}'s")
+            out.append(None if proof is None else proof_public(proof))
+        return out
 
     @app.post(
         "/api/v1/devices/{device_id}/keys",

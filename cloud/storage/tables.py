@@ -46,6 +46,7 @@ device_keys = Table(
     Column("public_key", LargeBinary(32), nullable=False),
     Column("valid_from", BigInteger, nullable=False),
     Column("valid_until", BigInteger, nullable=True),
+    Column("revoked_ms", BigInteger, nullable=True),  # a compromised key: refused from then on
 )
 
 tokens = Table(
@@ -169,4 +170,47 @@ device_decisions = Table(
     Column("old_status", String(16), nullable=False),
     Column("new_status", String(16), nullable=False),
     Column("reason", String(500), nullable=False, server_default=""),
+)
+
+# The token ledger (migration 0005): log leaves, the records they cover, closed intervals,
+# signed checkpoints. Append-only.
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("site_id", String(64), nullable=False),
+    Column("interval_start", BigInteger, nullable=False),
+    Column("kind", Integer, nullable=False),
+    Column("leaf", LargeBinary, nullable=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_ledger_entries_site", "site_id", "interval_start"),
+)
+
+ledger_refs = Table(
+    "ledger_refs",
+    metadata,
+    Column("record_hash", LargeBinary(32), primary_key=True),
+    Column("token_id", String(64), nullable=False, unique=True),
+    Column("seq", BigInteger, nullable=False),
+)
+
+ledger_intervals = Table(
+    "ledger_intervals",
+    metadata,
+    Column("site_id", String(64), primary_key=True),
+    Column("interval_start", BigInteger, primary_key=True),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("closed_ms", BigInteger, nullable=False),
+)
+
+ledger_checkpoints = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
 )

@@ -51,6 +51,13 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/devices/{device_id}/keys"): (A, A, A, A, A, A),
     ("GET", "/api/v1/devices/{device_id}/keys"): (A, A, A, A, A, A),
     ("POST", "/api/v1/devices/{device_id}/certificate"): (A, A, A, A, A, A),
+    ("POST", "/api/v1/devices/{device_id}/proofs"): (A, A, A, A, A, A),
+    # The transparency log: sizes and hashes are public; entries need a role (own site).
+    ("GET", "/api/v1/ledger/checkpoint"): (A, A, A, A, A, A),
+    ("GET", "/api/v1/ledger/key"): (A, A, A, A, A, A),
+    ("GET", "/api/v1/ledger/consistency"): (A, A, A, A, A, A),
+    ("GET", "/api/v1/ledger/proofs/tokens/{token_id}"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/ledger/summary"): (D, A, A, A, A, A),
     ("POST", "/api/v1/api-keys"): (D, D, D, D, D, A),
     ("GET", "/login"): (A, A, A, A, A, A),
     ("POST", "/login"): (A, A, A, A, A, A),

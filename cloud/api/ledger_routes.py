@@ -1,0 +1,181 @@
+"""The ledger's HTTP face: the signed checkpoint, the log key, consistency and inclusion proofs,
+and balances recomputed from the entries.
+
+Owns: those routes. Checkpoints, the key and consistency proofs carry only sizes and hashes and
+are public, as a transparency log's are. Inclusion proofs carry the entry (a site's energy for
+one interval), so they need a person with a fleet role, a homeowner for their own site, or the
+device itself (device_routes: a signed probe).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
+
+from cloud.auth import Auth, Principal, Role, site_owner_filter
+from cloud.domain.ledger_rules import Entry, site_account
+from cloud.services.ledger import LedgerService, Proof
+from cloud.storage.accounts import AccountStore
+from protocol.ledger_leaf import decode_leaf
+from protocol.merkle import ProofError
+
+
+class LedgerKey(BaseModel):
+    """The log's name and the key that signs its checkpoints (C2SP verifier key)."""
+
+    origin: str
+    verifier_key: str
+
+
+class InclusionProof(BaseModel):
+    """A token's minting entry, its place in the log and the path to a signed checkpoint."""
+
+    token_id: str
+    record_hash: str
+    leaf_index: int
+    leaf: str
+    tree_size: int
+    path: list[str]
+    checkpoint: str
+
+
+class ConsistencyProof(BaseModel):
+    """The log of `old_size` is a prefix of the log of `new_size`."""
+
+    old_size: int
+    new_size: int
+    path: list[str]
+
+
+class SiteBalance(BaseModel):
+    """A site's token balances (Wh) and payment balance (minor units), from replay."""
+
+    site_id: str
+    tgen_wh: int
+    tradable_wh: int
+    tstorage_wh: int
+    set_aside_wh: int
+    credits_minor: int
+
+
+class LedgerSummary(BaseModel):
+    """The log's size, what was closed, what arrived too late, and the balances."""
+
+    size: int
+    checkpoint_size: int
+    closed_intervals: int
+    late_records: int
+    sites: list[SiteBalance]
+
+
+def proof_public(p: Proof) -> InclusionProof:
+    return InclusionProof(
+        token_id=p.token_id,
+        record_hash=p.record_hash.hex(),
+        leaf_index=p.leaf_index,
+        leaf=p.leaf.hex(),
+        tree_size=p.tree_size,
+        path=[h.hex() for h in p.path],
+        checkpoint=p.checkpoint,
+    )
+
+
+def add_ledger_routes(
+    app: FastAPI, ledger_or_none: LedgerService | None, auth: Auth, accounts: AccountStore
+) -> None:
+    """Register the ledger routes on `app` (503 when the app runs without a ledger)."""
+
+    def running() -> LedgerService:
+        if ledger_or_none is None:
+            raise HTTPException(503, "the ledger is not running in this process")
+        return ledger_or_none
+
+    fleet = (Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
+    anyone = (Role.HOMEOWNER, *fleet)
+
+    async def own_sites(p: Principal) -> set[str] | None:
+        owner = site_owner_filter(p)
+        if owner is None:
+            return None
+        return {s.site_id for s in await accounts.list_sites(owner=owner)}
+
+    @app.get("/api/v1/ledger/checkpoint", response_class=PlainTextResponse, tags=["ledger"])
+    async def checkpoint() -> PlainTextResponse:
+        """The newest signed checkpoint (C2SP signed note: origin, size, root, signature)."""
+        cp = await running().store.latest_checkpoint()
+        if cp is None:
+            raise HTTPException(404, "no checkpoint yet: no interval has been closed")
+        return PlainTextResponse(cp.note, media_type="text/plain; charset=utf-8")
+
+    @app.get("/api/v1/ledger/key", response_model=LedgerKey, tags=["ledger"])
+    async def key() -> LedgerKey:
+        """The key devices and verifiers pin to check checkpoints."""
+        return LedgerKey(origin=running().origin, verifier_key=running().verifier_key)
+
+    @app.get("/api/v1/ledger/consistency", response_model=ConsistencyProof, tags=["ledger"])
+    async def consistency(
+        old: Annotated[int, Query(ge=0)], new: Annotated[int, Query(ge=0)]
+    ) -> ConsistencyProof:
+        """Proof that the log at size `new` extends the log at size `old` (RFC 9162 2.1.4)."""
+        try:
+            path = running().consistency(old, new)
+        except (ProofError, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        return ConsistencyProof(old_size=old, new_size=new, path=[h.hex() for h in path])
+
+    @app.get(
+        "/api/v1/ledger/proofs/tokens/{token_id}", response_model=InclusionProof, tags=["ledger"]
+    )
+    async def token_proof(
+        token_id: str,
+        size: Annotated[int | None, Query(ge=1)] = None,
+        p: Principal = Depends(auth.require(*anyone, action="read ledger proofs")),
+    ) -> InclusionProof:
+        """Inclusion proof of the entry that minted a token (a homeowner: own sites only)."""
+        proof = await running().proof_for_token(token_id, size)
+        if proof is None:
+            raise HTTPException(404, f"token {token_id} is not in a checkpointed ledger entry")
+        sites = await own_sites(p)
+        if sites is not None:
+            entry_site = _leaf_site(proof.leaf)
+            if entry_site not in sites:
+                raise HTTPException(403, "this token belongs to another site")
+        return proof_public(proof)
+
+    @app.get(
+        "/api/v1/ledger/summary",
+        response_model=LedgerSummary,
+        tags=["ledger"],
+    )
+    async def summary(
+        p: Principal = Depends(auth.require(*anyone, action="read ledger balances")),
+    ) -> LedgerSummary:
+        """Log size and per-site balances recomputed from the entries (a homeowner: own sites)."""
+        sites = await own_sites(p)
+        state = running().engine.state
+        cp = await running().store.latest_checkpoint()
+        return LedgerSummary(
+            size=running().log.size,
+            checkpoint_size=cp.size if cp else 0,
+            closed_intervals=len(state.closed),
+            late_records=await running().store.late_records(),
+            sites=[
+                SiteBalance(
+                    site_id=s,
+                    tgen_wh=state.tgen_wh(s),
+                    tradable_wh=state.tradable_wh(s),
+                    tstorage_wh=state.tstorage_wh(s),
+                    set_aside_wh=state.set_aside_wh(s),
+                    credits_minor=state.balance(site_account(s)),
+                )
+                for s in state.sites()
+                if sites is None or s in sites
+            ],
+        )
+
+
+def _leaf_site(leaf: bytes) -> str:
+    return Entry.from_bytes(decode_leaf(leaf).entry).site

@@ -1,0 +1,240 @@
+"""The ledger service: closes intervals into ledger entries, logs them, signs checkpoints.
+
+Owns: when an interval is closed (its end plus a grace period has passed on the aggregator's
+clock, so a device's late delivery after a short outage still lands in it), turning the stored
+records into `ledger_rules` entries, appending them as leaves of the Merkle log, signing a
+checkpoint after every close and publishing it (retained MQTT topic; HTTP reads it from storage).
+
+The rules are the pure `cloud.domain.ledger_rules`; this module only feeds them and stores what
+they decide. At start-up the engine state is rebuilt by replaying every stored entry with the
+same rules the independent verifier uses, so a corrupted log stops the service instead of
+being extended.
+
+Known limit: one close per (site, interval). A record that arrives after its interval was closed
+(a device offline for longer than the grace period, or approved later) stays stored and counted
+(`late_records`) but is not minted; see docs/tokens.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud.domain.ledger_rules import (
+    BatteryParams,
+    Entry,
+    IntervalFlows,
+    LedgerEngine,
+    LedgerRuleError,
+    replay,
+)
+from cloud.pki import write_private_key
+from cloud.storage.ledger_store import LeafRow, LedgerStore, StoredCheckpoint
+from protocol import cose, merkle
+from protocol.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
+from protocol.ledger_leaf import LedgerLeaf, decode_leaf
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[bytes], Awaitable[None]]
+
+
+class LedgerCorrupted(RuntimeError):
+    """The stored log does not replay: the service refuses to extend it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """Inclusion of one token's minting entry in the log, against a signed checkpoint."""
+
+    token_id: str
+    record_hash: bytes
+    leaf_index: int
+    leaf: bytes
+    tree_size: int
+    path: list[bytes]
+    checkpoint: str
+
+
+def leaf_for(entry: Entry) -> LedgerLeaf:
+    """The log leaf of an entry: its bytes and the record hashes it accounts for."""
+    return LedgerLeaf(entry.seq, tuple(r.record_hash for r in entry.refs), entry.to_bytes())
+
+
+class LedgerService:
+    """One ledger log on one database."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        key: Ed25519PrivateKey,
+        origin: str,
+        now: Callable[[], float],
+        *,
+        grace_s: int = 600,
+        battery: Callable[[str], BatteryParams | None] = lambda _site: None,
+        publish: Publish | None = None,
+    ):
+        self.store = store
+        self.key = key
+        self.origin = origin
+        self.now = now
+        self.grace_s = grace_s
+        self.battery = battery
+        self.publish = publish
+        self.engine = LedgerEngine()
+        self.log = merkle.MerkleLog()
+        self._lock = asyncio.Lock()
+        self.closed_intervals = 0
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw Ed25519 key that signs checkpoints."""
+        return cose.public_bytes(self.key.public_key())
+
+    @property
+    def verifier_key(self) -> str:
+        """The C2SP verifier key string (name+keyid+key) devices and verifiers pin."""
+        return verifier_key_string(self.origin, self.public_key)
+
+    async def load(self) -> None:
+        """Rebuild the engine and the Merkle log from storage, checking every entry."""
+        rows = await self.store.leaves()
+        entries: list[Entry] = []
+        for row in rows:
+            if merkle.leaf_hash(row.leaf) != row.leaf_hash:
+                raise LedgerCorrupted(f"entry {row.seq}: stored leaf hash does not match")
+            try:
+                entries.append(Entry.from_bytes(decode_leaf(row.leaf).entry))
+            except ValueError as exc:
+                raise LedgerCorrupted(f"entry {row.seq}: {exc}") from None
+        try:
+            state = replay(entries)
+        except LedgerRuleError as exc:
+            raise LedgerCorrupted(f"entry {exc.index}: {exc}") from None
+        self.engine = LedgerEngine()
+        self.engine.state = state
+        self.engine.entries = entries
+        self.log = merkle.MerkleLog(r.leaf_hash for r in rows)
+        latest = await self.store.latest_checkpoint()
+        if latest is not None and (
+            latest.size > self.log.size or self.log.root(latest.size) != latest.root
+        ):
+            raise LedgerCorrupted(
+                f"checkpoint of size {latest.size} does not match the stored entries"
+            )
+
+    async def close_due(self) -> int:
+        """Close every interval whose grace period is over; returns how many were closed."""
+        async with self._lock:
+            due = await self.store.due_intervals(int(self.now()) - self.grace_s)
+            closed = 0
+            for d in due:
+                if await self._close(d.site_id, d.interval_start):
+                    closed += 1
+            if closed:
+                await self._checkpoint()
+            return closed
+
+    async def _close(self, site_id: str, interval_start: int) -> bool:
+        records = await self.store.interval_records(site_id, interval_start)
+        decoded = []
+        for r in records:
+            _, rec = cose.open_record(r.envelope)
+            decoded.append((rec, r.record_hash))
+        if not decoded:
+            return False
+        flows = IntervalFlows.from_records(decoded)
+        try:
+            result = self.engine.close_interval(site_id, flows, self.battery(site_id))
+        except LedgerRuleError as exc:
+            # The rules refused (should not happen for stored, verified records): rebuild the
+            # engine from the stored log and leave the interval open for an operator.
+            log.error("ledger: cannot close %s/%s: %s", site_id, interval_start, exc)
+            await self.load()
+            return False
+        rows: list[LeafRow] = []
+        refs: list[tuple[bytes, str, int]] = []
+        for e in result.entries:
+            leaf = leaf_for(e).encode()
+            rows.append(
+                LeafRow(e.seq, site_id, interval_start, int(e.kind), leaf, merkle.leaf_hash(leaf))
+            )
+            refs += [(r.record_hash, r.token_id, e.seq) for r in e.refs]
+        try:
+            await self.store.append_interval(site_id, interval_start, rows, refs)
+        except Exception:
+            # Storage failed: the engine must not run ahead of the stored log.
+            await self.load()
+            raise
+        for row in rows:
+            self.log.append(row.leaf_hash)
+        self.closed_intervals += 1
+        return True
+
+    async def _checkpoint(self) -> StoredCheckpoint:
+        size = self.log.size
+        root = self.log.root(size)
+        note = sign_checkpoint(Checkpoint(self.origin, size, root), self.origin, self.key)
+        cp = StoredCheckpoint(size, root, note.decode(), int(self.now() * 1000))
+        await self.store.add_checkpoint(cp)
+        if self.publish is not None:
+            try:
+                await self.publish(note)
+            except Exception as exc:  # the checkpoint is stored; HTTP still serves it
+                log.warning("publishing checkpoint %s failed: %s", size, exc)
+        return cp
+
+    async def proof_for_token(self, token_id: str, size: int | None = None) -> Proof | None:
+        """Inclusion proof of the entry that minted `token_id`, against a stored checkpoint
+        (the latest, or the one of `size`); None if the token is not in the log yet."""
+        found = await self.store.seq_of_token(token_id)
+        if found is None:
+            return None
+        seq, record_hash = found
+        cps = await self.store.checkpoints()
+        usable = [c for c in cps if c.size > seq and (size is None or c.size == size)]
+        if not usable:
+            return None
+        cp = usable[-1]
+        leaf = (await self.store.leaves(seq, 1))[0].leaf
+        return Proof(
+            token_id,
+            record_hash,
+            seq,
+            leaf,
+            cp.size,
+            self.log.inclusion_proof(seq, cp.size),
+            cp.note,
+        )
+
+    def consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        """Consistency proof between two sizes of the log."""
+        return self.log.consistency_proof(old_size, new_size)
+
+
+def load_or_create_ledger_key(path: Path) -> Ed25519PrivateKey:
+    """The aggregator's checkpoint signing key (PKCS#8 PEM, mode 0600), created if missing."""
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise OSError(f"{path} is readable by others; run: chmod 600 {path}")
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise OSError(f"{path} does not hold an Ed25519 key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    write_private_key(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    return key

@@ -1,0 +1,282 @@
+"""Storage of the token ledger: Merkle-log leaves, the records they cover, closed intervals and
+signed checkpoints (migration 0005).
+
+Owns: those tables and their queries. Append-only by construction: rows are inserted, never
+updated or deleted; one transaction writes an interval's leaves, its record references and its
+closed marker together, so a crash leaves either all of it or none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    and_,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloud.storage.tables import (
+    device_keys,
+    devices,
+    ledger_checkpoints,
+    ledger_entries,
+    ledger_intervals,
+    ledger_refs,
+    tokens,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LeafRow:
+    """One stored log leaf."""
+
+    seq: int
+    site_id: str
+    interval_start: int
+    kind: int
+    leaf: bytes
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DueInterval:
+    """A (site, interval) with accepted records of approved devices and no ledger close yet."""
+
+    site_id: str
+    interval_start: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """An accepted record as the ledger and the export need it."""
+
+    token_id: str
+    device_id: str
+    site_id: str
+    seq: int
+    interval_start: int
+    record_hash: bytes
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A signed checkpoint."""
+
+    size: int
+    root: bytes
+    note: str
+    created_ms: int
+
+
+class LedgerStore:
+    """The ledger's tables on the aggregator's database."""
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    async def leaves(self, start: int = 0, limit: int | None = None) -> list[LeafRow]:
+        """Leaves in log order from `start`."""
+        q = select(ledger_entries).where(ledger_entries.c.seq >= start)
+        q = q.order_by(ledger_entries.c.seq)
+        if limit is not None:
+            q = q.limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            LeafRow(r.seq, r.site_id, r.interval_start, r.kind, bytes(r.leaf), bytes(r.leaf_hash))
+            for r in rows
+        ]
+
+    async def append_interval(
+        self,
+        site_id: str,
+        interval_start: int,
+        rows: Sequence[LeafRow],
+        refs: Sequence[tuple[bytes, str, int]],
+        now_ms: int | None = None,
+    ) -> None:
+        """Write one closed interval's leaves, record references and closed marker atomically."""
+        if not rows:
+            raise ValueError("an interval close writes at least one entry")
+        ms = int(time.time() * 1000) if now_ms is None else now_ms
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(ledger_entries),
+                [
+                    {
+                        "seq": r.seq,
+                        "site_id": r.site_id,
+                        "interval_start": r.interval_start,
+                        "kind": r.kind,
+                        "leaf": r.leaf,
+                        "leaf_hash": r.leaf_hash,
+                        "created_ms": ms,
+                    }
+                    for r in rows
+                ],
+            )
+            if refs:
+                await conn.execute(
+                    insert(ledger_refs),
+                    [{"record_hash": h, "token_id": t, "seq": s} for h, t, s in refs],
+                )
+            await conn.execute(
+                insert(ledger_intervals).values(
+                    site_id=site_id,
+                    interval_start=interval_start,
+                    first_seq=rows[0].seq,
+                    last_seq=rows[-1].seq,
+                    closed_ms=ms,
+                )
+            )
+
+    async def due_intervals(self, closes_before: int, limit: int = 500) -> list[DueInterval]:
+        """(site, interval) pairs of approved devices' records that ended by `closes_before`
+        and are not closed yet, oldest first."""
+        end = tokens.c.interval_start + tokens.c.interval_s
+        q = (
+            select(devices.c.site_id, tokens.c.interval_start)
+            .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
+            .outerjoin(
+                ledger_intervals,
+                and_(
+                    ledger_intervals.c.site_id == devices.c.site_id,
+                    ledger_intervals.c.interval_start == tokens.c.interval_start,
+                ),
+            )
+            .where(
+                devices.c.status == "approved",
+                end <= closes_before,
+                ledger_intervals.c.site_id.is_(None),
+            )
+            .group_by(devices.c.site_id, tokens.c.interval_start)
+            .order_by(tokens.c.interval_start, devices.c.site_id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [DueInterval(r.site_id, r.interval_start) for r in rows]
+
+    async def interval_records(self, site_id: str, interval_start: int) -> list[StoredRecord]:
+        """Approved devices' accepted records of one site and interval."""
+        q = (
+            select(tokens, devices.c.site_id)
+            .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
+            .where(
+                devices.c.site_id == site_id,
+                devices.c.status == "approved",
+                tokens.c.interval_start == interval_start,
+            )
+            .order_by(tokens.c.device_id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [_record(r) for r in rows]
+
+    async def late_records(self) -> int:
+        """Approved devices' records that arrived after their interval was closed."""
+        q = (
+            select(func.count())
+            .select_from(
+                tokens.join(devices, tokens.c.device_id == devices.c.device_id)
+                .join(
+                    ledger_intervals,
+                    and_(
+                        ledger_intervals.c.site_id == devices.c.site_id,
+                        ledger_intervals.c.interval_start == tokens.c.interval_start,
+                    ),
+                )
+                .outerjoin(ledger_refs, ledger_refs.c.record_hash == tokens.c.record_hash)
+            )
+            .where(devices.c.status == "approved", ledger_refs.c.seq.is_(None))
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(q)).scalar_one())
+
+    async def seq_of_token(self, token_id: str) -> tuple[int, bytes] | None:
+        """The log index of the entry that minted a token, and the token's record hash."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(ledger_refs).where(ledger_refs.c.token_id == token_id))
+            ).first()
+        return None if row is None else (row.seq, bytes(row.record_hash))
+
+    async def add_checkpoint(self, cp: StoredCheckpoint) -> None:
+        """Store a signed checkpoint (one per size)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(ledger_checkpoints).values(
+                    size=cp.size, root=cp.root, note=cp.note, created_ms=cp.created_ms
+                )
+            )
+
+    async def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every checkpoint, smallest first."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(ledger_checkpoints).order_by(ledger_checkpoints.c.size))
+            ).all()
+        return [StoredCheckpoint(r.size, bytes(r.root), r.note, r.created_ms) for r in rows]
+
+    async def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The newest checkpoint."""
+        async with self.engine.connect() as conn:
+            r = (
+                await conn.execute(
+                    select(ledger_checkpoints).order_by(ledger_checkpoints.c.size.desc()).limit(1)
+                )
+            ).first()
+        return None if r is None else StoredCheckpoint(r.size, bytes(r.root), r.note, r.created_ms)
+
+    # export -------------------------------------------------------------------------------
+
+    async def all_records(self) -> list[StoredRecord]:
+        """Every accepted record, by device then seq."""
+        q = (
+            select(tokens, devices.c.site_id)
+            .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
+            .order_by(tokens.c.device_id, tokens.c.seq)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [_record(r) for r in rows]
+
+    async def device_keys(self) -> list[tuple[str, str, bytes, bytes, int, int | None]]:
+        """(device, site, kid, public key, valid_from, valid_until) for every key."""
+        q = (
+            select(
+                devices.c.device_id,
+                devices.c.site_id,
+                device_keys.c.kid,
+                device_keys.c.public_key,
+                device_keys.c.valid_from,
+                device_keys.c.valid_until,
+            )
+            .select_from(devices.join(device_keys, device_keys.c.device_id == devices.c.device_id))
+            .order_by(devices.c.device_id, device_keys.c.valid_from, device_keys.c.kid)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            (r[0], r[1], bytes(r[2]), bytes(r[3]), int(r[4]), None if r[5] is None else int(r[5]))
+            for r in rows
+        ]
+
+
+def _record(r: Any) -> StoredRecord:
+    return StoredRecord(
+        token_id=r.token_id,
+        device_id=r.device_id,
+        site_id=r.site_id,
+        seq=r.seq,
+        interval_start=r.interval_start,
+        record_hash=bytes(r.record_hash),
+        envelope=bytes(r.envelope),
+    )
