@@ -507,6 +507,11 @@ def token_decode(
         raise typer.Exit(1)
 
 
+from gridmint.verify import verify_command  # noqa: E402
+
+app.command("verify")(verify_command)
+
+
 def main() -> None:
     """Console entry point."""
     app()
