@@ -22,13 +22,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge import systemd
 from edge.accounting import Channel, IntervalAccountant, Reading, align_down
+from edge.cloud_http import CloudHttpError, http_json
 from edge.meters import MeterReader
 from edge.minting import ChainState, DeviceIdentity, mint
 from edge.outbox import Outbox
+from edge.proofs import ProofCheckError, TreeHead, check_consistency, check_token_proof
 from edge.settings import EdgeSettings
 from edge.systemd import Heartbeat
 from mqttlink import BrokerAddress, MqttLink, Subscription, Will, client_tls_context
-from protocol import topics
+from protocol import statements, topics
+from protocol.checkpoint import VerifierKey, parse_verifier_key
 from protocol.clock import Clock, SimClock
 from protocol.receipts import Receipt
 from protocol.record import TimeQuality
@@ -74,6 +77,8 @@ class AgentStats:
     receipts: int = 0
     held_unsynced: int = 0
     meters_unavailable: dict[str, str] = field(default_factory=dict)
+    proofs_verified: int = 0
+    proof_failures: int = 0
 
 
 class EdgeAgent:
@@ -159,6 +164,7 @@ class EdgeAgent:
             "publish": asyncio.create_task(self._publish_loop(stop), name="publish"),
             "watchdog": asyncio.create_task(systemd.run_watchdog(self.healthy, stop)),
             "led": asyncio.create_task(self._led_loop(stop), name="led"),
+            "proofs": asyncio.create_task(self._proof_loop(stop), name="proofs"),
         }
         self.started.set()
         systemd.ready(f"minting for {self.settings.device_id}")
@@ -381,6 +387,80 @@ class EdgeAgent:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    async def _proof_loop(self, stop: asyncio.Event) -> None:
+        """Now and then, check that the cloud's signed ledger holds the tokens it confirmed."""
+        s = self.settings
+        if not (s.cloud_url and s.ledger_key):
+            return  # not enrolled with a ledger key: nothing to check against
+        ledger_key = parse_verifier_key(s.ledger_key)
+        while not stop.is_set():
+            try:
+                await self.check_proofs(ledger_key)
+            except CloudHttpError as exc:  # offline or refused: try again next round
+                log.info("ledger proofs: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), s.proof_check_interval_s)
+
+    async def check_proofs(self, ledger_key: VerifierKey) -> int:
+        """Ask for and verify inclusion proofs of confirmed tokens; returns how many held."""
+        waiting = await self.outbox.proofs_waiting(50)
+        if not waiting:
+            return 0
+        s = self.settings
+        base = s.cloud_url.rstrip("/")
+        probe = statements.make_probe(
+            s.device_id, int(self.clock.now() * 1000), self.key, s.deployment.encode()
+        )
+        answers = await asyncio.to_thread(
+            http_json,
+            "POST",
+            f"{base}/api/v1/devices/{s.device_id}/proofs",
+            {"statement": probe.hex(), "token_ids": [t for t, _ in waiting]},
+            20.0,
+        )
+        now_ms = int(time.time() * 1000)
+        newest: TreeHead | None = None
+        proven = 0
+        for (token_id, record_hash), answer in zip(waiting, answers, strict=False):
+            if answer is None:
+                continue  # not closed into the ledger yet
+            try:
+                head = check_token_proof(answer, token_id, record_hash, ledger_key)
+            except ProofCheckError as exc:
+                self.stats.proof_failures += 1
+                log.error("ledger proof for token %s FAILED: %s", token_id, exc)
+                await self.outbox.mark_proof(token_id, "failed", str(exc), now_ms)
+                continue
+            await self.outbox.mark_proof(token_id, "proven", f"in log of {head.size}", now_ms)
+            self.stats.proofs_verified += 1
+            proven += 1
+            if newest is None or head.size > newest.size:
+                newest = head
+        if newest is not None:
+            await self._check_log_grew(base, newest)
+        return proven
+
+    async def _check_log_grew(self, base: str, head: TreeHead) -> None:
+        saved = await self.outbox.load_tree_head()
+        if saved is not None and head.size > saved[0]:
+            answer = await asyncio.to_thread(
+                http_json,
+                "GET",
+                f"{base}/api/v1/ledger/consistency?old={saved[0]}&new={head.size}",
+                None,
+                20.0,
+            )
+            try:
+                check_consistency(
+                    TreeHead(*saved), head, [bytes.fromhex(h) for h in answer["path"]]
+                )
+            except (ProofCheckError, KeyError, TypeError, ValueError) as exc:
+                self.stats.proof_failures += 1
+                log.error("the cloud's ledger rewrote its history: %s", exc)
+                return
+        if saved is None or head.size > saved[0]:
+            await self.outbox.save_tree_head(head.size, head.root)
 
     async def _on_receipt(self, topic: str, payload: bytes) -> None:
         try:

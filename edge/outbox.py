@@ -31,7 +31,18 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_ms INTEGER,
     reason TEXT
 );
+CREATE TABLE IF NOT EXISTS proofs (
+    token_id TEXT PRIMARY KEY,
+    record_hash BLOB NOT NULL,
+    interval_start INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'waiting',
+    detail TEXT,
+    checked_ms INTEGER
+);
 """
+
+# A confirmed token waits here until the ledger's inclusion proof for it has been checked.
+PROOF_STATES = ("waiting", "proven", "failed")
 
 COUNTERS = ("minted", "delivered", "confirmed", "rejected")
 
@@ -161,7 +172,13 @@ class Outbox:
         await self._db.commit()
 
     async def confirm(self, record_hash: bytes) -> bool:
-        """The cloud holds the token: drop it from the outbox. False if it was not here."""
+        """The cloud holds the token: drop it from the outbox (remembering it for the ledger
+        proof check). False if it was not here."""
+        await self._db.execute(
+            "INSERT OR IGNORE INTO proofs (token_id, record_hash, interval_start) "
+            "SELECT token_id, record_hash, interval_start FROM outbox WHERE record_hash = ?",
+            (record_hash,),
+        )
         cur = await self._db.execute("DELETE FROM outbox WHERE record_hash = ?", (record_hash,))
         found = cur.rowcount > 0
         if found:
@@ -198,6 +215,41 @@ class Outbox:
             )
             if cur2.rowcount:
                 await self._bump("rejected")
+        await self._db.commit()
+
+    async def proofs_waiting(self, limit: int = 50) -> list[tuple[str, bytes]]:
+        """(token id, record hash) of confirmed tokens whose ledger proof is not checked yet."""
+        cur = await self._db.execute(
+            "SELECT token_id, record_hash FROM proofs WHERE status = 'waiting' "
+            "ORDER BY interval_start LIMIT ?",
+            (limit,),
+        )
+        return [(str(r[0]), bytes(r[1])) for r in await cur.fetchall()]
+
+    async def mark_proof(self, token_id: str, status: str, detail: str, now_ms: int) -> None:
+        """Record the outcome of a proof check."""
+        if status not in PROOF_STATES:
+            raise ValueError(f"unknown proof state {status!r}")
+        await self._db.execute(
+            "UPDATE proofs SET status = ?, detail = ?, checked_ms = ? WHERE token_id = ?",
+            (status, detail, now_ms, token_id),
+        )
+        await self._db.commit()
+
+    async def proof_counts(self) -> dict[str, int]:
+        """How many confirmed tokens are waiting, proven, or failed their ledger proof."""
+        cur = await self._db.execute("SELECT status, COUNT(*) FROM proofs GROUP BY status")
+        found = {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+        return {s: found.get(s, 0) for s in PROOF_STATES}
+
+    async def load_tree_head(self) -> tuple[int, bytes] | None:
+        """The newest ledger checkpoint this device has verified (size, root)."""
+        value = await self._get("ledger_tree_head")
+        return None if value is None else (int(value[0]), bytes.fromhex(value[1]))
+
+    async def save_tree_head(self, size: int, root: bytes) -> None:
+        """Remember a verified checkpoint, to check the next one extends it."""
+        await self._put("ledger_tree_head", [size, root.hex()])
         await self._db.commit()
 
     async def counters(self) -> dict[str, int]:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.accounting import Channel
+from protocol.checkpoint import parse_verifier_key
 from protocol.topics import check_segment
 
 
@@ -82,6 +83,10 @@ class EdgeSettings(BaseSettings):
     state_db: Path
     broker_url: str = "mqtt://127.0.0.1:1883"
     cloud_url: str = Field("", description="the aggregator's HTTP base URL (probe, proofs)")
+    ledger_key: str = Field("", description="the ledger's checkpoint key (C2SP verifier key)")
+    proof_check_interval_s: float = Field(
+        300.0, gt=0, description="real seconds between ledger inclusion-proof checks"
+    )
     tls_ca_file: Path | None = Field(None, description="CA bundle for an mqtts:// broker")
     tls_cert_file: Path | None = Field(None, description="client certificate (CN = device id)")
     tls_key_file: Path | None = Field(None, description="the client certificate's key (0600)")
@@ -107,6 +112,16 @@ class EdgeSettings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("meter names must be unique")
         return [_check_meter(m) for m in v]
+
+    @field_validator("ledger_key")
+    @classmethod
+    def _ledger_key(cls, v: str) -> str:
+        if v:
+            try:
+                parse_verifier_key(v)
+            except ValueError as exc:
+                raise ValueError(f"ledger_key is not a verifier key: {exc}") from None
+        return v
 
     @model_validator(mode="after")
     def _tls(self) -> EdgeSettings:

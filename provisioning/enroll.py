@@ -16,12 +16,10 @@ import os
 import pwd
 import re
 import tomllib
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from edge.cloud_http import CloudHttpError, http_json
 from edge.keys import KeyFileError, load_or_create_key
 from protocol import cose
 from protocol.tls_identity import make_device_key_and_csr
@@ -36,8 +34,9 @@ _TOP_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 _TABLE = re.compile(r"^\s*\[")
 
 
-class EnrollError(Exception):
-    """Enrollment did not happen; the message says why in plain words."""
+# Enrollment did not happen; the message says why in plain words (a refusal by the cloud, an
+# unreachable cloud, or a local problem).
+EnrollError = CloudHttpError
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,30 +49,6 @@ class Enrolled:
     broker_url: str
     config: Path
     files: tuple[Path, ...]
-
-
-def http_json(method: str, url: str, body: dict[str, Any] | None, timeout_s: float) -> Any:
-    """Call a JSON endpoint; EnrollError with the server's `detail` or the network error."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(  # noqa: S310 - the URL is the installer's --cloud, http(s) only
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    if not url.startswith(("http://", "https://")):
-        raise EnrollError(f"{url} is not an http:// or https:// URL")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("detail", "")
-        except (ValueError, AttributeError):
-            detail = ""
-        if isinstance(detail, list):  # FastAPI validation errors
-            detail = "; ".join(str(d.get("msg", d)) for d in detail)
-        raise EnrollError(f"the cloud refused ({exc.code}): {detail or exc.reason}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise EnrollError(f"cannot reach the cloud at {url}: {reason}") from None
 
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
@@ -197,6 +172,11 @@ def enroll(
     }
     if zone:
         values["zone"] = zone
+    try:  # pin the ledger's checkpoint key now, over the same connection that enrolled us
+        ledger = http_json("GET", f"{cloud_url}/api/v1/ledger/key", None, timeout_s)
+        values["ledger_key"] = str(ledger["verifier_key"])
+    except (CloudHttpError, KeyError, TypeError):
+        pass  # an aggregator without a ledger: the agent then skips proof checks
     if "state_db" not in doc:
         values["state_db"] = STATE_DB
     written = [key_path]

@@ -208,12 +208,14 @@ def add_device_routes(
             raise await refuse(
                 403, device_id, RejectReason.BAD_SIGNATURE, str(exc), raw, "proofs"
             ) from None
-        if stated.device_id != device_id or abs(stated.unix_ms - now() * 1000) > PROBE_MAX_SKEW_MS:
+        # No freshness window here (unlike the probe route): a device's clock may run on a
+        # different time base than ours, and the answer is only the device's own data, over TLS.
+        if stated.device_id != device_id:
             raise await refuse(
                 403,
                 device_id,
-                RejectReason.STALE_INTERVAL,
-                "the probe is stale or not this device's",
+                RejectReason.TOPIC_MISMATCH,
+                "the probe is not this device's",
                 raw,
                 "proofs",
             )

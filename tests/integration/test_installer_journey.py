@@ -35,6 +35,7 @@ from edge.settings import load_settings
 from edge.transports.modbus_bus import close_buses
 from protocol.clock import SimClock
 from provisioning.check import run_check
+from provisioning.enroll import set_top_level
 from simulators.modbus_device import SimulatedDevice, start_rtu_server
 from simulators.pty import PtyPair
 from simulators.sunspec_device import SimulatedSunSpec, start_sunspec_tcp_server
@@ -90,6 +91,8 @@ async def tls_cloud(tmp_path: Path) -> AsyncIterator[tuple[CloudRuntime, BrokerF
         database_url=f"sqlite:///{tmp_path / 'cloud.sqlite'}",
         deployment=DEPLOYMENT,
         http_port=0,
+        ledger_grace_s=0,  # the simulated intervals are already in the past
+        ledger_close_every_s=0.2,
     )
     runtime = CloudRuntime(settings)
     await runtime.start()
@@ -202,6 +205,8 @@ async def test_scan_enroll_approve_check_and_tokens_count(
             folder = cfg.parent
             for secret in ("device.key", "tls.key"):
                 assert (folder / secret).stat().st_mode & 0o777 == 0o600, secret
+            assert 'ledger_key = "gridmint/gridmint-journey/ledger+' in cfg.read_text()
+            cfg.write_text(set_top_level(cfg.read_text(), {"proof_check_interval_s": 1}))
             settings = load_settings(cfg)
             assert settings.broker_url == f"mqtts://127.0.0.1:{files.port}"
             assert (settings.device_id, settings.site_id) == ("pi-journey", "site-journey")
@@ -264,6 +269,16 @@ async def test_scan_enroll_approve_check_and_tokens_count(
                 return (await cloud.store.stats()).accepted >= 2
 
             await until(counted, 40, "two tokens accepted")
+
+            # 6. the Pi checks the ledger: its tokens are in the signed log, proven on the Pi.
+            async def proven() -> bool:
+                return agent.stats.proofs_verified >= 2
+
+            await until(proven, 40, "two inclusion proofs verified on the Pi")
+            assert agent.stats.proof_failures == 0
+            counts = await outbox.proof_counts()
+            assert counts["proven"] >= 2 and counts["failed"] == 0
+            assert (await outbox.load_tree_head()) is not None
             stop.set()
             await asyncio.wait_for(task, 15)
             stats = await cloud.store.stats()
@@ -271,7 +286,7 @@ async def test_scan_enroll_approve_check_and_tokens_count(
             r = await api.get("/api/v1/tokens", headers=as_("homeowner"))
             assert {t["device_id"] for t in r.json()} == {"pi-journey"}
 
-            # 6. revocation reaches the broker: the device's certificate is refused.
+            # 7. revocation reaches the broker: the device's certificate is refused.
             r = await api.post(
                 "/api/v1/admin/devices/pi-journey/status",
                 headers=as_("approver"),
