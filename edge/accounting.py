@@ -179,8 +179,9 @@ class IntervalAccountant:
         st = self.state
         cs = st.channels.get(ch)
         if cs is None:
-            st.channels[ch] = ChannelState(base=r.total_wh, last=r.total_wh, source=r.source,
-                                           last_ts=ts)
+            st.channels[ch] = ChannelState(
+                base=r.total_wh, last=r.total_wh, source=r.source, last_ts=ts
+            )
             return
         if r.integrated:
             self._flag("PI")
