@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from cloud.api.accounts_routes import add_account_routes
-from cloud.api.device_routes import add_device_routes
+from cloud.api.device_routes import KeyPublic, KeyRevocation, add_device_routes, key_public
 from cloud.api.ledger_routes import add_ledger_routes
 from cloud.api.pages_routes import add_page_routes
 from cloud.api.schemas import (
@@ -49,6 +50,7 @@ from cloud.storage.device_views import DeviceViews
 from cloud.storage.store import Store
 from protocol import cose
 
+log = logging.getLogger(__name__)
 WEB = Path(__file__).resolve().parent.parent / "web"
 
 
@@ -220,6 +222,29 @@ def create_app(
             if d.device_id == device_id:
                 return d
         raise HTTPException(404, f"device {device_id!r} is not registered")
+
+    @app.post(
+        "/api/v1/admin/devices/{device_id}/keys/{kid}/revoke",
+        response_model=KeyPublic,
+        tags=["admin"],
+    )
+    async def revoke_key(
+        device_id: str,
+        kid: str,
+        body: KeyRevocation,
+        p: Principal = Depends(auth.require(Role.APPROVER, action="revoke device keys")),
+    ) -> KeyPublic:
+        """Revoke a compromised signing key: every record it signs from now on is refused
+        (`key_revoked`), whatever its interval. Records already accepted stay."""
+        try:
+            raw_kid = bytes.fromhex(kid)
+            key = await store.revoke_key(device_id, raw_kid, int(now() * 1000))
+        except ValueError:
+            raise HTTPException(422, f"{kid!r} is not a key id (16 hex digits)") from None
+        except KeyError as exc:
+            raise HTTPException(404, str(exc).strip("'\"")) from None
+        log.warning("key %s of %s revoked by %s: %s", kid, device_id, p.account_id, body.reason)
+        return key_public(key)
 
     @app.get("/api/v1/tokens", response_model=list[TokenPublic], tags=["tokens"])
     async def list_tokens(

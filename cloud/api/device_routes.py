@@ -49,6 +49,13 @@ class KeyPublic(BaseModel):
     kid: str
     valid_from: int
     valid_until: int | None
+    revoked_ms: int | None = None
+
+
+class KeyRevocation(BaseModel):
+    """Why a key is revoked (kept in the aggregator's log)."""
+
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class RotationResult(BaseModel):
@@ -80,8 +87,11 @@ class RenewalResult(BaseModel):
     ca_bundle: str
 
 
-def _key(k: DeviceKey) -> KeyPublic:
-    return KeyPublic(kid=k.kid.hex(), valid_from=k.valid_from, valid_until=k.valid_until)
+def key_public(k: DeviceKey) -> KeyPublic:
+    """The wire form of a device key."""
+    return KeyPublic(
+        kid=k.kid.hex(), valid_from=k.valid_from, valid_until=k.valid_until, revoked_ms=k.revoked_ms
+    )
 
 
 def add_device_routes(
@@ -136,6 +146,10 @@ def add_device_routes(
                 f"key id {kid.hex()} is not a key of this device",
                 raw,
                 route,
+            )
+        if key.revoked_ms is not None:
+            raise await refuse(
+                403, device_id, RejectReason.KEY_REVOKED, f"key {kid.hex()} is revoked", raw, route
             )
         if key.valid_until is not None and key.valid_until <= now():
             raise await refuse(
@@ -283,14 +297,14 @@ def add_device_routes(
             )
         except (KeyError, ValueError) as exc:
             raise HTTPException(409, str(exc).strip("'\"")) from None
-        return RotationResult(new=_key(new), previous=_key(old))
+        return RotationResult(new=key_public(new), previous=key_public(old))
 
     @app.get("/api/v1/devices/{device_id}/keys", response_model=list[KeyPublic], tags=["devices"])
     async def list_keys(device_id: str) -> list[KeyPublic]:
         """A device's public signing keys and their validity (public data, like a key server)."""
         if await store.get_device(device_id) is None:
             raise HTTPException(404, f"device {device_id!r} is not registered")
-        return [_key(k) for k in await store.list_keys(device_id)]
+        return [key_public(k) for k in await store.list_keys(device_id)]
 
     @app.post(
         "/api/v1/devices/{device_id}/certificate",

@@ -168,6 +168,12 @@ class IngestService:
             cose.verify(envelope, key.public_key, self.deployment)
         except cose.SignatureError as exc:
             return Refusal(RejectReason.BAD_SIGNATURE, str(exc)), rejected
+        if key.revoked_ms is not None:
+            return Refusal(
+                RejectReason.KEY_REVOKED,
+                f"key {envelope.kid.hex()} of {rec.device_id!r} was revoked at "
+                f"{key.revoked_ms // 1000} (Unix s)",
+            ), rejected
         refusal = check_key_window(rec, key.valid_until)
         if refusal is not None:
             return refusal, rejected

@@ -55,6 +55,7 @@ class DeviceKey:
     public_key: bytes
     valid_from: int
     valid_until: int | None
+    revoked_ms: int | None = None  # compromised: refused from then on, whatever the interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,23 @@ class Store:
             ).all()
         return [_key(r) for r in rows]
 
+    async def revoke_key(self, device_id: str, kid: bytes, now_ms: int) -> DeviceKey:
+        """Mark a device's key compromised (idempotent: the first revocation time stays).
+
+        Raises KeyError if the key is not one of the device's.
+        """
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(device_keys).where(device_keys.c.kid == kid))).first()
+            if row is None or row.device_id != device_id:
+                raise KeyError(f"key {kid.hex()} is not a key of {device_id!r}")
+            if row.revoked_ms is None:
+                await conn.execute(
+                    update(device_keys).where(device_keys.c.kid == kid).values(revoked_ms=now_ms)
+                )
+        key = await self.get_key(kid)
+        assert key is not None
+        return key
+
     async def rotate_key(
         self,
         device_id: str,
@@ -294,6 +312,8 @@ class Store:
                 raise KeyError(f"key {current_kid.hex()} is not a key of {device_id!r}")
             if current.valid_until is not None and current.valid_until <= now_s:
                 raise ValueError(f"key {current_kid.hex()} is already retired")
+            if current.revoked_ms is not None:
+                raise ValueError(f"key {current_kid.hex()} is revoked")
             newer = (
                 await conn.execute(
                     select(device_keys.c.kid).where(
@@ -578,7 +598,12 @@ class Store:
 
 def _key(row: Any) -> DeviceKey:
     return DeviceKey(
-        bytes(row.kid), row.device_id, bytes(row.public_key), row.valid_from, row.valid_until
+        bytes(row.kid),
+        row.device_id,
+        bytes(row.public_key),
+        row.valid_from,
+        row.valid_until,
+        row.revoked_ms,
     )
 
 

@@ -27,6 +27,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/devices"): (D, A, A, A, A, A),
     ("POST", "/api/v1/admin/devices"): (D, D, A, D, D, A),
     ("POST", "/api/v1/admin/devices/{device_id}/status"): (D, D, D, A, D, A),
+    ("POST", "/api/v1/admin/devices/{device_id}/keys/{kid}/revoke"): (D, D, D, A, D, A),
     ("GET", "/api/v1/tokens"): (D, A, A, A, A, A),
     ("GET", "/api/v1/stats"): (D, D, A, A, A, A),
     ("GET", "/api/v1/rejections"): (D, D, D, A, A, A),

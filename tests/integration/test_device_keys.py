@@ -169,3 +169,50 @@ async def test_probe_reports_status_and_clock_offset(store: Store) -> None:
         r = await c.post(f"/api/v1/devices/{dev.device_id}/probe", json={"statement": probe.hex()})
         assert r.status_code == 403
         assert "revoked" in r.json()["detail"]
+
+
+async def test_revoked_key_is_refused_for_tokens_probes_and_rotation(store: Store) -> None:
+    from cloud.storage.accounts import AccountStore
+
+    dev = FakeDevice("pi-leaked")
+    await _register(store, dev)
+    ingest = IngestService(store, dev.deployment, time.time)
+    topic = topics.topic(dev.site_id, dev.device_id, topics.Channel.TOKENS)
+    assert (await ingest.handle(topic, dev.next_token().envelope)).receipt.status == "accepted"
+    accounts = AccountStore(store.engine)
+    approver = await accounts.create_account(
+        "a@example.org", "a", "a long password", "approver", "approved"
+    )
+    bearer = {"Authorization": f"Bearer {await accounts.issue_token(approver.account_id, 600)}"}
+    now = time.time()
+    app = create_app(store, accounts=accounts, deployment="gridmint-test", now=lambda: now)
+    async with _client(app) as c:
+        url = f"/api/v1/admin/devices/{dev.device_id}/keys/{dev.kid.hex()}/revoke"
+        r = await c.post(url, headers=bearer, json={"reason": ""})
+        assert r.status_code == 422  # a reason is required
+        r = await c.post(url, headers=bearer, json={"reason": "SD card copied"})
+        assert r.status_code == 200, r.text
+        assert r.json()["revoked_ms"] == int(now * 1000)
+        # The next token signed with it is refused, with the reason named.
+        out = await ingest.handle(topic, dev.next_token().envelope)
+        assert (out.receipt.status, out.receipt.reason) == ("rejected", "key_revoked")
+        # Nor can the leaked key rotate itself to a key of the thief's choosing.
+        thief = Ed25519PrivateKey.generate()
+        request = statements.make_key_rotation(
+            dev.device_id,
+            cose.public_bytes(thief.public_key()),
+            int(now * 1000),
+            dev.key,
+            dev.deployment,
+        )
+        r = await c.post(f"/api/v1/devices/{dev.device_id}/keys", json={"statement": request.hex()})
+        assert r.status_code == 403
+        assert r.json()["detail"].startswith("key_revoked")
+        r = await c.post(url.replace(dev.kid.hex(), "00" * 8), headers=bearer, json={"reason": "x"})
+        assert r.status_code == 404
+    # Both refusals are stored and counted: the token and the rotation request.
+    refused = await store.list_rejections()
+    assert sorted(x.topic.split("/")[-1] for x in refused if x.reason == "key_revoked") == [
+        "http:rotate-key",
+        "tokens",
+    ]
