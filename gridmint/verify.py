@@ -87,6 +87,11 @@ _HEX = re.compile(r"(?:[0-9a-f]{2})*", re.ASCII)
 _HEXISH = re.compile(r"[0-9a-fA-F]*", re.ASCII)
 
 
+def _one_line(text: str) -> str:
+    """One printable line, whatever a cause said (tampered text may hold control bytes)."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in " ".join(text.split()))
+
+
 class Discrepancy(Exception):
     """The first thing in an export that does not verify, with where it is.
 
@@ -106,10 +111,10 @@ class Discrepancy(Exception):
         item: str | None = None,
         entries: tuple[int, int] | None = None,
     ) -> None:
-        self.file = file
+        self.file = _one_line(file)
         self.line = line
-        self.item = item
-        self.message = " ".join(message.split())  # one line, whatever the cause said
+        self.item = _one_line(item) if item is not None else None
+        self.message = _one_line(message)
         self.entries = entries
         super().__init__(str(self))
 
