@@ -9,11 +9,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-from pathlib import Path
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy.engine import make_url
 
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
@@ -22,7 +20,12 @@ from cloud.mqtt_ingest import MqttIngest
 from cloud.pki import DeviceCA
 from cloud.services.device_credentials import DeviceCredentials, sighup_pid_file
 from cloud.services.ingest import IngestService
-from cloud.services.ledger import LedgerService, load_or_create_ledger_key
+from cloud.services.ledger import (
+    LedgerService,
+    default_ledger_key_path,
+    default_origin,
+    load_or_create_ledger_key,
+)
 from cloud.settings import CloudSettings
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.store import Store
@@ -96,7 +99,7 @@ class CloudRuntime:
         self.ledger = LedgerService(
             LedgerStore(self.store.engine),
             self._ledger_key(),
-            s.ledger_origin or f"gridmint/{s.deployment}/ledger",
+            default_origin(s.deployment, s.ledger_origin),
             self.clock.now,
             grace_s=s.ledger_grace_s,
             battery=lambda _site: BatteryParams(
@@ -147,11 +150,7 @@ class CloudRuntime:
                 await asyncio.sleep(0.02)
 
     def _ledger_key(self) -> Ed25519PrivateKey:
-        path = self.settings.ledger_key_file
-        if path is None:
-            u = make_url(self.settings.database_url)
-            if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
-                path = Path(u.database + ".ledger-key")
+        path = default_ledger_key_path(self.settings.database_url, self.settings.ledger_key_file)
         if path is None:
             log.warning(
                 "no ledger_key_file: checkpoints are signed with a key that lives only as long "

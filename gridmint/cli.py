@@ -337,6 +337,64 @@ def cloud_pki(
     typer.echo(f"start the aggregator: gridmint cloud serve --env-file {files.env_file}")
 
 
+@cloud_app.command("export-ledger")
+def cloud_export_ledger(
+    out: Annotated[Path, typer.Option("--out", help="directory to write the export into")],
+    database_url: Annotated[
+        str | None, typer.Option(help="sqlite:///file or postgresql://...")
+    ] = None,
+    deployment: Annotated[str | None, typer.Option(help="deployment id")] = None,
+    env_file: Annotated[Path | None, typer.Option(help="GRIDMINT_CLOUD_* settings file")] = None,
+) -> None:
+    """Export signed records, keys, ledger entries and checkpoints for `gridmint verify`."""
+    from cloud.services.ledger import (
+        default_ledger_key_path,
+        default_origin,
+        load_or_create_ledger_key,
+    )
+    from cloud.services.ledger_export import export_ledger
+    from cloud.settings import CloudSettings
+    from cloud.storage.ledger_store import LedgerStore
+    from cloud.storage.store import StorageUrlError, Store
+    from protocol import cose
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {"database_url": database_url, "deployment": deployment}.items()
+        if v is not None
+    }
+    settings = CloudSettings(_env_file=env_file, **overrides)
+    key_path = default_ledger_key_path(settings.database_url, settings.ledger_key_file)
+    if key_path is None or not key_path.exists():
+        raise fail(f"no ledger key at {key_path}: set GRIDMINT_CLOUD_LEDGER_KEY_FILE")
+    try:
+        public = cose.public_bytes(load_or_create_ledger_key(key_path).public_key())
+    except OSError as exc:
+        raise fail(str(exc)) from None
+
+    async def main() -> Any:
+        try:
+            store = await Store.connect(settings.database_url)
+        except StorageUrlError as exc:
+            raise fail(str(exc)) from None
+        try:
+            return await export_ledger(
+                LedgerStore(store.engine),
+                out,
+                origin=default_origin(settings.deployment, settings.ledger_origin),
+                log_public_key=public,
+                deployment=settings.deployment,
+            )
+        finally:
+            await store.close()
+
+    done = asyncio.run(main())
+    typer.echo(
+        f"exported {done.records} records, {done.devices} devices, {done.entries} entries, "
+        f"{done.checkpoints} checkpoints to {done.directory}; check with: gridmint verify {out}"
+    )
+
+
 @cloud_app.command("add-device")
 def cloud_add_device(
     device_id: Annotated[str, typer.Option()],

@@ -201,6 +201,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
             await h.agent.drain(timeout_s=30.0)
         summary = await _summary(homes, cloud, clock, data)
         summary["dashboard"] = login_url
+        summary["ledger"] = await _ledger_summary(cloud, data, keep=opts.data_dir is not None)
         agent_stop.set()
         for h in homes:
             if h.task is not None:
@@ -295,6 +296,33 @@ async def _summary(
     }
 
 
+async def _ledger_summary(cloud: CloudRuntime, data: Path, keep: bool) -> dict[str, Any]:
+    """Close what is due, export the ledger and check it with the independent verifier."""
+    from cloud.services.ledger_export import export_ledger
+    from gridmint.verify import verify_export
+
+    ledger = cloud.ledger
+    assert ledger is not None
+    await ledger.close_due()
+    export = data / "ledger-export"
+    done = await export_ledger(
+        ledger.store,
+        export,
+        origin=ledger.origin,
+        log_public_key=ledger.public_key,
+        deployment=cloud.settings.deployment,
+    )
+    report = await asyncio.to_thread(verify_export, export)
+    return {
+        "entries": done.entries,
+        "checkpoints": done.checkpoints,
+        "intervals_closed": len(ledger.engine.state.closed),
+        "verified": report.ok,
+        "error": None if report.error is None else str(report.error),
+        "export": str(export) if keep else None,
+    }
+
+
 def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> None:
     """Human table, or one JSON object as the last line on stdout."""
     if as_json:
@@ -305,3 +333,12 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
         console.print(f"  {k:<10} {summary[k]}")
     if summary["rejected_by_reason"]:
         console.print(f"  reasons    {summary['rejected_by_reason']}")
+    led = summary.get("ledger")
+    if led:
+        verdict = "[green]verified[/]" if led["verified"] else f"[red]FAILED[/] {led['error']}"
+        console.print(
+            f"  ledger     {led['entries']} entries, {led['intervals_closed']} intervals closed, "
+            f"{led['checkpoints']} signed checkpoints: {verdict}"
+        )
+        if led["export"]:
+            console.print(f"             re-check it yourself: gridmint verify {led['export']}")

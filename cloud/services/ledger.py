@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import make_url
 
 from cloud.domain.ledger_rules import (
     BatteryParams,
@@ -217,6 +218,21 @@ class LedgerService:
     def consistency(self, old_size: int, new_size: int) -> list[bytes]:
         """Consistency proof between two sizes of the log."""
         return self.log.consistency_proof(old_size, new_size)
+
+
+def default_ledger_key_path(database_url: str, configured: Path | None) -> Path | None:
+    """Where the checkpoint key lives: as configured, else next to a SQLite database file."""
+    if configured is not None:
+        return configured
+    u = make_url(database_url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        return Path(u.database + ".ledger-key")
+    return None
+
+
+def default_origin(deployment: str, configured: str = "") -> str:
+    """The log's name (checkpoint origin and signing key name)."""
+    return configured or f"gridmint/{deployment}/ledger"
 
 
 def load_or_create_ledger_key(path: Path) -> Ed25519PrivateKey:
