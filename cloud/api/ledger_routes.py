@@ -13,9 +13,14 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from cloud.auth import Auth, Principal, Role, site_owner_filter
+from cloud.domain.certificates import (
+    DEFAULT_GRID_G_CO2_PER_KWH,
+    avoided_co2_g,
+    forest_milliacres,
+)
 from cloud.domain.ledger_rules import Entry, site_account
 from cloud.services.ledger import LedgerService, Proof
 from cloud.storage.accounts import AccountStore
@@ -59,11 +64,17 @@ class SiteBalance(BaseModel):
     tstorage_wh: int
     set_aside_wh: int
     credits_minor: int
+    generated_wh: int = Field(description="Tgen ever minted for this site's generation")
+    avoided_co2_g: int = Field(description="at the grid emission factor (g CO2 per kWh)")
+    forest_milliacres: int = Field(
+        description="thousandths of an acre of forest absorbing that CO2 in a year"
+    )
 
 
 class LedgerSummary(BaseModel):
     """The log's size, what was closed, what arrived too late, and the balances."""
 
+    grid_g_co2_per_kwh: int
     size: int
     checkpoint_size: int
     closed_intervals: int
@@ -84,7 +95,11 @@ def proof_public(p: Proof) -> InclusionProof:
 
 
 def add_ledger_routes(
-    app: FastAPI, ledger_or_none: LedgerService | None, auth: Auth, accounts: AccountStore
+    app: FastAPI,
+    ledger_or_none: LedgerService | None,
+    auth: Auth,
+    accounts: AccountStore,
+    co2_factor: int = DEFAULT_GRID_G_CO2_PER_KWH,
 ) -> None:
     """Register the ledger routes on `app` (503 when the app runs without a ledger)."""
 
@@ -158,6 +173,7 @@ def add_ledger_routes(
         state = running().engine.state
         cp = await running().store.latest_checkpoint()
         return LedgerSummary(
+            grid_g_co2_per_kwh=co2_factor,
             size=running().log.size,
             checkpoint_size=cp.size if cp else 0,
             closed_intervals=len(state.closed),
@@ -170,6 +186,11 @@ def add_ledger_routes(
                     tstorage_wh=state.tstorage_wh(s),
                     set_aside_wh=state.set_aside_wh(s),
                     credits_minor=state.balance(site_account(s)),
+                    generated_wh=running().minted_wh.get(s, 0),
+                    avoided_co2_g=avoided_co2_g(running().minted_wh.get(s, 0), co2_factor),
+                    forest_milliacres=forest_milliacres(
+                        avoided_co2_g(running().minted_wh.get(s, 0), co2_factor)
+                    ),
                 )
                 for s in state.sites()
                 if sites is None or s in sites

@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from cloud.domain.ledger_rules import (
     BatteryParams,
     Entry,
+    EntryKind,
     IntervalFlows,
     LedgerEngine,
     LedgerRuleError,
@@ -93,6 +94,12 @@ class LedgerService:
         self.log = merkle.MerkleLog()
         self._lock = asyncio.Lock()
         self.closed_intervals = 0
+        self.minted_wh: dict[str, int] = {}  # per site, Tgen minted for generation
+
+    def _count_mints(self, entries: list[Entry]) -> None:
+        for e in entries:
+            if e.kind == EntryKind.MINT_GEN:
+                self.minted_wh[e.site] = self.minted_wh.get(e.site, 0) + e.gen_wh
 
     @property
     def public_key(self) -> bytes:
@@ -122,6 +129,8 @@ class LedgerService:
         self.engine = LedgerEngine()
         self.engine.state = state
         self.engine.entries = entries
+        self.minted_wh = {}
+        self._count_mints(entries)
         self.log = merkle.MerkleLog(r.leaf_hash for r in rows)
         latest = await self.store.latest_checkpoint()
         if latest is not None and (
@@ -176,6 +185,7 @@ class LedgerService:
             raise
         for row in rows:
             self.log.append(row.leaf_hash)
+        self._count_mints(list(result.entries))
         self.closed_intervals += 1
         return True
 

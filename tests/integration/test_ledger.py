@@ -158,3 +158,40 @@ async def test_pending_and_late_records_and_corruption(store: Store) -> None:
     broken = LedgerService(lstore, Ed25519PrivateKey.generate(), ORIGIN, clock.now)
     with pytest.raises(LedgerCorrupted, match="entry 0"):
         await broken.load()
+
+
+async def test_summary_api_balances_carbon_and_proof_access(store: Store) -> None:
+    import httpx
+
+    from cloud.api.app import create_app
+    from cloud.storage.accounts import AccountStore
+
+    devs, ingest = await _setup(store)
+    ids_a = await _send(ingest, devs[0], 3, gen=400)
+    await _send(ingest, devs[1], 3, gen=350)
+    accounts = AccountStore(store.engine)
+    owner = await accounts.create_account(
+        "h@example.org", "h", "a long password", "homeowner", "approved"
+    )
+    await accounts.create_site("site-2", owner.account_id, "mine")
+    bearer = {"Authorization": f"Bearer {await accounts.issue_token(owner.account_id, 600)}"}
+    ledger = LedgerService(
+        LedgerStore(store.engine), Ed25519PrivateKey.generate(), ORIGIN, time.time, grace_s=0
+    )
+    await ledger.load()
+    assert await ledger.close_due() == 6
+    app = create_app(store, accounts=accounts, ledger=ledger)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.get("/api/v1/ledger/summary", headers=bearer)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [s["site_id"] for s in body["sites"]] == ["site-2"]  # own site only
+        mine = body["sites"][0]
+        assert mine["generated_wh"] == 1050
+        assert mine["avoided_co2_g"] == 1050 * 707 // 1000
+        assert mine["forest_milliacres"] == mine["avoided_co2_g"] * 1000 // 2_500_000
+        # A neighbour's token proof is refused; the checkpoint is public.
+        r = await c.get(f"/api/v1/ledger/proofs/tokens/{ids_a[0]}", headers=bearer)
+        assert r.status_code == 403
+        r = await c.get("/api/v1/ledger/checkpoint")
+        assert r.status_code == 200 and r.text.startswith(ORIGIN + "\n")
