@@ -55,6 +55,7 @@ class CloudRuntime:
         self.credentials: DeviceCredentials | None = None
         self.ledger: LedgerService | None = None
         self._ledger_task: asyncio.Task[None] | None = None
+        self._crl_task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
@@ -118,6 +119,8 @@ class CloudRuntime:
             self.mqtt = MqttIngest(self.ingest, s.broker_url, s.client_id, tls)
             await self.mqtt.start()
         self._ledger_task = asyncio.create_task(self._close_intervals())
+        if self.credentials is not None:
+            self._crl_task = asyncio.create_task(self._refresh_broker_files())
         if serve_http:
             if self.http_port == 0:
                 self.http_port = free_port(s.http_host)
@@ -172,12 +175,24 @@ class CloudRuntime:
                 log.error("ledger: closing intervals failed: %s", exc)
             await asyncio.sleep(self.settings.ledger_close_every_s)
 
+    async def _refresh_broker_files(self) -> None:
+        # Mosquitto refuses every client once the CRL's nextUpdate passes (valid 24 h), so a
+        # fresh one is written and loaded well before, even on days without decisions.
+        assert self.credentials is not None
+        while True:
+            await asyncio.sleep(self.settings.crl_refresh_s)
+            try:
+                await self.credentials.sync_broker()
+            except Exception as exc:  # keep trying; the operator sees the error
+                log.error("refreshing the broker's CRL and ACL failed: %s", exc)
+
     async def stop(self) -> None:
         """Stop serving, disconnect, close storage."""
-        if self._ledger_task is not None:
-            self._ledger_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ledger_task
+        for task in (self._ledger_task, self._crl_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None and self._server_task is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):

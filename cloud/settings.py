@@ -34,6 +34,9 @@ class CloudSettings(BaseSettings):
     broker_crl_file: Path | None = Field(None, description="Mosquitto crlfile to regenerate")
     broker_pid_file: Path | None = Field(None, description="Mosquitto pid_file, to send SIGHUP")
     device_cert_days: int = Field(90, gt=0, le=825)
+    crl_refresh_s: float = Field(
+        3600.0, gt=0, description="real seconds between CRL/ACL rewrites (the CRL lives 24 h)"
+    )
     # The token ledger.
     ledger_key_file: Path | None = Field(
         None, description="checkpoint signing key; default: next to a SQLite database file"

@@ -209,11 +209,13 @@ class LedgerService:
         if found is None:
             return None
         seq, record_hash = found
-        cps = await self.store.checkpoints()
-        usable = [c for c in cps if c.size > seq and (size is None or c.size == size)]
-        if not usable:
+        cp = (
+            await self.store.latest_checkpoint()
+            if size is None
+            else await self.store.checkpoint_of_size(size)
+        )
+        if cp is None or cp.size <= seq:
             return None
-        cp = usable[-1]
         leaf = (await self.store.leaves(seq, 1))[0].leaf
         return Proof(
             token_id,

@@ -225,6 +225,16 @@ class LedgerStore:
             ).all()
         return [StoredCheckpoint(r.size, bytes(r.root), r.note, r.created_ms) for r in rows]
 
+    async def checkpoint_of_size(self, size: int) -> StoredCheckpoint | None:
+        """The checkpoint signed at exactly `size` entries, if there is one."""
+        async with self.engine.connect() as conn:
+            r = (
+                await conn.execute(
+                    select(ledger_checkpoints).where(ledger_checkpoints.c.size == size)
+                )
+            ).first()
+        return None if r is None else StoredCheckpoint(r.size, bytes(r.root), r.note, r.created_ms)
+
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
         """The newest checkpoint."""
         async with self.engine.connect() as conn:

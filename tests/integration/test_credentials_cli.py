@@ -156,3 +156,31 @@ async def test_install_writes_unit_and_rules_under_a_root(tmp_path: Path) -> Non
     (unwritable / "etc").write_text("a file where a folder should be")
     rc, out, err = await gridmint("provision", "install", "--root", str(unwritable))
     assert rc == 1 and "cannot write" in err and "Traceback" not in err
+
+
+async def test_aggregator_refreshes_the_crl_before_it_expires(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    files = setup_broker(
+        tmp_path / "broker", hosts=["127.0.0.1"], port=free_port(), now=datetime.now(UTC)
+    )
+    rt = CloudRuntime(
+        CloudSettings(
+            _env_file=files.env_file,  # type: ignore[call-arg]
+            database_url=f"sqlite:///{tmp_path / 'cloud.sqlite'}",
+            http_port=0,
+            crl_refresh_s=0.2,
+        )
+    )
+    await rt.start(connect_mqtt=False, serve_http=False)
+    try:
+
+        def crl_number() -> int:
+            crl = x509.load_pem_x509_crl(files.crl.read_bytes())
+            return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+        first = crl_number()
+        await asyncio.sleep(1.0)
+        assert crl_number() >= first + 2  # rewritten on its own, several times
+    finally:
+        await rt.stop()
