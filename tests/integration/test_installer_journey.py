@@ -33,6 +33,9 @@ from edge.meters import make_reader
 from edge.outbox import Outbox
 from edge.settings import load_settings
 from edge.transports.modbus_bus import close_buses
+from mqttlink import BrokerAddress, MqttLink, Subscription, client_tls_context
+from protocol import topics
+from protocol.checkpoint import parse_signed_checkpoint, parse_verifier_key
 from protocol.clock import SimClock
 from provisioning.check import run_check
 from provisioning.enroll import set_top_level
@@ -279,6 +282,30 @@ async def test_scan_enroll_approve_check_and_tokens_count(
             counts = await outbox.proof_counts()
             assert counts["proven"] >= 2 and counts["failed"] == 0
             assert (await outbox.load_tree_head()) is not None
+            # The signed checkpoint is also retained on the broker, readable by the device.
+            notes: asyncio.Queue[bytes] = asyncio.Queue()
+
+            async def on_note(_t: str, payload: bytes) -> None:
+                notes.put_nowait(payload)
+
+            assert settings.tls_ca_file is not None
+            reader = MqttLink(
+                BrokerAddress.parse(settings.broker_url),
+                "pi-journey-checkpoint-reader",
+                clean_session=True,
+                subscriptions=[Subscription(topics.LEDGER_CHECKPOINT, on_note)],
+                tls_context=client_tls_context(
+                    settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file
+                ),
+            )
+            await reader.start()
+            try:
+                note = await asyncio.wait_for(notes.get(), 10)
+            finally:
+                await reader.stop()
+            pinned = parse_verifier_key(settings.ledger_key)
+            cp = parse_signed_checkpoint(note, pinned.name, pinned.public_key, origin=pinned.name)
+            assert cp.size >= 1
             stop.set()
             await asyncio.wait_for(task, 15)
             stats = await cloud.store.stats()
