@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
@@ -24,6 +25,7 @@ from protocol import cose, statements
 from protocol.reasons import RejectReason
 
 PROBE_MAX_SKEW_MS = 10 * 60 * 1000  # a probe older or newer than this is refused as stale
+StatementT = TypeVar("StatementT", statements.Probe, statements.KeyRotation)
 
 
 class SignedStatement(BaseModel):
@@ -162,6 +164,31 @@ def add_device_routes(
             )
         return key, device.site_id, device.status
 
+    async def signed(
+        device_id: str,
+        raw: bytes,
+        route: str,
+        open_statement: Callable[[bytes, bytes, bytes], StatementT],
+    ) -> tuple[DeviceKey, str, str, StatementT]:
+        """Who signed `raw` (a live key of `device_id`) and what it states; else refuse."""
+        key, site_id, status = await signer(device_id, raw, route)
+        try:
+            stated = open_statement(raw, key.public_key, aad)
+        except statements.StatementError as exc:
+            raise await refuse(
+                403, device_id, RejectReason.BAD_SIGNATURE, str(exc), raw, route
+            ) from None
+        if stated.device_id != device_id:
+            raise await refuse(
+                403,
+                device_id,
+                RejectReason.TOPIC_MISMATCH,
+                f"statement of {stated.device_id!r} sent for {device_id!r}",
+                raw,
+                route,
+            )
+        return key, site_id, status, stated
+
     @app.post("/api/v1/devices/{device_id}/probe", response_model=ProbeResult, tags=["devices"])
     async def probe(device_id: str, body: SignedStatement) -> ProbeResult:
         """Commissioning check: is this device known, is its key live, is its clock right?
@@ -169,22 +196,7 @@ def add_device_routes(
         Signed by the device's key for this deployment; nothing is stored on success.
         """
         raw = bytes.fromhex(body.statement)
-        key, site_id, status = await signer(device_id, raw, "probe")
-        try:
-            stated = statements.open_probe(raw, key.public_key, aad)
-        except statements.StatementError as exc:
-            raise await refuse(
-                403, device_id, RejectReason.BAD_SIGNATURE, str(exc), raw, "probe"
-            ) from None
-        if stated.device_id != device_id:
-            raise await refuse(
-                403,
-                device_id,
-                RejectReason.TOPIC_MISMATCH,
-                f"probe of {stated.device_id!r} sent for {device_id!r}",
-                raw,
-                "probe",
-            )
+        key, site_id, status, stated = await signed(device_id, raw, "probe", statements.open_probe)
         offset = stated.unix_ms - int(now() * 1000)
         if abs(offset) > PROBE_MAX_SKEW_MS:
             raise await refuse(
@@ -215,24 +227,9 @@ def add_device_routes(
         One item per requested token id, in order; null for a token not in the ledger yet.
         """
         raw = bytes.fromhex(body.statement)
-        key, _, _ = await signer(device_id, raw, "proofs")
-        try:
-            stated = statements.open_probe(raw, key.public_key, aad)
-        except statements.StatementError as exc:
-            raise await refuse(
-                403, device_id, RejectReason.BAD_SIGNATURE, str(exc), raw, "proofs"
-            ) from None
         # No freshness window here (unlike the probe route): a device's clock may run on a
         # different time base than ours, and the answer is only the device's own data, over TLS.
-        if stated.device_id != device_id:
-            raise await refuse(
-                403,
-                device_id,
-                RejectReason.TOPIC_MISMATCH,
-                "the probe is not this device's",
-                raw,
-                "proofs",
-            )
+        await signed(device_id, raw, "proofs", statements.open_probe)
         if ledger is None:
             raise HTTPException(503, "the ledger is not running in this process")
         out: list[InclusionProof | None] = []
@@ -261,22 +258,7 @@ def add_device_routes(
         window (records already in the device's outbox); later ones must use the new key.
         """
         raw = bytes.fromhex(body.statement)
-        key, _, _ = await signer(device_id, raw, "rotate-key")
-        try:
-            stated = statements.open_key_rotation(raw, key.public_key, aad)
-        except statements.StatementError as exc:
-            raise await refuse(
-                403, device_id, RejectReason.BAD_SIGNATURE, str(exc), raw, "rotate-key"
-            ) from None
-        if stated.device_id != device_id:
-            raise await refuse(
-                403,
-                device_id,
-                RejectReason.TOPIC_MISMATCH,
-                f"rotation of {stated.device_id!r} sent for {device_id!r}",
-                raw,
-                "rotate-key",
-            )
+        key, _, _, stated = await signed(device_id, raw, "rotate-key", statements.open_key_rotation)
         if abs(stated.unix_ms - now() * 1000) > PROBE_MAX_SKEW_MS:
             raise await refuse(
                 422,
