@@ -80,6 +80,7 @@ class LedgerService:
         now: Callable[[], float],
         *,
         grace_s: int = 600,
+        lookback_s: int = 8 * 24 * 3600,
         battery: Callable[[str], BatteryParams | None] = lambda _site: None,
         publish: Publish | None = None,
     ):
@@ -88,6 +89,9 @@ class LedgerService:
         self.origin = origin
         self.now = now
         self.grace_s = grace_s
+        # Records older than the ingest backfill window cannot arrive, so older intervals are
+        # not looked for; the default is a day more than ingest's default window.
+        self.lookback_s = lookback_s
         self.battery = battery
         self.publish = publish
         self.engine = LedgerEngine()
@@ -143,7 +147,10 @@ class LedgerService:
     async def close_due(self) -> int:
         """Close every interval whose grace period is over; returns how many were closed."""
         async with self._lock:
-            due = await self.store.due_intervals(int(self.now()) - self.grace_s)
+            now = int(self.now())
+            due = await self.store.due_intervals(
+                now - self.grace_s, since=now - self.grace_s - self.lookback_s
+            )
             closed = 0
             for d in due:
                 if await self._close(d.site_id, d.interval_start):

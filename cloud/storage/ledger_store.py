@@ -137,9 +137,12 @@ class LedgerStore:
                 )
             )
 
-    async def due_intervals(self, closes_before: int, limit: int = 500) -> list[DueInterval]:
+    async def due_intervals(
+        self, closes_before: int, since: int = 0, limit: int = 500
+    ) -> list[DueInterval]:
         """(site, interval) pairs of approved devices' records that ended by `closes_before`
-        and are not closed yet, oldest first."""
+        and are not closed yet, oldest first; only intervals starting at or after `since` (the
+        ingest backfill window bounds what can still arrive, so the scan stays bounded)."""
         end = tokens.c.interval_start + tokens.c.interval_s
         q = (
             select(devices.c.site_id, tokens.c.interval_start)
@@ -153,6 +156,7 @@ class LedgerStore:
             )
             .where(
                 devices.c.status == "approved",
+                tokens.c.interval_start >= since,
                 end <= closes_before,
                 ledger_intervals.c.site_id.is_(None),
             )
