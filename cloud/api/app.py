@@ -28,6 +28,7 @@ from fastapi.templating import Jinja2Templates
 
 from cloud.api.accounts_routes import add_account_routes
 from cloud.api.device_routes import KeyPublic, KeyRevocation, add_device_routes, key_public
+from cloud.api.home_routes import add_home_routes
 from cloud.api.ledger_routes import add_ledger_routes
 from cloud.api.pages_routes import add_page_routes
 from cloud.api.schemas import (
@@ -387,6 +388,8 @@ def create_app(
         """The fleet dashboard (fleet roles); others are sent to log in."""
         if p is None:
             return RedirectResponse("/login", status_code=303)
+        if p.role is Role.HOMEOWNER:
+            return RedirectResponse("/home", status_code=303)  # their own page, "My home"
         if p.role not in (Role.ADMIN, *fleet_roles):
             raise HTTPException(403, f"role {p.role} may not view the fleet dashboard")
         return templates.TemplateResponse(
@@ -406,6 +409,7 @@ def create_app(
     )
     add_ledger_routes(app, ledger, auth, accounts)
     add_page_routes(app, store, accounts, auth, templates)
+    add_home_routes(app, store, accounts, auth, templates, ledger)
     add_account_routes(
         app,
         accounts,

@@ -32,7 +32,9 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/stats"): (D, D, A, A, A, A),
     ("GET", "/api/v1/rejections"): (D, D, D, A, A, A),
     ("GET", "/api/v1/stream"): (D, D, A, A, A, A),
-    ("GET", "/"): (D, D, A, A, A, A),
+    # A homeowner's "/" is a 303 to their own page, /home (checked below).
+    ("GET", "/"): (D, A, A, A, A, A),
+    ("GET", "/home"): (D, A, D, D, D, A),
     ("GET", "/approvals"): (D, D, D, A, D, A),
     # A homeowner passes the role check; the data rule then limits them to their own sites'
     # devices (the fixture's pi-x is on the homeowner's site-x; see test_device_pages.py).
@@ -65,7 +67,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.
-PAGES = {"/", "/approvals", "/devices/{device_id}"}
+PAGES = {"/", "/approvals", "/devices/{device_id}", "/home"}
 
 BODIES = {
     "/api/v1/login": {"email": "homeowner@example.org", "password": "a long password"},
@@ -133,6 +135,10 @@ async def test_role_table(
         if path in PAGES and role == "anonymous":
             assert status == 303, (role, path, status)  # the page sends people to log in
             assert r.headers["location"] == "/login"
+            continue
+        if path == "/" and role == "homeowner":
+            assert status == 303, (role, path, status)  # the homeowner's own page instead
+            assert r.headers["location"] == "/home"
             continue
         if path in PAGES and path != "/" and decision == D:
             assert status == 403, (role, method, path, status)
