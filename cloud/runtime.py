@@ -103,6 +103,7 @@ class CloudRuntime:
             default_origin(s.deployment, s.ledger_origin),
             self.clock.now,
             grace_s=s.ledger_grace_s,
+            max_wait_s=s.ledger_max_wait_s,
             lookback_s=s.backfill_window_s + 24 * 3600,
             battery=lambda _site: BatteryParams(
                 usable_capacity_wh=s.battery_usable_wh,

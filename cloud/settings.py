@@ -43,7 +43,12 @@ class CloudSettings(BaseSettings):
     )
     ledger_origin: str = Field("", description="log name; default gridmint/<deployment>/ledger")
     ledger_grace_s: int = Field(
-        600, ge=0, description="an interval closes this long after its end (clock seconds)"
+        60, ge=0, description="an interval closes no sooner than this after its end (clock s)"
+    )
+    ledger_max_wait_s: int = Field(
+        24 * 3600,
+        ge=0,
+        description="an interval waiting for a silent device of its site closes after this",
     )
     ledger_close_every_s: float = Field(2.0, gt=0, description="real seconds between closes")
     battery_usable_wh: int = Field(10_000, ge=0, description="per-site battery until registered")

@@ -79,7 +79,8 @@ class LedgerService:
         origin: str,
         now: Callable[[], float],
         *,
-        grace_s: int = 600,
+        grace_s: int = 60,
+        max_wait_s: int = 24 * 3600,
         lookback_s: int = 8 * 24 * 3600,
         battery: Callable[[str], BatteryParams | None] = lambda _site: None,
         publish: Publish | None = None,
@@ -88,7 +89,8 @@ class LedgerService:
         self.key = key
         self.origin = origin
         self.now = now
-        self.grace_s = grace_s
+        self.grace_s = grace_s  # the least wait after an interval's end
+        self.max_wait_s = max(max_wait_s, grace_s)  # the most, for a site with a silent device
         # Records older than the ingest backfill window cannot arrive, so older intervals are
         # not looked for; the default is a day more than ingest's default window.
         self.lookback_s = lookback_s
@@ -144,17 +146,32 @@ class LedgerService:
                 f"checkpoint of size {latest.size} does not match the stored entries"
             )
 
-    async def close_due(self) -> int:
-        """Close every interval whose grace period is over; returns how many were closed."""
+    async def close_due(self, limit: int = 2000) -> int:
+        """Close every interval that is complete or has waited long enough; returns how many.
+
+        Complete: every approved device of the site that was sending by then has delivered its
+        record for it (a device sends in order, so a backlog after an outage closes interval
+        by interval as it arrives). Waited long enough: `max_wait_s` after its end; a device
+        still silent then is late, and its record will be counted but not minted.
+        """
         async with self._lock:
             now = int(self.now())
-            due = await self.store.due_intervals(
+            candidates = await self.store.open_intervals(
                 now - self.grace_s, since=now - self.grace_s - self.lookback_s
             )
+            if not candidates:
+                return 0
+            firsts = await self.store.first_intervals()
             closed = 0
-            for d in due:
-                if await self._close(d.site_id, d.interval_start):
+            for c in candidates:
+                expected = sum(1 for f in firsts.get(c.site_id, []) if f <= c.interval_start)
+                overdue = c.interval_start + c.interval_s <= now - self.max_wait_s
+                if (c.devices >= expected or overdue) and await self._close(
+                    c.site_id, c.interval_start
+                ):
                     closed += 1
+                    if closed >= limit:
+                        break
             if closed:
                 await self._checkpoint()
             return closed

@@ -45,11 +45,13 @@ class LeafRow:
 
 
 @dataclass(frozen=True, slots=True)
-class DueInterval:
+class OpenInterval:
     """A (site, interval) with accepted records of approved devices and no ledger close yet."""
 
     site_id: str
     interval_start: int
+    interval_s: int
+    devices: int  # how many devices delivered a record for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +139,19 @@ class LedgerStore:
                 )
             )
 
-    async def due_intervals(
-        self, closes_before: int, since: int = 0, limit: int = 500
-    ) -> list[DueInterval]:
-        """(site, interval) pairs of approved devices' records that ended by `closes_before`
-        and are not closed yet, oldest first; only intervals starting at or after `since` (the
-        ingest backfill window bounds what can still arrive, so the scan stays bounded)."""
+    async def open_intervals(self, ends_by: int, since: int = 0) -> list[OpenInterval]:
+        """(site, interval) pairs with approved devices' records, ended by `ends_by`, not closed
+        yet, oldest first, with how many devices delivered; only intervals starting at or after
+        `since` (the ingest backfill window bounds what can still arrive, so the scan stays
+        bounded as the tokens table grows)."""
         end = tokens.c.interval_start + tokens.c.interval_s
         q = (
-            select(devices.c.site_id, tokens.c.interval_start)
+            select(
+                devices.c.site_id,
+                tokens.c.interval_start,
+                func.max(tokens.c.interval_s).label("interval_s"),
+                func.count(func.distinct(tokens.c.device_id)).label("devices"),
+            )
             .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
             .outerjoin(
                 ledger_intervals,
@@ -157,16 +163,34 @@ class LedgerStore:
             .where(
                 devices.c.status == "approved",
                 tokens.c.interval_start >= since,
-                end <= closes_before,
+                end <= ends_by,
                 ledger_intervals.c.site_id.is_(None),
             )
             .group_by(devices.c.site_id, tokens.c.interval_start)
             .order_by(tokens.c.interval_start, devices.c.site_id)
-            .limit(limit)
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
-        return [DueInterval(r.site_id, r.interval_start) for r in rows]
+        return [
+            OpenInterval(r.site_id, r.interval_start, int(r.interval_s), int(r.devices))
+            for r in rows
+        ]
+
+    async def first_intervals(self) -> dict[str, list[int]]:
+        """Per site, the first interval start of each approved device that has sent records:
+        from that interval on, the site's intervals expect a record from that device."""
+        q = (
+            select(devices.c.site_id, func.min(tokens.c.interval_start).label("first"))
+            .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
+            .where(devices.c.status == "approved")
+            .group_by(devices.c.site_id, devices.c.device_id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        out: dict[str, list[int]] = {}
+        for r in rows:
+            out.setdefault(r.site_id, []).append(int(r.first))
+        return out
 
     async def interval_records(self, site_id: str, interval_start: int) -> list[StoredRecord]:
         """Approved devices' accepted records of one site and interval."""

@@ -195,3 +195,35 @@ async def test_summary_api_balances_carbon_and_proof_access(store: Store) -> Non
         assert r.status_code == 403
         r = await c.get("/api/v1/ledger/checkpoint")
         assert r.status_code == 200 and r.text.startswith(ORIGIN + "\n")
+
+
+async def test_a_site_waits_for_all_its_devices_then_for_max_wait(store: Store) -> None:
+    a, b = FakeDevice("pi-roof", site_id="site-9"), FakeDevice("pi-shed", site_id="site-9")
+    b.next_start = a.next_start
+    for d in (a, b):
+        await store.add_device(d.device_id, d.site_id, d.public_key, d.kid, d.capacity_w)
+    ingest = IngestService(store, a.deployment, time.time)
+    await _send(ingest, a, 4)
+    await _send(ingest, b, 2)  # the shed's Pi is behind (an outage): two intervals still missing
+    clock = Clock(a.next_start + 120)
+    ledger = LedgerService(
+        LedgerStore(store.engine),
+        Ed25519PrivateKey.generate(),
+        ORIGIN,
+        clock.now,
+        grace_s=60,
+        max_wait_s=3600,
+    )
+    await ledger.load()
+    assert await ledger.close_due() == 2  # only the intervals both devices delivered
+    await _send(ingest, b, 2)  # the backlog arrives
+    assert await ledger.close_due() == 2
+    minted = {r.token_id for e in ledger.engine.entries for r in e.refs}
+    assert len(minted) == 8  # every record of both devices, none late
+    assert await LedgerStore(store.engine).late_records() == 0
+    # The shed goes silent for good: the roof's next interval waits, then closes at max wait.
+    await _send(ingest, a, 1)
+    clock.t = a.next_start + 600
+    assert await ledger.close_due() == 0
+    clock.t = a.next_start + 3600
+    assert await ledger.close_due() == 1
