@@ -414,7 +414,8 @@ class _Clock:
 
 
 STORE_CALLS = [
-    "due_intervals",
+    "open_intervals",
+    "first_intervals",
     "interval_records",
     "append_interval",
     "add_checkpoint",
