@@ -234,15 +234,20 @@ def add_account_routes(
         "/api/v1/accounts/{account_id}/status",
         response_model=AccountPublic,
         tags=["accounts"],
-        dependencies=[Depends(auth.require(Role.APPROVER, action="approve accounts"))],
     )
-    async def decide_account(account_id: str, body: AccountDecision) -> AccountPublic:
-        """Approve or reject a waiting account (rejecting revokes its tokens and keys)."""
+    async def decide_account(
+        account_id: str,
+        body: AccountDecision,
+        p: Principal = Depends(auth.require(Role.APPROVER, action="approve accounts")),
+    ) -> AccountPublic:
+        """Approve or reject a waiting account (a reason is required to reject; rejecting
+        revokes its tokens and keys). Every decision is logged with who, when and why."""
+        if body.status == "rejected" and not body.reason.strip():
+            raise HTTPException(422, "a reason is required to reject an account")
         try:
-            if body.status == "approved":
-                account = await accounts.approve_account(account_id)
-            else:
-                account = await accounts.reject_account(account_id)
+            account = await accounts.decide_account(
+                account_id, body.status, p.account_id, body.reason.strip()
+            )
         except KeyError:
             raise HTTPException(404, f"account {account_id!r} does not exist") from None
         return _account(account)

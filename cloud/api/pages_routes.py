@@ -108,6 +108,7 @@ def add_page_routes(
                 "pending_devices": await views.list_for_review("pending"),
                 "approved_devices": await views.list_for_review("approved"),
                 "decisions": await views.list_decisions(limit=RECENT_DECISIONS),
+                "account_decisions": await accounts.list_account_decisions(RECENT_DECISIONS),
             },
         )
 

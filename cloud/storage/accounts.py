@@ -29,7 +29,7 @@ from cloud.auth import (
     secret_digest,
     verify_password,
 )
-from cloud.storage.tables import accounts, api_keys, auth_tokens, sites
+from cloud.storage.tables import account_decisions, accounts, api_keys, auth_tokens, sites
 
 MIN_PASSWORD_CHARS = 8
 DEFAULT_TOKEN_TTL_S = 12 * 3600
@@ -51,6 +51,20 @@ class Account:
     role: Role
     status: AccountStatus
     created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDecisionRow:
+    """One approver decision on an account."""
+
+    account_id: str
+    email: str
+    decided_by: str
+    decided_by_email: str | None
+    decided_ms: int
+    old_status: str
+    new_status: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +202,83 @@ class AccountStore:
                 update(api_keys).where(api_keys.c.account_id == account_id).values(revoked=1)
             )
         return account
+
+    async def decide_account(
+        self, account_id: str, status: AccountStatus | str, decided_by: str, reason: str
+    ) -> Account:
+        """Approve or reject an account and log who decided, when and why, in one transaction.
+
+        Rejecting also revokes the account's bearer tokens and API keys. KeyError when unknown.
+        """
+        new = AccountStatus(status)
+        if new not in (AccountStatus.APPROVED, AccountStatus.REJECTED):
+            raise ValueError(f"an approver decides approved or rejected, not {new.value}")
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(accounts.c.status).where(accounts.c.account_id == account_id)
+                )
+            ).first()
+            if row is None:
+                raise KeyError(account_id)
+            await conn.execute(
+                update(accounts).where(accounts.c.account_id == account_id).values(status=new.value)
+            )
+            if new is AccountStatus.REJECTED:
+                await conn.execute(
+                    update(auth_tokens)
+                    .where(auth_tokens.c.account_id == account_id)
+                    .values(revoked=1)
+                )
+                await conn.execute(
+                    update(api_keys).where(api_keys.c.account_id == account_id).values(revoked=1)
+                )
+            await conn.execute(
+                insert(account_decisions).values(
+                    account_id=account_id,
+                    decided_by=decided_by,
+                    decided_ms=self._now_ms(),
+                    old_status=row.status,
+                    new_status=new.value,
+                    reason=reason,
+                )
+            )
+        account = await self.get_account_by_id(account_id)
+        assert account is not None
+        return account
+
+    async def list_account_decisions(self, limit: int = 50) -> list[AccountDecisionRow]:
+        """Newest account decisions first, with the account's and the approver's email."""
+        approver = accounts.alias("approver")
+        q = (
+            select(
+                account_decisions,
+                accounts.c.email.label("email"),
+                approver.c.email.label("decided_by_email"),
+            )
+            .select_from(
+                account_decisions.join(
+                    accounts, accounts.c.account_id == account_decisions.c.account_id
+                ).outerjoin(approver, approver.c.account_id == account_decisions.c.decided_by)
+            )
+            .order_by(account_decisions.c.decided_ms.desc(), account_decisions.c.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            AccountDecisionRow(
+                r.account_id,
+                r.email,
+                r.decided_by,
+                r.decided_by_email,
+                r.decided_ms,
+                r.old_status,
+                r.new_status,
+                r.reason,
+            )
+            for r in rows
+        ]
 
     async def get_account_by_id(self, account_id: str) -> Account | None:
         """Look up an account by id."""

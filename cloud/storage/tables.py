@@ -214,3 +214,16 @@ ledger_checkpoints = Table(
     Column("note", Text, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
 )
+
+# Every approver decision on an account (approve, reject), append-only, like device_decisions.
+account_decisions = Table(
+    "account_decisions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", String(32), ForeignKey("accounts.account_id"), nullable=False, index=True),
+    Column("decided_by", String(32), nullable=False),
+    Column("decided_ms", BigInteger, nullable=False, index=True),
+    Column("old_status", String(16), nullable=False),
+    Column("new_status", String(16), nullable=False),
+    Column("reason", String(500), nullable=False, server_default=""),
+)

@@ -341,3 +341,43 @@ async def test_openapi_documents_the_security_schemes(accounts: AccountStore) ->
     schema = _app(accounts).openapi()
     assert set(schema["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyCookie"}
     assert schema["paths"]["/admin"]["get"]["security"]
+
+
+async def test_account_decisions_need_a_reason_to_reject_and_are_logged(store: Store) -> None:
+    import httpx
+
+    from cloud.api.app import create_app
+
+    accounts = AccountStore(store.engine)
+    approver = await accounts.create_account(
+        "ap@example.org", "ap", "a long password", "approver", "approved"
+    )
+    bearer = {"Authorization": f"Bearer {await accounts.issue_token(approver.account_id, 600)}"}
+    a = await accounts.create_account("a@example.org", "a", "a long password", "homeowner")
+    b = await accounts.create_account("b@example.org", "b", "a long password", "installer")
+    b_token_before = await accounts.issue_token(b.account_id, 600)
+    app = create_app(store, accounts=accounts)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post(
+            f"/api/v1/accounts/{b.account_id}/status",
+            headers=bearer,
+            json={"status": "rejected", "reason": "  "},
+        )
+        assert r.status_code == 422
+        assert "reason is required" in r.json()["detail"]
+        r = await c.post(
+            f"/api/v1/accounts/{a.account_id}/status", headers=bearer, json={"status": "approved"}
+        )
+        assert r.status_code == 200 and r.json()["status"] == "approved"
+        r = await c.post(
+            f"/api/v1/accounts/{b.account_id}/status",
+            headers=bearer,
+            json={"status": "rejected", "reason": "not a licensed installer"},
+        )
+        assert r.status_code == 200 and r.json()["status"] == "rejected"
+    assert await accounts.resolve_token(b_token_before) is None  # rejecting revoked its tokens
+    log = await accounts.list_account_decisions()
+    assert [(x.email, x.old_status, x.new_status, x.reason, x.decided_by_email) for x in log] == [
+        ("b@example.org", "pending", "rejected", "not a licensed installer", "ap@example.org"),
+        ("a@example.org", "pending", "approved", "", "ap@example.org"),
+    ]
