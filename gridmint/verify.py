@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -910,13 +913,67 @@ def _print_summary(report: VerifyReport, out: Console) -> None:
         out.print(accounts)
 
 
+EXPORT_FILES = ("log.json", "devices.jsonl", "records.jsonl", "entries.jsonl", "checkpoints.jsonl")
+
+
+def fetch_export(api: str, token: str, directory: Path, timeout_s: float = 120.0) -> None:
+    """Download one consistent export from a running aggregator into `directory`.
+
+    Only the transport is the aggregator's: the files are then checked exactly like files on
+    disk, so nothing the aggregator says is taken on trust.
+    """
+    url = api.rstrip("/") + "/api/v1/ledger/export"
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"--api {api!r} is not an http:// or https:// URL")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise ValueError(f"{url}: the aggregator refused ({exc.code} {exc.reason})") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise ValueError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+    except json.JSONDecodeError:
+        raise ValueError(f"{url} did not answer with JSON") from None
+    files = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files, dict) or any(not isinstance(files.get(n), str) for n in EXPORT_FILES):
+        raise ValueError(f"{url}: the answer is not a ledger export")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in EXPORT_FILES:
+        (directory / name).write_text(files[name], encoding="utf-8")
+
+
 def verify_command(
-    directory: Annotated[Path, typer.Argument(help="the export directory to check")],
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="the export directory to check (or, with --api, to download into)"),
+    ] = None,
+    api: Annotated[
+        str | None, typer.Option(help="download the export from this aggregator URL first")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="GRIDMINT_TOKEN", help="bearer token or API key for --api"),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="print one JSON object instead of tables")
     ] = False,
 ) -> None:
     """Check a ledger export: signatures, record chains, ledger rules, Merkle log, checkpoints."""
+    if api is not None:
+        if not token:
+            typer.echo("error: --api needs --token (or GRIDMINT_TOKEN)", err=True)
+            raise typer.Exit(1)
+        target = directory or Path(tempfile.mkdtemp(prefix="gridmint-export-"))
+        try:
+            fetch_export(api, token, target)
+        except (ValueError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        directory = target
+    if directory is None:
+        typer.echo("error: give an export directory, or --api URL", err=True)
+        raise typer.Exit(1)
     report = verify_export(directory)
     if json_out:
         typer.echo(json.dumps(report.as_json(), sort_keys=True))

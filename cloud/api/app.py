@@ -407,7 +407,7 @@ def create_app(
         ledger=ledger,
         now=now,
     )
-    add_ledger_routes(app, ledger, auth, accounts)
+    add_ledger_routes(app, ledger, auth, accounts, deployment=deployment)
     add_page_routes(app, store, accounts, auth, templates)
     add_home_routes(app, store, accounts, auth, templates, ledger)
     add_account_routes(

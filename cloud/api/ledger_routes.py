@@ -23,6 +23,7 @@ from cloud.domain.certificates import (
 )
 from cloud.domain.ledger_rules import Entry, site_account
 from cloud.services.ledger import LedgerService, Proof
+from cloud.services.ledger_export import collect_export
 from cloud.storage.accounts import AccountStore
 from protocol.ledger_leaf import decode_leaf
 from protocol.merkle import ProofError
@@ -71,6 +72,12 @@ class SiteBalance(BaseModel):
     )
 
 
+class LedgerExport(BaseModel):
+    """The export's files by name (log.json, devices/records/entries/checkpoints.jsonl)."""
+
+    files: dict[str, str]
+
+
 class LedgerSummary(BaseModel):
     """The log's size, what was closed, what arrived too late, and the balances."""
 
@@ -100,6 +107,7 @@ def add_ledger_routes(
     auth: Auth,
     accounts: AccountStore,
     co2_factor: int = DEFAULT_GRID_G_CO2_PER_KWH,
+    deployment: str = "",
 ) -> None:
     """Register the ledger routes on `app` (503 when the app runs without a ledger)."""
 
@@ -159,6 +167,23 @@ def add_ledger_routes(
             if entry_site not in sites:
                 raise HTTPException(403, "this token belongs to another site")
         return proof_public(proof)
+
+    @app.get(
+        "/api/v1/ledger/export",
+        response_model=LedgerExport,
+        tags=["ledger"],
+        dependencies=[
+            Depends(auth.require(Role.APPROVER, Role.GRID_OPERATOR, action="export the ledger"))
+        ],
+    )
+    async def export() -> LedgerExport:
+        """One consistent export (the five files of `gridmint cloud export-ledger`) for
+        `gridmint verify --api`."""
+        led = running()
+        files = await collect_export(
+            led.store, origin=led.origin, log_public_key=led.public_key, deployment=deployment
+        )
+        return LedgerExport(files=files)
 
     @app.get(
         "/api/v1/ledger/summary",

@@ -32,24 +32,23 @@ class ExportSummary:
     checkpoints: int
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    n = 0
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, separators=(",", ":"), sort_keys=True) + "\n")
-            n += 1
-    tmp.replace(path)
-    return n
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, separators=(",", ":"), sort_keys=True) + "\n" for row in rows)
 
 
-async def export_ledger(
-    store: LedgerStore, directory: Path, *, origin: str, log_public_key: bytes, deployment: str
-) -> ExportSummary:
-    """Write log.json, devices.jsonl, records.jsonl, entries.jsonl, checkpoints.jsonl."""
+async def collect_export(
+    store: LedgerStore, *, origin: str, log_public_key: bytes, deployment: str
+) -> dict[str, str]:
+    """The export's files as text, keyed by file name: one consistent snapshot.
+
+    Read order matters while the aggregator runs: checkpoints first (entries are cut at the
+    newest), then leaves, then records, then device keys, so every exported record's key and
+    every exported entry's records are already there when they are read.
+    """
     checkpoints = await store.checkpoints()
     size = checkpoints[-1].size if checkpoints else 0
-    leaves = [row for row in await store.leaves() if row.seq < size]
+    leaves = [row for row in await store.leaves(0, size)] if size else []
+    records = await store.all_records()
     devices: dict[str, dict[str, Any]] = {}
     for device, site, kid, pub, valid_from, valid_until in await store.device_keys():
         d = devices.setdefault(device, {"device_id": device, "site_id": site, "keys": []})
@@ -61,34 +60,55 @@ async def export_ledger(
                 "valid_until": valid_until,
             }
         )
-    records = [
-        {
-            "token_id": r.token_id,
-            "device_id": r.device_id,
-            "seq": r.seq,
-            "record_hash": r.record_hash.hex(),
-            "envelope": r.envelope.hex(),
-        }
-        for r in await store.all_records()
-    ]
     log = {
         "format": EXPORT_FORMAT,
         "origin": origin,
         "log_key": verifier_key_string(origin, log_public_key),
         "deployment": deployment,
     }
-    entries = [{"index": row.seq, "leaf": row.leaf.hex()} for row in leaves]
-    notes = [{"note": c.note} for c in checkpoints]
+    return {
+        "log.json": json.dumps(log, indent=2, sort_keys=True) + "\n",
+        "devices.jsonl": _jsonl(devices.values()),
+        "records.jsonl": _jsonl(
+            {
+                "token_id": r.token_id,
+                "device_id": r.device_id,
+                "seq": r.seq,
+                "record_hash": r.record_hash.hex(),
+                "envelope": r.envelope.hex(),
+            }
+            for r in records
+        ),
+        "entries.jsonl": _jsonl({"index": row.seq, "leaf": row.leaf.hex()} for row in leaves),
+        "checkpoints.jsonl": _jsonl({"note": c.note} for c in checkpoints),
+    }
 
-    def write() -> ExportSummary:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "log.json").write_text(json.dumps(log, indent=2, sort_keys=True) + "\n")
-        return ExportSummary(
-            directory,
-            _write_jsonl(directory / "records.jsonl", records),
-            _write_jsonl(directory / "devices.jsonl", devices.values()),
-            _write_jsonl(directory / "entries.jsonl", entries),
-            _write_jsonl(directory / "checkpoints.jsonl", notes),
-        )
 
-    return await asyncio.to_thread(write)
+EXPORT_FILES = ("log.json", "devices.jsonl", "records.jsonl", "entries.jsonl", "checkpoints.jsonl")
+
+
+def write_export(directory: Path, files: dict[str, str]) -> ExportSummary:
+    """Write the export's files (each replaced atomically) and count their items."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in EXPORT_FILES:
+        tmp = directory / (name + ".tmp")
+        tmp.write_text(files[name], encoding="utf-8")
+        tmp.replace(directory / name)
+    lines = {n: files[n].count("\n") for n in EXPORT_FILES}
+    return ExportSummary(
+        directory,
+        lines["records.jsonl"],
+        lines["devices.jsonl"],
+        lines["entries.jsonl"],
+        lines["checkpoints.jsonl"],
+    )
+
+
+async def export_ledger(
+    store: LedgerStore, directory: Path, *, origin: str, log_public_key: bytes, deployment: str
+) -> ExportSummary:
+    """Write log.json, devices.jsonl, records.jsonl, entries.jsonl, checkpoints.jsonl."""
+    files = await collect_export(
+        store, origin=origin, log_public_key=log_public_key, deployment=deployment
+    )
+    return await asyncio.to_thread(write_export, directory, files)

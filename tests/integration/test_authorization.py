@@ -61,6 +61,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/ledger/consistency"): (A, A, A, A, A, A),
     ("GET", "/api/v1/ledger/proofs/tokens/{token_id}"): (D, A, A, A, A, A),
     ("GET", "/api/v1/ledger/summary"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/ledger/export"): (D, D, D, A, A, A),
     ("POST", "/api/v1/api-keys"): (D, D, D, D, D, A),
     ("GET", "/login"): (A, A, A, A, A, A),
     ("POST", "/login"): (A, A, A, A, A, A),

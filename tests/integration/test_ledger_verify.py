@@ -138,3 +138,57 @@ def test_a_deleted_record_is_found(demo_data: Path, tmp_path: Path) -> None:
     report = _reexport(demo_data, delete, tmp_path)
     assert not report.ok
     assert "records.jsonl" in str(report.error) or "entries.jsonl" in str(report.error)
+
+
+def test_verify_from_a_running_aggregator_api(demo_data: Path, tmp_path: Path) -> None:
+    from cloud.runtime import CloudRuntime
+    from cloud.settings import CloudSettings
+    from cloud.storage.accounts import AccountStore
+
+    shutil.copy(demo_data / "cloud.sqlite", tmp_path / "cloud.sqlite")
+    shutil.copy(demo_data / "cloud.sqlite.ledger-key", tmp_path / "cloud.sqlite.ledger-key")
+    (tmp_path / "cloud.sqlite.ledger-key").chmod(0o600)
+    log = json.loads((demo_data / "ledger-export" / "log.json").read_text())
+
+    async def run() -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        rt = CloudRuntime(
+            CloudSettings(
+                database_url=f"sqlite:///{tmp_path / 'cloud.sqlite'}",
+                deployment=log["deployment"],
+                http_port=0,
+            )
+        )
+        await rt.start(connect_mqtt=False)
+        try:
+            assert rt.store is not None
+            accounts = AccountStore(rt.store.engine)
+            op = await accounts.create_account(
+                "verifier@example.org", "v", "a long password", "grid_operator", "approved"
+            )
+            token = await accounts.issue_token(op.account_id, 600)
+            base = [sys.executable, "-m", "gridmint", "verify", "--api", rt.url]
+            good = await asyncio.to_thread(
+                subprocess.run,
+                [*base, "--token", token, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            refused = await asyncio.to_thread(
+                subprocess.run,
+                [*base, "--token", "not-a-token"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            return good, refused
+        finally:
+            await rt.stop()
+
+    good, refused = asyncio.run(run())
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout.strip().splitlines()[-1])["ok"]
+    assert refused.returncode == 1
+    assert "refused (401" in refused.stderr and "Traceback" not in refused.stderr
