@@ -76,5 +76,8 @@ async def test_broker_outage_of_30_s_loses_and_duplicates_nothing(
     assert summary["minted"] >= 2 * 8
     for seqs in chains.values():
         assert seqs == list(range(1, len(seqs) + 1))  # no gap, no duplicate
-    # Redelivered copies, if any, were refused as replays and nothing else went wrong.
-    assert set(summary["rejected_by_reason"]) <= {"replayed"}
+    # Redelivered copies, if any, were refused as replays. After the reconnect the broker's
+    # queued copies and the agent's resends can interleave, so a later record may arrive before
+    # an earlier one: that is refused as a retryable sequence_gap and accepted on its resend
+    # (the chain check above shows none was lost). Nothing else may go wrong.
+    assert set(summary["rejected_by_reason"]) <= {"replayed", "sequence_gap"}
