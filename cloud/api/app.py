@@ -139,6 +139,17 @@ def create_app(
             if sites is None or d.device.site_id in sites
         ]
 
+    async def ledger_status() -> dict[str, int] | None:
+        """Log size, newest checkpoint and closed intervals, for the dashboard."""
+        if ledger is None:
+            return None
+        cp = await ledger.store.latest_checkpoint()
+        return {
+            "entries": ledger.log.size,
+            "checkpoint": cp.size if cp else 0,
+            "intervals": len(ledger.engine.state.closed),
+        }
+
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Health:
         """Liveness plus database and broker state."""
@@ -342,6 +353,7 @@ def create_app(
                 payload = {
                     "stats": (await stats_public()).model_dump(mode="json"),
                     "devices": [d.model_dump(mode="json") for d in await devices_public()],
+                    "ledger": await ledger_status(),
                 }
                 yield f"event: stats\ndata: {json.dumps(payload)}\n\n"
                 sent += 1
@@ -395,7 +407,12 @@ def create_app(
         return templates.TemplateResponse(
             request,
             "index.html",
-            {"devices": await devices_public(), "stats": await stats_public(), "who": p},
+            {
+                "devices": await devices_public(),
+                "stats": await stats_public(),
+                "ledger": await ledger_status(),
+                "who": p,
+            },
         )
 
     add_device_routes(

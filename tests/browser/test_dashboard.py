@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -96,6 +97,10 @@ async def test_dashboard_shows_fleet_and_updates_live(
     await expect(page.locator("#rejected")).to_have_text("1")
     await expect(page.locator("#reasons")).to_contain_text("malformed: 1")
     await expect(page.locator("#chart rect.bar")).to_have_count(5)
+    # The ledger closes the five intervals and signs a checkpoint over every entry.
+    await expect(page.locator("#ledger")).to_have_text(
+        re.compile(r"^(\d+) / \1 / 5$"), timeout=15_000
+    )
     await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert errors == []
 

@@ -90,6 +90,9 @@ function connect() {
     text("rejected", s.rejected);
     text("held", s.held);
     text("kwh", s.kwh.toFixed(3));
+    if (data.ledger) {
+      text("ledger", data.ledger.entries + " / " + data.ledger.checkpoint + " / " + data.ledger.intervals);
+    }
     renderReasons(s.rejected_by_reason);
     renderFleet(data.devices);
     drawChart(s.per_interval.map((p) => p.generated_wh));
