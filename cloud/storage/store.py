@@ -267,7 +267,12 @@ class Store:
                 await conn.execute(
                     select(device_keys)
                     .where(device_keys.c.device_id == device_id)
-                    .order_by(device_keys.c.valid_from, device_keys.c.kid)
+                    # oldest first; within a second, the rotated-out key before its successor
+                    .order_by(
+                        device_keys.c.valid_from,
+                        device_keys.c.valid_until.is_(None),
+                        device_keys.c.kid,
+                    )
                 )
             ).all()
         return [_key(r) for r in rows]
@@ -310,20 +315,12 @@ class Store:
             ).first()
             if current is None or current.device_id != device_id:
                 raise KeyError(f"key {current_kid.hex()} is not a key of {device_id!r}")
-            if current.valid_until is not None and current.valid_until <= now_s:
-                raise ValueError(f"key {current_kid.hex()} is already retired")
+            # A key gets an end only by being rotated out: rotating from it again would fork
+            # the device's key history (two successors of one key).
+            if current.valid_until is not None:
+                raise ValueError(f"key {current_kid.hex()} was already replaced")
             if current.revoked_ms is not None:
                 raise ValueError(f"key {current_kid.hex()} is revoked")
-            newer = (
-                await conn.execute(
-                    select(device_keys.c.kid).where(
-                        device_keys.c.device_id == device_id,
-                        device_keys.c.valid_from > current.valid_from,
-                    )
-                )
-            ).first()
-            if newer is not None:
-                raise ValueError(f"key {current_kid.hex()} was already replaced")
             if (
                 await conn.execute(select(device_keys.c.kid).where(device_keys.c.kid == new_kid))
             ).first() is not None:

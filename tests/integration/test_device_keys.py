@@ -62,6 +62,17 @@ async def test_rotation_overlap_window_and_retired_key(store: Store) -> None:
         # Replaying the same request (or rotating again with the old key) is refused.
         r = await c.post(f"/api/v1/devices/{dev.device_id}/keys", json={"statement": request.hex()})
         assert r.status_code == 409, r.text
+        # Nor can the old key name a second successor (a fork of the key history).
+        fork = statements.make_key_rotation(
+            dev.device_id,
+            cose.public_bytes(Ed25519PrivateKey.generate().public_key()),
+            (rotated_at + 1) * 1000,
+            dev.key,
+            dev.deployment,
+        )
+        r = await c.post(f"/api/v1/devices/{dev.device_id}/keys", json={"statement": fork.hex()})
+        assert r.status_code == 409
+        assert "already replaced" in r.json()["detail"]
         keys = (await c.get(f"/api/v1/devices/{dev.device_id}/keys")).json()
         assert [k["kid"] for k in keys] == [dev.kid.hex(), cose.key_id(new_pub).hex()]
 
