@@ -27,6 +27,7 @@ from cloud.services.ledger import (
     load_or_create_ledger_key,
 )
 from cloud.settings import CloudSettings
+from cloud.storage.batteries import BatteryStore
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.store import Store
 from mqttlink import client_tls_context
@@ -112,6 +113,7 @@ class CloudRuntime:
                 round_trip_efficiency_permille=s.battery_round_trip_permille,
             ),
             publish=self._publish_checkpoint,
+            registered_batteries=self._registered_batteries,
         )
         await self.ledger.load()
         if connect_mqtt:
@@ -163,6 +165,18 @@ class CloudRuntime:
             )
             return Ed25519PrivateKey.generate()
         return load_or_create_ledger_key(path)
+
+    async def _registered_batteries(self) -> dict[str, BatteryParams]:
+        assert self.store is not None
+        return {
+            site: BatteryParams(
+                usable_capacity_wh=b.usable_capacity_wh,
+                soh_permille=b.soh_permille,
+                self_discharge_ppm_per_h=b.self_discharge_ppm_per_h,
+                round_trip_efficiency_permille=b.round_trip_permille,
+            )
+            for site, b in (await BatteryStore(self.store.engine).all()).items()
+        }
 
     async def _publish_checkpoint(self, note: bytes) -> None:
         if self.mqtt is not None and self.mqtt.connected:

@@ -18,6 +18,7 @@ from cloud.auth import SESSION_COOKIE, Auth, Principal, Role, site_owner_filter
 from cloud.pki import PkiError, check_csr
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.storage.accounts import AccountStore, LoginError
+from cloud.storage.batteries import BatteryStore, SiteBattery
 from cloud.storage.claims import ClaimError, ClaimStore
 from protocol import cose
 
@@ -72,6 +73,23 @@ class SiteCreate(BaseModel):
     owner_account_id: str
     name: str = Field(min_length=1, max_length=200)
     zone: str = Field("", max_length=64)
+
+
+class BatteryIn(BaseModel):
+    """A site's battery as the ledger models it (integers)."""
+
+    usable_capacity_wh: int = Field(ge=0, le=10_000_000, description="0: no battery")
+    soh_permille: int = Field(1000, ge=1, le=1000, description="state of health, permille")
+    self_discharge_ppm_per_h: int = Field(0, ge=0, le=100_000)
+    round_trip_permille: int = Field(900, ge=1, le=1000, description="round-trip efficiency")
+
+
+class BatteryPublic(BatteryIn):
+    """A registered battery, with who set it and when (Unix ms)."""
+
+    site_id: str
+    updated_by: str
+    updated_ms: int
 
 
 class SitePublic(BaseModel):
@@ -336,6 +354,54 @@ def add_account_routes(
             client_cert=cert_pem.decode(),
             ca_bundle=ca_pem.decode(),
         )
+
+    def _battery_public(b: SiteBattery) -> BatteryPublic:
+        return BatteryPublic(
+            site_id=b.site_id,
+            usable_capacity_wh=b.usable_capacity_wh,
+            soh_permille=b.soh_permille,
+            self_discharge_ppm_per_h=b.self_discharge_ppm_per_h,
+            round_trip_permille=b.round_trip_permille,
+            updated_by=b.updated_by,
+            updated_ms=b.updated_ms,
+        )
+
+    @app.put("/api/v1/sites/{site_id}/battery", response_model=BatteryPublic, tags=["sites"])
+    async def set_battery(
+        site_id: str,
+        body: BatteryIn,
+        p: Principal = Depends(auth.require(Role.INSTALLER, action="register batteries")),
+    ) -> BatteryPublic:
+        """Register or update a site's battery (capacity, measured state of health, rates).
+
+        Applies to the intervals the ledger closes from now on; each closed interval records
+        the values it used, so `gridmint verify` sees them.
+        """
+        if await accounts.get_site(site_id) is None:
+            raise HTTPException(404, f"site {site_id!r} does not exist")
+        battery = SiteBattery(
+            site_id,
+            body.usable_capacity_wh,
+            body.soh_permille,
+            body.self_discharge_ppm_per_h,
+            body.round_trip_permille,
+        )
+        return _battery_public(await BatteryStore(accounts.engine).set(battery, p.account_id))
+
+    @app.get("/api/v1/sites/{site_id}/battery", response_model=BatteryPublic, tags=["sites"])
+    async def get_battery(
+        site_id: str,
+        p: Principal = Depends(auth.require(*anyone, action="read site batteries")),
+    ) -> BatteryPublic:
+        """A site's registered battery (a homeowner: their own sites)."""
+        site = await accounts.get_site(site_id)
+        owner = site_owner_filter(p)
+        if site is None or (owner is not None and site.owner_account_id != owner):
+            raise HTTPException(404, f"site {site_id!r} has no battery you may see")
+        b = await BatteryStore(accounts.engine).get(site_id)
+        if b is None:
+            raise HTTPException(404, f"site {site_id!r} has no registered battery")
+        return _battery_public(b)
 
     @app.get("/api/v1/sites", response_model=list[SitePublic], tags=["sites"])
     async def list_sites(

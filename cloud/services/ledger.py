@@ -83,6 +83,7 @@ class LedgerService:
         max_wait_s: int = 24 * 3600,
         lookback_s: int = 8 * 24 * 3600,
         battery: Callable[[str], BatteryParams | None] = lambda _site: None,
+        registered_batteries: Callable[[], Awaitable[dict[str, BatteryParams]]] | None = None,
         publish: Publish | None = None,
     ):
         self.store = store
@@ -94,7 +95,9 @@ class LedgerService:
         # Records older than the ingest backfill window cannot arrive, so older intervals are
         # not looked for; the default is a day more than ingest's default window.
         self.lookback_s = lookback_s
-        self.battery = battery
+        self.battery = battery  # the default for a site without a registered battery
+        self.registered_batteries = registered_batteries
+        self._batteries: dict[str, BatteryParams] = {}
         self.publish = publish
         self.engine = LedgerEngine()
         self.log = merkle.MerkleLog()
@@ -162,6 +165,8 @@ class LedgerService:
             if not candidates:
                 return 0
             firsts = await self.store.first_intervals()
+            if self.registered_batteries is not None:
+                self._batteries = await self.registered_batteries()
             closed = 0
             for c in candidates:
                 expected = sum(1 for f in firsts.get(c.site_id, []) if f <= c.interval_start)
@@ -186,7 +191,8 @@ class LedgerService:
             return False
         flows = IntervalFlows.from_records(decoded)
         try:
-            result = self.engine.close_interval(site_id, flows, self.battery(site_id))
+            battery = self._batteries.get(site_id) or self.battery(site_id)
+            result = self.engine.close_interval(site_id, flows, battery)
         except LedgerRuleError as exc:
             # The rules refused (should not happen for stored, verified records): rebuild the
             # engine from the stored log and leave the interval open for an operator.

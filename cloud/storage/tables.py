@@ -227,3 +227,17 @@ account_decisions = Table(
     Column("new_status", String(16), nullable=False),
     Column("reason", String(500), nullable=False, server_default=""),
 )
+
+# A site's battery as the ledger models it (migration 0007). The latest values apply to the
+# intervals closed from then on; each closed interval's entry records the values it used.
+site_batteries = Table(
+    "site_batteries",
+    metadata,
+    Column("site_id", String(64), primary_key=True),
+    Column("usable_capacity_wh", BigInteger, nullable=False),
+    Column("soh_permille", Integer, nullable=False),
+    Column("self_discharge_ppm_per_h", Integer, nullable=False),
+    Column("round_trip_permille", Integer, nullable=False),
+    Column("updated_by", String(32), nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)

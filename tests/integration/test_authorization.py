@@ -48,6 +48,8 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/sites"): (D, D, A, D, D, A),
     ("GET", "/api/v1/sites"): (D, A, A, A, A, A),
     ("POST", "/api/v1/sites/{site_id}/claim-codes"): (D, D, A, D, D, A),
+    ("PUT", "/api/v1/sites/{site_id}/battery"): (D, D, A, D, D, A),
+    ("GET", "/api/v1/sites/{site_id}/battery"): (D, A, A, A, A, A),
     ("POST", "/api/v1/enroll"): (A, A, A, A, A, A),
     # Device-signed requests: the signature is the credential, so no role is needed.
     ("POST", "/api/v1/devices/{device_id}/probe"): (A, A, A, A, A, A),

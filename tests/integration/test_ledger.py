@@ -227,3 +227,72 @@ async def test_a_site_waits_for_all_its_devices_then_for_max_wait(store: Store) 
     assert await ledger.close_due() == 0
     clock.t = a.next_start + 3600
     assert await ledger.close_due() == 1
+
+
+async def test_registered_battery_parameters_reach_the_ledger(store: Store) -> None:
+    import httpx
+
+    from cloud.api.app import create_app
+    from cloud.domain.ledger_rules import BatteryParams
+    from cloud.storage.accounts import AccountStore
+    from cloud.storage.batteries import BatteryStore
+
+    devs, ingest = await _setup(store)
+    await _send(ingest, devs[0], 2)
+    await _send(ingest, devs[1], 2)
+    accounts = AccountStore(store.engine)
+    owner = await accounts.create_account(
+        "o@example.org", "o", "a long password", "homeowner", "approved"
+    )
+    installer = await accounts.create_account(
+        "i@example.org", "i", "a long password", "installer", "approved"
+    )
+    await accounts.create_site("site-1", owner.account_id, "with a battery")
+    tok = {"Authorization": f"Bearer {await accounts.issue_token(installer.account_id, 600)}"}
+    app = create_app(store, accounts=accounts)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        body = {
+            "usable_capacity_wh": 9500,
+            "soh_permille": 930,
+            "self_discharge_ppm_per_h": 80,
+            "round_trip_permille": 910,
+        }
+        r = await c.put("/api/v1/sites/site-1/battery", headers=tok, json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["updated_by"] == installer.account_id
+        r = await c.put("/api/v1/sites/site-404/battery", headers=tok, json=body)
+        assert r.status_code == 404
+        r = await c.put(
+            "/api/v1/sites/site-1/battery", headers=tok, json={**body, "soh_permille": 0}
+        )
+        assert r.status_code == 422
+
+    async def registered() -> dict[str, BatteryParams]:
+        return {
+            s: BatteryParams(
+                b.usable_capacity_wh,
+                b.soh_permille,
+                b.self_discharge_ppm_per_h,
+                b.round_trip_permille,
+            )
+            for s, b in (await BatteryStore(store.engine).all()).items()
+        }
+
+    ledger = LedgerService(
+        LedgerStore(store.engine),
+        Ed25519PrivateKey.generate(),
+        ORIGIN,
+        time.time,
+        grace_s=0,
+        battery=lambda _s: BatteryParams(usable_capacity_wh=1000),
+        registered_batteries=registered,
+    )
+    await ledger.load()
+    assert await ledger.close_due() == 4
+    capacity = {
+        (e.site, e.measurement.capacity_wh, e.measurement.soh_permille)
+        for e in ledger.engine.entries
+        if e.kind == EntryKind.MINT_GEN and e.measurement is not None
+    }
+    # site-1 uses its registered battery; site-2 (none registered) the default.
+    assert capacity == {("site-1", 9500, 930), ("site-2", 1000, 1000)}
