@@ -416,8 +416,8 @@ class _Clock:
 STORE_CALLS = [
     "open_intervals",
     "first_intervals",
-    "interval_records",
-    "append_interval",
+    "records_of",
+    "append_intervals",
     "add_checkpoint",
     "seq_of_token",
     "checkpoints",

@@ -96,49 +96,6 @@ class LedgerStore:
             for r in rows
         ]
 
-    async def append_interval(
-        self,
-        site_id: str,
-        interval_start: int,
-        rows: Sequence[LeafRow],
-        refs: Sequence[tuple[bytes, str, int]],
-        now_ms: int | None = None,
-    ) -> None:
-        """Write one closed interval's leaves, record references and closed marker atomically."""
-        if not rows:
-            raise ValueError("an interval close writes at least one entry")
-        ms = int(time.time() * 1000) if now_ms is None else now_ms
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(ledger_entries),
-                [
-                    {
-                        "seq": r.seq,
-                        "site_id": r.site_id,
-                        "interval_start": r.interval_start,
-                        "kind": r.kind,
-                        "leaf": r.leaf,
-                        "leaf_hash": r.leaf_hash,
-                        "created_ms": ms,
-                    }
-                    for r in rows
-                ],
-            )
-            if refs:
-                await conn.execute(
-                    insert(ledger_refs),
-                    [{"record_hash": h, "token_id": t, "seq": s} for h, t, s in refs],
-                )
-            await conn.execute(
-                insert(ledger_intervals).values(
-                    site_id=site_id,
-                    interval_start=interval_start,
-                    first_seq=rows[0].seq,
-                    last_seq=rows[-1].seq,
-                    closed_ms=ms,
-                )
-            )
-
     async def open_intervals(self, ends_by: int, since: int = 0) -> list[OpenInterval]:
         """(site, interval) pairs with approved devices' records, ended by `ends_by`, not closed
         yet, oldest first, with how many devices delivered; only intervals starting at or after
@@ -192,21 +149,82 @@ class LedgerStore:
             out.setdefault(r.site_id, []).append(int(r.first))
         return out
 
-    async def interval_records(self, site_id: str, interval_start: int) -> list[StoredRecord]:
-        """Approved devices' accepted records of one site and interval."""
+    async def records_of(
+        self, intervals: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], list[StoredRecord]]:
+        """Approved devices' records of several (site, interval) pairs, in one query."""
+        wanted = set(intervals)
+        if not wanted:
+            return {}
+        starts = sorted({t for _, t in wanted})
+        sites_ = sorted({s for s, _ in wanted})
         q = (
             select(tokens, devices.c.site_id)
             .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
             .where(
-                devices.c.site_id == site_id,
                 devices.c.status == "approved",
-                tokens.c.interval_start == interval_start,
+                tokens.c.interval_start >= starts[0],
+                tokens.c.interval_start <= starts[-1],
+                devices.c.site_id.in_(sites_),
             )
             .order_by(tokens.c.device_id)
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
-        return [_record(r) for r in rows]
+        out: dict[tuple[str, int], list[StoredRecord]] = {}
+        for r in rows:
+            key = (r.site_id, r.interval_start)
+            if key in wanted:
+                out.setdefault(key, []).append(_record(r))
+        return out
+
+    async def append_intervals(
+        self,
+        batch: Sequence[tuple[str, int, Sequence[LeafRow], Sequence[tuple[bytes, str, int]]]],
+        now_ms: int | None = None,
+    ) -> None:
+        """Write several closed intervals (leaves, references, closed markers) atomically."""
+        if not batch:
+            return
+        ms = int(time.time() * 1000) if now_ms is None else now_ms
+        leaves = [row for _, _, rows, _ in batch for row in rows]
+        refs = [ref for _, _, _, rs in batch for ref in rs]
+        if any(not rows for _, _, rows, _ in batch):
+            raise ValueError("an interval close writes at least one entry")
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(ledger_entries),
+                [
+                    {
+                        "seq": r.seq,
+                        "site_id": r.site_id,
+                        "interval_start": r.interval_start,
+                        "kind": r.kind,
+                        "leaf": r.leaf,
+                        "leaf_hash": r.leaf_hash,
+                        "created_ms": ms,
+                    }
+                    for r in leaves
+                ],
+            )
+            if refs:
+                await conn.execute(
+                    insert(ledger_refs),
+                    [{"record_hash": h, "token_id": t, "seq": s} for h, t, s in refs],
+                )
+            await conn.execute(
+                insert(ledger_intervals),
+                [
+                    {
+                        "site_id": site,
+                        "interval_start": start,
+                        "first_seq": rows[0].seq,
+                        "last_seq": rows[-1].seq,
+                        "closed_ms": ms,
+                    }
+                    for site, start, rows, _ in batch
+                ],
+            )
 
     async def late_records(self) -> int:
         """Approved devices' records that arrived after their interval was closed."""
