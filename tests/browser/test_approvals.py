@@ -143,6 +143,14 @@ async def test_approver_works_the_queue(
     await device_row.locator("button[data-action=approve]").click()
     await expect(device_row).to_have_count(0)
     await expect(page.locator("#message")).to_have_text("device pi-waiting approved")
+    # Without a reload, the device moves under "approved devices" (with Revoke) and both
+    # decisions appear in the logs, read back from the server.
+    moved = page.locator('#approved-devices tr[data-id="pi-waiting"]')
+    await expect(moved.locator("button[data-action=revoke]")).to_have_count(1)
+    await expect(page.locator("#account-decisions")).to_contain_text("newbie@example.org")
+    await expect(page.locator('#decisions tr[data-device="pi-waiting"]').first).to_contain_text(
+        "approver@example.org"
+    )
     stats = await (await page.request.get(base + "/api/v1/stats")).json()
     assert (stats["accepted"], stats["held"], stats["generated_wh"]) == (3, 0, 840)
     await page.goto(base + "/devices/pi-waiting")

@@ -39,6 +39,24 @@ function removeRow(row) {
   }
 }
 
+// Re-read the sections a decision changes from the server, so a just-approved device shows up
+// under "approved devices" (with its Revoke button) and the decision logs show who and when.
+async function refreshSections() {
+  let html;
+  try {
+    const resp = await fetch("/approvals", { credentials: "same-origin" });
+    if (!resp.ok) return;
+    html = await resp.text();
+  } catch (_) { return; /* the message already says what happened */ }
+  const fresh = new DOMParser().parseFromString(html, "text/html");
+  for (const label of ["approved devices", "recent account decisions", "recent decisions"]) {
+    const sel = 'section[aria-label="' + label + '"]';
+    const now = document.querySelector(sel);
+    const next = fresh.querySelector(sel);
+    if (now && next) now.replaceWith(document.importNode(next, true));
+  }
+}
+
 function logDecision(row, status, reason) {
   const body = document.querySelector("#decisions tbody");
   if (!body) return;
@@ -90,6 +108,7 @@ async function decide(row, action, button) {
   say(what + row.dataset.label + " " + status + (reason ? ": " + reason : ""), false);
   if (row.dataset.kind === "device") logDecision(row, status, reason);
   removeRow(row);
+  await refreshSections();
 }
 
 document.addEventListener("click", (ev) => {
