@@ -106,6 +106,10 @@ async def _make_home(
         zone="demo-zone-1",
         resend_after_s=5.0,
         telemetry_interval_s=1.0,
+        # Each Pi checks that the cloud's signed ledger holds its tokens, as in production.
+        cloud_url=cloud.url,
+        ledger_key=cloud.ledger.verifier_key if cloud.ledger is not None else "",
+        proof_check_interval_s=2.0,
         meters=[
             MeterSettings(
                 name="pv",
@@ -202,6 +206,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
         summary = await _summary(homes, cloud, clock, data)
         summary["dashboard"] = login_url
         summary["ledger"] = await _ledger_summary(cloud, data, keep=opts.data_dir is not None)
+        summary["proofs"] = await _proof_summary(homes, cloud)
         agent_stop.set()
         for h in homes:
             if h.task is not None:
@@ -323,6 +328,23 @@ async def _ledger_summary(cloud: CloudRuntime, data: Path, keep: bool) -> dict[s
     }
 
 
+async def _proof_summary(homes: list[Home], cloud: CloudRuntime) -> dict[str, int]:
+    """A last round of inclusion-proof checks on every Pi, after the final ledger close."""
+    from protocol.checkpoint import parse_verifier_key
+
+    assert cloud.ledger is not None
+    key = parse_verifier_key(cloud.ledger.verifier_key)
+    totals = {"verified": 0, "failed": 0, "waiting": 0}
+    for h in homes:
+        with contextlib.suppress(Exception):  # a Pi that cannot ask now just keeps waiting
+            await h.agent.check_proofs(key)
+        counts = await h.outbox.proof_counts()
+        totals["verified"] += counts["proven"]
+        totals["failed"] += counts["failed"]
+        totals["waiting"] += counts["waiting"]
+    return totals
+
+
 def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> None:
     """Human table, or one JSON object as the last line on stdout."""
     if as_json:
@@ -342,3 +364,9 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
         )
         if led["export"]:
             console.print(f"             re-check it yourself: gridmint verify {led['export']}")
+    proofs = summary.get("proofs")
+    if proofs:
+        console.print(
+            f"  proofs     {proofs['verified']} tokens proven in the signed log on the Pis, "
+            f"{proofs['failed']} failed, {proofs['waiting']} not yet in the log"
+        )

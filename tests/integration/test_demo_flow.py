@@ -44,6 +44,11 @@ async def test_demo_flow_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     assert summary["rejected"] == 0
     assert summary["waiting"] == 0
     assert summary["kwh"] > 0
+    # The ledger closed every interval, the independent verifier passed on its export, and
+    # each Pi proved every one of its tokens in the signed log.
+    assert summary["ledger"]["verified"], summary["ledger"]
+    assert summary["ledger"]["intervals_closed"] == summary["accepted"]
+    assert summary["proofs"] == {"verified": summary["accepted"], "failed": 0, "waiting": 0}
     for seqs in _chains(tmp_path / "cloud.sqlite").values():
         assert seqs == list(range(1, len(seqs) + 1))
     # A healthy run flags nothing: every interval measured, no resets, jumps or gaps.
