@@ -7,55 +7,19 @@ that its page then shows; homeowners see only their own devices' pages.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from cloud.runtime import CloudRuntime
-from cloud.settings import CloudSettings
 from cloud.storage.accounts import AccountStore
 from protocol import topics
 from tests.helpers.records import FakeDevice
 
 pytestmark = [pytest.mark.browser]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 PASSWORD = "correct horse battery"  # noqa: S105 - a test credential
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: ./scripts/test installs it")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-@pytest.fixture
-async def cloud(tmp_path: Path) -> AsyncIterator[CloudRuntime]:
-    rt = CloudRuntime(
-        CloudSettings(
-            database_url=f"sqlite:///{tmp_path / 'cloud.sqlite'}",
-            deployment="gridmint-test",
-            http_port=0,
-        )
-    )
-    await rt.start(connect_mqtt=False)
-    try:
-        yield rt
-    finally:
-        await rt.stop()
 
 
 async def log_in(page: Page, base: str, email: str) -> None:
@@ -102,9 +66,11 @@ async def test_approver_works_the_queue(
     status_posts: list[str] = []
     page.on(
         "request",
-        lambda req: status_posts.append(req.url)
-        if req.method == "POST" and req.url.endswith("/status")
-        else None,
+        lambda req: (
+            status_posts.append(req.url)
+            if req.method == "POST" and req.url.endswith("/status")
+            else None
+        ),
     )
 
     # Not logged in: the queue sends the browser to the login form.
@@ -124,9 +90,7 @@ async def test_approver_works_the_queue(
 
     # Reject with an empty reason: an error in the row, and no request at all.
     await device_row.locator("button[data-action=reject]").click()
-    await expect(device_row.locator(".row-error")).to_have_text(
-        "a reason is required to reject"
-    )
+    await expect(device_row.locator(".row-error")).to_have_text("a reason is required to reject")
     assert status_posts == []
     await page.screenshot(path=str(tmp_path / "approvals.png"), full_page=True)
     assert (await store.get_device("pi-waiting")).status == "pending"  # type: ignore[union-attr]
@@ -163,8 +127,10 @@ async def test_approver_works_the_queue(
     revoke_row = page.locator('#approved-devices tr[data-id="pi-old"]')
     await revoke_row.locator("button[data-action=revoke]").click()
     await expect(revoke_row.locator(".row-error")).to_have_text("a reason is required to revoke")
-    assert status_posts == [base + "/api/v1/accounts/" + newbie.account_id + "/status",
-                            base + "/api/v1/admin/devices/pi-waiting/status"]
+    assert status_posts == [
+        base + "/api/v1/accounts/" + newbie.account_id + "/status",
+        base + "/api/v1/admin/devices/pi-waiting/status",
+    ]
     await revoke_row.locator("input.reason").fill("meter seal broken")
     await revoke_row.locator("button[data-action=revoke]").click()
     await expect(revoke_row).to_have_count(0)

@@ -3,54 +3,17 @@
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from cloud.runtime import CloudRuntime
-from cloud.settings import CloudSettings
 from cloud.storage.accounts import AccountStore
 from protocol import topics
 from tests.helpers.records import FakeDevice
 
 pytestmark = [pytest.mark.browser]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: ./scripts/test installs it")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-@pytest.fixture
-async def cloud(tmp_path: Path) -> AsyncIterator[CloudRuntime]:
-    rt = CloudRuntime(
-        CloudSettings(
-            database_url=f"sqlite:///{tmp_path / 'cloud.sqlite'}",
-            deployment="gridmint-test",
-            http_port=0,
-        )
-    )
-    await rt.start(connect_mqtt=False)
-    try:
-        yield rt
-    finally:
-        await rt.stop()
 
 
 async def test_dashboard_shows_fleet_and_updates_live(

@@ -8,64 +8,30 @@ the ledger the page updates without a reload (its 10 s poll, driven by Playwrigh
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH, avoided_co2_g, forest_milliacres
 from cloud.runtime import CloudRuntime
-from cloud.settings import CloudSettings
 from cloud.storage.accounts import AccountStore
 from protocol import topics
 from tests.helpers.records import FakeDevice
 
 pytestmark = [pytest.mark.browser]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PASSWORD = "correct horse battery"  # noqa: S105 - a test credential
 CAPACITY_W = 100_000  # up to ~9 kWh in a 5-minute interval, so the carbon figures are not zero
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: ./scripts/test installs it")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-@pytest.fixture
-async def cloud(tmp_path: Path) -> AsyncIterator[CloudRuntime]:
-    rt = CloudRuntime(
-        CloudSettings(
-            database_url=f"sqlite:///{tmp_path / 'cloud.sqlite'}",
-            deployment="gridmint-test",
-            http_port=0,
-            ledger_grace_s=0,
-            ledger_close_every_s=3600,  # the test closes intervals itself
-        )
-    )
-    await rt.start(connect_mqtt=False)
-    try:
-        yield rt
-    finally:
-        await rt.stop()
+def cloud_settings() -> dict[str, Any]:
+    return {
+        "ledger_grace_s": 0,
+        "ledger_close_every_s": 3600,  # the test closes intervals itself
+    }
 
 
 def kg_1(grams: int) -> str:
