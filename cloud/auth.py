@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 if TYPE_CHECKING:
@@ -177,6 +177,22 @@ def _invalid_token(detail: str) -> HTTPException:
 
 class Auth:
     """The request-to-principal dependencies around one AccountStore; build with make_auth."""
+
+    async def page_principal(self, request: Request) -> Principal | None:
+        """For server-rendered pages: the caller, or None when there are no (or no longer
+        valid) credentials, so the page can send the browser to log in instead of a 401."""
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        bearer = (
+            HTTPAuthorizationCredentials(scheme=scheme, credentials=value.strip())
+            if scheme.lower() == "bearer" and value.strip()
+            else None
+        )
+        try:
+            return await self.optional_principal(bearer, request.cookies.get(SESSION_COOKIE))
+        except HTTPException as exc:
+            if exc.status_code == 401:  # expired or logged-out session: log in again
+                return None
+            raise
 
     def __init__(self, accounts: "AccountStore", admin_token: str = "") -> None:
         self.accounts = accounts

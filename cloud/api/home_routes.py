@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
 
-from cloud.auth import SESSION_COOKIE, Auth, Principal, Role, site_owner_filter
+from cloud.auth import Auth, Role, site_owner_filter
 from cloud.domain.certificates import (
     DEFAULT_GRID_G_CO2_PER_KWH,
     FOREST_G_CO2_PER_ACRE_YEAR,
@@ -95,20 +94,6 @@ def add_home_routes(
     templates.env.filters.setdefault("acres_3", acres_3)
     templates.env.filters.setdefault("money_2", money_2)
 
-    async def page_principal(request: Request) -> Principal | None:
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        bearer = (
-            HTTPAuthorizationCredentials(scheme=scheme, credentials=value.strip())
-            if scheme.lower() == "bearer" and value.strip()
-            else None
-        )
-        try:
-            return await auth.optional_principal(bearer, request.cookies.get(SESSION_COOKIE))
-        except HTTPException as exc:
-            if exc.status_code == 401:  # expired or logged-out session: log in again
-                return None
-            raise
-
     def message(request: Request, status: int, text: str) -> Response:
         return templates.TemplateResponse(
             request,
@@ -141,7 +126,7 @@ def add_home_routes(
     async def home_page(request: Request) -> Response:
         """My home: per site, generation minted, tokens held, credits, CO2 avoided, devices."""
         try:
-            p = await page_principal(request)
+            p = await auth.page_principal(request)
         except HTTPException as exc:  # a pending or rejected account's session
             return message(request, exc.status_code, str(exc.detail))
         if p is None:

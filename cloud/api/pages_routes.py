@@ -12,10 +12,9 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
 
-from cloud.auth import SESSION_COOKIE, Auth, Principal, Role
+from cloud.auth import Auth, Principal, Role
 from cloud.storage.accounts import AccountStore
 from cloud.storage.device_views import DeviceViews
 from cloud.storage.store import Store
@@ -58,21 +57,6 @@ def add_page_routes(
     templates.env.filters.setdefault("utc_ms", _utc_ms)
     templates.env.filters.setdefault("quality_name", _quality)
 
-    async def page_principal(request: Request) -> Principal | None:
-        """The caller, or None when there are no (or no longer valid) credentials."""
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        bearer = (
-            HTTPAuthorizationCredentials(scheme=scheme, credentials=value.strip())
-            if scheme.lower() == "bearer" and value.strip()
-            else None
-        )
-        try:
-            return await auth.optional_principal(bearer, request.cookies.get(SESSION_COOKIE))
-        except HTTPException as exc:
-            if exc.status_code == 401:  # expired or logged-out session: log in again
-                return None
-            raise
-
     def message(request: Request, status: int, title: str, text: str) -> Response:
         return templates.TemplateResponse(
             request,
@@ -84,7 +68,7 @@ def add_page_routes(
     async def gate(request: Request, allowed: frozenset[Role], action: str) -> Principal | Response:
         """The principal if it may `action`; else the redirect to /login or a 403 page."""
         try:
-            p = await page_principal(request)
+            p = await auth.page_principal(request)
         except HTTPException as exc:  # a pending or rejected account's session
             return message(request, exc.status_code, "Not allowed", str(exc.detail))
         if p is None:
