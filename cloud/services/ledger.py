@@ -1,9 +1,10 @@
 """The ledger service: closes intervals into ledger entries, logs them, signs checkpoints.
 
-Owns: when an interval is closed (its end plus a grace period has passed on the aggregator's
-clock, so a device's late delivery after a short outage still lands in it), turning the stored
-records into `ledger_rules` entries, appending them as leaves of the Merkle log, signing a
-checkpoint after every close and publishing it (retained MQTT topic; HTTP reads it from storage).
+Owns: when a site's interval is closed (every approved device of the site delivered it, so an
+outage backlog closes as it arrives; or a silent device was waited for `max_wait_s`), turning the
+stored records into `ledger_rules` entries, appending them as leaves of the Merkle log, signing a
+checkpoint after every round of closes and publishing it (retained MQTT topic; HTTP reads it
+from storage).
 
 The rules are the pure `cloud.domain.ledger_rules`; this module only feeds them and stores what
 they decide. At start-up the engine state is rebuilt by replaying every stored entry with the
@@ -11,8 +12,8 @@ same rules the independent verifier uses, so a corrupted log stops the service i
 being extended.
 
 Known limit: one close per (site, interval). A record that arrives after its interval was closed
-(a device offline for longer than the grace period, or approved later) stays stored and counted
-(`late_records`) but is not minted; see docs/tokens.md.
+(a device silent for longer than `max_wait_s`, or approved after its site's intervals closed)
+stays stored and counted (`late_records`) but is not minted; see docs/tokens.md.
 """
 
 from __future__ import annotations
