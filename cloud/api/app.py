@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from cloud.api.accounts_routes import add_account_routes
+from cloud.api.certificates_routes import add_certificate_routes
 from cloud.api.device_routes import KeyPublic, KeyRevocation, add_device_routes, key_public
 from cloud.api.home_routes import add_home_routes
 from cloud.api.ledger_routes import add_ledger_routes
@@ -425,6 +426,7 @@ def create_app(
         now=now,
     )
     add_ledger_routes(app, ledger, auth, accounts, deployment=deployment)
+    add_certificate_routes(app, store, accounts, auth, ledger)
     add_page_routes(app, store, accounts, auth, templates)
     add_home_routes(app, store, accounts, auth, templates, ledger)
     add_account_routes(

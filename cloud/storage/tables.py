@@ -241,3 +241,63 @@ site_batteries = Table(
     Column("updated_by", String(32), nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
 )
+
+# Energy attribute certificates (migration 0008): granular certificates and 1 MWh RECs, the Wh
+# slices of generation tokens each covers, and every change of owner. A Wh of a token is
+# certified at most once: (token_id, start_wh) is unique and a trigger refuses any slice that
+# overlaps another of the same token (the registry's rule, enforced again by the database).
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("certificate_id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("owner_site_id", String(64), nullable=False, index=True),
+    Column("issued_site_id", String(64), nullable=False, index=True),
+    Column("device_ids", Text, nullable=False),  # comma-separated, sorted
+    Column("technology", String(64), nullable=False),
+    Column("market_zone", String(64), nullable=False),
+    Column("production_start", BigInteger, nullable=False),
+    Column("production_end", BigInteger, nullable=False),
+    Column("energy_wh", BigInteger, nullable=False),
+    Column("issued_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("retired_ms", BigInteger, nullable=True),
+    Column("beneficiary", String(200), nullable=False, server_default=""),
+    CheckConstraint("kind IN ('granular', 'rec')", name="ck_certificates_kind"),
+    CheckConstraint("status IN ('active', 'retired', 'expired')", name="ck_certificates_status"),
+    CheckConstraint("energy_wh > 0", name="ck_certificates_energy"),
+)
+
+certificate_slices = Table(
+    "certificate_slices",
+    metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column("start_wh", BigInteger, primary_key=True),
+    Column("end_wh", BigInteger, nullable=False),
+    Column(
+        "certificate_id",
+        String(64),
+        ForeignKey("certificates.certificate_id"),
+        nullable=False,
+        index=True,
+    ),
+    CheckConstraint("start_wh >= 0 AND end_wh > start_wh", name="ck_certificate_slices_range"),
+)
+
+certificate_transfers = Table(
+    "certificate_transfers",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column(
+        "certificate_id",
+        String(64),
+        ForeignKey("certificates.certificate_id"),
+        nullable=False,
+        index=True,
+    ),
+    Column("from_site_id", String(64), nullable=False),
+    Column("to_site_id", String(64), nullable=False),
+    Column("by_account", String(32), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+)

@@ -65,6 +65,12 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/ledger/summary"): (D, A, A, A, A, A),
     ("GET", "/api/v1/ledger/export"): (D, D, D, A, A, A),
     ("POST", "/api/v1/api-keys"): (D, D, D, D, D, A),
+    # Certificates: a homeowner issues, transfers and retires their own sites' (503 here: no
+    # ledger); fleet roles read every site's.
+    ("POST", "/api/v1/sites/{site_id}/certificates"): (D, A, D, D, D, A),
+    ("GET", "/api/v1/sites/{site_id}/certificates"): (D, A, A, A, A, A),
+    ("POST", "/api/v1/certificates/{certificate_id}/transfer"): (D, A, D, D, D, A),
+    ("POST", "/api/v1/certificates/{certificate_id}/retire"): (D, A, D, D, D, A),
     ("GET", "/login"): (A, A, A, A, A, A),
     ("POST", "/login"): (A, A, A, A, A, A),
 }

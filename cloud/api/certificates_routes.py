@@ -1,0 +1,217 @@
+"""Energy attribute certificates over HTTP: issue a site's eligible generation as granular
+certificates or 1 MWh RECs, list a site's certificates, transfer and retire them.
+
+Owns: those routes. A homeowner acts on their own sites only (issue, transfer, retire: the
+site that owns the certificate now); fleet roles may read every site's certificates; admins may
+do everything. The rules are in cloud.services.certificates and cloud.domain.certificates.
+Without a ledger in this process the routes answer 503.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import Depends, FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from cloud.auth import Auth, Principal, Role, site_owner_filter
+from cloud.domain.certificates import avoided_co2_g
+from cloud.services.certificates import (
+    CertificateConflict,
+    CertificateNotFound,
+    CertificatesCorrupted,
+    CertificateService,
+)
+from cloud.services.ledger import LedgerService
+from cloud.storage.accounts import AccountStore
+from cloud.storage.certificates_store import CertificateStore, StoredCertificate
+from cloud.storage.store import Store
+
+
+class IssueRequest(BaseModel):
+    """What to issue from the site's uncertified eligible energy."""
+
+    kind: Literal["granular", "rec"]
+
+
+class TransferRequest(BaseModel):
+    """The site that receives the certificate."""
+
+    to_site_id: str = Field(min_length=1, max_length=64)
+
+
+class RetireRequest(BaseModel):
+    """Who the certificate's energy is claimed for."""
+
+    beneficiary: str = Field(min_length=1, max_length=200)
+
+
+class SlicePublic(BaseModel):
+    """Wh [start_wh, end_wh) of one generation token."""
+
+    token_id: str
+    start_wh: int
+    end_wh: int
+
+
+class CertificatePublic(BaseModel):
+    """An energy attribute certificate (EnergyTag-style fields; times Unix s or ms)."""
+
+    certificate_id: str
+    kind: str
+    status: str
+    owner_site_id: str
+    issued_site_id: str
+    device_ids: list[str]
+    technology: str
+    market_zone: str
+    production_start: int = Field(description="Unix s, inclusive")
+    production_end: int = Field(description="Unix s, exclusive")
+    energy_wh: int
+    avoided_co2_g: int
+    issued_ms: int
+    expires_ms: int
+    retired_ms: int | None
+    beneficiary: str
+    slices: list[SlicePublic]
+
+
+def certificate_public(c: StoredCertificate) -> CertificatePublic:
+    return CertificatePublic(
+        certificate_id=c.certificate_id,
+        kind=c.kind,
+        status=c.status,
+        owner_site_id=c.owner_site_id,
+        issued_site_id=c.issued_site_id,
+        device_ids=list(c.device_ids),
+        technology=c.technology,
+        market_zone=c.market_zone,
+        production_start=c.production_start,
+        production_end=c.production_end,
+        energy_wh=c.energy_wh,
+        avoided_co2_g=avoided_co2_g(c.energy_wh),
+        issued_ms=c.issued_ms,
+        expires_ms=c.expires_ms,
+        retired_ms=c.retired_ms,
+        beneficiary=c.beneficiary,
+        slices=[
+            SlicePublic(token_id=s.token_id, start_wh=s.start_wh, end_wh=s.end_wh) for s in c.slices
+        ],
+    )
+
+
+def add_certificate_routes(
+    app: FastAPI,
+    store: Store,
+    accounts: AccountStore,
+    auth: Auth,
+    ledger: LedgerService | None,
+    service: CertificateService | None = None,
+) -> None:
+    """Register the certificate routes on `app` (503 when the app runs without a ledger)."""
+    if service is None and ledger is not None:
+        service = CertificateService(CertificateStore(store.engine), ledger)
+    fleet = (Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
+
+    def running() -> CertificateService:
+        if service is None:
+            raise HTTPException(503, "the ledger is not running in this process")
+        return service
+
+    async def own_site(p: Principal, site_id: str) -> None:
+        """404 for an unknown site, 403 for a homeowner's look at another account's site."""
+        site = await accounts.get_site(site_id)
+        if site is None:
+            raise HTTPException(404, f"site {site_id!r} does not exist")
+        owner = site_owner_filter(p)
+        if owner is not None and site.owner_account_id != owner:
+            raise HTTPException(403, f"site {site_id!r} belongs to another account")
+
+    async def owned_certificate(p: Principal, certificate_id: str) -> StoredCertificate:
+        try:
+            cert = await running().get(certificate_id)
+        except CertificateNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        await own_site(p, cert.owner_site_id)
+        return cert
+
+    @app.post(
+        "/api/v1/sites/{site_id}/certificates",
+        response_model=list[CertificatePublic],
+        tags=["certificates"],
+    )
+    async def issue(
+        site_id: str,
+        body: IssueRequest,
+        p: Principal = Depends(auth.require(Role.HOMEOWNER, action="issue certificates")),
+    ) -> list[CertificatePublic]:
+        """Issue the site's uncertified eligible generation (self-consumed Tgen ranges): one
+        granular certificate per range, or as many 1 MWh RECs as it fills. Returns only the
+        new certificates (empty when nothing is left to certify)."""
+        svc = running()
+        await own_site(p, site_id)
+        try:
+            if body.kind == "granular":
+                new = await svc.issue_granular(site_id)
+            else:
+                new = await svc.issue_recs(site_id)
+        except CertificateConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        except CertificatesCorrupted as exc:
+            raise HTTPException(500, str(exc)) from None
+        return [certificate_public(c) for c in new]
+
+    @app.get(
+        "/api/v1/sites/{site_id}/certificates",
+        response_model=list[CertificatePublic],
+        tags=["certificates"],
+    )
+    async def list_certificates(
+        site_id: str,
+        p: Principal = Depends(
+            auth.require(Role.HOMEOWNER, *fleet, action="read site certificates")
+        ),
+    ) -> list[CertificatePublic]:
+        """Certificates the site owns now, oldest first (a homeowner: their own sites)."""
+        svc = running()
+        await own_site(p, site_id)
+        return [certificate_public(c) for c in await svc.owned_by(site_id)]
+
+    @app.post(
+        "/api/v1/certificates/{certificate_id}/transfer",
+        response_model=CertificatePublic,
+        tags=["certificates"],
+    )
+    async def transfer(
+        certificate_id: str,
+        body: TransferRequest,
+        p: Principal = Depends(auth.require(Role.HOMEOWNER, action="transfer certificates")),
+    ) -> CertificatePublic:
+        """Give an active certificate to another site (the owner of its current site)."""
+        await owned_certificate(p, certificate_id)
+        if await accounts.get_site(body.to_site_id) is None:
+            raise HTTPException(404, f"site {body.to_site_id!r} does not exist")
+        try:
+            cert = await running().transfer(certificate_id, body.to_site_id, p.account_id)
+        except CertificateConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        return certificate_public(cert)
+
+    @app.post(
+        "/api/v1/certificates/{certificate_id}/retire",
+        response_model=CertificatePublic,
+        tags=["certificates"],
+    )
+    async def retire(
+        certificate_id: str,
+        body: RetireRequest,
+        p: Principal = Depends(auth.require(Role.HOMEOWNER, action="retire certificates")),
+    ) -> CertificatePublic:
+        """Claim an active certificate's energy for a beneficiary; final (409 if retired or
+        expired)."""
+        await owned_certificate(p, certificate_id)
+        try:
+            cert = await running().retire(certificate_id, body.beneficiary)
+        except CertificateConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        return certificate_public(cert)
