@@ -18,6 +18,7 @@ from cloud.domain.ingest_rules import IngestLimits
 from cloud.domain.ledger_rules import BatteryParams
 from cloud.mqtt_ingest import MqttIngest
 from cloud.pki import DeviceCA
+from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials, sighup_pid_file
 from cloud.services.ingest import IngestService
 from cloud.services.ledger import (
@@ -28,6 +29,7 @@ from cloud.services.ledger import (
 )
 from cloud.settings import CloudSettings
 from cloud.storage.batteries import BatteryStore
+from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.store import Store
 from mqttlink import client_tls_context
@@ -57,6 +59,7 @@ class CloudRuntime:
         self.ledger: LedgerService | None = None
         self._ledger_task: asyncio.Task[None] | None = None
         self._crl_task: asyncio.Task[None] | None = None
+        self._rec_task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
@@ -123,6 +126,7 @@ class CloudRuntime:
             self.mqtt = MqttIngest(self.ingest, s.broker_url, s.client_id, tls)
             await self.mqtt.start()
         self._ledger_task = asyncio.create_task(self._close_intervals())
+        self._rec_task = asyncio.create_task(self._issue_recs())
         if self.credentials is not None:
             self._crl_task = asyncio.create_task(self._refresh_broker_files())
         if serve_http:
@@ -191,6 +195,23 @@ class CloudRuntime:
                 log.error("ledger: closing intervals failed: %s", exc)
             await asyncio.sleep(self.settings.ledger_close_every_s)
 
+    async def _issue_recs(self) -> None:
+        # 1 MWh renewable energy certificates are bundled as sites reach them; the database
+        # refuses any Wh certified twice, so a race with a homeowner's request is harmless.
+        assert self.store is not None
+        assert self.ledger is not None
+        service = CertificateService(
+            CertificateStore(self.store.engine), self.ledger, now=self.clock.now
+        )
+        while True:
+            await asyncio.sleep(self.settings.rec_issue_every_s)
+            try:
+                issued = await service.issue_due_recs()
+                if issued:
+                    log.info("issued %d renewable energy certificate(s)", len(issued))
+            except Exception as exc:  # try again next round
+                log.error("issuing renewable energy certificates failed: %s", exc)
+
     async def _refresh_broker_files(self) -> None:
         # Mosquitto refuses every client once the CRL's nextUpdate passes (valid 24 h), so a
         # fresh one is written and loaded well before, even on days without decisions.
@@ -204,7 +225,7 @@ class CloudRuntime:
 
     async def stop(self) -> None:
         """Stop serving, disconnect, close storage."""
-        for task in (self._ledger_task, self._crl_task):
+        for task in (self._ledger_task, self._crl_task, self._rec_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -51,6 +51,9 @@ class CloudSettings(BaseSettings):
         description="an interval waiting for a silent device of its site closes after this",
     )
     ledger_close_every_s: float = Field(2.0, gt=0, description="real seconds between closes")
+    rec_issue_every_s: float = Field(
+        3600.0, gt=0, description="real seconds between rounds of 1 MWh certificate bundling"
+    )
     battery_usable_wh: int = Field(10_000, ge=0, description="per-site battery until registered")
     battery_soh_permille: int = Field(1000, ge=1, le=1000)
     battery_self_discharge_ppm_per_h: int = Field(50, ge=0)
