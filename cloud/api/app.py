@@ -392,6 +392,23 @@ def create_app(
             "# TYPE gridmint_broker_connected gauge",
             f"gridmint_broker_connected {int(broker_connected())}",
         ]
+        led = await ledger_status()
+        if led is not None and ledger is not None:
+            lines += [
+                "# HELP gridmint_ledger_entries Entries in the ledger's Merkle log.",
+                "# TYPE gridmint_ledger_entries gauge",
+                f"gridmint_ledger_entries {led['entries']}",
+                "# HELP gridmint_ledger_checkpoint_size Size of the newest signed checkpoint.",
+                "# TYPE gridmint_ledger_checkpoint_size gauge",
+                f"gridmint_ledger_checkpoint_size {led['checkpoint']}",
+                "# HELP gridmint_ledger_intervals_closed Site intervals closed into the ledger.",
+                "# TYPE gridmint_ledger_intervals_closed gauge",
+                f"gridmint_ledger_intervals_closed {led['intervals']}",
+                "# HELP gridmint_ledger_late_records Records that arrived after their interval "
+                "closed (stored, not minted).",
+                "# TYPE gridmint_ledger_late_records gauge",
+                f"gridmint_ledger_late_records {await ledger.store.late_records()}",
+            ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -147,6 +147,8 @@ async def test_bad_records_are_refused_with_distinct_reasons_and_good_ones_flow(
         assert {r["reason"] for r in rejections} == set(bad)
         assert "gridmint_tokens_accepted_total 8" in metrics
         assert 'gridmint_tokens_rejected_total{reason="bad_signature"} 1' in metrics
+        assert "gridmint_ledger_late_records 0" in metrics
+        assert "gridmint_ledger_entries " in metrics
         assert health == {"status": "ok", "database": "ok", "broker": "connected"}
         big = next(r for r in rejections if r["reason"] == "too_large")
         assert big["size"] == 1_000_000
