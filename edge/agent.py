@@ -67,6 +67,9 @@ class SystemClockCheck:
         return self._cached
 
 
+PROVEN_KEPT_MS = 30 * 24 * 3600 * 1000  # proven tokens are remembered for a month
+
+
 @dataclass(slots=True)
 class AgentStats:
     """Live counters for status output and the demo."""
@@ -439,6 +442,7 @@ class EdgeAgent:
                 newest = head
         if newest is not None:
             await self._check_log_grew(base, newest)
+        await self.outbox.prune_proofs(now_ms - PROVEN_KEPT_MS)
         return proven
 
     async def _check_log_grew(self, base: str, head: TreeHead) -> None:

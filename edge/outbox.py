@@ -236,6 +236,15 @@ class Outbox:
         )
         await self._db.commit()
 
+    async def prune_proofs(self, checked_before_ms: int) -> int:
+        """Forget proven tokens checked before the cutoff (the SD card should not grow for
+        ever); waiting and failed ones stay. Returns how many were removed."""
+        cur = await self._db.execute(
+            "DELETE FROM proofs WHERE status = 'proven' AND checked_ms < ?", (checked_before_ms,)
+        )
+        await self._db.commit()
+        return int(cur.rowcount)
+
     async def proof_counts(self) -> dict[str, int]:
         """How many confirmed tokens are waiting, proven, or failed their ledger proof."""
         cur = await self._db.execute("SELECT status, COUNT(*) FROM proofs GROUP BY status")

@@ -79,3 +79,29 @@ def test_key_file_is_private_and_refused_when_readable_by_others(tmp_path: Path)
     os.chmod(path, 0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
         load_key_file(path)
+
+
+async def test_confirmed_tokens_wait_for_their_ledger_proof_then_are_pruned(
+    tmp_path: Path,
+) -> None:
+    dev = FakeDevice("pi-1")
+    ob = await Outbox.open(tmp_path / "edge.sqlite")
+    tokens = [dev.next_token() for _ in range(3)]
+    for t in tokens:
+        await ob.commit_mint(t, AccountantState(), 0)
+        await ob.confirm(t.record_hash)
+    waiting = await ob.proofs_waiting()
+    assert waiting == [(t.record.token_id, t.record_hash) for t in tokens]  # oldest first
+    await ob.mark_proof(tokens[0].record.token_id, "proven", "in log of 9", now_ms=1_000)
+    await ob.mark_proof(tokens[1].record.token_id, "failed", "not covered", now_ms=1_000)
+    with pytest.raises(ValueError, match="unknown proof state"):
+        await ob.mark_proof(tokens[2].record.token_id, "maybe", "", now_ms=1_000)
+    assert await ob.proof_counts() == {"waiting": 1, "proven": 1, "failed": 1}
+    # A month later the proven one is forgotten; the failed one stays for inspection.
+    assert await ob.prune_proofs(checked_before_ms=2_000) == 1
+    assert await ob.proof_counts() == {"waiting": 1, "proven": 0, "failed": 1}
+    await ob.save_tree_head(9, b"\x01" * 32)
+    await ob.close()
+    ob = await Outbox.open(tmp_path / "edge.sqlite")  # survives a restart
+    assert await ob.load_tree_head() == (9, b"\x01" * 32)
+    await ob.close()
