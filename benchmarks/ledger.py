@@ -415,7 +415,7 @@ class _Clock:
 
 STORE_CALLS = [
     "open_intervals",
-    "first_intervals",
+    "device_spans",
     "records_of",
     "append_intervals",
     "add_checkpoint",

@@ -179,11 +179,21 @@ class LedgerService:
             )
             if not candidates:
                 return 0
-            firsts = await self.store.first_intervals()
+            spans = await self.store.device_spans()
+
+            def expected(site_id: str, t: int) -> int:
+                # A device is expected from its first record on, until it has been silent for
+                # max_wait_s: a Pi taken away without being revoked delays its site only once.
+                return sum(
+                    1
+                    for first, last in spans.get(site_id, [])
+                    if first <= t <= last + self.max_wait_s
+                )
+
             due = [
                 c
                 for c in candidates
-                if c.devices >= sum(1 for f in firsts.get(c.site_id, []) if f <= c.interval_start)
+                if c.devices >= expected(c.site_id, c.interval_start)
                 or c.interval_start + c.interval_s <= now - self.max_wait_s
             ][:limit]
             if not due:

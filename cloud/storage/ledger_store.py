@@ -133,20 +133,24 @@ class LedgerStore:
             for r in rows
         ]
 
-    async def first_intervals(self) -> dict[str, list[int]]:
-        """Per site, the first interval start of each approved device that has sent records:
-        from that interval on, the site's intervals expect a record from that device."""
+    async def device_spans(self) -> dict[str, list[tuple[int, int]]]:
+        """Per site, (first, last) interval start of each approved device that has sent records:
+        between them (and for a while after the last) the site's intervals expect its record."""
         q = (
-            select(devices.c.site_id, func.min(tokens.c.interval_start).label("first"))
+            select(
+                devices.c.site_id,
+                func.min(tokens.c.interval_start).label("first"),
+                func.max(tokens.c.interval_start).label("last"),
+            )
             .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
             .where(devices.c.status == "approved")
             .group_by(devices.c.site_id, devices.c.device_id)
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
-        out: dict[str, list[int]] = {}
+        out: dict[str, list[tuple[int, int]]] = {}
         for r in rows:
-            out.setdefault(r.site_id, []).append(int(r.first))
+            out.setdefault(r.site_id, []).append((int(r.first), int(r.last)))
         return out
 
     async def records_of(

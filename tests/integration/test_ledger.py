@@ -296,3 +296,26 @@ async def test_registered_battery_parameters_reach_the_ledger(store: Store) -> N
     }
     # site-1 uses its registered battery; site-2 (none registered) the default.
     assert capacity == {("site-1", 9500, 930), ("site-2", 1000, 1000)}
+
+
+async def test_a_device_gone_for_good_delays_its_site_only_once(store: Store) -> None:
+    a, b = FakeDevice("pi-new", site_id="site-8"), FakeDevice("pi-gone", site_id="site-8")
+    b.next_start = a.next_start - 30 * 300  # the old Pi's last records are 2.5 h older
+    for d in (a, b):
+        await store.add_device(d.device_id, d.site_id, d.public_key, d.kid, d.capacity_w)
+    ingest = IngestService(store, a.deployment, time.time)
+    await _send(ingest, b, 2)  # then it was unplugged, never revoked
+    await _send(ingest, a, 3)
+    clock = Clock(a.next_start + 60)
+    ledger = LedgerService(
+        LedgerStore(store.engine),
+        Ed25519PrivateKey.generate(),
+        ORIGIN,
+        clock.now,
+        grace_s=0,
+        max_wait_s=3600,
+    )
+    await ledger.load()
+    # pi-gone's two intervals close (it was the only device then); the new Pi's three close at
+    # once too, because pi-gone has been silent for longer than the maximum wait.
+    assert await ledger.close_due() == 5
