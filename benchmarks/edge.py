@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.machine import machine_facts
 from edge.drivers.register_map import find_register_map, load_register_map
 from protocol.clock import SystemClock
 from simulators.modbus_meter import SimulatedMeter, start_meter_server
@@ -92,7 +92,8 @@ async def run(seconds: float, warmup: float) -> dict[str, float]:
     cfg.write_text(CONFIG.format(broker=broker.url, port=server.port))
     agent = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "gridmint", "edge", "run", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         await asyncio.sleep(warmup)
@@ -128,12 +129,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=10.0)
     args = ap.parse_args()
     res = asyncio.run(run(args.seconds, args.warmup))
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
+    m = machine_facts()
+    print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['python']}")
     print("agent polling 3 Modbus TCP meters every 1 s (telemetry + accounting), real broker")
     print(f"  measured over       {res['seconds']:.0f} s after {args.warmup:.0f} s warm-up")
     print(f"  CPU                 {res['cpu_percent_one_core']:.2f} % of one core")

@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import logging
 import math
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -34,6 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from benchmarks.machine import machine_facts as shared_machine_facts
 from cloud.runtime import CloudRuntime
 from cloud.settings import CloudSettings
 from mqttlink import BrokerAddress, MqttLink
@@ -366,23 +365,10 @@ def run_backend(backend: str, work: Workload, args: argparse.Namespace) -> RunRe
 
 
 def machine_facts() -> dict[str, str]:
-    """nproc, CPU model, Python, package versions, Mosquitto version."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    facts = {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-    }
-    for pkg in ("cryptography", "paho-mqtt", "sqlalchemy", "aiosqlite", "asyncpg", "cbor2"):
-        try:
-            facts[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            facts[pkg] = "not installed"
+    """The machine, the packages the ingest path uses, and the Mosquitto version."""
+    facts = shared_machine_facts(
+        ("cryptography", "paho-mqtt", "sqlalchemy", "aiosqlite", "asyncpg", "cbor2")
+    )
     try:
         out = subprocess.run(  # mosquitto -h prints usage and exits non-zero
             [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"],

@@ -25,9 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import importlib.metadata
-import os
-import platform
 import random
 import sys
 import tempfile
@@ -40,6 +37,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from benchmarks.machine import machine_facts as shared_machine_facts
 from cloud.domain.ingest_rules import IngestLimits
 from cloud.domain.ledger_rules import (
     BatteryParams,
@@ -53,12 +51,11 @@ from cloud.services.ingest import IngestService
 from cloud.services.ledger import LedgerService, leaf_for
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.store import Store
-from edge.accounting import Channel, ClosedInterval
-from edge.minting import DeviceIdentity, MintedToken, mint
+from edge.accounting import Channel
+from edge.minting import MintedToken
 from protocol import cose, merkle, topics
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.ledger_leaf import decode_leaf
-from protocol.record import TimeQuality
 from tests.helpers.records import FakeDevice
 from tests.helpers.services import create_pg_database, drop_pg_database
 
@@ -89,34 +86,6 @@ class Workload:
     def battery(self, site: str) -> BatteryParams | None:
         """The site's registered battery (None for sites without one)."""
         return BATTERY if site in self.battery_sites else None
-
-
-def _sign(dev: FakeDevice, energy: dict[Channel, int], soc: int | None) -> MintedToken:
-    """FakeDevice.next_token with every channel and a state of charge."""
-    for ch, wh in energy.items():
-        dev.totals[ch] = dev.totals.get(ch, 0) + wh
-    closed = ClosedInterval(
-        interval_start=dev.next_start,
-        interval_s=dev.interval_s,
-        energy_wh=energy,
-        totals_wh=dict(dev.totals),
-        reading_ts=dev.next_start + dev.interval_s + 1,
-        flags=(),
-        estimated=False,
-    )
-    token = mint(
-        closed,
-        dev.chain,
-        DeviceIdentity(dev.device_id, "bench-meter", "bench/1", "zone-b", "pv", dev.capacity_w),
-        dev.key,
-        dev.deployment,
-        TimeQuality.SYNCHRONIZED,
-        ("ntp", 3),
-        soc_permille=soc,
-    )
-    dev.chain = token.next_chain
-    dev.next_start += dev.interval_s
-    return token
 
 
 def make_workload(n_sites: int, n_intervals: int, seed: int) -> Workload:
@@ -170,7 +139,7 @@ def make_workload(n_sites: int, n_intervals: int, seed: int) -> Workload:
                     Channel.EXPORTED: max(gen - load, 0),
                 }
                 soc = None
-            tokens.append(_sign(dev, energy, soc))
+            tokens.append(dev.sign(energy, soc))
     mint_s = time.perf_counter() - t0
     # One record per (site, interval); the service closes by interval, then site id.
     site_of = {d.device_id: d.site_id for d in devices}
@@ -419,7 +388,8 @@ STORE_CALLS = [
     "records_of",
     "append_intervals",
     "add_checkpoint",
-    "seq_of_token",
+    "seqs_of_tokens",
+    "leaves_at",
     "checkpoints",
     "leaves",
     "latest_checkpoint",
@@ -531,24 +501,8 @@ def run_backend(backend: str, work: Workload, pure: PureResult, args: Any) -> Se
 
 
 def machine_facts() -> dict[str, str]:
-    """nproc, CPU model, Python, library versions."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    facts = {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-    }
-    for pkg in ("cryptography", "cbor2", "sqlalchemy", "aiosqlite", "asyncpg"):
-        try:
-            facts[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            facts[pkg] = "not installed"
-    return facts
+    """The machine and the libraries the ledger path uses."""
+    return shared_machine_facts(("cryptography", "cbor2", "sqlalchemy", "aiosqlite", "asyncpg"))
 
 
 def service_rows(r: ServiceResult) -> list[Row]:

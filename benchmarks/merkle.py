@@ -14,18 +14,14 @@ cost of one node hash without Python's overhead.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import importlib.metadata
-import os
-import platform
 import random
 import ssl
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from benchmarks.machine import machine_facts as shared_machine_facts
 from protocol import merkle
 
 SEED = 20261129
@@ -43,24 +39,8 @@ def _rate(n: int, fn: Callable[[], object], repeats: int) -> float:
 
 
 def machine_facts() -> dict[str, str]:
-    """nproc, CPU model, Python, cryptography version."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    facts = {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "openssl": ssl.OPENSSL_VERSION,
-    }
-    try:
-        facts["cryptography"] = importlib.metadata.version("cryptography")
-    except importlib.metadata.PackageNotFoundError:
-        facts["cryptography"] = "not installed"
-    return facts
+    """The machine, OpenSSL and cryptography."""
+    return {**shared_machine_facts(("cryptography",)), "openssl": ssl.OPENSSL_VERSION}
 
 
 def run(n_leaves: int, n_ops: int, repeats: int) -> list[tuple[str, float]]:

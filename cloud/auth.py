@@ -156,6 +156,14 @@ def site_owner_filter(principal: Principal) -> str | None:
     return principal.account_id if principal.role is Role.HOMEOWNER else None
 
 
+async def visible_site_ids(accounts: "AccountStore", principal: Principal) -> list[str] | None:
+    """Site ids the principal may see under the data rule; None means all."""
+    owner = site_owner_filter(principal)
+    if owner is None:
+        return None
+    return [site.site_id for site in await accounts.list_sites(owner=owner)]
+
+
 # FastAPI dependencies
 
 _bearer_scheme = HTTPBearer(

@@ -200,9 +200,7 @@ class CloudRuntime:
         # refuses any Wh certified twice, so a race with a homeowner's request is harmless.
         assert self.store is not None
         assert self.ledger is not None
-        service = CertificateService(
-            CertificateStore(self.store.engine), self.ledger, now=self.clock.now
-        )
+        service = CertificateService(CertificateStore(self.store.engine), self.ledger)
         while True:
             await asyncio.sleep(self.settings.rec_issue_every_s)
             try:

@@ -243,6 +243,20 @@ def edge_pubkey(
     print(json.dumps({"public_key": pub.hex(), "kid": cose.key_id(pub).hex()}))
 
 
+def _cloud_settings(env_file: Path | None, overrides: dict[str, Any]) -> Any:
+    """CloudSettings from the environment, an optional env file and flags; a plain error."""
+    from cloud.settings import CloudSettings
+
+    if env_file is not None and not env_file.is_file():
+        raise fail(f"--env-file {env_file} does not exist")
+    try:
+        return CloudSettings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise fail(f"settings: {where}: {first['msg']}") from None
+
+
 @cloud_app.command("serve")
 def cloud_serve(
     database_url: Annotated[
@@ -263,7 +277,6 @@ def cloud_serve(
     """Run the aggregator: MQTT ingest, storage, API and dashboard."""
     _setup_logging(verbose)
     from cloud.runtime import CloudRuntime
-    from cloud.settings import CloudSettings
     from cloud.storage.store import StorageUrlError
     from mqttlink import BrokerAddress, BrokerUrlError
 
@@ -278,13 +291,7 @@ def cloud_serve(
         }.items()
         if v is not None
     }
-    if env_file is not None and not env_file.is_file():
-        raise fail(f"--env-file {env_file} does not exist")
-    try:
-        overrides_any: dict[str, Any] = dict(overrides)
-        settings = CloudSettings(_env_file=env_file, **overrides_any)
-    except ValidationError as exc:
-        raise fail(f"settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    settings = _cloud_settings(env_file, overrides)
     try:
         BrokerAddress.parse(settings.broker_url)
     except BrokerUrlError as exc:
@@ -353,7 +360,6 @@ def cloud_export_ledger(
         load_or_create_ledger_key,
     )
     from cloud.services.ledger_export import export_ledger
-    from cloud.settings import CloudSettings
     from cloud.storage.ledger_store import LedgerStore
     from cloud.storage.store import StorageUrlError, Store
     from protocol import cose
@@ -363,7 +369,7 @@ def cloud_export_ledger(
         for k, v in {"database_url": database_url, "deployment": deployment}.items()
         if v is not None
     }
-    settings = CloudSettings(_env_file=env_file, **overrides)
+    settings = _cloud_settings(env_file, overrides)
     key_path = default_ledger_key_path(settings.database_url, settings.ledger_key_file)
     if key_path is None or not key_path.exists():
         raise fail(f"no ledger key at {key_path}: set GRIDMINT_CLOUD_LEDGER_KEY_FILE")

@@ -27,7 +27,7 @@ from pathlib import Path
 from edge.clocksync import ClockStatus, read_clock_status_async
 from edge.keys import KeyFileError, load_key_file
 from edge.meters import make_reader
-from edge.settings import ConfigError, EdgeSettings, load_settings
+from edge.settings import ConfigError, EdgeSettings, MeterSettings, load_settings
 from mqttlink import BrokerAddress, BrokerUrlError, MqttLink, client_tls_context
 from protocol import statements
 from provisioning.enroll import EnrollError, http_json
@@ -89,12 +89,10 @@ async def _meters(settings: EdgeSettings, report: Report, timeout_s: float) -> N
             await reader.close()
 
 
-def _where(m: object) -> str:
-    driver = getattr(m, "driver", "")
-    if driver == "vedirect" or getattr(m, "transport", "") == "rtu":
-        return f"{getattr(m, 'serial_port', '')} unit {getattr(m, 'unit_id', '')}"
-    return f"{getattr(m, 'host', '')}:{getattr(m, 'port', '')} unit {getattr(m, 'unit_id', '')}"
-
+def _where(m: MeterSettings) -> str:
+    if m.driver == "vedirect" or m.transport == "rtu":
+        return f"{m.serial_port} unit {m.unit_id}"
+    return f"{m.host}:{m.port} unit {m.unit_id}"
 
 def _clock(status: ClockStatus, report: Report) -> None:
     if status.synchronized:
@@ -196,7 +194,7 @@ async def run_check(
     config: Path,
     *,
     timeout_s: float = 5.0,
-    clock_status: Callable[[], object] | None = None,
+    clock_status: Callable[[], ClockStatus] | None = None,
     now: Callable[[], float] = time.time,
 ) -> Report:
     """Run every check; never raises for a failed check (it is in the report)."""
@@ -216,7 +214,6 @@ async def run_check(
         report.add("config", FAIL, f"signing key {settings.key_file} is missing: run enroll")
     await _meters(settings, report, timeout_s)
     status = clock_status() if clock_status is not None else await read_clock_status_async()
-    assert isinstance(status, ClockStatus)
     _clock(status, report)
     await _broker(settings, report, timeout_s)
     await asyncio.to_thread(_probe, settings, report, timeout_s * 2, now)

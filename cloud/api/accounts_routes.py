@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from cloud.api.schemas import device_identity
-from cloud.auth import SESSION_COOKIE, Auth, Principal, Role, site_owner_filter
+from cloud.auth import SESSION_COOKIE, Auth, Principal, Role, can_see_site, site_owner_filter
 from cloud.pki import PkiError, check_csr
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.storage.accounts import AccountStore, LoginError
@@ -395,8 +395,7 @@ def add_account_routes(
     ) -> BatteryPublic:
         """A site's registered battery (a homeowner: their own sites)."""
         site = await accounts.get_site(site_id)
-        owner = site_owner_filter(p)
-        if site is None or (owner is not None and site.owner_account_id != owner):
+        if site is None or not can_see_site(p, site):
             raise HTTPException(404, f"site {site_id!r} has no battery you may see")
         b = await BatteryStore(accounts.engine).get(site_id)
         if b is None:

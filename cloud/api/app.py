@@ -43,7 +43,7 @@ from cloud.api.schemas import (
     TokenPublic,
     device_identity,
 )
-from cloud.auth import Principal, Role, make_auth, site_owner_filter
+from cloud.auth import Principal, Role, make_auth, visible_site_ids
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.ledger import LedgerService
 from cloud.storage.accounts import AccountStore
@@ -99,13 +99,6 @@ def create_app(
     )
     templates = Jinja2Templates(directory=str(WEB / "templates"))
     app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
-
-    async def visible_sites(p: Principal) -> list[str] | None:
-        """Site ids the principal may see; None means all."""
-        owner = site_owner_filter(p)
-        if owner is None:
-            return None
-        return [site.site_id for site in await accounts.list_sites(owner=owner)]
 
     async def stats_public() -> StatsPublic:
         s = await store.stats()
@@ -170,7 +163,7 @@ def create_app(
         p: Principal = Depends(auth.require(*anyone, action="list devices")),
     ) -> list[DevicePublic]:
         """Registered devices with token counts and generation (a homeowner: their own)."""
-        return await devices_public(await visible_sites(p))
+        return await devices_public(await visible_site_ids(accounts, p))
 
     @app.post(
         "/api/v1/admin/devices",
@@ -275,7 +268,7 @@ def create_app(
             _epoch(until),
             limit,
             offset,
-            site_ids=await visible_sites(p),
+            site_ids=await visible_site_ids(accounts, p),
         )
         return [
             TokenPublic(

@@ -14,7 +14,7 @@ from typing import Literal
 from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from cloud.auth import Auth, Principal, Role, site_owner_filter
+from cloud.auth import Auth, Principal, Role, can_see_site
 from cloud.domain.certificates import avoided_co2_g
 from cloud.services.certificates import (
     CertificateConflict,
@@ -123,8 +123,7 @@ def add_certificate_routes(
         site = await accounts.get_site(site_id)
         if site is None:
             raise HTTPException(404, f"site {site_id!r} does not exist")
-        owner = site_owner_filter(p)
-        if owner is not None and site.owner_account_id != owner:
+        if not can_see_site(p, site):
             raise HTTPException(403, f"site {site_id!r} belongs to another account")
 
     async def owned_certificate(p: Principal, certificate_id: str) -> StoredCertificate:

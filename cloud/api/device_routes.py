@@ -17,11 +17,13 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from cloud.api.ledger_routes import InclusionProof, proof_public
+from cloud.domain.ledger_rules import Entry
 from cloud.pki import PkiError
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.ledger import LedgerService
 from cloud.storage.store import DeviceKey, Store
 from protocol import cose, statements
+from protocol.ledger_leaf import decode_leaf
 from protocol.reasons import RejectReason
 
 PROBE_MAX_SKEW_MS = 10 * 60 * 1000  # a probe older or newer than this is refused as stale
@@ -232,15 +234,14 @@ def add_device_routes(
         await signed(device_id, raw, "proofs", statements.open_probe)
         if ledger is None:
             raise HTTPException(503, "the ledger is not running in this process")
+        proofs = await ledger.proofs_for_tokens(list(body.token_ids))
         out: list[InclusionProof | None] = []
         for token_id in body.token_ids:
-            proof = await ledger.proof_for_token(token_id)
-            if proof is not None and proof.token_id != token_id:
-                proof = None
+            proof = proofs.get(token_id)
             if proof is not None:
-                # Only the device's own records: the leaf must cover a record of this device.
-                rec_device = await store.token_device(token_id)
-                if rec_device != device_id:
+                # Only the device's own records: the minting entry names each record's device.
+                entry = Entry.from_bytes(decode_leaf(proof.leaf).entry)
+                if not any(r.token_id == token_id and r.device_id == device_id for r in entry.refs):
                     raise HTTPException(403, f"token {token_id} is not {device_id!r}'s")
             out.append(None if proof is None else proof_public(proof))
         return out

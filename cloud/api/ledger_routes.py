@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from cloud.auth import Auth, Principal, Role, site_owner_filter
+from cloud.auth import Auth, Principal, Role, visible_site_ids
 from cloud.domain.certificates import (
     DEFAULT_GRID_G_CO2_PER_KWH,
     avoided_co2_g,
@@ -119,12 +119,6 @@ def add_ledger_routes(
     fleet = (Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
     anyone = (Role.HOMEOWNER, *fleet)
 
-    async def own_sites(p: Principal) -> set[str] | None:
-        owner = site_owner_filter(p)
-        if owner is None:
-            return None
-        return {s.site_id for s in await accounts.list_sites(owner=owner)}
-
     @app.get("/api/v1/ledger/checkpoint", response_class=PlainTextResponse, tags=["ledger"])
     async def checkpoint() -> PlainTextResponse:
         """The newest signed checkpoint (C2SP signed note: origin, size, root, signature)."""
@@ -161,7 +155,7 @@ def add_ledger_routes(
         proof = await running().proof_for_token(token_id, size)
         if proof is None:
             raise HTTPException(404, f"token {token_id} is not in a checkpointed ledger entry")
-        sites = await own_sites(p)
+        sites = await visible_site_ids(accounts, p)
         if sites is not None:
             entry_site = _leaf_site(proof.leaf)
             if entry_site not in sites:
@@ -194,7 +188,7 @@ def add_ledger_routes(
         p: Principal = Depends(auth.require(*anyone, action="read ledger balances")),
     ) -> LedgerSummary:
         """Log size and per-site balances recomputed from the entries (a homeowner: own sites)."""
-        sites = await own_sites(p)
+        sites = await visible_site_ids(accounts, p)
         state = running().engine.state
         cp = await running().store.latest_checkpoint()
         return LedgerSummary(

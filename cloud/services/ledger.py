@@ -275,27 +275,32 @@ class LedgerService:
     async def proof_for_token(self, token_id: str, size: int | None = None) -> Proof | None:
         """Inclusion proof of the entry that minted `token_id`, against a stored checkpoint
         (the latest, or the one of `size`); None if the token is not in the log yet."""
-        found = await self.store.seq_of_token(token_id)
-        if found is None:
-            return None
-        seq, record_hash = found
+        return (await self.proofs_for_tokens([token_id], size)).get(token_id)
+
+    async def proofs_for_tokens(
+        self, token_ids: list[str], size: int | None = None
+    ) -> dict[str, Proof]:
+        """Inclusion proofs of several tokens against one checkpoint, in three queries; tokens
+        not (yet) in a checkpointed entry are left out."""
         cp = (
             await self.store.latest_checkpoint()
             if size is None
             else await self.store.checkpoint_of_size(size)
         )
-        if cp is None or cp.size <= seq:
-            return None
-        leaf = (await self.store.leaves(seq, 1))[0].leaf
-        return Proof(
-            token_id,
-            record_hash,
-            seq,
-            leaf,
-            cp.size,
-            self.log.inclusion_proof(seq, cp.size),
-            cp.note,
-        )
+        if cp is None:
+            return {}
+        found = {
+            t: (seq, h)
+            for t, (seq, h) in (await self.store.seqs_of_tokens(token_ids)).items()
+            if seq < cp.size
+        }
+        leaves = await self.store.leaves_at(sorted({seq for seq, _ in found.values()}))
+        return {
+            t: Proof(
+                t, h, seq, leaves[seq], cp.size, self.log.inclusion_proof(seq, cp.size), cp.note
+            )
+            for t, (seq, h) in found.items()
+        }
 
     def consistency(self, old_size: int, new_size: int) -> list[bytes]:
         """Consistency proof between two sizes of the log."""

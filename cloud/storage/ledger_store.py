@@ -250,13 +250,32 @@ class LedgerStore:
         async with self.engine.connect() as conn:
             return int((await conn.execute(q)).scalar_one())
 
-    async def seq_of_token(self, token_id: str) -> tuple[int, bytes] | None:
-        """The log index of the entry that minted a token, and the token's record hash."""
+    async def seqs_of_tokens(self, token_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """For each token in the log: the index of the entry that minted it, and its record
+        hash."""
+        if not token_ids:
+            return {}
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(ledger_refs).where(ledger_refs.c.token_id == token_id))
-            ).first()
-        return None if row is None else (row.seq, bytes(row.record_hash))
+            rows = (
+                await conn.execute(
+                    select(ledger_refs).where(ledger_refs.c.token_id.in_(list(token_ids)))
+                )
+            ).all()
+        return {r.token_id: (int(r.seq), bytes(r.record_hash)) for r in rows}
+
+    async def leaves_at(self, seqs: Sequence[int]) -> dict[int, bytes]:
+        """The leaves at these log indexes."""
+        if not seqs:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(ledger_entries.c.seq, ledger_entries.c.leaf).where(
+                        ledger_entries.c.seq.in_(list(seqs))
+                    )
+                )
+            ).all()
+        return {int(r.seq): bytes(r.leaf) for r in rows}
 
     async def add_checkpoint(self, cp: StoredCheckpoint) -> None:
         """Store a signed checkpoint (one per size)."""

@@ -425,14 +425,6 @@ class Store:
             None if row is None else ChainHead(row.seq, bytes(row.record_hash), row.interval_start)
         )
 
-    async def token_device(self, token_id: str) -> str | None:
-        """The device a stored token belongs to."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(tokens.c.device_id).where(tokens.c.token_id == token_id))
-            ).first()
-        return None if row is None else str(row.device_id)
-
     async def has_record(self, record_hash: bytes) -> bool:
         """True if a record with these exact bytes is stored."""
         q = select(tokens.c.token_id).where(tokens.c.record_hash == record_hash)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,12 @@ from cloud.domain.ledger_rules import (
     LedgerEngine,
     TradeTerms,
 )
-from edge.accounting import Channel, ClosedInterval
-from edge.minting import DeviceIdentity, MintedToken, mint
+from edge.accounting import Channel
+from edge.minting import MintedToken
 from protocol import cose
 from protocol.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
 from protocol.ledger_leaf import LedgerLeaf
 from protocol.merkle import MerkleLog, leaf_hash
-from protocol.record import TimeQuality
 from tests.helpers.records import FakeDevice
 
 EXPORT_FORMAT = "gridmint-export/v1"
@@ -144,12 +143,11 @@ class ExportKey:
 
 @dataclass
 class ExportDevice:
-    """A FakeDevice with its site, registered keys and full-channel meter totals."""
+    """A FakeDevice with its site and registered keys."""
 
     device: FakeDevice
     tech: str
     keys: list[ExportKey]
-    totals: dict[Channel, int] = field(default_factory=lambda: dict.fromkeys(Channel, 1_000))
 
     @property
     def device_id(self) -> str:
@@ -208,6 +206,9 @@ class LedgerExportBuilder:
             capacity_w=capacity_w,
             interval_s=self.interval_s,
             next_start=self.start,
+            zone=f"zone-{site_id}",
+            tech=tech,
+            totals=dict.fromkeys(Channel, 1_000),  # full-channel meter registers
         )
         d = ExportDevice(dev, tech, [ExportKey(dev.public_key, self.start - 86_400)])
         self.devices[device_id] = d
@@ -237,40 +238,16 @@ class LedgerExportBuilder:
         soc: int | None = None,
     ) -> MintedToken:
         """The device's record for its next interval, continuing its chain."""
-        d = self.devices[device_id]
-        dev = d.device
-        energy = {
-            Channel.GENERATED: generated,
-            Channel.IMPORTED: imported,
-            Channel.EXPORTED: exported,
-            Channel.CHARGED: charged,
-            Channel.DISCHARGED: discharged,
-        }
-        for ch, wh in energy.items():
-            d.totals[ch] += wh
-        closed = ClosedInterval(
-            interval_start=dev.next_start,
-            interval_s=dev.interval_s,
-            energy_wh=energy,
-            totals_wh=dict(d.totals),
-            reading_ts=dev.next_start + dev.interval_s + 1,
-            flags=(),
-            estimated=False,
+        token = self.devices[device_id].device.sign(
+            {
+                Channel.GENERATED: generated,
+                Channel.IMPORTED: imported,
+                Channel.EXPORTED: exported,
+                Channel.CHARGED: charged,
+                Channel.DISCHARGED: discharged,
+            },
+            soc,
         )
-        token = mint(
-            closed,
-            dev.chain,
-            DeviceIdentity(
-                dev.device_id, "test-meter", "test/1", f"zone-{dev.site_id}", d.tech, dev.capacity_w
-            ),
-            dev.key,
-            dev.deployment,
-            TimeQuality.SYNCHRONIZED,
-            ("ntp", 3),
-            soc_permille=soc,
-        )
-        dev.chain = token.next_chain
-        dev.next_start += dev.interval_s
         self.tokens.append(token)
         return token
 

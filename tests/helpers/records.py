@@ -25,6 +25,8 @@ class FakeDevice:
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     chain: ChainState = field(default_factory=ChainState)
     next_start: int = 0
+    zone: str = "zone-t"
+    tech: str = "pv"
     totals: dict[Channel, int] = field(
         default_factory=lambda: {Channel.GENERATED: 1_000_000, Channel.IMPORTED: 50_000}
     )
@@ -45,13 +47,17 @@ class FakeDevice:
         return cose.key_id(self.public_key)
 
     def next_token(self, generated_wh: int = 250, imported_wh: int = 10) -> MintedToken:
-        """Mint the next interval's token and advance the chain."""
-        self.totals[Channel.GENERATED] += generated_wh
-        self.totals[Channel.IMPORTED] += imported_wh
+        """Mint the next interval's token (generation and import) and advance the chain."""
+        return self.sign({Channel.GENERATED: generated_wh, Channel.IMPORTED: imported_wh})
+
+    def sign(self, energy_wh: dict[Channel, int], soc_permille: int | None = None) -> MintedToken:
+        """Mint the next interval's token with these channels (and a state of charge)."""
+        for ch, wh in energy_wh.items():
+            self.totals[ch] = self.totals.get(ch, 0) + wh
         closed = ClosedInterval(
             interval_start=self.next_start,
             interval_s=self.interval_s,
-            energy_wh={Channel.GENERATED: generated_wh, Channel.IMPORTED: imported_wh},
+            energy_wh=dict(energy_wh),
             totals_wh=dict(self.totals),
             reading_ts=self.next_start + self.interval_s + 1,
             flags=(),
@@ -60,11 +66,14 @@ class FakeDevice:
         token = mint(
             closed,
             self.chain,
-            DeviceIdentity(self.device_id, "test-meter", "test/1", "zone-t", "pv", self.capacity_w),
+            DeviceIdentity(
+                self.device_id, "test-meter", "test/1", self.zone, self.tech, self.capacity_w
+            ),
             self.key,
             self.deployment,
             TimeQuality.SYNCHRONIZED,
             ("ntp", 3),
+            soc_permille=soc_permille,
         )
         self.chain = token.next_chain
         self.next_start += self.interval_s
