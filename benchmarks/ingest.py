@@ -277,8 +277,8 @@ async def run_e2e(
         await _register(runtime, work)
         assert runtime.mqtt is not None
         assert runtime.store is not None
-        if not await runtime.mqtt.link.wait_connected(10):
-            raise RuntimeError("the aggregator could not connect to the broker")
+        if not await runtime.mqtt.wait_ready(10):
+            raise RuntimeError("the aggregator could not connect and subscribe to the broker")
         batches: list[list[tuple[str, bytes]]] = [[] for _ in range(publishers)]
         for i, topic, env in work.plan:
             batches[i % publishers].append((topic, env))
@@ -291,7 +291,6 @@ async def run_e2e(
         proc.start()
         if not await asyncio.to_thread(ready.wait, 30):
             raise RuntimeError("publisher process did not get ready")
-        await asyncio.sleep(0.5)  # let the aggregator's subscription settle
         if not proc.is_alive():  # it reported an error instead of waiting for `go`
             pub = await asyncio.to_thread(results.get, True, 5)
             raise RuntimeError(f"publisher: {pub.get('error', pub)}")

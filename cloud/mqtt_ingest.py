@@ -1,7 +1,9 @@
 """MQTT side of ingest: subscribe to every device's tokens topic, answer each with a receipt.
 
 Owns: the aggregator's broker connection. The broker's message is acknowledged (PUBACK) only after
-the ingest service has stored the token or its rejection (mqttlink's manual ack).
+the ingest service has stored the token or its rejection (mqttlink's manual ack). When storage
+fails, the device gets a retryable `storage_error` receipt and the message stays unacknowledged,
+so the broker delivers it again once the link reconnects.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import ssl
 from cloud.services.ingest import IngestService
 from mqttlink import BrokerAddress, MqttLink, Subscription
 from protocol import topics
+
+
+class NotStoredError(RuntimeError):
+    """Raised to mqttlink so that a message whose outcome could not be stored is not acked."""
 
 
 class MqttIngest:
@@ -42,6 +48,10 @@ class MqttIngest:
         """Disconnect."""
         await self.link.stop()
 
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until connected and subscribed to every tokens topic."""
+        return await self.link.wait_ready(timeout_s)
+
     @property
     def connected(self) -> bool:
         """True while the broker connection is up."""
@@ -53,3 +63,5 @@ class MqttIngest:
             # Not awaited: a lost receipt only makes the device resend, and a resend is answered
             # as a duplicate it may drop.
             self.link.publish_nowait(outcome.reply_topic, outcome.receipt.encode(), qos=1)
+        if not outcome.stored:
+            raise NotStoredError(f"storage failed for a message on {topic}")

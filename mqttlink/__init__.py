@@ -2,7 +2,12 @@
 
 Owns: one MQTT connection with automatic reconnect (paho's network thread), publishing that waits
 for the broker's PUBACK, and subscriptions whose messages are handed to the asyncio loop and
-acknowledged only when the handler has finished (manual ack), so "acknowledged" means "stored".
+acknowledged only when the handler has finished without raising (manual ack), so "acknowledged"
+means "stored". A handler that raises leaves its message unacknowledged: the link drops what it
+holds of that connection and reconnects (after a back-off), and the broker, which keeps the
+session, delivers every unacknowledged message again, in order.
+`ready` is set once the broker has confirmed every subscription (SUBACK) on the current
+connection; wait on it, not on a sleep, before publishing something a subscriber must see.
 Imports nothing of ours; it is the only place that imports paho.
 """
 
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 _EARLY_ACK_TTL_S = 5.0
+_InboxItem = tuple[MessageHandler, str, bytes, int, int, int]
 
 
 class BrokerUrlError(ValueError):
@@ -106,6 +112,7 @@ class MqttLink:
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 10,
         max_inflight: int = 20,
+        redeliver_min_s: float = 0.5,
     ):
         self.address = address
         self.client_id = client_id
@@ -113,15 +120,28 @@ class MqttLink:
         self._subs = list(subscriptions or [])
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = asyncio.Event()
+        # Connected, and the broker confirmed every subscription on this connection.
+        self.ready = asyncio.Event()
+        self._suback_mid: int | None = None
         self._lock = threading.Lock()
         self._acks: dict[int, asyncio.Future[None]] = {}
         # PUBACKs that arrived before publish() registered its future, with their arrival time.
         # Message ids repeat after 65535, so an entry is trusted only briefly.
         self._early_acks: dict[int, float] = {}
-        self._inbox: asyncio.Queue[tuple[MessageHandler, str, bytes, int, int]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[_InboxItem] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        # Each connection has an epoch (counted on paho's thread); after a handler failed, the
+        # worker drops the failed connection's remaining messages: the broker resends them.
+        self._epoch = 0
+        self._abandoned_epoch = 0
+        self._failure_streak = 0
+        self._redeliver_min_s = redeliver_min_s
+        self._redeliver_max_s = float(reconnect_max_s)
+        self._conn_lock = threading.Lock()  # serialises reconnect-for-redelivery with stop()
+        self._stopping = False
         self.connects = 0
         self.disconnects = 0
+        self.handler_failures = 0
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -140,6 +160,7 @@ class MqttLink:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self._client = c
 
     async def start(self) -> None:
@@ -157,12 +178,20 @@ class MqttLink:
             return False
         return True
 
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` until connected with every subscription confirmed."""
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     async def stop(self) -> None:
         """Disconnect cleanly (no last-will) and stop the network thread."""
-        with contextlib.suppress(Exception):
-            self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        self._stopping = True
+        await asyncio.to_thread(self._shut)
         self.connected.clear()
+        self.ready.clear()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -224,20 +253,61 @@ class MqttLink:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(fn)
 
+    def _shut(self) -> None:
+        with self._conn_lock:
+            with contextlib.suppress(Exception):
+                self._client.disconnect()
+            self._client.loop_stop()
+
+    def _reconnect(self) -> None:
+        """Drop the connection and open a new one (blocking; run in a thread)."""
+        with self._conn_lock:
+            if self._stopping:
+                return
+            with contextlib.suppress(Exception):
+                self._client.disconnect()
+            self._client.loop_stop()
+            self._client.connect_async(self.address.host, self.address.port, keepalive=15)
+            self._client.loop_start()
+
     def _on_connect(self, client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
             log.warning("broker %s refused the connection: %s", self.address, reason_code)
             return
         self.connects += 1
-        for sub in self._subs:
-            client.subscribe(sub.topic_filter, qos=sub.qos)
+        self._epoch += 1
+        # The SUBACK is read by this same thread after this callback returns, so the mid is
+        # recorded before it can arrive.
+        self._suback_mid = None
+        if self._subs:
+            rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in self._subs])
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._suback_mid = mid
         if self._online is not None:
             client.publish(self._online[0], self._online[1], qos=1, retain=True)
         self._call(self.connected.set)
+        if not self._subs:
+            self._call(self.ready.set)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):  # type: ignore[no-untyped-def]
+        if mid != self._suback_mid:
+            return
+        refused = [
+            s.topic_filter for s, rc in zip(self._subs, reason_codes, strict=False) if rc.is_failure
+        ]
+        if refused:
+            log.error("broker %s refused the subscriptions %s", self.address, refused)
+            return
+        self._call(self.ready.set)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
         self.disconnects += 1
-        self._call(self.connected.clear)
+
+        def lost() -> None:
+            self.connected.clear()
+            self.ready.clear()
+
+        self._call(lost)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):  # type: ignore[no-untyped-def]
         with self._lock:
@@ -263,21 +333,40 @@ class MqttLink:
         if handler is None or self._loop is None:
             client.ack(msg.mid, msg.qos)
             return
-        item = (handler, msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        item = (handler, msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch)
         self._call(lambda: self._inbox.put_nowait(item))
 
     async def _work(self) -> None:
         # One worker keeps each connection's messages in arrival order (records of one device
         # arrive in sequence), and acknowledges each only after its handler has finished.
         while True:
-            handler, topic, payload, mid, qos = await self._inbox.get()
+            handler, topic, payload, mid, qos, epoch = await self._inbox.get()
+            if epoch <= self._abandoned_epoch:
+                continue  # unacknowledged on a connection we dropped: the broker resends it
             try:
                 await handler(topic, payload)
-            except Exception:
-                # A handler must never stop the link; it logs and counts its own failures.
-                log.exception("handler for %s failed", topic)
-            finally:
-                self._client.ack(mid, qos)
+            except Exception as exc:
+                # Not acknowledged: the handler could not keep the message. Later messages of
+                # this connection are dropped too (so order holds), and a new connection
+                # brings them all again.
+                self.handler_failures += 1
+                self._abandoned_epoch = epoch
+                delay = min(
+                    self._redeliver_max_s, self._redeliver_min_s * 2**self._failure_streak
+                )
+                self._failure_streak += 1
+                log.warning(
+                    "handler for %s failed (%s); not acknowledged, reconnecting in %.1f s "
+                    "for redelivery",
+                    topic,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                await asyncio.to_thread(self._reconnect)
+                continue
+            self._failure_streak = 0
+            self._client.ack(mid, qos)
 
     def _handler_for(self, topic: str) -> MessageHandler | None:
         for sub in self._subs:

@@ -17,6 +17,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from cloud.api.ledger_routes import InclusionProof, proof_public
+from cloud.domain.devices import DeviceStatus, signing_refusal
 from cloud.domain.ledger_rules import Entry
 from cloud.pki import PkiError
 from cloud.services.device_credentials import DeviceCredentials
@@ -119,51 +120,24 @@ def add_device_routes(
         )
         return HTTPException(status, f"{reason}: {detail}")
 
-    async def signer(device_id: str, raw: bytes, route: str) -> tuple[DeviceKey, str, str]:
+    async def signer(device_id: str, raw: bytes, route: str) -> tuple[DeviceKey, str, DeviceStatus]:
         """The live key that signed `raw`, with the device's site and status; else refuse."""
-        device = await store.get_device(device_id)
-        if device is None:
-            raise await refuse(
-                404, device_id, RejectReason.UNKNOWN_DEVICE, "device is not registered", raw, route
-            )
-        if device.status not in ("pending", "approved"):
-            raise await refuse(
-                403,
-                device_id,
-                RejectReason.DEVICE_NOT_APPROVED,
-                f"device is {device.status}",
-                raw,
-                route,
-            )
         try:
             kid = statements.signer_kid(raw)
         except statements.StatementError as exc:
             raise await refuse(
                 422, device_id, RejectReason.MALFORMED, str(exc), raw, route
             ) from None
+        device = await store.get_device(device_id)
         key = await store.get_key(kid)
-        if key is None or key.device_id != device_id:
-            raise await refuse(
-                403,
-                device_id,
-                RejectReason.UNKNOWN_KEY,
-                f"key id {kid.hex()} is not a key of this device",
-                raw,
-                route,
-            )
-        if key.revoked_ms is not None:
-            raise await refuse(
-                403, device_id, RejectReason.KEY_REVOKED, f"key {kid.hex()} is revoked", raw, route
-            )
-        if key.valid_until is not None and key.valid_until <= now():
-            raise await refuse(
-                403,
-                device_id,
-                RejectReason.KEY_RETIRED,
-                f"key {kid.hex()} was retired at {key.valid_until}",
-                raw,
-                route,
-            )
+        refusal = signing_refusal(
+            device_id, None if device is None else device.status, kid, key, int(now())
+        )
+        if refusal is not None:
+            status = 404 if refusal.reason is RejectReason.UNKNOWN_DEVICE else 403
+            raise await refuse(status, device_id, refusal.reason, refusal.detail, raw, route)
+        assert device is not None
+        assert key is not None
         return key, device.site_id, device.status
 
     async def signed(
@@ -171,7 +145,7 @@ def add_device_routes(
         raw: bytes,
         route: str,
         open_statement: Callable[[bytes, bytes, bytes], StatementT],
-    ) -> tuple[DeviceKey, str, str, StatementT]:
+    ) -> tuple[DeviceKey, str, DeviceStatus, StatementT]:
         """Who signed `raw` (a live key of `device_id`) and what it states; else refuse."""
         key, site_id, status = await signer(device_id, raw, route)
         try:
@@ -215,7 +189,7 @@ def add_device_routes(
             status=status,
             kid=key.kid.hex(),
             clock_offset_ms=offset,
-            counts=status == "approved",
+            counts=status is DeviceStatus.APPROVED,
         )
 
     @app.post(
@@ -302,7 +276,7 @@ def add_device_routes(
         if credentials is None:
             raise HTTPException(404, "this aggregator issues no certificates")
         device = await store.get_device(device_id)
-        if device is None or device.status not in ("pending", "approved"):
+        if device is None or not device.status.may_sign:
             raise HTTPException(403, f"device {device_id!r} may not renew a certificate")
         try:
             cert = await credentials.renew(

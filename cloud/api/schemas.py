@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from cloud.domain.devices import DeviceStatus
 from protocol.topics import check_segment
 
 
@@ -31,21 +32,21 @@ class DeviceCreate(BaseModel):
     public_key: str = Field(description="raw Ed25519 public key, 64 hex digits")
     capacity_w: int = Field(gt=0, le=10_000_000)
     zone: str = ""
-    status: Literal["pending", "approved"] = "approved"
+    status: Literal[DeviceStatus.PENDING, DeviceStatus.APPROVED] = DeviceStatus.APPROVED
 
 
 class DeviceStatusChange(BaseModel):
     """An approver's decision on a device; rejecting or revoking needs a reason."""
 
-    status: Literal["approved", "rejected", "revoked"]
+    status: Literal[DeviceStatus.APPROVED, DeviceStatus.REJECTED, DeviceStatus.REVOKED]
     reason: str = Field(
         "", max_length=500, description="why; required (non-blank) to reject or revoke"
     )
 
     def missing_reason(self) -> str | None:
         """A plain message when the decision needs a reason and has none, else None."""
-        if self.status != "approved" and not self.reason.strip():
-            verb = "reject" if self.status == "rejected" else "revoke"
+        if self.status is not DeviceStatus.APPROVED and not self.reason.strip():
+            verb = "reject" if self.status is DeviceStatus.REJECTED else "revoke"
             return f"a reason is required to {verb} a device"
         return None
 

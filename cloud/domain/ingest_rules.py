@@ -117,20 +117,3 @@ def check_plausible(rec: IntervalRecord, capacity_w: int, limits: IngestLimits) 
             )
     return None
 
-
-def check_key_window(rec: IntervalRecord, valid_until: int | None) -> Refusal | None:
-    """A retired key signs only intervals that end within its overlap window.
-
-    The window is judged by the record's interval, not by when it arrives: a record signed
-    before the rotation may wait in the device's outbox for days and is still good, while a
-    record for a later interval signed with the old key is not.
-    """
-    if valid_until is None:
-        return None
-    end = rec.interval_start + rec.interval_s
-    if end > valid_until:
-        return Refusal(
-            RejectReason.KEY_RETIRED,
-            f"the key was retired at {valid_until} (Unix s); this interval ends at {end}",
-        )
-    return None

@@ -21,13 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cloud.broker_config import DEFAULT_AGGREGATOR, render_acl
+from cloud.domain.devices import DeviceStatus
 from cloud.pki import DeviceCA, PkiError, describe
 from cloud.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-# Statuses whose devices may hold a broker identity.
-BROKER_STATUSES = ("pending", "approved")
 DEFAULT_CERT_DAYS = 90
 CRL_HOURS = 24.0
 
@@ -123,12 +122,14 @@ class DeviceCredentials:
             self.ca.save_state(self.ca_dir)
         return cert_pem
 
-    async def device_status_changed(self, device_id: str, status: str) -> None:
+    async def device_status_changed(self, device_id: str, status: DeviceStatus) -> None:
         """Follow an approver's decision: revoke on reject/revoke, then update the broker."""
-        if status in ("rejected", "revoked"):
+        if not status.may_sign:
             async with self._lock:
                 now = self._utcnow()
-                reason = "cessationOfOperation" if status == "rejected" else "keyCompromise"
+                reason = (
+                    "cessationOfOperation" if status is DeviceStatus.REJECTED else "keyCompromise"
+                )
                 for serial in self.ca.issued_serials(device_id):
                     self.ca.revoke(serial, reason, now)
                 self.ca.save_state(self.ca_dir)
@@ -139,7 +140,7 @@ class DeviceCredentials:
         return sorted(
             (d.device.site_id, d.device.device_id)
             for d in await self.store.list_devices()
-            if d.device.status in BROKER_STATUSES
+            if d.device.status.may_sign
         )
 
     async def sync_broker(self) -> None:

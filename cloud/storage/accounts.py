@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cloud.auth import (
+from cloud.domain.identity import (
     AccountStatus,
     Role,
     api_key_matches,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloud.domain.devices import DeviceStatus
 from cloud.storage.tables import claim_codes, device_keys, devices, sites
 
 # Unambiguous alphabet (no 0/O, 1/I/L): codes are typed by installers.
@@ -106,7 +107,7 @@ class ClaimStore:
                 insert(devices).values(
                     device_id=device_id,
                     site_id=row.site_id,
-                    status="pending",
+                    status=DeviceStatus.PENDING,
                     capacity_w=capacity_w,
                     zone=zone,
                     created_ms=now,

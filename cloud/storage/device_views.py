@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from cloud.storage.store import DEVICE_STATUSES, DeviceKey, Rejection
+from cloud.domain.devices import DeviceStatus
+from cloud.storage.store import DeviceKey, Rejection
 from cloud.storage.tables import (
     accounts,
     device_decisions,
@@ -131,14 +132,15 @@ class DeviceViews:
 
     # decisions
 
-    async def decide(self, device_id: str, status: str, decided_by: str, reason: str) -> Decision:
+    async def decide(
+        self, device_id: str, status: DeviceStatus | str, decided_by: str, reason: str
+    ) -> Decision:
         """Set a device's status and log who decided, when, old -> new and why, atomically.
 
         Raises KeyError for an unknown device, ValueError for an unknown status. The reason
         rule (required for reject and revoke) is the caller's; this only trims and stores it.
         """
-        if status not in DEVICE_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(DEVICE_STATUSES)}")
+        status = _status(status)
         reason = reason.strip()[:REASON_MAX_CHARS]
         now = int(self._clock() * 1000)
         async with self.engine.begin() as conn:
@@ -188,10 +190,11 @@ class DeviceViews:
 
     # review lists and detail
 
-    async def list_for_review(self, status: str, limit: int = 500) -> list[ReviewDevice]:
+    async def list_for_review(
+        self, status: DeviceStatus | str, limit: int = 500
+    ) -> list[ReviewDevice]:
         """Devices with `status` (oldest enrolment first) with site, owner, keys and tokens."""
-        if status not in DEVICE_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(DEVICE_STATUSES)}")
+        status = _status(status)
         async with self.engine.connect() as conn:
             rows = await self._review_rows(
                 conn, devices.c.status == status, limit, order=devices.c.created_ms
@@ -349,3 +352,10 @@ class DeviceViews:
             ]
             decisions = await self._decisions(conn, device_decisions.c.device_id == device_id, 100)
         return DeviceDetail(device, keys, imported, exported, latest, refused, decisions)
+
+
+def _status(status: DeviceStatus | str) -> DeviceStatus:
+    try:
+        return DeviceStatus(status)
+    except ValueError:
+        raise ValueError(f"status must be one of {', '.join(DeviceStatus)}") from None

@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloud.domain.devices import DeviceStatus
 from cloud.storage.tables import (
     device_keys,
     devices,
@@ -118,7 +119,7 @@ class LedgerStore:
                 ),
             )
             .where(
-                devices.c.status == "approved",
+                devices.c.status == DeviceStatus.APPROVED,
                 tokens.c.interval_start >= since,
                 end <= ends_by,
                 ledger_intervals.c.site_id.is_(None),
@@ -143,7 +144,7 @@ class LedgerStore:
                 func.max(tokens.c.interval_start).label("last"),
             )
             .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
-            .where(devices.c.status == "approved")
+            .where(devices.c.status == DeviceStatus.APPROVED)
             .group_by(devices.c.site_id, devices.c.device_id)
         )
         async with self.engine.connect() as conn:
@@ -166,7 +167,7 @@ class LedgerStore:
             select(tokens, devices.c.site_id)
             .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
             .where(
-                devices.c.status == "approved",
+                devices.c.status == DeviceStatus.APPROVED,
                 tokens.c.interval_start >= starts[0],
                 tokens.c.interval_start <= starts[-1],
                 devices.c.site_id.in_(sites_),
@@ -245,7 +246,7 @@ class LedgerStore:
                 )
                 .outerjoin(ledger_refs, ledger_refs.c.record_hash == tokens.c.record_hash)
             )
-            .where(devices.c.status == "approved", ledger_refs.c.seq.is_(None))
+            .where(devices.c.status == DeviceStatus.APPROVED, ledger_refs.c.seq.is_(None))
         )
         async with self.engine.connect() as conn:
             return int((await conn.execute(q)).scalar_one())

@@ -19,12 +19,12 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from cloud.domain.devices import DeviceStatus
 from cloud.storage.tables import device_keys, devices, rejections, tokens
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Rejected payloads are kept whole up to this size; beyond it, the head, size and hash.
 KEEP_PAYLOAD_BYTES = 65536
-DEVICE_STATUSES = ("pending", "approved", "rejected", "revoked")
 
 
 class DuplicateTokenError(Exception):
@@ -41,7 +41,7 @@ class Device:
 
     device_id: str
     site_id: str
-    status: str
+    status: DeviceStatus
     capacity_w: int
     zone: str
 
@@ -209,7 +209,7 @@ class Store:
         kid: bytes,
         capacity_w: int,
         zone: str = "",
-        status: str = "approved",
+        status: DeviceStatus = DeviceStatus.APPROVED,
         valid_from: int = 0,
     ) -> Device:
         """Register a device and its first key; re-registering the same key is a no-op."""
@@ -535,7 +535,7 @@ class Store:
 
         Tokens of devices still pending approval are stored but only reported as `held`.
         """
-        approved = select(devices.c.device_id).where(devices.c.status == "approved")
+        approved = select(devices.c.device_id).where(devices.c.status == DeviceStatus.APPROVED)
         counted = tokens.c.device_id.in_(approved.scalar_subquery())
         async with self.engine.connect() as conn:
             accepted, gen = (
@@ -570,10 +570,12 @@ class Store:
             held=int(held),
         )
 
-    async def set_device_status(self, device_id: str, status: str) -> Device:
+    async def set_device_status(self, device_id: str, status: DeviceStatus | str) -> Device:
         """Approve, reject or revoke a device; raises KeyError if it is not registered."""
-        if status not in DEVICE_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(DEVICE_STATUSES)}")
+        try:
+            status = DeviceStatus(status)
+        except ValueError:
+            raise ValueError(f"status must be one of {', '.join(DeviceStatus)}") from None
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 devices.update().where(devices.c.device_id == device_id).values(status=status)
@@ -597,7 +599,7 @@ def _key(row: Any) -> DeviceKey:
 
 
 def _device(r: Any) -> Device:
-    return Device(r.device_id, r.site_id, r.status, r.capacity_w, r.zone)
+    return Device(r.device_id, r.site_id, DeviceStatus(r.status), r.capacity_w, r.zone)
 
 
 def _token(r: Any) -> TokenRow:

@@ -180,7 +180,7 @@ async def client(
     await link.start()
     try:
         if must_connect:
-            assert await link.wait_connected(5.0), f"{name} could not connect"
+            assert await link.wait_ready(5.0), f"{name} could not connect and subscribe"
         yield link, q
     finally:
         await link.stop()
@@ -216,16 +216,15 @@ async def handshake_error(s: Setup, name: str | None) -> str | None:
 
 
 async def publish_until_seen(link: MqttLink, t: str, inbox: Inbox, timeout_s: float = 5.0) -> None:
-    """Publish `t` until it arrives in `inbox` (covers the subscriber's SUBSCRIBE in flight)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    """Publish a control message on `t` and wait until it arrives in `inbox` (the subscriber is
+    ready: its SUBACK came before `client` yielded it)."""
     marker = b"control"
+    assert await link.publish(t, marker)
+    deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
-        assert await link.publish(t, marker)
         with contextlib.suppress(TimeoutError):
-            while True:
-                got = await asyncio.wait_for(inbox.get(), 0.3)
-                if got == (t, marker):
-                    return
+            if await asyncio.wait_for(inbox.get(), 0.3) == (t, marker):
+                return
     raise AssertionError(f"{t} never arrived")
 
 

@@ -101,7 +101,7 @@ channels = {{ imported = "import_energy", exported = "export_energy" }}
         ],
     )
     await watcher.start()
-    assert await watcher.wait_connected(10)
+    assert await watcher.wait_ready(10)
     agent = subprocess.Popen(  # the real command, as systemd would run it
         [sys.executable, "-m", "gridmint", "edge", "run", "--config", str(cfg)],
         stdout=subprocess.PIPE,

@@ -98,9 +98,8 @@ async def test_bad_records_are_refused_with_distinct_reasons_and_good_ones_flow(
     )
     await client.start()
     try:
-        assert await client.wait_connected(10)
-        assert await runtime.mqtt.link.wait_connected(10)  # type: ignore[union-attr]
-        await asyncio.sleep(0.3)  # let both subscriptions settle
+        assert await client.wait_ready(10)
+        assert await runtime.mqtt.wait_ready(10)  # type: ignore[union-attr]
         good = [dev.next_token() for _ in range(8)]
         other_key = Ed25519PrivateKey.generate()
         bad = {

@@ -42,8 +42,8 @@ async def test_messages_arrive_in_order_and_publish_waits_for_puback(mosquitto: 
     await sub.start()
     await pub.start()
     try:
-        assert await sub.wait_connected(10) and await pub.wait_connected(10)
-        await asyncio.sleep(0.2)
+        assert await sub.wait_ready(10)
+        assert await pub.wait_ready(10)
         for i in range(200):
             assert await pub.publish("t/x", str(i).encode(), qos=1)
         await _wait(lambda: len(got) == 200)
@@ -67,8 +67,7 @@ async def test_link_reconnects_after_the_broker_restarts(
     dev = MqttLink(addr, "dev", will=Will("s", b"offline"), online=("s", b"online"),
                    reconnect_max_s=2)
     await watcher.start()
-    await watcher.wait_connected(10)
-    await asyncio.sleep(0.2)
+    assert await watcher.wait_ready(10)
     await dev.start()
     try:
         await _wait(lambda: b"online" in statuses)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 from argon2 import PasswordHasher
 
-from cloud.auth import (
+from cloud.domain.identity import (
     API_KEY_PREFIX,
     Principal,
     Role,
