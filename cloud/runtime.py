@@ -137,6 +137,7 @@ class CloudRuntime:
                 self.store,
                 admin_token=s.admin_token,
                 broker_connected=lambda: mqtt is not None and mqtt.connected,
+                storage_errors=lambda: self.ingest.counters.storage_errors if self.ingest else 0,
                 deployment=s.deployment,
                 broker_url=s.broker_url,
                 credentials=self.credentials,

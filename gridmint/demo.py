@@ -78,7 +78,7 @@ async def _make_home(
 ) -> Home:
     from edge.drivers.register_map import find_register_map, load_register_map
 
-    site_id, device_id = f"site-{i:03d}", f"pi-{i:03d}"
+    site_id, device_id = _site_ids(i)[-1], f"pi-{i:03d}"
     capacity_w = 4000 + 500 * (i % 4)
     sdm630 = load_register_map(find_register_map("eastron/sdm630"))
     common: dict[str, Any] = {
@@ -182,7 +182,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
             cloud.settings.http_port = 0
             cloud.http_port = 0
             await cloud.start()
-        login_url = await _demo_operator(cloud, out)
+        login_url, logins = await _demo_accounts(cloud, out, opts.homes)
         out.print(f"[bold]data[/]    {data}")
         homes.extend(
             [
@@ -205,6 +205,10 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
             await h.agent.drain(timeout_s=30.0)
         summary = await _summary(homes, cloud, clock, data)
         summary["dashboard"] = login_url
+        summary["logins"] = [
+            {"role": x.role, "email": x.email, "page": x.page, "site_id": x.site_id}
+            for x in logins
+        ]
         summary["ledger"] = await _ledger_summary(cloud, data, keep=opts.data_dir is not None)
         summary["proofs"] = await _proof_summary(homes, cloud)
         agent_stop.set()
@@ -226,19 +230,63 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
             tmp.cleanup()
 
 
-async def _demo_operator(cloud: CloudRuntime, out: Console) -> str:
-    """A grid-operator account for the demo, and a link that logs the browser in."""
+@dataclass(frozen=True)
+class DemoLogin:
+    """One demo account a newcomer can log in as, and the page it opens on."""
+
+    role: str
+    email: str
+    page: str
+    site_id: str | None = None
+
+
+def _site_ids(homes: int) -> list[str]:
+    return [f"site-{i:03d}" for i in range(1, homes + 1)]
+
+
+async def _demo_accounts(
+    cloud: CloudRuntime, out: Console, homes: int
+) -> tuple[str, list[DemoLogin]]:
+    """An account for every role (a homeowner per home, owning its site), one shared password,
+    and a printed list of who to log in as to see each page. Returns the operator's login link
+    (it logs the browser straight in) and the logins."""
     assert cloud.store is not None
     accounts = AccountStore(cloud.store.engine)
     password = secrets.token_urlsafe(12)
-    account = await accounts.create_account(
-        "operator@demo.gridmint", "Demo operator", password, "grid_operator", "approved"
-    )
-    token = await accounts.issue_token(account.account_id, ttl_s=7 * 24 * 3600)
-    url = f"{cloud.url}/login?token={token}"
-    out.print(f"[bold]cloud[/]   dashboard: [link]{url}[/link]")
-    out.print(f"        login operator@demo.gridmint / {password}   API docs: {cloud.url}/docs")
-    return url
+    staff = [
+        DemoLogin("grid_operator", "operator@demo.gridmint", "/"),
+        DemoLogin("approver", "approver@demo.gridmint", "/approvals"),
+        DemoLogin("installer", "installer@demo.gridmint", "/"),
+    ]
+    owners = [
+        DemoLogin("homeowner", f"home-{i:03d}@demo.gridmint", "/home", site_id)
+        for i, site_id in enumerate(_site_ids(homes), start=1)
+    ]
+    operator_id = ""
+    for login in staff + owners:
+        name = f"Demo {login.role.replace('_', ' ')}"
+        if login.site_id is not None:
+            name = f"Homeowner of {login.site_id}"
+        account = await accounts.create_account(
+            login.email, name, password, login.role, "approved"
+        )
+        if login.site_id is not None:
+            await accounts.create_site(
+                login.site_id, account.account_id, f"Demo home {login.site_id}", "demo-zone-1"
+            )
+        if login.role == "grid_operator":
+            operator_id = account.account_id
+    token = await accounts.issue_token(operator_id, ttl_s=7 * 24 * 3600)
+    login_url = f"{cloud.url}/login?token={token}"
+    out.print(f"[bold]cloud[/]   dashboard: [link]{login_url}[/link]")
+    out.print(f"        API docs:  {cloud.url}/docs")
+    out.print(f"        log in at {cloud.url}/login, password {password} for every login:")
+    for login in staff + owners[:3]:
+        where = login.page + (f" ({login.site_id})" if login.site_id else "")
+        out.print(f"          {login.role:<14} {login.email:<26} {where}")
+    if len(owners) > 3:
+        out.print(f"          homeowner      home-004 to home-{len(owners):03d}@demo.gridmint")
+    return login_url, staff + owners
 
 
 async def _watch(

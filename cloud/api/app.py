@@ -74,6 +74,7 @@ def create_app(
     accounts: AccountStore | None = None,
     admin_token: str = "",
     broker_connected: Callable[[], bool] = lambda: False,
+    storage_errors: Callable[[], int] = lambda: 0,
     stream_interval_s: float = 1.0,
     secure_cookies: bool = False,
     deployment: str = "",
@@ -369,6 +370,10 @@ def create_app(
         """Prometheus text exposition of the ingest counters (from the database)."""
         s = await store.stats(intervals=1)
         lines = [
+            "# HELP gridmint_ingest_storage_errors_total Messages left unacknowledged for "
+            "redelivery because storage failed (since the process started).",
+            "# TYPE gridmint_ingest_storage_errors_total counter",
+            f"gridmint_ingest_storage_errors_total {storage_errors()}",
             "# HELP gridmint_tokens_accepted_total Generation tokens accepted and stored.",
             "# TYPE gridmint_tokens_accepted_total counter",
             f"gridmint_tokens_accepted_total {s.accepted}",
