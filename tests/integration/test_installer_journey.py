@@ -112,9 +112,9 @@ async def test_scan_enroll_approve_check_and_tokens_count(
     cloud, files = tls_cloud
     assert cloud.store is not None and cloud.mqtt is not None and cloud.credentials is not None
     await until(
-        lambda: asyncio.sleep(0, cloud.mqtt is not None and cloud.mqtt.connected),
+        lambda: asyncio.sleep(0, cloud.mqtt is not None and cloud.mqtt.link.ready.is_set()),
         10,
-        "aggregator connected over mutual TLS",
+        "aggregator connected and subscribed over mutual TLS",
     )
 
     # People: a homeowner with a site, an installer, an approver.
