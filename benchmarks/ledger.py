@@ -39,14 +39,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from benchmarks.machine import machine_facts as shared_machine_facts
 from cloud.domain.ingest_rules import IngestLimits
-from cloud.domain.ledger_rules import (
-    BatteryParams,
-    Entry,
-    EntryKind,
-    IntervalFlows,
-    LedgerEngine,
-    replay,
-)
 from cloud.services.ingest import IngestService
 from cloud.services.ledger import LedgerService, leaf_for
 from cloud.storage.ledger_store import LedgerStore
@@ -56,6 +48,14 @@ from edge.minting import MintedToken
 from protocol import cose, merkle, topics
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.ledger_leaf import decode_leaf
+from rules.ledger import (
+    BatteryParams,
+    Entry,
+    EntryKind,
+    IntervalFlows,
+    LedgerEngine,
+    replay,
+)
 from tests.helpers.records import FakeDevice
 from tests.helpers.services import create_pg_database, drop_pg_database
 

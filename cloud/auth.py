@@ -31,6 +31,8 @@ __all__ = [
     "LEGACY_ADMIN_ID",
     "SESSION_COOKIE",
     "Auth",
+    "bearer_scheme",
+    "session_cookie",
     "Principal",
     "Role",
     "can_see_site",
@@ -54,11 +56,11 @@ async def visible_site_ids(accounts: "AccountStore", principal: Principal) -> li
 
 # FastAPI dependencies
 
-_bearer_scheme = HTTPBearer(
+bearer_scheme = HTTPBearer(
     auto_error=False,
     description="A bearer token from login, an API key (gmk_...), or the admin token.",
 )
-_session_cookie = APIKeyCookie(
+session_cookie = APIKeyCookie(
     name=SESSION_COOKIE, auto_error=False, description="A bearer token from login, as a cookie."
 )
 
@@ -95,8 +97,8 @@ class Auth:
         self.admin_token = admin_token
 
         async def optional_principal(
-            authorization: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
-            session: Annotated[str | None, Depends(_session_cookie)],
+            authorization: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+            session: Annotated[str | None, Depends(session_cookie)],
         ) -> Principal | None:
             """The caller, or None when no credentials were sent; bad credentials are 401/403.
 

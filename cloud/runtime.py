@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
-from cloud.domain.ledger_rules import BatteryParams
 from cloud.mqtt_ingest import MqttIngest
 from cloud.pki import DeviceCA
 from cloud.services.certificates import CertificateService
@@ -35,6 +34,7 @@ from cloud.storage.store import Store
 from mqttlink import client_tls_context
 from protocol import topics
 from protocol.clock import Clock, SystemClock
+from rules.ledger import BatteryParams
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,12 @@
 
 Owns: argument parsing and turning errors into plain messages with an exit code. Every command
 that runs long shows progress; every expected failure prints one line, never a traceback.
+
+Imports at module level stay within the base install (typer, rich, protocol/): each command
+imports what it needs itself, so `gridmint edge run` does not load the verifier or pydantic, and
+a Pi with `gridmint[edge]` or an aggregator with `gridmint[cloud]` can run every command its
+extra covers. A command whose extra is missing ends in `main()`, which names the extra to
+install (`EXTRAS`, `missing_extra`).
 """
 
 from __future__ import annotations
@@ -18,9 +24,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 
+from gridmint.console import lazy_console
 from protocol.clock import Clock, SimClock, SystemClock
 from provisioning.cli import provision_app
 
@@ -39,8 +44,8 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(token_app, name="token")
 app.add_typer(provision_app, name="provision")
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = lazy_console()
+err = lazy_console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -153,7 +158,9 @@ def demo(
         interval_s=interval,
         as_json=json_out,
     )
-    out = Console(stderr=True) if json_out else console
+    from rich.console import Console
+
+    out = Console(stderr=True) if json_out else Console()
     try:
         summary = _run_until_signal(lambda stop: run_demo(opts, out, stop))
     except OSError as exc:
@@ -215,9 +222,10 @@ def edge_run(
         except OSError as exc:  # ssl.SSLError is an OSError: a missing or bad TLS file
             await outbox.close()
             raise fail(f"cannot set up the broker connection: {exc}") from None
-        err.print(
+        typer.echo(  # plain: rich is not imported by the running agent
             f"edge agent {settings.device_id}: {len(readers)} meter(s), broker "
-            f"{settings.broker_url}; Ctrl-C stops"
+            f"{settings.broker_url}; Ctrl-C stops",
+            err=True,
         )
         try:
             await agent.run(stop)
@@ -245,6 +253,8 @@ def edge_pubkey(
 
 def _cloud_settings(env_file: Path | None, overrides: dict[str, Any]) -> Any:
     """CloudSettings from the environment, an optional env file and flags; a plain error."""
+    from pydantic import ValidationError
+
     from cloud.settings import CloudSettings
 
     if env_file is not None and not env_file.is_file():
@@ -571,11 +581,106 @@ def token_decode(
         raise typer.Exit(1)
 
 
-from gridmint.verify import verify_command  # noqa: E402
+@app.command("verify")
+def verify(
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="the export directory to check (or, with --api, to download into)"),
+    ] = None,
+    api: Annotated[
+        str | None, typer.Option(help="download the export from this aggregator URL first")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="GRIDMINT_TOKEN", help="bearer token or API key for --api"),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="print one JSON object instead of tables")
+    ] = False,
+) -> None:
+    """Check a ledger export: signatures, record chains, ledger rules, Merkle log, checkpoints."""
+    from gridmint.verify import verify_command  # imported here: the agent never loads it
 
-app.command("verify")(verify_command)
+    verify_command(directory, api, token, json_out)
+
+
+# Distributions of each extra, as in pyproject.toml's [project.optional-dependencies] (demo is
+# edge + cloud + the embedded broker); tests/unit/test_cli_extras.py keeps the two in step.
+EXTRAS: dict[str, frozenset[str]] = {
+    "edge": frozenset({"paho-mqtt", "pymodbus", "pyserial", "aiosqlite", "gpiozero"}),
+    "cloud": frozenset(
+        {
+            "paho-mqtt",
+            "sqlalchemy",
+            "asyncpg",
+            "aiosqlite",
+            "alembic",
+            "fastapi",
+            "uvicorn",
+            "jinja2",
+            "argon2-cffi",
+            "python-multipart",
+        }
+    ),
+}
+EXTRAS["demo"] = EXTRAS["edge"] | EXTRAS["cloud"] | {"amqtt"}
+
+#: Top-level import name -> distribution, where the two differ.
+DISTRIBUTION_OF_MODULE = {
+    "paho": "paho-mqtt",
+    "serial": "pyserial",
+    "argon2": "argon2-cffi",
+    "multipart": "python-multipart",
+    "python_multipart": "python-multipart",
+}
+
+#: The extra each command group runs on, when a module is in several extras (paho, aiosqlite).
+COMMAND_EXTRA = {"edge": "edge", "provision": "edge", "sim": "edge", "cloud": "cloud"}
+EXTRA_WHAT = {
+    "edge": "the edge agent's packages",
+    "cloud": "the aggregator's packages",
+    "demo": "the demo's packages (edge, cloud and the embedded broker)",
+}
+_GROUPS = ("edge", "cloud", "sim", "token", "provision")
+
+
+def command_name(argv: list[str]) -> str:
+    """`gridmint cloud serve` from the arguments: the command words before the first option."""
+    words: list[str] = []
+    for arg in argv:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    words = words[: 2 if words and words[0] in _GROUPS else 1]
+    return " ".join(["gridmint", *words])
+
+
+def missing_extra(module: str | None, argv: list[str]) -> str | None:
+    """The extra that installs `module` for the command in `argv`; None: not one of ours."""
+    top = (module or "").split(".")[0]
+    dist = DISTRIBUTION_OF_MODULE.get(top, top.replace("_", "-"))
+    extras = [name for name, dists in EXTRAS.items() if dist in dists]
+    if not extras:
+        return None
+    words = [a for a in argv if not a.startswith("-")]
+    if words and words[0] == "demo":
+        return "demo"
+    wanted = COMMAND_EXTRA.get(words[0]) if words else None
+    return wanted if wanted in extras else extras[0]
 
 
 def main() -> None:
     """Console entry point."""
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        argv = sys.argv[1:]
+        extra = missing_extra(exc.name, argv)
+        if extra is None:
+            raise  # not an optional dependency: a broken install, keep the traceback
+        print(
+            f"error: '{command_name(argv)}' needs {EXTRA_WHAT[extra]}: "
+            f"pip install 'gridmint[{extra}]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None

@@ -3,11 +3,12 @@
 Owns: reading the export directory (docs/tokens.md, "Verifying the ledger"), the order of the
 checks, and turning the first discrepancy into one plain line naming the file, line and item.
 Builds only on protocol/ (COSE records, Merkle log, signed checkpoints, ledger leaves) and the
-pure cloud.domain.ledger_rules (entry bytes, replay, conservation): never on the aggregator's
+pure rules.ledger (entry bytes, replay, conservation): never on the aggregator's
 storage, services, API or database libraries, so anyone can run it on a copy of the files.
 
 `verify_export(directory) -> VerifyReport` is the pure-ish core (it only reads the five files);
-`verify_command` is the Typer command that prints the report.
+`verify_command` prints the report; `gridmint verify` (gridmint/cli.py, which declares the
+options) calls it, importing this module only then.
 
 Checks, in order, stopping at the first discrepancy:
 
@@ -41,22 +42,12 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from cloud.domain.ledger_rules import (
-    INTERVAL_KINDS,
-    Entry,
-    EntryKind,
-    LedgerRuleError,
-    LedgerState,
-    check_conservation,
-    replay,
-    site_account,
-)
 from protocol import cose
 from protocol import record as rec_mod
 from protocol.checkpoint import (
@@ -68,6 +59,16 @@ from protocol.checkpoint import (
 )
 from protocol.ledger_leaf import LeafError, LedgerLeaf, decode_leaf
 from protocol.merkle import MerkleLog, ProofError, leaf_hash, verify_consistency
+from rules.ledger import (
+    INTERVAL_KINDS,
+    Entry,
+    EntryKind,
+    LedgerRuleError,
+    LedgerState,
+    check_conservation,
+    replay,
+    site_account,
+)
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -944,20 +945,10 @@ def fetch_export(api: str, token: str, directory: Path, timeout_s: float = 120.0
 
 
 def verify_command(
-    directory: Annotated[
-        Path | None,
-        typer.Argument(help="the export directory to check (or, with --api, to download into)"),
-    ] = None,
-    api: Annotated[
-        str | None, typer.Option(help="download the export from this aggregator URL first")
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(envvar="GRIDMINT_TOKEN", help="bearer token or API key for --api"),
-    ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="print one JSON object instead of tables")
-    ] = False,
+    directory: Path | None = None,
+    api: str | None = None,
+    token: str | None = None,
+    json_out: bool = False,
 ) -> None:
     """Check a ledger export: signatures, record chains, ledger rules, Merkle log, checkpoints."""
     if api is not None:

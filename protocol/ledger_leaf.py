@@ -1,6 +1,6 @@
 """A leaf of the ledger's Merkle log, readable without the ledger's rules.
 
-Owns: the leaf envelope. The ledger entry itself (cloud/domain/ledger_rules.Entry, canonical CBOR)
+Owns: the leaf envelope. The ledger entry itself (rules/ledger.Entry, canonical CBOR)
 is carried as opaque bytes; around it the leaf names the entry's sequence number and the hashes
 of the signed records the entry accounts for. So a device, which knows only its own records,
 can check that a leaf covers one of them and that the leaf is in the log (protocol.merkle),

@@ -16,28 +16,22 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from provisioning.scan import (
+from gridmint.console import lazy_console
+from provisioning.scan_defaults import (
     DEFAULT_BAUDS,
     DEFAULT_SERIAL_GLOBS,
     DEFAULT_SUNSPEC_UNITS,
     DEFAULT_TCP_UNITS,
-    ConfigWriteError,
-    ScanOptions,
-    ScanReport,
-    default_serial_ports,
-    parse_host,
-    parse_int_list,
-    scan,
-    suggested_name,
-    write_config,
 )
+
+if TYPE_CHECKING:  # the scan pulls in pymodbus: imported by the commands that probe
+    from rich.table import Table
+
+    from provisioning.scan import ScanOptions, ScanReport
 
 provision_app = typer.Typer(
     help="Installer tools: find devices, enroll, check, install the service.",
@@ -45,8 +39,8 @@ provision_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+out = lazy_console()
+err = lazy_console(stderr=True, soft_wrap=True)
 
 
 @provision_app.callback()
@@ -71,6 +65,8 @@ def _options(
     thorough: bool,
     all_framings: bool,
 ) -> ScanOptions:
+    from provisioning.scan import ScanOptions, parse_int_list
+
     try:
         baud_list = parse_int_list(bauds, "--bauds", 300, 4_000_000)
         unit_list = parse_int_list(units, "--units", 1, 247)
@@ -103,6 +99,10 @@ def _options(
 
 
 def _table(report: ScanReport) -> Table:
+    from rich.table import Table
+
+    from provisioning.scan import suggested_name
+
     table = Table(title=f"Devices found ({len(report.found)})", title_justify="left")
     for column in ("name", "device", "kind", "driver / map", "where", "line", "unit", "serial"):
         table.add_column(column, overflow="fold")
@@ -169,6 +169,17 @@ def scan_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log Modbus traffic")] = False,
 ) -> None:
     """Probe serial ports and LAN hosts for supported devices and print what answers."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from provisioning.scan import (
+        ConfigWriteError,
+        ScanReport,
+        default_serial_ports,
+        parse_host,
+        scan,
+        write_config,
+    )
+
     logging.getLogger("pymodbus").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     options = _options(
         bauds,
@@ -313,6 +324,8 @@ def check_command(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
 ) -> None:
     """Commissioning report: meters, clock, broker over TLS, a signed probe to the cloud."""
+    from rich.table import Table
+
     from provisioning.check import FAIL, OK, run_check
 
     with err.status("checking..."):

@@ -47,6 +47,14 @@ from typing import Any, Final, Literal
 from edge.drivers.sunspec import DEFAULT_BASES, SUNS_MARKER, discover
 from edge.drivers.vedirect import VeDirectParser
 from edge.transports.modbus_bus import DeviceUnavailableError, ModbusBus, SerialBus, TcpBus
+from provisioning.scan_defaults import (  # re-exported: the defaults live apart for the CLI
+    DEFAULT_BAUDS,
+    DEFAULT_SERIAL_GLOBS,
+    DEFAULT_SUNSPEC_UNITS,
+    DEFAULT_TCP_PORT,
+    DEFAULT_TCP_UNITS,
+    DEFAULT_UNITS,
+)
 
 Kind = Literal["meter", "inverter", "charge_controller", "battery_monitor"]
 Driver = Literal["modbus", "sunspec", "vedirect"]
@@ -55,20 +63,6 @@ Level = Literal["error", "warning", "info"]
 Words = list[int] | None
 Progress = Callable[[int, int, str], None]
 
-DEFAULT_BAUDS: Final = (9600, 19200, 2400, 115200)
-DEFAULT_UNITS: Final = tuple(range(1, 11))
-#: Unit ids probed for SunSpec only (common SunSpec defaults).
-DEFAULT_SUNSPEC_UNITS: Final = (126, 247)
-#: Unit ids probed on LAN hosts (a subset of what evcc's detect probes).
-DEFAULT_TCP_UNITS: Final = (1, 2, 3, 71, 126, 200, 240)
-DEFAULT_TCP_PORT: Final = 502
-DEFAULT_SERIAL_GLOBS: Final = (
-    "/dev/gridmint-*",
-    "/dev/ttyUSB*",
-    "/dev/ttyACM*",
-    "/dev/ttyXRUSB*",
-    "/dev/serial0",
-)
 VEDIRECT_BAUD: Final = 19200
 #: Gateway exceptions meaning "nothing answers behind me at this unit id".
 _GATEWAY_CODES: Final = frozenset({10, 11})

@@ -5,16 +5,17 @@ Owns: those routes. A homeowner acts on their own sites only (issue, transfer, r
 site that owns the certificate now); fleet roles may read every site's certificates; admins may
 do everything. The rules are in cloud.services.certificates and cloud.domain.certificates.
 Without a ledger in this process the routes answer 503.
+
+No `from __future__ import annotations`: FastAPI reads these signatures (see cloud.api.deps).
 """
 
-from __future__ import annotations
+from typing import Annotated, Literal
 
-from typing import Literal
-
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from cloud.auth import Auth, Principal, Role, can_see_site
+from cloud.api.deps import FLEET, AccountsDep, CertificatesDep, require
+from cloud.auth import Principal, Role, can_see_site
 from cloud.domain.certificates import avoided_co2_g
 from cloud.services.certificates import (
     CertificateConflict,
@@ -22,10 +23,8 @@ from cloud.services.certificates import (
     CertificatesCorrupted,
     CertificateService,
 )
-from cloud.services.ledger import LedgerService
 from cloud.storage.accounts import AccountStore
-from cloud.storage.certificates_store import CertificateStore, StoredCertificate
-from cloud.storage.store import Store
+from cloud.storage.certificates_store import StoredCertificate
 
 
 class IssueRequest(BaseModel):
@@ -100,117 +99,124 @@ def certificate_public(c: StoredCertificate) -> CertificatePublic:
     )
 
 
-def add_certificate_routes(
-    app: FastAPI,
-    store: Store,
-    accounts: AccountStore,
-    auth: Auth,
-    ledger: LedgerService | None,
-    service: CertificateService | None = None,
-) -> None:
-    """Register the certificate routes on `app` (503 when the app runs without a ledger)."""
-    if service is None and ledger is not None:
-        service = CertificateService(CertificateStore(store.engine), ledger)
-    fleet = (Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
+def _running(service: CertificateService | None) -> CertificateService:
+    """The certificate service; 503 when this process runs without a ledger."""
+    if service is None:
+        raise HTTPException(503, "the ledger is not running in this process")
+    return service
 
-    def running() -> CertificateService:
-        if service is None:
-            raise HTTPException(503, "the ledger is not running in this process")
-        return service
 
-    async def own_site(p: Principal, site_id: str) -> None:
-        """404 for an unknown site, 403 for a homeowner's look at another account's site."""
-        site = await accounts.get_site(site_id)
-        if site is None:
-            raise HTTPException(404, f"site {site_id!r} does not exist")
-        if not can_see_site(p, site):
-            raise HTTPException(403, f"site {site_id!r} belongs to another account")
+async def _own_site(accounts: AccountStore, p: Principal, site_id: str) -> None:
+    """404 for an unknown site, 403 for a homeowner's look at another account's site."""
+    site = await accounts.get_site(site_id)
+    if site is None:
+        raise HTTPException(404, f"site {site_id!r} does not exist")
+    if not can_see_site(p, site):
+        raise HTTPException(403, f"site {site_id!r} belongs to another account")
 
-    async def owned_certificate(p: Principal, certificate_id: str) -> StoredCertificate:
-        try:
-            cert = await running().get(certificate_id)
-        except CertificateNotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-        await own_site(p, cert.owner_site_id)
-        return cert
 
-    @app.post(
-        "/api/v1/sites/{site_id}/certificates",
-        response_model=list[CertificatePublic],
-        tags=["certificates"],
-    )
-    async def issue(
-        site_id: str,
-        body: IssueRequest,
-        p: Principal = Depends(auth.require(Role.HOMEOWNER, action="issue certificates")),
-    ) -> list[CertificatePublic]:
-        """Issue the site's uncertified eligible generation (self-consumed Tgen ranges): one
-        granular certificate per range, or as many 1 MWh RECs as it fills. Returns only the
-        new certificates (empty when nothing is left to certify)."""
-        svc = running()
-        await own_site(p, site_id)
-        try:
-            if body.kind == "granular":
-                new = await svc.issue_granular(site_id)
-            else:
-                new = await svc.issue_recs(site_id)
-        except CertificateConflict as exc:
-            raise HTTPException(409, str(exc)) from None
-        except CertificatesCorrupted as exc:
-            raise HTTPException(500, str(exc)) from None
-        return [certificate_public(c) for c in new]
+async def _owned_certificate(
+    service: CertificateService | None, accounts: AccountStore, p: Principal, certificate_id: str
+) -> StoredCertificate:
+    try:
+        cert = await _running(service).get(certificate_id)
+    except CertificateNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    await _own_site(accounts, p, cert.owner_site_id)
+    return cert
 
-    @app.get(
-        "/api/v1/sites/{site_id}/certificates",
-        response_model=list[CertificatePublic],
-        tags=["certificates"],
-    )
-    async def list_certificates(
-        site_id: str,
-        p: Principal = Depends(
-            auth.require(Role.HOMEOWNER, *fleet, action="read site certificates")
-        ),
-    ) -> list[CertificatePublic]:
-        """Certificates the site owns now, oldest first (a homeowner: their own sites)."""
-        svc = running()
-        await own_site(p, site_id)
-        return [certificate_public(c) for c in await svc.owned_by(site_id)]
 
-    @app.post(
-        "/api/v1/certificates/{certificate_id}/transfer",
-        response_model=CertificatePublic,
-        tags=["certificates"],
-    )
-    async def transfer(
-        certificate_id: str,
-        body: TransferRequest,
-        p: Principal = Depends(auth.require(Role.HOMEOWNER, action="transfer certificates")),
-    ) -> CertificatePublic:
-        """Give an active certificate to another site (the owner of its current site)."""
-        await owned_certificate(p, certificate_id)
-        if await accounts.get_site(body.to_site_id) is None:
-            raise HTTPException(404, f"site {body.to_site_id!r} does not exist")
-        try:
-            cert = await running().transfer(certificate_id, body.to_site_id, p.account_id)
-        except CertificateConflict as exc:
-            raise HTTPException(409, str(exc)) from None
-        return certificate_public(cert)
+router = APIRouter()
 
-    @app.post(
-        "/api/v1/certificates/{certificate_id}/retire",
-        response_model=CertificatePublic,
-        tags=["certificates"],
-    )
-    async def retire(
-        certificate_id: str,
-        body: RetireRequest,
-        p: Principal = Depends(auth.require(Role.HOMEOWNER, action="retire certificates")),
-    ) -> CertificatePublic:
-        """Claim an active certificate's energy for a beneficiary; final (409 if retired or
-        expired)."""
-        await owned_certificate(p, certificate_id)
-        try:
-            cert = await running().retire(certificate_id, body.beneficiary)
-        except CertificateConflict as exc:
-            raise HTTPException(409, str(exc)) from None
-        return certificate_public(cert)
+
+@router.post(
+    "/api/v1/sites/{site_id}/certificates",
+    response_model=list[CertificatePublic],
+    tags=["certificates"],
+)
+async def issue(
+    site_id: str,
+    body: IssueRequest,
+    service: CertificatesDep,
+    accounts: AccountsDep,
+    p: Annotated[Principal, Depends(require(Role.HOMEOWNER, action="issue certificates"))],
+) -> list[CertificatePublic]:
+    """Issue the site's uncertified eligible generation (self-consumed Tgen ranges): one
+    granular certificate per range, or as many 1 MWh RECs as it fills. Returns only the
+    new certificates (empty when nothing is left to certify)."""
+    svc = _running(service)
+    await _own_site(accounts, p, site_id)
+    try:
+        if body.kind == "granular":
+            new = await svc.issue_granular(site_id)
+        else:
+            new = await svc.issue_recs(site_id)
+    except CertificateConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    except CertificatesCorrupted as exc:
+        raise HTTPException(500, str(exc)) from None
+    return [certificate_public(c) for c in new]
+
+
+@router.get(
+    "/api/v1/sites/{site_id}/certificates",
+    response_model=list[CertificatePublic],
+    tags=["certificates"],
+)
+async def list_certificates(
+    site_id: str,
+    service: CertificatesDep,
+    accounts: AccountsDep,
+    p: Annotated[
+        Principal, Depends(require(Role.HOMEOWNER, *FLEET, action="read site certificates"))
+    ],
+) -> list[CertificatePublic]:
+    """Certificates the site owns now, oldest first (a homeowner: their own sites)."""
+    svc = _running(service)
+    await _own_site(accounts, p, site_id)
+    return [certificate_public(c) for c in await svc.owned_by(site_id)]
+
+
+@router.post(
+    "/api/v1/certificates/{certificate_id}/transfer",
+    response_model=CertificatePublic,
+    tags=["certificates"],
+)
+async def transfer(
+    certificate_id: str,
+    body: TransferRequest,
+    service: CertificatesDep,
+    accounts: AccountsDep,
+    p: Annotated[Principal, Depends(require(Role.HOMEOWNER, action="transfer certificates"))],
+) -> CertificatePublic:
+    """Give an active certificate to another site (the owner of its current site)."""
+    await _owned_certificate(service, accounts, p, certificate_id)
+    if await accounts.get_site(body.to_site_id) is None:
+        raise HTTPException(404, f"site {body.to_site_id!r} does not exist")
+    try:
+        cert = await _running(service).transfer(certificate_id, body.to_site_id, p.account_id)
+    except CertificateConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    return certificate_public(cert)
+
+
+@router.post(
+    "/api/v1/certificates/{certificate_id}/retire",
+    response_model=CertificatePublic,
+    tags=["certificates"],
+)
+async def retire(
+    certificate_id: str,
+    body: RetireRequest,
+    service: CertificatesDep,
+    accounts: AccountsDep,
+    p: Annotated[Principal, Depends(require(Role.HOMEOWNER, action="retire certificates"))],
+) -> CertificatePublic:
+    """Claim an active certificate's energy for a beneficiary; final (409 if retired or
+    expired)."""
+    await _owned_certificate(service, accounts, p, certificate_id)
+    try:
+        cert = await _running(service).retire(certificate_id, body.beneficiary)
+    except CertificateConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    return certificate_public(cert)

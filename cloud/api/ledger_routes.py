@@ -5,28 +5,24 @@ Owns: those routes. Checkpoints, the key and consistency proofs carry only sizes
 are public, as a transparency log's are. Inclusion proofs carry the entry (a site's energy for
 one interval), so they need a person with a fleet role, a homeowner for their own site, or the
 device itself (device_routes: a signed probe).
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations`: FastAPI reads these signatures (see cloud.api.deps).
+"""
 
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from cloud.auth import Auth, Principal, Role, visible_site_ids
-from cloud.domain.certificates import (
-    DEFAULT_GRID_G_CO2_PER_KWH,
-    avoided_co2_g,
-    forest_milliacres,
-)
-from cloud.domain.ledger_rules import Entry, site_account
+from cloud.api.deps import ANYONE, AccountsDep, CtxDep, LedgerDep, require
+from cloud.auth import Principal, Role, visible_site_ids
+from cloud.domain.certificates import avoided_co2_g, forest_milliacres
 from cloud.services.ledger import LedgerService, Proof
 from cloud.services.ledger_export import collect_export
-from cloud.storage.accounts import AccountStore
 from protocol.ledger_leaf import decode_leaf
 from protocol.merkle import ProofError
+from rules.ledger import Entry, site_account
 
 
 class LedgerKey(BaseModel):
@@ -101,120 +97,121 @@ def proof_public(p: Proof) -> InclusionProof:
     )
 
 
-def add_ledger_routes(
-    app: FastAPI,
-    ledger_or_none: LedgerService | None,
-    auth: Auth,
-    accounts: AccountStore,
-    co2_factor: int = DEFAULT_GRID_G_CO2_PER_KWH,
-    deployment: str = "",
-) -> None:
-    """Register the ledger routes on `app` (503 when the app runs without a ledger)."""
+def _running(ledger: LedgerService | None) -> LedgerService:
+    """The ledger; 503 when this process runs without one."""
+    if ledger is None:
+        raise HTTPException(503, "the ledger is not running in this process")
+    return ledger
 
-    def running() -> LedgerService:
-        if ledger_or_none is None:
-            raise HTTPException(503, "the ledger is not running in this process")
-        return ledger_or_none
 
-    fleet = (Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
-    anyone = (Role.HOMEOWNER, *fleet)
+router = APIRouter()
 
-    @app.get("/api/v1/ledger/checkpoint", response_class=PlainTextResponse, tags=["ledger"])
-    async def checkpoint() -> PlainTextResponse:
-        """The newest signed checkpoint (C2SP signed note: origin, size, root, signature)."""
-        cp = await running().store.latest_checkpoint()
-        if cp is None:
-            raise HTTPException(404, "no checkpoint yet: no interval has been closed")
-        return PlainTextResponse(cp.note, media_type="text/plain; charset=utf-8")
 
-    @app.get("/api/v1/ledger/key", response_model=LedgerKey, tags=["ledger"])
-    async def key() -> LedgerKey:
-        """The key devices and verifiers pin to check checkpoints."""
-        return LedgerKey(origin=running().origin, verifier_key=running().verifier_key)
+@router.get("/api/v1/ledger/checkpoint", response_class=PlainTextResponse, tags=["ledger"])
+async def checkpoint(ledger: LedgerDep) -> PlainTextResponse:
+    """The newest signed checkpoint (C2SP signed note: origin, size, root, signature)."""
+    cp = await _running(ledger).store.latest_checkpoint()
+    if cp is None:
+        raise HTTPException(404, "no checkpoint yet: no interval has been closed")
+    return PlainTextResponse(cp.note, media_type="text/plain; charset=utf-8")
 
-    @app.get("/api/v1/ledger/consistency", response_model=ConsistencyProof, tags=["ledger"])
-    async def consistency(
-        old: Annotated[int, Query(ge=0)], new: Annotated[int, Query(ge=0)]
-    ) -> ConsistencyProof:
-        """Proof that the log at size `new` extends the log at size `old` (RFC 9162 2.1.4)."""
-        try:
-            path = running().consistency(old, new)
-        except (ProofError, ValueError) as exc:
-            raise HTTPException(422, str(exc)) from None
-        return ConsistencyProof(old_size=old, new_size=new, path=[h.hex() for h in path])
 
-    @app.get(
-        "/api/v1/ledger/proofs/tokens/{token_id}", response_model=InclusionProof, tags=["ledger"]
+@router.get("/api/v1/ledger/key", response_model=LedgerKey, tags=["ledger"])
+async def key(ledger: LedgerDep) -> LedgerKey:
+    """The key devices and verifiers pin to check checkpoints."""
+    led = _running(ledger)
+    return LedgerKey(origin=led.origin, verifier_key=led.verifier_key)
+
+
+@router.get("/api/v1/ledger/consistency", response_model=ConsistencyProof, tags=["ledger"])
+async def consistency(
+    ledger: LedgerDep, old: Annotated[int, Query(ge=0)], new: Annotated[int, Query(ge=0)]
+) -> ConsistencyProof:
+    """Proof that the log at size `new` extends the log at size `old` (RFC 9162 2.1.4)."""
+    try:
+        path = _running(ledger).consistency(old, new)
+    except (ProofError, ValueError) as exc:
+        raise HTTPException(422, str(exc)) from None
+    return ConsistencyProof(old_size=old, new_size=new, path=[h.hex() for h in path])
+
+
+@router.get(
+    "/api/v1/ledger/proofs/tokens/{token_id}", response_model=InclusionProof, tags=["ledger"]
+)
+async def token_proof(
+    token_id: str,
+    ledger: LedgerDep,
+    accounts: AccountsDep,
+    p: Annotated[Principal, Depends(require(*ANYONE, action="read ledger proofs"))],
+    size: Annotated[int | None, Query(ge=1)] = None,
+) -> InclusionProof:
+    """Inclusion proof of the entry that minted a token (a homeowner: own sites only)."""
+    proof = await _running(ledger).proof_for_token(token_id, size)
+    if proof is None:
+        raise HTTPException(404, f"token {token_id} is not in a checkpointed ledger entry")
+    sites = await visible_site_ids(accounts, p)
+    if sites is not None:
+        entry_site = _leaf_site(proof.leaf)
+        if entry_site not in sites:
+            raise HTTPException(403, "this token belongs to another site")
+    return proof_public(proof)
+
+
+@router.get(
+    "/api/v1/ledger/export",
+    response_model=LedgerExport,
+    tags=["ledger"],
+    dependencies=[Depends(require(Role.APPROVER, Role.GRID_OPERATOR, action="export the ledger"))],
+)
+async def export(ctx: CtxDep) -> LedgerExport:
+    """One consistent export (the five files of `gridmint cloud export-ledger`) for
+    `gridmint verify --api`."""
+    led = _running(ctx.ledger)
+    files = await collect_export(
+        led.store, origin=led.origin, log_public_key=led.public_key, deployment=ctx.deployment
     )
-    async def token_proof(
-        token_id: str,
-        size: Annotated[int | None, Query(ge=1)] = None,
-        p: Principal = Depends(auth.require(*anyone, action="read ledger proofs")),
-    ) -> InclusionProof:
-        """Inclusion proof of the entry that minted a token (a homeowner: own sites only)."""
-        proof = await running().proof_for_token(token_id, size)
-        if proof is None:
-            raise HTTPException(404, f"token {token_id} is not in a checkpointed ledger entry")
-        sites = await visible_site_ids(accounts, p)
-        if sites is not None:
-            entry_site = _leaf_site(proof.leaf)
-            if entry_site not in sites:
-                raise HTTPException(403, "this token belongs to another site")
-        return proof_public(proof)
+    return LedgerExport(files=files)
 
-    @app.get(
-        "/api/v1/ledger/export",
-        response_model=LedgerExport,
-        tags=["ledger"],
-        dependencies=[
-            Depends(auth.require(Role.APPROVER, Role.GRID_OPERATOR, action="export the ledger"))
+
+@router.get(
+    "/api/v1/ledger/summary",
+    response_model=LedgerSummary,
+    tags=["ledger"],
+)
+async def summary(
+    ctx: CtxDep,
+    p: Annotated[Principal, Depends(require(*ANYONE, action="read ledger balances"))],
+) -> LedgerSummary:
+    """Log size and per-site balances recomputed from the entries (a homeowner: own sites)."""
+    sites = await visible_site_ids(ctx.accounts, p)
+    led = _running(ctx.ledger)
+    co2_factor = ctx.co2_factor
+    state = led.engine.state
+    cp = await led.store.latest_checkpoint()
+    return LedgerSummary(
+        grid_g_co2_per_kwh=co2_factor,
+        size=led.log.size,
+        checkpoint_size=cp.size if cp else 0,
+        closed_intervals=len(state.closed),
+        late_records=await led.store.late_records(),
+        sites=[
+            SiteBalance(
+                site_id=s,
+                tgen_wh=state.tgen_wh(s),
+                tradable_wh=state.tradable_wh(s),
+                tstorage_wh=state.tstorage_wh(s),
+                set_aside_wh=state.set_aside_wh(s),
+                credits_minor=state.balance(site_account(s)),
+                generated_wh=led.minted_wh.get(s, 0),
+                avoided_co2_g=avoided_co2_g(led.minted_wh.get(s, 0), co2_factor),
+                forest_milliacres=forest_milliacres(
+                    avoided_co2_g(led.minted_wh.get(s, 0), co2_factor)
+                ),
+            )
+            for s in state.sites()
+            if sites is None or s in sites
         ],
     )
-    async def export() -> LedgerExport:
-        """One consistent export (the five files of `gridmint cloud export-ledger`) for
-        `gridmint verify --api`."""
-        led = running()
-        files = await collect_export(
-            led.store, origin=led.origin, log_public_key=led.public_key, deployment=deployment
-        )
-        return LedgerExport(files=files)
-
-    @app.get(
-        "/api/v1/ledger/summary",
-        response_model=LedgerSummary,
-        tags=["ledger"],
-    )
-    async def summary(
-        p: Principal = Depends(auth.require(*anyone, action="read ledger balances")),
-    ) -> LedgerSummary:
-        """Log size and per-site balances recomputed from the entries (a homeowner: own sites)."""
-        sites = await visible_site_ids(accounts, p)
-        state = running().engine.state
-        cp = await running().store.latest_checkpoint()
-        return LedgerSummary(
-            grid_g_co2_per_kwh=co2_factor,
-            size=running().log.size,
-            checkpoint_size=cp.size if cp else 0,
-            closed_intervals=len(state.closed),
-            late_records=await running().store.late_records(),
-            sites=[
-                SiteBalance(
-                    site_id=s,
-                    tgen_wh=state.tgen_wh(s),
-                    tradable_wh=state.tradable_wh(s),
-                    tstorage_wh=state.tstorage_wh(s),
-                    set_aside_wh=state.set_aside_wh(s),
-                    credits_minor=state.balance(site_account(s)),
-                    generated_wh=running().minted_wh.get(s, 0),
-                    avoided_co2_g=avoided_co2_g(running().minted_wh.get(s, 0), co2_factor),
-                    forest_milliacres=forest_milliacres(
-                        avoided_co2_g(running().minted_wh.get(s, 0), co2_factor)
-                    ),
-                )
-                for s in state.sites()
-                if sites is None or s in sites
-            ],
-        )
 
 
 def _leaf_site(leaf: bytes) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from cloud.domain.ledger_rules import Entry, EntryKind
+from rules.ledger import Entry, EntryKind
 
 # Default grid emission factor, grams CO2 per kWh: the US EPA Greenhouse Gas Equivalencies
 # Calculator ("Calculations and References", electricity reductions) converts avoided kWh with

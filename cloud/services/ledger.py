@@ -2,11 +2,11 @@
 
 Owns: when a site's interval is closed (every approved device of the site delivered it, so an
 outage backlog closes as it arrives; or a silent device was waited for `max_wait_s`), turning the
-stored records into `ledger_rules` entries, appending them as leaves of the Merkle log, signing a
+stored records into `rules.ledger` entries, appending them as leaves of the Merkle log, signing a
 checkpoint after every round of closes and publishing it (retained MQTT topic; HTTP reads it
 from storage).
 
-The rules are the pure `cloud.domain.ledger_rules`; this module only feeds them and stores what
+The rules are the pure `rules.ledger`; this module only feeds them and stores what
 they decide. At start-up the engine state is rebuilt by replaying every stored entry with the
 same rules the independent verifier uses, so a corrupted log stops the service instead of
 being extended.
@@ -20,15 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.domain.ledger_rules import (
+from cloud.pki import write_private_key
+from cloud.storage.ledger_store import LeafRow, LedgerStore, StoredCheckpoint, StoredRecord
+from cloud.storage.unit_of_work import UnitOfWork
+from protocol import cose, merkle
+from protocol.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
+from protocol.ledger_leaf import LedgerLeaf, decode_leaf
+from rules.ledger import (
     BatteryParams,
     Entry,
     EntryKind,
@@ -37,11 +44,6 @@ from cloud.domain.ledger_rules import (
     LedgerRuleError,
     replay,
 )
-from cloud.pki import write_private_key
-from cloud.storage.ledger_store import LeafRow, LedgerStore, StoredCheckpoint, StoredRecord
-from protocol import cose, merkle
-from protocol.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
-from protocol.ledger_leaf import LedgerLeaf, decode_leaf
 
 log = logging.getLogger(__name__)
 
@@ -230,14 +232,8 @@ class LedgerService:
         flows = IntervalFlows.from_records(decoded)
         battery = self._batteries.get(site_id) or self.battery(site_id)
         result = self.engine.close_interval(site_id, flows, battery)
-        rows: list[LeafRow] = []
-        refs: list[tuple[bytes, str, int]] = []
-        for e in result.entries:
-            leaf = leaf_for(e).encode()
-            rows.append(
-                LeafRow(e.seq, site_id, interval_start, int(e.kind), leaf, merkle.leaf_hash(leaf))
-            )
-            refs += [(r.record_hash, r.token_id, e.seq) for r in e.refs]
+        rows = [_leaf_row(e) for e in result.entries]
+        refs = [(r.record_hash, r.token_id, e.seq) for e in result.entries for r in e.refs]
         return ClosedInterval(site_id, interval_start, rows, refs, list(result.entries))
 
     async def _write(self, batch: list[ClosedInterval]) -> int:
@@ -258,6 +254,51 @@ class LedgerService:
             self._count_mints(b.entries)
         self.closed_intervals += len(batch)
         return len(batch)
+
+    async def append(
+        self,
+        decide: Callable[[LedgerEngine], Sequence[Entry]],
+        also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+    ) -> list[Entry]:
+        """The ledger's append API for entries that are not an interval close (market leaves,
+        settlements): `decide` emits entries through the engine, under the ledger's lock so
+        sequence numbers are the log's; they are written with `also`'s rows in one unit of
+        work. On any failure nothing is stored and the engine is rebuilt from the stored log,
+        so it never runs ahead of storage; the error is raised to the caller.
+
+        No checkpoint is signed here: the close loop signs one when the log has grown
+        (`checkpoint_if_grown`), so a burst of orders costs one signature, not one each.
+        """
+        async with self._lock:
+            try:
+                entries = list(decide(self.engine))
+            except Exception:
+                await self.load()
+                raise
+            if not entries:
+                return []
+            rows = [_leaf_row(e) for e in entries]
+            refs = [(r.record_hash, r.token_id, e.seq) for e in entries for r in e.refs]
+            try:
+                async with UnitOfWork(self.store.engine) as conn:
+                    await self.store.write_entries(conn, rows, refs)
+                    if also is not None:
+                        await also(conn)
+            except Exception:
+                await self.load()
+                raise
+            for row in rows:
+                self.log.append(row.leaf_hash)
+            self._count_mints(entries)
+            return entries
+
+    async def checkpoint_if_grown(self) -> StoredCheckpoint | None:
+        """Sign a checkpoint when entries were appended since the newest one."""
+        async with self._lock:
+            latest = await self.store.latest_checkpoint()
+            if self.log.size == 0 or (latest is not None and latest.size >= self.log.size):
+                return None
+            return await self._checkpoint()
 
     async def _checkpoint(self) -> StoredCheckpoint:
         size = self.log.size
@@ -305,6 +346,11 @@ class LedgerService:
     def consistency(self, old_size: int, new_size: int) -> list[bytes]:
         """Consistency proof between two sizes of the log."""
         return self.log.consistency_proof(old_size, new_size)
+
+
+def _leaf_row(e: Entry) -> LeafRow:
+    leaf = leaf_for(e).encode()
+    return LeafRow(e.seq, e.site, e.interval_start, int(e.kind), leaf, merkle.leaf_hash(leaf))
 
 
 def default_ledger_key_path(database_url: str, configured: Path | None) -> Path | None:

@@ -19,7 +19,7 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.domain.devices import DeviceStatus
 from cloud.storage.tables import (
@@ -31,6 +31,7 @@ from cloud.storage.tables import (
     ledger_refs,
     tokens,
 )
+from cloud.storage.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,32 +192,15 @@ class LedgerStore:
         """Write several closed intervals (leaves, references, closed markers) atomically."""
         if not batch:
             return
-        ms = int(time.time() * 1000) if now_ms is None else now_ms
-        leaves = [row for _, _, rows, _ in batch for row in rows]
-        refs = [ref for _, _, _, rs in batch for ref in rs]
         if any(not rows for _, _, rows, _ in batch):
             raise ValueError("an interval close writes at least one entry")
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(ledger_entries),
-                [
-                    {
-                        "seq": r.seq,
-                        "site_id": r.site_id,
-                        "interval_start": r.interval_start,
-                        "kind": r.kind,
-                        "leaf": r.leaf,
-                        "leaf_hash": r.leaf_hash,
-                        "created_ms": ms,
-                    }
-                    for r in leaves
-                ],
+        async with UnitOfWork(self.engine) as conn:
+            await self.write_entries(
+                conn,
+                [row for _, _, rows, _ in batch for row in rows],
+                [ref for _, _, _, rs in batch for ref in rs],
+                now_ms,
             )
-            if refs:
-                await conn.execute(
-                    insert(ledger_refs),
-                    [{"record_hash": h, "token_id": t, "seq": s} for h, t, s in refs],
-                )
             await conn.execute(
                 insert(ledger_intervals),
                 [
@@ -225,10 +209,43 @@ class LedgerStore:
                         "interval_start": start,
                         "first_seq": rows[0].seq,
                         "last_seq": rows[-1].seq,
-                        "closed_ms": ms,
+                        "closed_ms": _ms(now_ms),
                     }
                     for site, start, rows, _ in batch
                 ],
+            )
+
+    async def write_entries(
+        self,
+        conn: AsyncConnection,
+        leaves: Sequence[LeafRow],
+        refs: Sequence[tuple[bytes, str, int]] = (),
+        now_ms: int | None = None,
+    ) -> None:
+        """Write log leaves (and the record references they account for) in the caller's
+        unit of work: the ledger's append API, for entries of any shape."""
+        if not leaves:
+            return
+        ms = _ms(now_ms)
+        await conn.execute(
+            insert(ledger_entries),
+            [
+                {
+                    "seq": r.seq,
+                    "site_id": r.site_id,
+                    "interval_start": r.interval_start,
+                    "kind": r.kind,
+                    "leaf": r.leaf,
+                    "leaf_hash": r.leaf_hash,
+                    "created_ms": ms,
+                }
+                for r in leaves
+            ],
+        )
+        if refs:
+            await conn.execute(
+                insert(ledger_refs),
+                [{"record_hash": h, "token_id": t, "seq": s} for h, t, s in refs],
             )
 
     async def late_records(self) -> int:
@@ -360,3 +377,7 @@ def _record(r: Any) -> StoredRecord:
         record_hash=bytes(r.record_hash),
         envelope=bytes(r.envelope),
     )
+
+
+def _ms(now_ms: int | None) -> int:
+    return int(time.time() * 1000) if now_ms is None else now_ms

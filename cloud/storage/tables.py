@@ -301,3 +301,78 @@ certificate_transfers = Table(
     Column("by_account", String(32), nullable=False),
     Column("at_ms", BigInteger, nullable=False),
 )
+
+# The market's read models. The truth is the ledger log (ORDER_EVENT and TRADE_MATCH leaves),
+# which the order service replays at start; these rows serve the API and the idempotency keys,
+# and are written in the same transaction as the leaves they describe.
+market_orders = Table(
+    "market_orders",
+    metadata,
+    Column("order_id", String(40), primary_key=True),
+    Column("account_id", String(32), nullable=False, index=True),
+    Column("client_order_id", String(64), nullable=False),
+    Column("request_sha256", LargeBinary(32), nullable=False),
+    Column("site_id", String(64), nullable=False),
+    Column("side", Integer, nullable=False),
+    Column("interval_start", BigInteger, nullable=False, index=True),
+    Column("interval_s", Integer, nullable=False),
+    Column("quantity_wh", BigInteger, nullable=False),
+    Column("limit_price", BigInteger, nullable=False),
+    Column("tif", String(8), nullable=False),
+    Column("min_fill_wh", BigInteger, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("priority", BigInteger, nullable=False),
+    Column("placed_seq", BigInteger, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("cancel_reason", String(20), nullable=True),
+    Column("filled_wh", BigInteger, nullable=False),
+    Column("remaining_wh", BigInteger, nullable=False),
+    Column("filled_notional", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    UniqueConstraint("account_id", "client_order_id", name="uq_market_orders_client_id"),
+    CheckConstraint("quantity_wh > 0 AND filled_wh + remaining_wh = quantity_wh",
+                    name="ck_market_orders_quantity"),
+)
+
+market_trades = Table(
+    "market_trades",
+    metadata,
+    Column("trade_id", String(40), primary_key=True),
+    Column("entry_seq", BigInteger, nullable=False, unique=True),  # its TRADE_MATCH leaf
+    Column("interval_start", BigInteger, nullable=False, index=True),
+    Column("interval_s", Integer, nullable=False),
+    Column("buy_order_id", String(40), nullable=False),
+    Column("sell_order_id", String(40), nullable=False),
+    Column("buyer_account_id", String(32), nullable=False, index=True),
+    Column("buyer_site_id", String(64), nullable=False),
+    Column("seller_account_id", String(32), nullable=False, index=True),
+    Column("seller_site_id", String(64), nullable=False),
+    Column("quantity_wh", BigInteger, nullable=False),
+    Column("price", BigInteger, nullable=False),
+    Column("taker_seq", BigInteger, nullable=False),
+    Column("maker_seq", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    # Settlement, once the seller's delivery interval is closed in the ledger.
+    Column("status", String(12), nullable=False),  # matched | settled | short
+    Column("settled_wh", BigInteger, nullable=True),
+    Column("settlement_seq", BigInteger, nullable=True),  # its P2P_TRADE leaf, if any
+    Column("shortfall_seq", BigInteger, nullable=True),  # the buyer's GRID_PURCHASE, if any
+    Column("buyer_paid_minor", BigInteger, nullable=True),
+    Column("seller_received_minor", BigInteger, nullable=True),
+    Column("platform_fee_minor", BigInteger, nullable=True),
+    Column("dso_fee_minor", BigInteger, nullable=True),
+    Column("shortfall_cost_minor", BigInteger, nullable=True),
+    Column("settled_ms", BigInteger, nullable=True),
+    CheckConstraint("status IN ('matched', 'settled', 'short')", name="ck_market_trades_status"),
+)
+
+# Which ledger leaf holds which order's events: for a homeowner's inclusion proofs.
+market_events = Table(
+    "market_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("order_id", String(40), nullable=True, index=True),  # null for a gate closure
+    Column("interval_start", BigInteger, nullable=False),
+    Column("kind", String(8), nullable=False),  # place | amend | cancel | close
+)

@@ -24,19 +24,19 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud.domain.ledger_rules import (
-    BatteryParams,
-    Entry,
-    IntervalFlows,
-    LedgerEngine,
-    TradeTerms,
-)
 from edge.accounting import Channel
 from edge.minting import MintedToken
 from protocol import cose
 from protocol.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
 from protocol.ledger_leaf import LedgerLeaf
 from protocol.merkle import MerkleLog, leaf_hash
+from rules.ledger import (
+    BatteryParams,
+    Entry,
+    IntervalFlows,
+    LedgerEngine,
+    TradeTerms,
+)
 from tests.helpers.records import FakeDevice
 
 EXPORT_FORMAT = "gridmint-export/v1"

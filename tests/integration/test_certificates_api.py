@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.api.app import create_app
 from cloud.domain.certificates import REC_WH
-from cloud.domain.ledger_rules import EntryKind
 from cloud.services.certificates import CertificateService
 from cloud.services.ingest import IngestService
 from cloud.services.ledger import LedgerService
@@ -28,6 +27,7 @@ from cloud.storage.certificates_store import (
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.store import Store
 from protocol import topics
+from rules.ledger import EntryKind
 from tests.helpers.records import FakeDevice
 
 DAY = 24 * 3600

@@ -88,7 +88,9 @@ async def test_every_golden_invalid_vector_is_refused_with_its_reason(
         token_topic = topics.topic(SITE, device_id, topics.Channel.TOKENS)
         for v in invalid:
             assert await link.publish(token_topic, bytes.fromhex(v["envelope_hex"]), qos=1)
-        expected = {hashlib.sha256(bytes.fromhex(v["envelope_hex"])).hexdigest(): v for v in invalid}
+        expected = {
+            hashlib.sha256(bytes.fromhex(v["envelope_hex"])).hexdigest(): v for v in invalid
+        }
         deadline = time.monotonic() + 30
         while set(receipts) != set(expected) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

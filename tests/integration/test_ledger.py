@@ -8,7 +8,6 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud.domain.ledger_rules import BatteryParams, Entry, EntryKind, replay
 from cloud.services.ingest import IngestService
 from cloud.services.ledger import LedgerCorrupted, LedgerService
 from cloud.storage.ledger_store import LedgerStore
@@ -17,6 +16,7 @@ from cloud.storage.tables import ledger_entries
 from protocol import cose, merkle, topics
 from protocol.checkpoint import parse_signed_checkpoint
 from protocol.ledger_leaf import decode_leaf
+from rules.ledger import BatteryParams, Entry, EntryKind, replay
 from tests.helpers.records import FakeDevice
 
 ORIGIN = "gridmint/test/ledger"
@@ -233,9 +233,9 @@ async def test_registered_battery_parameters_reach_the_ledger(store: Store) -> N
     import httpx
 
     from cloud.api.app import create_app
-    from cloud.domain.ledger_rules import BatteryParams
     from cloud.storage.accounts import AccountStore
     from cloud.storage.batteries import BatteryStore
+    from rules.ledger import BatteryParams
 
     devs, ingest = await _setup(store)
     await _send(ingest, devs[0], 2)

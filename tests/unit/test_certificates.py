@@ -20,7 +20,8 @@ from cloud.domain.certificates import (
     forest_milliacres,
     plan_rec_bundles,
 )
-from cloud.domain.ledger_rules import (
+from protocol.record import token_id
+from rules.ledger import (
     BatteryParams,
     EntryKind,
     IntervalFlows,
@@ -28,7 +29,6 @@ from cloud.domain.ledger_rules import (
     RecordRef,
     TradeTerms,
 )
-from protocol.record import token_id
 
 T0 = 1_800_000_000 - 1_800_000_000 % 3600
 DAY = 24 * 3600

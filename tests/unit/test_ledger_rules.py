@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.domain.ledger_rules import (
+from protocol.record import Channels, Energy, IntervalRecord, token_id
+from rules.ledger import (
     DSO_FEE_ACCOUNT,
     GRID_ACCOUNT,
     PLATFORM_FEE_ACCOUNT,
@@ -35,7 +36,6 @@ from cloud.domain.ledger_rules import (
     replay,
     site_account,
 )
-from protocol.record import Channels, Energy, IntervalRecord, token_id
 
 T0 = 1_800_000_000 - 1_800_000_000 % 3600
 IDEAL = BatteryParams(usable_capacity_wh=10_000, round_trip_efficiency_permille=1000)

@@ -23,13 +23,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from cloud.domain.ledger_rules import Burn, Entry, EntryKind
 from edge.minting import ChainState
 from gridmint.cli import app
 from gridmint.verify import Discrepancy, VerifyReport, verify_export
 from protocol import cose
 from protocol.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
 from protocol.ledger_leaf import LedgerLeaf, decode_leaf
+from rules.ledger import Burn, Entry, EntryKind
 from tests.helpers.ledger_export import (
     ORIGIN,
     T0,

@@ -1,0 +1,187 @@
+"""What the routes need, in one place: the `ApiContext` that create_app stores on `app.state.ctx`,
+and the FastAPI dependencies that hand its parts, and the caller, to the route functions.
+
+Owns: request-time access to the context and the role checks. A route module declares its routes
+on a module-level `APIRouter` and asks for what it uses:
+
+    @router.get("/api/v1/things", tags=["things"])
+    async def things(
+        store: StoreDep,
+        p: Annotated[Principal, Depends(require(Role.INSTALLER, action="list things"))],
+    ) -> list[Thing]: ...
+
+`require(...)` works before any app exists: the Auth of cloud.auth (who is calling, 401/403
+answers) is looked up in the context when a request arrives.
+
+No `from __future__ import annotations` here: FastAPI reads the signatures of these dependencies,
+and their `Annotated[..., Depends(...)]` metadata must be real objects.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.templating import Jinja2Templates
+
+# The two security schemes Auth's own dependencies use: declaring the same objects keeps the
+# OpenAPI document's "HTTPBearer" and "APIKeyCookie" schemes (cloud.auth keeps them private).
+from cloud.auth import Auth, Principal, Role, bearer_scheme, session_cookie
+from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH
+from cloud.services.certificates import CertificateService
+from cloud.services.device_credentials import DeviceCredentials
+from cloud.services.ledger import LedgerService
+from cloud.storage.accounts import AccountStore
+from cloud.storage.claims import ClaimStore
+from cloud.storage.device_views import DeviceViews
+from cloud.storage.store import Store
+
+__all__ = [
+    "ANYONE",
+    "FLEET",
+    "AccountsDep",
+    "ApiContext",
+    "CertificatesDep",
+    "ClaimsDep",
+    "CredentialsDep",
+    "CtxDep",
+    "DeviceViewsDep",
+    "LedgerDep",
+    "OptionalPrincipalDep",
+    "PrincipalDep",
+    "StoreDep",
+    "TemplatesDep",
+    "current_principal",
+    "get_ctx",
+    "optional_principal",
+    "require",
+]
+
+# Role sets the routes share (admins always pass `require`, so they are not listed).
+FLEET = (Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
+ANYONE = (Role.HOMEOWNER, *FLEET)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiContext:
+    """Everything the routes of one app use: stores, services, auth, templates, settings, clocks.
+
+    Optional parts (`credentials`, `ledger`, `certificates`) are None when this process runs
+    without them; the routes that need them answer as before (404 or 503).
+    """
+
+    store: Store
+    accounts: AccountStore
+    auth: Auth
+    templates: Jinja2Templates
+    claims: ClaimStore
+    device_views: DeviceViews
+    credentials: DeviceCredentials | None
+    ledger: LedgerService | None
+    certificates: CertificateService | None
+    deployment: str
+    broker_url: str
+    key_overlap_s: int
+    secure_cookies: bool
+    stream_interval_s: float
+    broker_connected: Callable[[], bool]
+    storage_errors: Callable[[], int]
+    now: Callable[[], float]
+    co2_factor: int = DEFAULT_GRID_G_CO2_PER_KWH
+
+
+# The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).
+
+
+async def get_ctx(request: Request) -> ApiContext:
+    """The context of the app serving this request (set by cloud.api.app.create_app)."""
+    ctx = getattr(request.app.state, "ctx", None)
+    if not isinstance(ctx, ApiContext):
+        raise RuntimeError("app.state.ctx is not set: build the app with cloud.api.app.create_app")
+    return ctx
+
+
+CtxDep = Annotated[ApiContext, Depends(get_ctx)]
+
+
+async def _store(ctx: CtxDep) -> Store:
+    return ctx.store
+
+
+async def _accounts(ctx: CtxDep) -> AccountStore:
+    return ctx.accounts
+
+
+async def _templates(ctx: CtxDep) -> Jinja2Templates:
+    return ctx.templates
+
+
+async def _claims(ctx: CtxDep) -> ClaimStore:
+    return ctx.claims
+
+
+async def _device_views(ctx: CtxDep) -> DeviceViews:
+    return ctx.device_views
+
+
+async def _credentials(ctx: CtxDep) -> DeviceCredentials | None:
+    return ctx.credentials
+
+
+async def _ledger(ctx: CtxDep) -> LedgerService | None:
+    return ctx.ledger
+
+
+async def _certificates(ctx: CtxDep) -> CertificateService | None:
+    return ctx.certificates
+
+
+StoreDep = Annotated[Store, Depends(_store)]
+AccountsDep = Annotated[AccountStore, Depends(_accounts)]
+TemplatesDep = Annotated[Jinja2Templates, Depends(_templates)]
+ClaimsDep = Annotated[ClaimStore, Depends(_claims)]
+DeviceViewsDep = Annotated[DeviceViews, Depends(_device_views)]
+# None when this process runs without them; the route decides what that means (404, 503, ...).
+CredentialsDep = Annotated[DeviceCredentials | None, Depends(_credentials)]
+LedgerDep = Annotated[LedgerService | None, Depends(_ledger)]
+CertificatesDep = Annotated[CertificateService | None, Depends(_certificates)]
+
+
+# Who is calling: the app's Auth (cloud.auth) decides; these only find it at request time.
+
+
+async def optional_principal(
+    ctx: CtxDep,
+    authorization: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    session: Annotated[str | None, Depends(session_cookie)],
+) -> Principal | None:
+    """The caller, or None when no credentials were sent; bad credentials are 401/403.
+
+    `Authorization: Bearer` wins over the session cookie when both are present.
+    """
+    return await ctx.auth.optional_principal(authorization, session)
+
+
+OptionalPrincipalDep = Annotated[Principal | None, Depends(optional_principal)]
+
+
+async def current_principal(ctx: CtxDep, principal: OptionalPrincipalDep) -> Principal:
+    """The caller; 401 when no credentials were sent."""
+    return await ctx.auth.current_principal(principal)
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def require(*roles: Role, action: str = "use this endpoint") -> Callable[..., Awaitable[Principal]]:
+    """A dependency that lets through only `roles` (admins always) and returns the caller.
+
+    The app's `Auth.require` decides, so the 401 and 403 answers are its own: "role homeowner
+    may not <action>".
+    """
+
+    async def dependency(ctx: CtxDep, principal: PrincipalDep) -> Principal:
+        return await ctx.auth.require(*roles, action=action)(principal)
+
+    return dependency

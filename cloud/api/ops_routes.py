@@ -1,0 +1,82 @@
+"""Operating the aggregator: liveness (/healthz, public) and Prometheus metrics (grid operators).
+
+Owns: those routes.
+
+No `from __future__ import annotations`: FastAPI reads these signatures (see cloud.api.deps).
+"""
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse
+
+from cloud.api.deps import CtxDep, require
+from cloud.api.fleet_views import ledger_status
+from cloud.api.schemas import Health
+from cloud.auth import Role
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=Health, tags=["ops"])
+async def healthz(ctx: CtxDep) -> Health:
+    """Liveness plus database and broker state."""
+    try:
+        await ctx.store.stats(intervals=1)
+        db = "ok"
+    except Exception as exc:  # report, don't crash
+        db = f"error: {exc}"
+    return Health(
+        status="ok" if db == "ok" else "degraded",
+        database=db,
+        broker="connected" if ctx.broker_connected() else "disconnected",
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    tags=["ops"],
+    dependencies=[Depends(require(Role.GRID_OPERATOR, action="scrape metrics"))],
+)
+async def metrics(ctx: CtxDep) -> PlainTextResponse:
+    """Prometheus text exposition of the ingest counters (from the database)."""
+    s = await ctx.store.stats(intervals=1)
+    lines = [
+        "# HELP gridmint_ingest_storage_errors_total Messages left unacknowledged for "
+        "redelivery because storage failed (since the process started).",
+        "# TYPE gridmint_ingest_storage_errors_total counter",
+        f"gridmint_ingest_storage_errors_total {ctx.storage_errors()}",
+        "# HELP gridmint_tokens_accepted_total Generation tokens accepted and stored.",
+        "# TYPE gridmint_tokens_accepted_total counter",
+        f"gridmint_tokens_accepted_total {s.accepted}",
+        "# HELP gridmint_tokens_rejected_total Messages refused, by reason.",
+        "# TYPE gridmint_tokens_rejected_total counter",
+        *(
+            f'gridmint_tokens_rejected_total{{reason="{r}"}} {n}'
+            for r, n in sorted(s.rejected_by_reason.items())
+        ),
+        "# HELP gridmint_generated_wh_total Generation in accepted tokens, Wh.",
+        "# TYPE gridmint_generated_wh_total counter",
+        f"gridmint_generated_wh_total {s.generated_wh}",
+        "# HELP gridmint_broker_connected 1 while the aggregator is connected to the broker.",
+        "# TYPE gridmint_broker_connected gauge",
+        f"gridmint_broker_connected {int(ctx.broker_connected())}",
+    ]
+    ledger = ctx.ledger
+    led = await ledger_status(ledger)
+    if led is not None and ledger is not None:
+        lines += [
+            "# HELP gridmint_ledger_entries Entries in the ledger's Merkle log.",
+            "# TYPE gridmint_ledger_entries gauge",
+            f"gridmint_ledger_entries {led['entries']}",
+            "# HELP gridmint_ledger_checkpoint_size Size of the newest signed checkpoint.",
+            "# TYPE gridmint_ledger_checkpoint_size gauge",
+            f"gridmint_ledger_checkpoint_size {led['checkpoint']}",
+            "# HELP gridmint_ledger_intervals_closed Site intervals closed into the ledger.",
+            "# TYPE gridmint_ledger_intervals_closed gauge",
+            f"gridmint_ledger_intervals_closed {led['intervals']}",
+            "# HELP gridmint_ledger_late_records Records that arrived after their interval "
+            "closed (stored, not minted).",
+            "# TYPE gridmint_ledger_late_records gauge",
+            f"gridmint_ledger_late_records {await ledger.store.late_records()}",
+        ]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
