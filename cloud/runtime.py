@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
+from cloud.domain.market_checks import MarketConfig
 from cloud.mqtt_ingest import MqttIngest
 from cloud.pki import DeviceCA
 from cloud.services.certificates import CertificateService
@@ -26,15 +27,19 @@ from cloud.services.ledger import (
     default_origin,
     load_or_create_ledger_key,
 )
+from cloud.services.market import MarketService
+from cloud.services.settlement import SettlementService
 from cloud.settings import CloudSettings
 from cloud.storage.batteries import BatteryStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.ledger_store import LedgerStore
+from cloud.storage.market_store import MarketStore
 from cloud.storage.store import Store
 from mqttlink import client_tls_context
 from protocol import topics
 from protocol.clock import Clock, SystemClock
 from rules.ledger import BatteryParams
+from rules.market import MatchingMode
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,8 @@ class CloudRuntime:
         self.mqtt: MqttIngest | None = None
         self.credentials: DeviceCredentials | None = None
         self.ledger: LedgerService | None = None
+        self.market: MarketService | None = None
+        self.settlement: SettlementService | None = None
         self._ledger_task: asyncio.Task[None] | None = None
         self._crl_task: asyncio.Task[None] | None = None
         self._rec_task: asyncio.Task[None] | None = None
@@ -119,6 +126,32 @@ class CloudRuntime:
             registered_batteries=self._registered_batteries,
         )
         await self.ledger.load()
+        if s.market_enabled:
+            market_store = MarketStore(self.store.engine)
+            self.market = MarketService(
+                self.ledger,
+                market_store,
+                MarketConfig(
+                    interval_s=s.market_interval_s,
+                    mode=MatchingMode(s.market_mode),
+                    tick=s.market_tick,
+                    feed_in_price=s.market_feed_in_price,
+                    retail_price=s.market_retail_price,
+                    platform_fee=s.market_platform_fee,
+                    dso_fee=s.market_dso_fee,
+                    gate_closure_s=s.market_gate_closure_s,
+                    horizon_s=s.market_horizon_s,
+                    forecast_share_permille=s.market_forecast_share_permille,
+                    credit_limit_minor=s.market_credit_limit_minor,
+                ),
+                self.clock.now,
+                latitude_deg=s.market_latitude,
+                longitude_deg=s.market_longitude,
+            )
+            await self.market.load()
+            self.settlement = SettlementService(
+                self.ledger, self.market, market_store, self.clock.now
+            )
         if connect_mqtt:
             tls = None
             if s.broker_ca_file is not None:
@@ -142,6 +175,7 @@ class CloudRuntime:
                 broker_url=s.broker_url,
                 credentials=self.credentials,
                 ledger=self.ledger,
+                market=self.market,
                 key_overlap_s=s.key_overlap_s,
                 now=self.clock.now,
             )
@@ -192,6 +226,10 @@ class CloudRuntime:
         while True:
             try:
                 await self.ledger.close_due()
+                if self.market is not None and self.settlement is not None:
+                    await self.market.close_due_gates()
+                    await self.settlement.settle_due()
+                await self.ledger.checkpoint_if_grown()
             except Exception as exc:  # the database may be down: try again next round
                 log.error("ledger: closing intervals failed: %s", exc)
             await asyncio.sleep(self.settings.ledger_close_every_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,3 +62,18 @@ class CloudSettings(BaseSettings):
     key_overlap_s: int = Field(
         24 * 3600, ge=0, description="how long a rotated-out signing key keeps verifying"
     )
+    # The VPP market (prices in whole minor currency units per kWh).
+    market_enabled: bool = True
+    market_interval_s: Literal[300, 900] = 300
+    market_mode: Literal["continuous", "call_auction"] = "continuous"
+    market_tick: int = Field(1, gt=0)
+    market_feed_in_price: int = Field(8, ge=0, description="price band floor (feed-in tariff)")
+    market_retail_price: int = Field(32, ge=0, description="price band ceiling (retail price)")
+    market_platform_fee: int = Field(1, ge=0, description="per kWh, paid by the buyer")
+    market_dso_fee: int = Field(4, ge=0, description="distribution charge per kWh, buyer pays")
+    market_gate_closure_s: int = Field(300, ge=0, description="orders stop this long before")
+    market_horizon_s: int = Field(24 * 3600, gt=0, description="books open this long before")
+    market_forecast_share_permille: int = Field(500, ge=0, le=1000)
+    market_credit_limit_minor: int = Field(0, ge=0)
+    market_latitude: float = Field(48.0, ge=-90, le=90, description="for the PV forecast shape")
+    market_longitude: float = Field(0.0, ge=-180, le=180)

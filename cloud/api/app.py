@@ -20,6 +20,7 @@ from cloud.api import (
     fleet_routes,
     home_routes,
     ledger_routes,
+    market_routes,
     ops_routes,
     pages_routes,
     sites_routes,
@@ -31,6 +32,7 @@ from cloud.auth import make_auth
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.ledger import LedgerService
+from cloud.services.market import MarketService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.claims import ClaimStore
@@ -45,6 +47,7 @@ ROUTERS = (
     device_routes.router,
     ledger_routes.router,
     certificates_routes.router,
+    market_routes.router,
     pages_routes.router,
     home_routes.router,
     accounts_routes.router,
@@ -65,6 +68,7 @@ def create_app(
     broker_url: str = "",
     credentials: DeviceCredentials | None = None,
     ledger: LedgerService | None = None,
+    market: MarketService | None = None,
     key_overlap_s: int = 24 * 3600,
     now: Callable[[], float] = time.time,
 ) -> FastAPI:
@@ -86,6 +90,7 @@ def create_app(
         certificates=None
         if ledger is None
         else CertificateService(CertificateStore(store.engine), ledger),
+        market=market,
         deployment=deployment,
         broker_url=broker_url,
         key_overlap_s=key_overlap_s,

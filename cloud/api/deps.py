@@ -32,6 +32,7 @@ from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.ledger import LedgerService
+from cloud.services.market import MarketService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
@@ -48,6 +49,7 @@ __all__ = [
     "CtxDep",
     "DeviceViewsDep",
     "LedgerDep",
+    "MarketDep",
     "OptionalPrincipalDep",
     "PrincipalDep",
     "StoreDep",
@@ -67,8 +69,8 @@ ANYONE = (Role.HOMEOWNER, *FLEET)
 class ApiContext:
     """Everything the routes of one app use: stores, services, auth, templates, settings, clocks.
 
-    Optional parts (`credentials`, `ledger`, `certificates`) are None when this process runs
-    without them; the routes that need them answer as before (404 or 503).
+    Optional parts (`credentials`, `ledger`, `certificates`, `market`) are None when this
+    process runs without them; the routes that need them answer 404 or 503.
     """
 
     store: Store
@@ -80,6 +82,7 @@ class ApiContext:
     credentials: DeviceCredentials | None
     ledger: LedgerService | None
     certificates: CertificateService | None
+    market: MarketService | None
     deployment: str
     broker_url: str
     key_overlap_s: int
@@ -137,6 +140,10 @@ async def _certificates(ctx: CtxDep) -> CertificateService | None:
     return ctx.certificates
 
 
+async def _market(ctx: CtxDep) -> MarketService | None:
+    return ctx.market
+
+
 StoreDep = Annotated[Store, Depends(_store)]
 AccountsDep = Annotated[AccountStore, Depends(_accounts)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(_templates)]
@@ -146,6 +153,7 @@ DeviceViewsDep = Annotated[DeviceViews, Depends(_device_views)]
 CredentialsDep = Annotated[DeviceCredentials | None, Depends(_credentials)]
 LedgerDep = Annotated[LedgerService | None, Depends(_ledger)]
 CertificatesDep = Annotated[CertificateService | None, Depends(_certificates)]
+MarketDep = Annotated[MarketService | None, Depends(_market)]
 
 
 # Who is calling: the app's Auth (cloud.auth) decides; these only find it at request time.

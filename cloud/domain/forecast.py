@@ -18,6 +18,9 @@ from collections.abc import Iterable
 
 CLEAR_SKY_EXPONENT = 1.15
 _SAMPLES = 5  # shape samples per interval
+# Recent intervals with less sun than this (sun below about 9 degrees) do not set the scale:
+# dividing by a near-zero prediction would blow a dawn reading up into a huge forecast.
+MIN_SHAPE_PER_HOUR = 0.1
 
 
 def clear_sky_shape(ts: float, latitude_deg: float, longitude_deg: float) -> float:
@@ -56,8 +59,11 @@ def forecast_wh(
     delivered = 0
     predicted = 0.0
     for start, length, wh in recent:
+        shape = interval_shape(start, length, latitude_deg, longitude_deg)
+        if shape < MIN_SHAPE_PER_HOUR * length / 3600:
+            continue  # dawn and dusk: too little sun to learn the array's size from
         delivered += wh
-        predicted += interval_shape(start, length, latitude_deg, longitude_deg)
+        predicted += shape
     if delivered <= 0 or predicted <= 0:
         return 0
     scale = delivered / predicted  # Wh per shape-hour: the array's effective clear-sky power

@@ -78,6 +78,17 @@ class Proof:
     checkpoint: str
 
 
+@dataclass(frozen=True, slots=True)
+class LeafProof:
+    """Inclusion of one log leaf (any entry, e.g. an order event) in a signed checkpoint."""
+
+    leaf_index: int
+    leaf: bytes
+    tree_size: int
+    path: list[bytes]
+    checkpoint: str
+
+
 def leaf_for(entry: Entry) -> LedgerLeaf:
     """The log leaf of an entry: its bytes and the record hashes it accounts for."""
     return LedgerLeaf(entry.seq, tuple(r.record_hash for r in entry.refs), entry.to_bytes())
@@ -341,6 +352,20 @@ class LedgerService:
                 t, h, seq, leaves[seq], cp.size, self.log.inclusion_proof(seq, cp.size), cp.note
             )
             for t, (seq, h) in found.items()
+        }
+
+    async def proofs_for_seqs(self, seqs: list[int]) -> dict[int, LeafProof]:
+        """Inclusion proofs of log leaves by position, against the latest checkpoint; leaves
+        not covered by a checkpoint yet are left out."""
+        cp = await self.store.latest_checkpoint()
+        if cp is None:
+            return {}
+        wanted = sorted({s for s in seqs if 0 <= s < cp.size})
+        leaves = await self.store.leaves_at(wanted)
+        return {
+            s: LeafProof(s, leaves[s], cp.size, self.log.inclusion_proof(s, cp.size), cp.note)
+            for s in wanted
+            if s in leaves
         }
 
     def consistency(self, old_size: int, new_size: int) -> list[bytes]:

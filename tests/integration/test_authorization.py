@@ -72,6 +72,21 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/sites/{site_id}/certificates"): (D, A, A, A, A, A),
     ("POST", "/api/v1/certificates/{certificate_id}/transfer"): (D, A, D, D, D, A),
     ("POST", "/api/v1/certificates/{certificate_id}/retire"): (D, A, D, D, D, A),
+    # The market: everyone signed in sees the rules, the anonymous book, the history and the
+    # stream; homeowners trade for their own sites (503 here: no market in this app) and see
+    # their own orders and trades; the grid operator sees all of them.
+    ("GET", "/api/v1/market"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/market/book"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/market/history"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/market/stream"): (D, A, A, A, A, A),
+    ("POST", "/api/v1/market/orders"): (D, A, D, D, D, A),
+    ("GET", "/api/v1/market/orders"): (D, A, D, D, A, A),
+    ("GET", "/api/v1/market/orders/{order_id}"): (D, A, D, D, A, A),
+    ("PATCH", "/api/v1/market/orders/{order_id}"): (D, A, D, D, D, A),
+    ("DELETE", "/api/v1/market/orders/{order_id}"): (D, A, D, D, D, A),
+    ("GET", "/api/v1/market/orders/{order_id}/proofs"): (D, A, D, D, A, A),
+    ("GET", "/api/v1/market/trades"): (D, A, D, D, A, A),
+    ("GET", "/api/v1/market/trades/{trade_id}/proof"): (D, A, D, D, A, A),
     ("GET", "/login"): (A, A, A, A, A, A),
     ("POST", "/login"): (A, A, A, A, A, A),
 }
@@ -128,6 +143,8 @@ async def test_role_table(
         path.replace("{device_id}", "pi-x")
         .replace("{account_id}", "acct-x")
         .replace("{site_id}", "site-x")
+        .replace("{order_id}", "o-x")
+        .replace("{trade_id}", "t-x")
     )
     for role, decision in zip(ROLES, TABLE[(method, path)], strict=True):
         headers = {} if role == "anonymous" else {"Authorization": f"Bearer {tokens[role]}"}

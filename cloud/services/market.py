@@ -1,0 +1,702 @@
+"""The order service of the VPP market: place, amend and cancel orders, close gates.
+
+Owns: the pre-trade checks in order (idempotency, terms, site, self-trade, coverage), the
+in-memory market (rules.market) and its consistency with the log. Every accepted order event
+becomes an ORDER_EVENT leaf of the ledger's Merkle log, every trade it causes a TRADE_MATCH leaf,
+and the order and trade rows are written in the same unit of work (LedgerService.append): an
+order fill and its ledger entry commit together or not at all. If storage fails, the market is
+rebuilt from the stored log, so it never runs ahead of what was stored.
+
+At start the market is rebuilt by replaying the logged order events through the same matching
+rules the verifier runs, and the trades it gets must equal the logged TRADE_MATCH leaves.
+Settlement against delivery is cloud.services.settlement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloud.domain.forecast import forecast_wh
+from cloud.domain.market_checks import (
+    MarketConfig,
+    MarketReason,
+    MarketRefusal,
+    bid_cost_minor,
+    check_terms,
+    offer_allowance,
+)
+from cloud.services.ledger import LedgerService
+from cloud.storage.market_store import EventRow, MarketStore, OrderRow, OrderState, TradeRow
+from rules.ledger import MARKET_SITE, Entry, EntryKind, LedgerEngine, LotFlag, Pool, site_account
+from rules.market import (
+    Amend,
+    Cancel,
+    CancelReason,
+    CloseGate,
+    Event,
+    Market,
+    MarketRuleError,
+    Order,
+    OrderStatus,
+    Place,
+    Side,
+    TimeInForce,
+    Trade,
+)
+from rules.market.codec import decode_event, decode_trade, encode_event, encode_trade
+
+log = logging.getLogger(__name__)
+
+RECENT_S = 24 * 3600  # deliveries the forecast is scaled by
+
+
+class MarketError(Exception):
+    """A refused market request: `refusal.reason`, a plain message, an HTTP status."""
+
+    def __init__(self, refusal: MarketRefusal) -> None:
+        super().__init__(f"{refusal.reason}: {refusal.detail}")
+        self.refusal = refusal
+
+
+class MarketCorrupted(RuntimeError):
+    """The logged order events do not replay to the logged trades."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """What a client asks for; `client_order_id` makes a retried request safe."""
+
+    client_order_id: str
+    site_id: str
+    side: Side
+    interval_start: int
+    quantity_wh: int
+    limit_price: int
+    tif: TimeInForce = TimeInForce.GTC
+    min_fill_wh: int = 0
+    source: str = "manual"
+
+    def digest(self) -> bytes:
+        """SHA-256 of the request's terms: the same key with other terms is a conflict."""
+        terms = [
+            self.site_id,
+            int(self.side),
+            self.interval_start,
+            self.quantity_wh,
+            self.limit_price,
+            self.tif.value,
+            self.min_fill_wh,
+            self.source,
+        ]
+        return hashlib.sha256(json.dumps(terms, separators=(",", ":")).encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class OrderOutcome:
+    """The order after a request, the trades the request caused, and whether it was new."""
+
+    order: Order | None  # None for a gate closure
+    trades: list[Trade]
+    created: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MarketChange:
+    """What changed, for live subscribers (the trading desk)."""
+
+    interval_start: int
+    seq: int
+    trades: int
+
+
+class MarketService:
+    """One market on one ledger. Create, `await load()`, then serve requests."""
+
+    def __init__(
+        self,
+        ledger: LedgerService,
+        store: MarketStore,
+        config: MarketConfig,
+        now: Callable[[], float],
+        *,
+        latitude_deg: float = 48.0,
+        longitude_deg: float = 0.0,
+    ) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.config = config
+        self.now = now
+        self.latitude_deg = latitude_deg
+        self.longitude_deg = longitude_deg
+        self.market = Market(config.mode)
+        self._client_keys: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self._unsettled: dict[str, TradeRow] = {}  # trade id -> matched, not yet settled
+        self._unsettled_cost: dict[str, int] = {}  # buyer site -> reserved for its unsettled
+        self._site_orders: dict[str, set[str]] = {}  # site -> ids of its orders in the market
+        self._recent: dict[str, list[tuple[int, int, int]]] = {}
+        self._recent_at = -1
+        self._version = 0
+        self._changed = asyncio.Condition()
+        self.last_change: MarketChange | None = None
+
+    # ----------------------------------------------------------------------------------------
+    # start-up
+
+    async def load(self) -> None:
+        """Rebuild the market from the logged order events and check them against the logged
+        trades; load the idempotency keys and the unsettled trades."""
+        self.market = self._replay(self.ledger.engine.entries)
+        self._client_keys = await self.store.client_keys()
+        self._unsettled, self._unsettled_cost = {}, {}
+        for row in await self.store.unsettled_trades():
+            self._add_unsettled(row)
+        self._site_orders = {}
+        for o in self.market.orders.values():
+            self._site_orders.setdefault(o.site_id, set()).add(o.order_id)
+
+    def _replay(self, entries: Iterable[Entry]) -> Market:
+        market = Market(self.config.mode)
+        expected: list[Trade] = []
+        logged: list[Trade] = []
+        for e in entries:
+            if e.kind is EntryKind.ORDER_EVENT:
+                try:
+                    expected += market.apply(decode_event(e.market))
+                except MarketRuleError as exc:
+                    raise MarketCorrupted(f"entry {e.seq}: {exc}") from None
+            elif e.kind is EntryKind.TRADE_MATCH:
+                logged.append(decode_trade(e.market))
+        if expected != logged:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(expected, logged, strict=False)) if a != b),
+                min(len(expected), len(logged)),
+            )
+            raise MarketCorrupted(f"replayed trades differ from the logged ones at trade {first}")
+        return market
+
+    def next_interval(self) -> int:
+        """The first delivery interval still open for orders."""
+        c = self.config
+        earliest = int(self.now()) + c.gate_closure_s + 1
+        return -(-earliest // c.interval_s) * c.interval_s
+
+    # ----------------------------------------------------------------------------------------
+    # requests
+
+    async def place(self, account_id: str, req: OrderRequest) -> OrderOutcome:
+        """Check and place an order; a retry with the same client id returns the first result,
+        and the same client id with other terms is an idempotency conflict."""
+        known = self._client_keys.get((account_id, req.client_order_id))
+        if known is not None:
+            return await self._retried(known, req)
+        self._refuse(
+            check_terms(
+                self.config,
+                side=req.side,
+                interval_start=req.interval_start,
+                quantity_wh=req.quantity_wh,
+                limit_price=req.limit_price,
+                tif=req.tif,
+                min_fill_wh=req.min_fill_wh,
+                now_s=int(self.now()),
+            )
+        )
+        await self._check_site(account_id, req.site_id)
+        order_id = "o-" + secrets.token_hex(8)
+
+        def event(engine: LedgerEngine) -> Event:
+            self._check_self_trade(account_id, req.interval_start, req.side, req.limit_price)
+            self._check_coverage(engine, account_id, req, None)
+            return Place(
+                seq=engine.state.next_seq,
+                order_id=order_id,
+                account_id=account_id,
+                site_id=req.site_id,
+                side=req.side,
+                interval_start=req.interval_start,
+                quantity_wh=req.quantity_wh,
+                limit_price=req.limit_price,
+                tif=req.tif,
+                min_fill_wh=req.min_fill_wh,
+                source=req.source,
+            )
+
+        digest = req.digest()
+        outcome = await self._apply(event, new_order=(req.client_order_id, digest))
+        self._client_keys[(account_id, req.client_order_id)] = (order_id, digest)
+        return outcome
+
+    async def amend(
+        self,
+        account_id: str,
+        order_id: str,
+        *,
+        limit_price: int | None = None,
+        quantity_wh: int | None = None,
+    ) -> OrderOutcome:
+        """Change a resting order's limit price and/or total quantity (rules.market's Amend:
+        a price change or an increase loses time priority, a decrease keeps it)."""
+        o = self._own_resting(account_id, order_id)
+        if limit_price is None and quantity_wh is None:
+            self._refuse(MarketRefusal(MarketReason.INVALID, "give a new price or quantity"))
+        price = o.limit_price if limit_price is None else limit_price
+        total = o.quantity_wh if quantity_wh is None else quantity_wh
+        if total <= o.filled_wh:
+            self._refuse(
+                MarketRefusal(
+                    MarketReason.INVALID,
+                    f"the new quantity must exceed the {o.filled_wh} Wh filled",
+                )
+            )
+        self._refuse(
+            check_terms(
+                self.config,
+                side=o.side,
+                interval_start=o.interval_start,
+                quantity_wh=total,
+                limit_price=price,
+                tif=TimeInForce.GTC,
+                min_fill_wh=0,
+                now_s=int(self.now()),
+            )
+        )
+        wanted = OrderRequest("", o.site_id, o.side, o.interval_start, total, price)
+
+        def event(engine: LedgerEngine) -> Event:
+            if limit_price is not None:
+                self._check_self_trade(account_id, o.interval_start, o.side, price)
+            self._check_coverage(engine, account_id, wanted, o)
+            return Amend(engine.state.next_seq, order_id, limit_price, quantity_wh)
+
+        return await self._apply(event)
+
+    async def cancel(self, account_id: str, order_id: str) -> OrderOutcome:
+        """Cancel a resting order's unfilled rest (its fills stand)."""
+        self._own_resting(account_id, order_id)
+
+        def event(engine: LedgerEngine) -> Event:
+            return Cancel(engine.state.next_seq, order_id)
+
+        return await self._apply(event)
+
+    async def close_due_gates(self) -> int:
+        """Close every open interval whose gate time has passed (in a call auction this is
+        when the book clears); returns how many closed."""
+        now = int(self.now())
+        due = [t for t in self.market.open_intervals() if self.config.gate_of(t) <= now]
+        for t in due:
+
+            def event(engine: LedgerEngine, t: int = t) -> Event:
+                return CloseGate(engine.state.next_seq, t)
+
+            await self._apply(event)
+            for o in self.market.release(t):  # stored; keeps memory bounded
+                self._site_orders.get(o.site_id, set()).discard(o.order_id)
+        return len(due)
+
+    # ----------------------------------------------------------------------------------------
+    # checks
+
+    @staticmethod
+    def _refuse(refusal: MarketRefusal | None) -> None:
+        if refusal is not None:
+            raise MarketError(refusal)
+
+    async def _check_site(self, account_id: str, site_id: str) -> None:
+        owner, approved = await self.store.site_standing(site_id)
+        if owner != account_id:
+            self._refuse(
+                MarketRefusal(MarketReason.NOT_YOUR_SITE, f"site {site_id!r} is not this account's")
+            )
+        if not approved:
+            self._refuse(
+                MarketRefusal(
+                    MarketReason.SITE_NOT_APPROVED,
+                    f"site {site_id!r} has no approved device to measure its delivery",
+                )
+            )
+
+    def _check_self_trade(self, account_id: str, interval: int, side: Side, price: int) -> None:
+        if self.market.crosses_own_order(interval, account_id, side, price):
+            self._refuse(
+                MarketRefusal(
+                    MarketReason.SELF_TRADE,
+                    "the order would trade with one of this account's own resting orders",
+                )
+            )
+
+    def _own_resting(self, account_id: str, order_id: str) -> Order:
+        o = self.market.order(order_id)
+        if o is None or o.account_id != account_id:
+            self._refuse(MarketRefusal(MarketReason.UNKNOWN_ORDER, f"no order {order_id!r} here"))
+        assert o is not None
+        if not o.is_active:
+            self._refuse(
+                MarketRefusal(
+                    MarketReason.NOT_RESTING, f"order {order_id!r} is {o.status.value}, not resting"
+                )
+            )
+        return o
+
+    def _check_coverage(
+        self, engine: LedgerEngine, account_id: str, req: OrderRequest, replacing: Order | None
+    ) -> None:
+        """An offer within tradable Tgen plus the forecast share; a bid within credits."""
+        cfg = self.config
+        site, t = req.site_id, req.interval_start
+        mine = [
+            o
+            for oid in self._site_orders.get(site, ())
+            if (o := self.market.order(oid)) is not None and o is not replacing
+        ]
+        if req.side is Side.SELL:
+            tradable = sum(
+                w
+                for lot, w in engine.state.lots_of(site, Pool.TGEN)
+                if lot.flags & LotFlag.TRADABLE and t <= lot.interval_start < t + cfg.interval_s
+            )
+            allowance = offer_allowance(cfg, tradable, self.forecast(engine, site, t))
+            committed = sum(
+                o.filled_wh + (o.remaining_wh if o.is_active else 0)
+                for o in mine
+                if o.side is Side.SELL and o.interval_start == t
+            )
+            if committed + req.quantity_wh > allowance:
+                self._refuse(
+                    MarketRefusal(
+                        MarketReason.INSUFFICIENT_TOKENS,
+                        f"site {site!r} may offer {max(0, allowance - committed)} Wh more for "
+                        f"interval {t} ({tradable} Wh tradable Tgen + "
+                        f"{cfg.forecast_share_permille / 10:g} % of its forecast)",
+                    )
+                )
+            return
+        free = engine.state.balance(site_account(site)) + cfg.credit_limit_minor
+        reserved = self._unsettled_cost.get(site, 0) + sum(
+            bid_cost_minor(cfg, o.remaining_wh, o.limit_price)
+            for o in mine
+            if o.side is Side.BUY and o.is_active
+        )
+        filled = replacing.filled_wh if replacing is not None else 0
+        need = bid_cost_minor(cfg, req.quantity_wh - filled, req.limit_price)
+        if reserved + need > free:
+            self._refuse(
+                MarketRefusal(
+                    MarketReason.INSUFFICIENT_CREDIT,
+                    f"the bid may cost {need} and site {site!r} has {max(0, free - reserved)} "
+                    "payment credits free (bids are reserved at the higher of their price with "
+                    "fees and the retail price)",
+                )
+            )
+
+    def forecast(self, engine: LedgerEngine, site_id: str, interval_start: int) -> int:
+        """The site's expected generation (Wh) in an interval: the clear-sky shape scaled by
+        what it delivered over the last day (signed records, as minted)."""
+        if self._recent_at != self.ledger.closed_intervals:
+            self._recent = _recent_generation(engine.entries, int(self.now()) - RECENT_S)
+            self._recent_at = self.ledger.closed_intervals
+        return forecast_wh(
+            interval_start,
+            self.config.interval_s,
+            self._recent.get(site_id, ()),
+            self.latitude_deg,
+            self.longitude_deg,
+        )
+
+    async def _retried(self, known: tuple[str, bytes], req: OrderRequest) -> OrderOutcome:
+        order_id, digest = known
+        if digest != req.digest():
+            self._refuse(
+                MarketRefusal(
+                    MarketReason.IDEMPOTENCY_CONFLICT,
+                    f"client order id {req.client_order_id!r} was used for other terms",
+                )
+            )
+        o = self.market.order(order_id)
+        if o is None:  # its interval is closed and released: answer from storage
+            row = await self.store.order(order_id)
+            assert row is not None
+            o = order_from_row(row)
+        return OrderOutcome(o, [], created=False)
+
+    # ----------------------------------------------------------------------------------------
+    # the one write path
+
+    async def _apply(
+        self,
+        make_event: Callable[[LedgerEngine], Event],
+        *,
+        new_order: tuple[str, bytes] | None = None,
+    ) -> OrderOutcome:
+        """Under the ledger's lock: build the event (its seq is the next log seq), match it,
+        emit its leaves, and write leaves and rows in one unit of work."""
+        now_ms = int(self.now() * 1000)
+        step = _Step()
+
+        def emit(engine: LedgerEngine) -> list[Entry]:
+            ev = make_event(engine)
+            interval = _interval_of(ev, self.market)
+            closing = self.market.book(interval) if isinstance(ev, CloseGate) else None
+            touched = {o.order_id: o for o in closing.orders.values()} if closing else {}
+            trades = self.market.apply(ev)  # MarketRuleError leaves the market unchanged
+            subject = _subject(ev)
+            if subject is not None:
+                touched[subject] = self.market.orders[subject]
+            for tr in trades:
+                for oid in (tr.buy_order_id, tr.sell_order_id):
+                    touched[oid] = self.market.orders[oid]
+            site = MARKET_SITE if subject is None else touched[subject].site_id
+            entries = [
+                engine.record_market(EntryKind.ORDER_EVENT, site, interval, encode_event(ev))
+            ]
+            entries += [
+                engine.record_market(
+                    EntryKind.TRADE_MATCH,
+                    tr.seller_site_id,
+                    tr.interval_start,
+                    encode_trade(tr),
+                    counterparty=tr.buyer_site_id,
+                    ref=tr.trade_id,
+                    requested_wh=tr.quantity_wh,
+                )
+                for tr in trades
+            ]
+            step.event, step.trades, step.touched, step.entries = ev, trades, touched, entries
+            step.interval = interval
+            return entries
+
+        async def also(conn: AsyncConnection) -> None:
+            ev, subject = step.event, _subject(step.event)
+            new_rows = []
+            if new_order is not None and subject is not None:
+                new_rows.append(
+                    _order_row(step.touched[subject], *new_order, self.config.interval_s, now_ms)
+                )
+            changed = [
+                _order_state(o, now_ms)
+                for oid, o in step.touched.items()
+                if new_order is None or oid != subject
+            ]
+            step.trade_rows = [
+                _trade_row(tr, e.seq, self.config.interval_s, now_ms)
+                for tr, e in zip(step.trades, step.entries[1:], strict=True)
+            ]
+            event_row = EventRow(step.entries[0].seq, subject, step.interval, _kind(ev))
+            await self.store.write(
+                conn,
+                new_orders=new_rows,
+                changed_orders=changed,
+                trades=step.trade_rows,
+                events=[event_row],
+            )
+
+        try:
+            await self.ledger.append(emit, also)
+        except MarketError:
+            raise
+        except MarketRuleError as exc:
+            raise MarketError(MarketRefusal(MarketReason.INVALID, str(exc))) from None
+        except Exception:
+            # Storage failed after matching. The ledger rebuilt its engine from the stored log;
+            # rebuild the market the same way, so it never runs ahead of storage.
+            self.market = self._replay(self.ledger.engine.entries)
+            raise
+        ev = step.event
+        subject = _subject(ev)
+        if isinstance(ev, Place):
+            self._site_orders.setdefault(ev.site_id, set()).add(ev.order_id)
+        for row in step.trade_rows:
+            self._add_unsettled(row)
+        await self._notify(MarketChange(step.interval, ev.seq, len(step.trades)))
+        return OrderOutcome(None if subject is None else step.touched[subject], step.trades)
+
+    # ----------------------------------------------------------------------------------------
+    # unsettled trades (settlement reads and clears them)
+
+    def _add_unsettled(self, row: TradeRow) -> None:
+        self._unsettled[row.trade_id] = row
+        cost = bid_cost_minor(self.config, row.quantity_wh, row.price)
+        self._unsettled_cost[row.buyer_site_id] = (
+            self._unsettled_cost.get(row.buyer_site_id, 0) + cost
+        )
+
+    def settled(self, trade_id: str) -> None:
+        """A trade was settled: release the buyer's reservation."""
+        row = self._unsettled.pop(trade_id, None)
+        if row is None:
+            return
+        cost = bid_cost_minor(self.config, row.quantity_wh, row.price)
+        left = self._unsettled_cost.get(row.buyer_site_id, 0) - cost
+        if left > 0:
+            self._unsettled_cost[row.buyer_site_id] = left
+        else:
+            self._unsettled_cost.pop(row.buyer_site_id, None)
+
+    def unsettled(self) -> list[TradeRow]:
+        """Matched trades waiting for their delivery interval's close, oldest first."""
+        return sorted(self._unsettled.values(), key=lambda r: r.entry_seq)
+
+    # ----------------------------------------------------------------------------------------
+    # live updates
+
+    async def _notify(self, change: MarketChange) -> None:
+        async with self._changed:
+            self._version += 1
+            self.last_change = change
+            self._changed.notify_all()
+
+    async def wait_change(self, seen: int, timeout_s: float) -> int:
+        """Wait until the market changed after version `seen` (or the timeout); the version."""
+        async with self._changed:
+            if self._version == seen:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self._version != seen), timeout_s
+                    )
+            return self._version
+
+    @property
+    def version(self) -> int:
+        """Bumped on every accepted event."""
+        return self._version
+
+
+@dataclass(slots=True)
+class _Step:
+    """What one append decided, carried from `emit` to the rows and the answer."""
+
+    event: Event = None  # type: ignore[assignment]
+    interval: int = 0
+    trades: list[Trade] = field(default_factory=list)
+    touched: dict[str, Order] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)
+    trade_rows: list[TradeRow] = field(default_factory=list)
+
+
+def _subject(ev: Event) -> str | None:
+    return None if isinstance(ev, CloseGate) else ev.order_id
+
+
+def _kind(ev: Event) -> str:
+    return {Place: "place", Amend: "amend", Cancel: "cancel", CloseGate: "close"}[type(ev)]
+
+
+def _interval_of(ev: Event, market: Market) -> int:
+    if isinstance(ev, (Place, CloseGate)):
+        return ev.interval_start
+    o = market.order(ev.order_id)
+    if o is None:
+        raise MarketRuleError(f"unknown order {ev.order_id!r}")
+    return o.interval_start
+
+
+def _recent_generation(
+    entries: Sequence[Entry], since: int
+) -> dict[str, list[tuple[int, int, int]]]:
+    """(start, length, generated Wh) per site of the MINT_GEN entries since `since`, read from
+    the end of the log (intervals close in time order, so the scan stops an hour past it)."""
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for e in reversed(entries):
+        if e.kind is not EntryKind.MINT_GEN or e.measurement is None:
+            continue
+        if e.interval_start < since - 3600:
+            break
+        if e.interval_start >= since:
+            out.setdefault(e.site, []).append(
+                (e.interval_start, e.measurement.interval_s, e.gen_wh)
+            )
+    return out
+
+
+def _order_row(o: Order, client_id: str, digest: bytes, interval_s: int, now_ms: int) -> OrderRow:
+    return OrderRow(
+        order_id=o.order_id,
+        account_id=o.account_id,
+        client_order_id=client_id,
+        request_sha256=digest,
+        site_id=o.site_id,
+        side=int(o.side),
+        interval_start=o.interval_start,
+        interval_s=interval_s,
+        quantity_wh=o.quantity_wh,
+        limit_price=o.limit_price,
+        tif=o.tif.value,
+        min_fill_wh=o.min_fill_wh,
+        source=o.source,
+        priority=o.priority,
+        placed_seq=o.placed_seq,
+        status=o.status.value,
+        cancel_reason=None if o.cancel_reason is None else o.cancel_reason.value,
+        filled_wh=o.filled_wh,
+        remaining_wh=o.remaining_wh,
+        filled_notional=o.filled_notional,
+        created_ms=now_ms,
+        updated_ms=now_ms,
+    )
+
+
+def _order_state(o: Order, now_ms: int) -> OrderState:
+    return OrderState(
+        order_id=o.order_id,
+        limit_price=o.limit_price,
+        quantity_wh=o.quantity_wh,
+        priority=o.priority,
+        status=o.status.value,
+        cancel_reason=None if o.cancel_reason is None else o.cancel_reason.value,
+        filled_wh=o.filled_wh,
+        remaining_wh=o.remaining_wh,
+        filled_notional=o.filled_notional,
+        updated_ms=now_ms,
+    )
+
+
+def _trade_row(t: Trade, entry_seq: int, interval_s: int, now_ms: int) -> TradeRow:
+    return TradeRow(
+        trade_id=t.trade_id,
+        entry_seq=entry_seq,
+        interval_start=t.interval_start,
+        interval_s=interval_s,
+        buy_order_id=t.buy_order_id,
+        sell_order_id=t.sell_order_id,
+        buyer_account_id=t.buyer_account_id,
+        buyer_site_id=t.buyer_site_id,
+        seller_account_id=t.seller_account_id,
+        seller_site_id=t.seller_site_id,
+        quantity_wh=t.quantity_wh,
+        price=t.price,
+        taker_seq=t.taker_seq,
+        maker_seq=t.maker_seq,
+        created_ms=now_ms,
+    )
+
+
+def order_from_row(r: OrderRow) -> Order:
+    """An order as stored (for orders whose interval the market has released)."""
+    return Order(
+        r.order_id,
+        r.account_id,
+        r.site_id,
+        Side(r.side),
+        r.interval_start,
+        r.quantity_wh,
+        r.limit_price,
+        TimeInForce(r.tif),
+        r.min_fill_wh,
+        r.source,
+        r.priority,
+        r.placed_seq,
+        OrderStatus(r.status),
+        r.filled_wh,
+        r.remaining_wh,
+        r.filled_notional,
+        None if r.cancel_reason is None else CancelReason(r.cancel_reason),
+    )
