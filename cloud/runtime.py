@@ -28,6 +28,7 @@ from cloud.services.ledger import (
     load_or_create_ledger_key,
 )
 from cloud.services.market import MarketService
+from cloud.services.policies import PolicyEngine
 from cloud.services.settlement import SettlementService
 from cloud.settings import CloudSettings
 from cloud.storage.batteries import BatteryStore
@@ -64,6 +65,7 @@ class CloudRuntime:
         self.ledger: LedgerService | None = None
         self.market: MarketService | None = None
         self.settlement: SettlementService | None = None
+        self.policies: PolicyEngine | None = None
         self._ledger_task: asyncio.Task[None] | None = None
         self._crl_task: asyncio.Task[None] | None = None
         self._rec_task: asyncio.Task[None] | None = None
@@ -152,6 +154,7 @@ class CloudRuntime:
             self.settlement = SettlementService(
                 self.ledger, self.market, market_store, self.clock.now
             )
+            self.policies = PolicyEngine(self.market, market_store)
         if connect_mqtt:
             tls = None
             if s.broker_ca_file is not None:
@@ -229,6 +232,8 @@ class CloudRuntime:
                 if self.market is not None and self.settlement is not None:
                     await self.market.close_due_gates()
                     await self.settlement.settle_due()
+                if self.policies is not None:
+                    await self.policies.run_once()
                 await self.ledger.checkpoint_if_grown()
             except Exception as exc:  # the database may be down: try again next round
                 log.error("ledger: closing intervals failed: %s", exc)

@@ -14,6 +14,7 @@ import logging
 import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ from edge.settings import EdgeSettings, MeterSettings
 from gridmint.broker import EmbeddedBroker
 from protocol import cose
 from protocol.clock import SimClock
+from rules.ledger import Entry, LedgerEngine
 from simulators.modbus_meter import SimulatedMeter, start_meter_server
 
 DEPLOYMENT = "gridmint-demo"
@@ -169,6 +171,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
             deployment=DEPLOYMENT,
             http_port=opts.http_port,
             client_id=f"gridmint-aggregator-{int(time.time())}",
+            market_interval_s=300 if opts.interval_s == 300 else 900,
         ),
         clock=clock,
     )
@@ -183,6 +186,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
             cloud.http_port = 0
             await cloud.start()
         login_url, logins = await _demo_accounts(cloud, out, opts.homes)
+        await _demo_policies(cloud, out, logins)
         out.print(f"[bold]data[/]    {data}")
         homes.extend(
             [
@@ -206,11 +210,11 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
         summary = await _summary(homes, cloud, clock, data)
         summary["dashboard"] = login_url
         summary["logins"] = [
-            {"role": x.role, "email": x.email, "page": x.page, "site_id": x.site_id}
-            for x in logins
+            {"role": x.role, "email": x.email, "page": x.page, "site_id": x.site_id} for x in logins
         ]
         summary["ledger"] = await _ledger_summary(cloud, data, keep=opts.data_dir is not None)
         summary["proofs"] = await _proof_summary(homes, cloud)
+        summary["market"] = await _market_summary(cloud, summary["ledger"])
         agent_stop.set()
         for h in homes:
             if h.task is not None:
@@ -259,7 +263,7 @@ async def _demo_accounts(
         DemoLogin("installer", "installer@demo.gridmint", "/"),
     ]
     owners = [
-        DemoLogin("homeowner", f"home-{i:03d}@demo.gridmint", "/home", site_id)
+        DemoLogin("homeowner", f"home-{i:03d}@demo.gridmint", "/home /market", site_id)
         for i, site_id in enumerate(_site_ids(homes), start=1)
     ]
     operator_id = ""
@@ -267,9 +271,7 @@ async def _demo_accounts(
         name = f"Demo {login.role.replace('_', ' ')}"
         if login.site_id is not None:
             name = f"Homeowner of {login.site_id}"
-        account = await accounts.create_account(
-            login.email, name, password, login.role, "approved"
-        )
+        account = await accounts.create_account(login.email, name, password, login.role, "approved")
         if login.site_id is not None:
             await accounts.create_site(
                 login.site_id, account.account_id, f"Demo home {login.site_id}", "demo-zone-1"
@@ -285,8 +287,61 @@ async def _demo_accounts(
         where = login.page + (f" ({login.site_id})" if login.site_id else "")
         out.print(f"          {login.role:<14} {login.email:<26} {where}")
     if len(owners) > 3:
-        out.print(f"          homeowner      home-004 to home-{len(owners):03d}@demo.gridmint")
+        more = "home-004" if len(owners) == 4 else f"home-004 to home-{len(owners):03d}"
+        out.print(f"          homeowner      {more}@demo.gridmint")
     return login_url, staff + owners
+
+
+BUYER_CREDITS_MINOR = 20_000  # each buying home starts with 200.00 in payment credits
+
+
+async def _demo_policies(cloud: CloudRuntime, out: Console, logins: list[DemoLogin]) -> None:
+    """The simulated homeowners trade through automated policies: odd homes sell their surplus
+    at no less than 12 per kWh, even homes buy up to 250 Wh an interval below 26 (with credits
+    deposited for them). The market is live as soon as the first intervals are in the ledger
+    (an offer needs a forecast, learnt from signed delivery)."""
+    from cloud.domain.policies import TradingPolicy
+
+    if cloud.market is None or cloud.ledger is None:
+        return
+    homeowners = [x for x in logins if x.site_id is not None]
+    assert cloud.store is not None
+    accounts = AccountStore(cloud.store.engine)
+    now = int(cloud.clock.now())
+    for k, login in enumerate(homeowners):
+        assert login.site_id is not None
+        account = await accounts.get_account_by_email(login.email)
+        assert account is not None
+        if k % 2 == 0:
+            policy = TradingPolicy(
+                login.site_id, account.account_id, sell_min_price=12, sell_max_wh=400
+            )
+        else:
+            policy = TradingPolicy(
+                login.site_id, account.account_id, buy_max_price=26, buy_max_wh=250
+            )
+            await cloud.ledger.append(_deposit(login.site_id, now, BUYER_CREDITS_MINOR))
+        await cloud.market.store.set_policy(policy, now * 1000)
+    sellers = (len(homeowners) + 1) // 2
+    out.print(
+        f"[bold]market[/]  {cloud.url}/market: {sellers} homes sell surplus (policy, >= 12/kWh), "
+        f"{len(homeowners) - sellers} buy (<= 26/kWh)"
+    )
+
+
+def _deposit(site_id: str, at: int, amount: int) -> Callable[[LedgerEngine], list[Entry]]:
+    return lambda engine: [engine.deposit(site_id, at, amount)]
+
+
+async def _market_summary(cloud: CloudRuntime, ledger: dict[str, Any]) -> dict[str, Any]:
+    """Orders, trades, traded and settled Wh, fees; and whether verify replayed the market."""
+    if cloud.market is None:
+        return {}
+    await cloud.market.close_due_gates()
+    if cloud.settlement is not None:
+        await cloud.settlement.settle_due()
+    totals = await cloud.market.store.totals()
+    return totals | {"replayed": bool(ledger.get("market_replayed", False))}
 
 
 async def _watch(
@@ -412,6 +467,15 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
         )
         if led["export"]:
             console.print(f"             re-check it yourself: gridmint verify {led['export']}")
+    market = summary.get("market")
+    if market:
+        console.print(
+            f"  market     {market['orders']} orders, {market['trades']} trades, "
+            f"{market['traded_wh']} Wh traded, {market['settled_wh']} Wh settled in "
+            f"{market['settled_trades']} trades ({market['short_trades']} under-delivered), "
+            f"fees {market['platform_fees_minor']} platform + {market['dso_fees_minor']} "
+            f"distribution; replayed by verify: {'yes' if market['replayed'] else 'no'}"
+        )
     proofs = summary.get("proofs")
     if proofs:
         console.print(

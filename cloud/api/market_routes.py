@@ -19,8 +19,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StrictInt
 
-from cloud.api.deps import ANYONE, CtxDep, MarketDep, require
-from cloud.auth import Principal, Role
+from cloud.api.deps import ANYONE, AccountsDep, CtxDep, MarketDep, require
+from cloud.auth import Principal, Role, can_see_site
+from cloud.domain.policies import TradingPolicy
 from cloud.services.ledger import LeafProof
 from cloud.services.market import MarketError, MarketService, OrderRequest
 from cloud.storage.market_store import OrderRow, TradeRow
@@ -548,3 +549,67 @@ async def stream(
     return StreamingResponse(
         sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
+
+
+class PolicyBody(BaseModel):
+    """A site's automated trading policy: sell the surplus at no less than `sell_min_price`
+    (keeping `battery_reserve_permille` of the forecast at home), and/or buy up to
+    `buy_max_wh` per interval at no more than `buy_max_price`. Null prices switch a half off."""
+
+    enabled: bool = True
+    sell_min_price: PriceInt | None = None
+    sell_max_wh: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)] = 0
+    battery_reserve_permille: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
+    buy_max_price: PriceInt | None = None
+    buy_max_wh: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)] = 0
+
+
+class PolicyPublic(PolicyBody):
+    """A site's policy as stored."""
+
+    site_id: str
+
+
+async def _policy_site(accounts: AccountsDep, p: Principal, site_id: str) -> str:
+    """The site's owner account, if `p` may see the site; else 404."""
+    site = await accounts.get_site(site_id)
+    if site is None or not can_see_site(p, site):
+        raise HTTPException(404, f"no site {site_id!r} here")
+    return site.owner_account_id
+
+
+@router.get("/api/v1/market/policies/{site_id}", response_model=PolicyPublic, tags=["market"])
+async def get_policy(
+    site_id: str, market: MarketDep, accounts: AccountsDep, p: Watcher
+) -> PolicyPublic:
+    """A site's automated trading policy (all off until set)."""
+    m = _market(market)
+    await _policy_site(accounts, p, site_id)
+    found = await m.store.policies(site_id)
+    if not found:
+        return PolicyPublic(site_id=site_id, enabled=False)
+    x = found[0]
+    return PolicyPublic(
+        site_id=site_id,
+        enabled=x.enabled,
+        sell_min_price=x.sell_min_price,
+        sell_max_wh=x.sell_max_wh,
+        battery_reserve_permille=x.battery_reserve_permille,
+        buy_max_price=x.buy_max_price,
+        buy_max_wh=x.buy_max_wh,
+    )
+
+
+@router.put("/api/v1/market/policies/{site_id}", response_model=PolicyPublic, tags=["market"])
+async def put_policy(
+    site_id: str, body: PolicyBody, market: MarketDep, accounts: AccountsDep, p: Trader
+) -> PolicyPublic:
+    """Set your site's policy; from the next round the policy engine places and re-prices
+    orders for the next open interval, each tagged with the policy as its source."""
+    m = _market(market)
+    owner = await _policy_site(accounts, p, site_id)
+    if owner != p.account_id:
+        raise HTTPException(403, "only the site's owner sets its trading policy")
+    policy = TradingPolicy(site_id=site_id, account_id=owner, **body.model_dump())
+    await m.store.set_policy(policy, int(m.now() * 1000))
+    return PolicyPublic(site_id=site_id, **body.model_dump())

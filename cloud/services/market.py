@@ -398,6 +398,36 @@ class MarketService:
                 )
             )
 
+    def offer_room(self, site_id: str, interval_start: int) -> int:
+        """What the site may still offer for an interval (tradable Tgen of it plus the forecast
+        share, less what its orders already committed); the final check runs at placement."""
+        engine = self.ledger.engine
+        cfg = self.config
+        t = interval_start
+        tradable = sum(
+            w
+            for lot, w in engine.state.lots_of(site_id, Pool.TGEN)
+            if lot.flags & LotFlag.TRADABLE and t <= lot.interval_start < t + cfg.interval_s
+        )
+        allowance = offer_allowance(cfg, tradable, self.forecast(engine, site_id, t))
+        committed = sum(
+            o.filled_wh + (o.remaining_wh if o.is_active else 0)
+            for oid in self._site_orders.get(site_id, ())
+            if (o := self.market.order(oid)) is not None
+            and o.side is Side.SELL
+            and o.interval_start == t
+        )
+        return max(0, allowance - committed)
+
+    def order_for_key(self, account_id: str, client_order_id: str) -> Order | None:
+        """The in-market order placed with this idempotency key, if any."""
+        known = self._client_keys.get((account_id, client_order_id))
+        return None if known is None else self.market.order(known[0])
+
+    def knows_key(self, account_id: str, client_order_id: str) -> bool:
+        """Whether an order was ever placed with this idempotency key."""
+        return (account_id, client_order_id) in self._client_keys
+
     def forecast(self, engine: LedgerEngine, site_id: str, interval_start: int) -> int:
         """The site's expected generation (Wh) in an interval: the clear-sky shape scaled by
         what it delivered over the last day (signed records, as minted)."""

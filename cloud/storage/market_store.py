@@ -14,7 +14,15 @@ from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.domain.devices import DeviceStatus
-from cloud.storage.tables import devices, market_events, market_orders, market_trades, sites
+from cloud.domain.policies import TradingPolicy
+from cloud.storage.tables import (
+    devices,
+    market_events,
+    market_orders,
+    market_policies,
+    market_trades,
+    sites,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +342,81 @@ class MarketStore:
             for r in (await conn.execute(q)).all():
                 out.setdefault(r.order_id, []).append(r.seq)
         return out
+
+    async def totals(self) -> dict[str, int]:
+        """Counts and sums over every order and trade (for the demo's summary and metrics)."""
+        t = market_trades.c
+        async with self.engine.connect() as conn:
+            orders = (await conn.execute(select(func.count()).select_from(market_orders))).scalar()
+            row = (
+                await conn.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(func.sum(t.quantity_wh), 0),
+                        func.coalesce(func.sum(t.settled_wh), 0),
+                        func.count(t.settled_ms),
+                        func.coalesce(func.sum(t.platform_fee_minor), 0),
+                        func.coalesce(func.sum(t.dso_fee_minor), 0),
+                        func.coalesce(func.sum(t.seller_received_minor), 0),
+                        func.count().filter(t.status == "short"),
+                    )
+                )
+            ).one()
+        return {
+            "orders": int(orders or 0),
+            "trades": int(row[0]),
+            "traded_wh": int(row[1]),
+            "settled_wh": int(row[2]),
+            "settled_trades": int(row[3]),
+            "platform_fees_minor": int(row[4]),
+            "dso_fees_minor": int(row[5]),
+            "paid_to_sellers_minor": int(row[6]),
+            "short_trades": int(row[7]),
+        }
+
+    # policies ----------------------------------------------------------------------------
+
+    async def set_policy(self, p: TradingPolicy, now_ms: int) -> None:
+        """Create or replace a site's policy."""
+        values = {
+            "account_id": p.account_id,
+            "enabled": int(p.enabled),
+            "sell_min_price": p.sell_min_price,
+            "sell_max_wh": p.sell_max_wh,
+            "battery_reserve_permille": p.battery_reserve_permille,
+            "buy_max_price": p.buy_max_price,
+            "buy_max_wh": p.buy_max_wh,
+            "updated_ms": now_ms,
+        }
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(market_policies)
+                .where(market_policies.c.site_id == p.site_id)
+                .values(**values)
+            )
+            if done.rowcount == 0:
+                await conn.execute(insert(market_policies).values(site_id=p.site_id, **values))
+
+    async def policies(self, site_id: str | None = None) -> list[TradingPolicy]:
+        """Every policy, or one site's."""
+        q = select(market_policies).order_by(market_policies.c.site_id)
+        if site_id is not None:
+            q = q.where(market_policies.c.site_id == site_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            TradingPolicy(
+                site_id=r.site_id,
+                account_id=r.account_id,
+                enabled=bool(r.enabled),
+                sell_min_price=r.sell_min_price,
+                sell_max_wh=r.sell_max_wh,
+                battery_reserve_permille=r.battery_reserve_permille,
+                buy_max_price=r.buy_max_price,
+                buy_max_wh=r.buy_max_wh,
+            )
+            for r in rows
+        ]
 
     async def site_standing(self, site_id: str) -> tuple[str | None, bool]:
         """The site's owner account (None: no such site) and whether it has an approved device

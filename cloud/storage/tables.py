@@ -367,6 +367,21 @@ market_trades = Table(
     CheckConstraint("status IN ('matched', 'settled', 'short')", name="ck_market_trades_status"),
 )
 
+# A homeowner's automated trading policy for one site (prices minor units per kWh).
+market_policies = Table(
+    "market_policies",
+    metadata,
+    Column("site_id", String(64), primary_key=True),
+    Column("account_id", String(32), nullable=False, index=True),
+    Column("enabled", Integer, nullable=False),
+    Column("sell_min_price", BigInteger, nullable=True),  # null: never sells
+    Column("sell_max_wh", BigInteger, nullable=False),
+    Column("battery_reserve_permille", Integer, nullable=False),
+    Column("buy_max_price", BigInteger, nullable=True),  # null: never buys
+    Column("buy_max_wh", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
 # Which ledger leaf holds which order's events: for a homeowner's inclusion proofs.
 market_events = Table(
     "market_events",

@@ -87,6 +87,8 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/market/orders/{order_id}/proofs"): (D, A, D, D, A, A),
     ("GET", "/api/v1/market/trades"): (D, A, D, D, A, A),
     ("GET", "/api/v1/market/trades/{trade_id}/proof"): (D, A, D, D, A, A),
+    ("GET", "/api/v1/market/policies/{site_id}"): (D, A, D, D, A, A),
+    ("PUT", "/api/v1/market/policies/{site_id}"): (D, A, D, D, D, A),
     ("GET", "/login"): (A, A, A, A, A, A),
     ("POST", "/login"): (A, A, A, A, A, A),
 }

@@ -244,3 +244,25 @@ async def test_a_restart_rebuilds_the_market_from_the_log(world: World) -> None:
     assert not again.created
     await restarted.market.cancel(seller, sell.order.order_id)  # type: ignore[union-attr]
     await _refused(MarketReason.NOT_RESTING, restarted.market.cancel(seller, sell.order.order_id))  # type: ignore[union-attr]
+
+
+async def test_policies_place_tagged_orders_that_trade(world: World) -> None:
+    from cloud.domain.policies import TradingPolicy
+    from cloud.services.policies import PolicyEngine
+
+    w = world
+    engine = PolicyEngine(w.market, w.mstore)
+    await w.mstore.set_policy(
+        TradingPolicy("site-sell", w.accounts["seller"], sell_min_price=12, sell_max_wh=300), 0
+    )
+    await w.mstore.set_policy(
+        TradingPolicy("site-buy", w.accounts["buyer"], buy_max_price=26, buy_max_wh=200), 0
+    )
+    assert await engine.run_once() == 2
+    assert await engine.run_once() == 0  # a second round places nothing twice
+    t = w.market.next_interval()
+    orders = await w.mstore.orders(interval_start=t)
+    assert {(o.side, o.source) for o in orders} == {(0, "policy:site-buy"), (1, "policy:site-sell")}
+    trades = await w.mstore.trades(interval_start=t)
+    # Policies run in site order: the buyer's bid rested first, so the trade is at its price.
+    assert len(trades) == 1 and trades[0].quantity_wh == 200 and trades[0].price == 26

@@ -1,5 +1,6 @@
 """The market's read models: orders (with the client's idempotency key), matched trades and their
-settlement, and the ledger leaf of every order event. The truth stays in the ledger log.
+settlement, and the ledger leaf of every order event (the truth stays in the ledger log); and
+homeowners' automated trading policies.
 
 Revision ID: 0009
 Revises: 0008
@@ -89,9 +90,23 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(8), nullable=False),
     )
     op.create_index("ix_market_events_order_id", "market_events", ["order_id"])
+    op.create_table(
+        "market_policies",
+        sa.Column("site_id", sa.String(64), primary_key=True),
+        sa.Column("account_id", sa.String(32), nullable=False),
+        sa.Column("enabled", sa.Integer, nullable=False),
+        sa.Column("sell_min_price", sa.BigInteger, nullable=True),
+        sa.Column("sell_max_wh", sa.BigInteger, nullable=False),
+        sa.Column("battery_reserve_permille", sa.Integer, nullable=False),
+        sa.Column("buy_max_price", sa.BigInteger, nullable=True),
+        sa.Column("buy_max_wh", sa.BigInteger, nullable=False),
+        sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    )
+    op.create_index("ix_market_policies_account_id", "market_policies", ["account_id"])
 
 
 def downgrade() -> None:
+    op.drop_table("market_policies")
     op.drop_table("market_events")
     op.drop_table("market_trades")
     op.drop_table("market_orders")
