@@ -128,6 +128,7 @@ class LedgerService:
         self.log = merkle.MerkleLog()
         self._lock = asyncio.Lock()
         self.closed_intervals = 0
+        self.appends = 0  # committed append() calls (a group commit counts once)
         self.minted_wh: dict[str, int] = {}  # per site, Tgen minted for generation
 
     def _count_mints(self, entries: list[Entry]) -> None:
@@ -301,6 +302,7 @@ class LedgerService:
             for row in rows:
                 self.log.append(row.leaf_hash)
             self._count_mints(entries)
+            self.appends += 1
             return entries
 
     async def checkpoint_if_grown(self) -> StoredCheckpoint | None:

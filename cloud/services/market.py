@@ -144,6 +144,8 @@ class MarketService:
         self._site_orders: dict[str, set[str]] = {}  # site -> ids of its orders in the market
         self._recent: dict[str, list[tuple[int, int, int]]] = {}
         self._recent_at = -1
+        self._pending: list[_Op] = []  # requests waiting for the next group commit
+        self._committing = False
         self._version = 0
         self._changed = asyncio.Condition()
         self.last_change: MarketChange | None = None
@@ -467,87 +469,128 @@ class MarketService:
         *,
         new_order: tuple[str, bytes] | None = None,
     ) -> OrderOutcome:
-        """Under the ledger's lock: build the event (its seq is the next log seq), match it,
-        emit its leaves, and write leaves and rows in one unit of work."""
+        """Queue one request for the next group commit and wait for its outcome.
+
+        Requests that arrive while a commit is being written wait and go together in the
+        next one (up to MAX_BATCH): one ledger append and one transaction for all of them, so
+        durable placement is not one commit per order. Each is still checked, matched and
+        logged in arrival order, and each gets its own answer or refusal.
+        """
+        op = _Op(make_event, new_order, asyncio.get_running_loop().create_future())
+        self._pending.append(op)
+        if not self._committing:
+            self._committing = True
+            try:
+                while self._pending:
+                    batch = self._pending[:MAX_BATCH]
+                    del self._pending[:MAX_BATCH]
+                    await self._commit(batch)
+            finally:
+                self._committing = False
+        return await op.future
+
+    async def _commit(self, batch: list[_Op]) -> None:
+        """Under the ledger's lock: build each event (its seq is the next log seq), match it,
+        emit its leaves; then write every leaf and row of the batch in one unit of work."""
         now_ms = int(self.now() * 1000)
-        step = _Step()
+        accepted: list[_Op] = []
 
         def emit(engine: LedgerEngine) -> list[Entry]:
-            ev = make_event(engine)
-            interval = _interval_of(ev, self.market)
-            closing = self.market.book(interval) if isinstance(ev, CloseGate) else None
-            touched = {o.order_id: o for o in closing.orders.values()} if closing else {}
-            trades = self.market.apply(ev)  # MarketRuleError leaves the market unchanged
-            subject = _subject(ev)
-            if subject is not None:
-                touched[subject] = self.market.orders[subject]
-            for tr in trades:
-                for oid in (tr.buy_order_id, tr.sell_order_id):
-                    touched[oid] = self.market.orders[oid]
-            site = MARKET_SITE if subject is None else touched[subject].site_id
-            entries = [
-                engine.record_market(EntryKind.ORDER_EVENT, site, interval, encode_event(ev))
-            ]
-            entries += [
-                engine.record_market(
-                    EntryKind.TRADE_MATCH,
-                    tr.seller_site_id,
-                    tr.interval_start,
-                    encode_trade(tr),
-                    counterparty=tr.buyer_site_id,
-                    ref=tr.trade_id,
-                    requested_wh=tr.quantity_wh,
-                )
-                for tr in trades
-            ]
-            step.event, step.trades, step.touched, step.entries = ev, trades, touched, entries
-            step.interval = interval
-            return entries
+            out: list[Entry] = []
+            for op in batch:
+                try:
+                    ev = op.make_event(engine)
+                    interval = _interval_of(ev, self.market)
+                    closing = self.market.book(interval) if isinstance(ev, CloseGate) else None
+                    touched = {o.order_id: o for o in closing.orders.values()} if closing else {}
+                    trades = self.market.apply(ev)  # a refusal leaves the market unchanged
+                except MarketError as exc:
+                    op.future.set_exception(exc)
+                    continue
+                except MarketRuleError as exc:
+                    op.future.set_exception(
+                        MarketError(MarketRefusal(MarketReason.INVALID, str(exc)))
+                    )
+                    continue
+                subject = _subject(ev)
+                if subject is not None:
+                    touched[subject] = self.market.orders[subject]
+                for tr in trades:
+                    for oid in (tr.buy_order_id, tr.sell_order_id):
+                        touched[oid] = self.market.orders[oid]
+                site = MARKET_SITE if subject is None else touched[subject].site_id
+                entries = [
+                    engine.record_market(EntryKind.ORDER_EVENT, site, interval, encode_event(ev))
+                ]
+                entries += [
+                    engine.record_market(
+                        EntryKind.TRADE_MATCH,
+                        tr.seller_site_id,
+                        tr.interval_start,
+                        encode_trade(tr),
+                        counterparty=tr.buyer_site_id,
+                        ref=tr.trade_id,
+                        requested_wh=tr.quantity_wh,
+                    )
+                    for tr in trades
+                ]
+                op.event, op.interval, op.trades, op.touched = ev, interval, trades, touched
+                op.trade_rows = [
+                    _trade_row(tr, e.seq, self.config.interval_s, now_ms)
+                    for tr, e in zip(trades, entries[1:], strict=True)
+                ]
+                op.event_row = EventRow(entries[0].seq, subject, interval, _kind(ev))
+                accepted.append(op)
+                out += entries
+            return out
 
         async def also(conn: AsyncConnection) -> None:
-            ev, subject = step.event, _subject(step.event)
-            new_rows = []
-            if new_order is not None and subject is not None:
-                new_rows.append(
-                    _order_row(step.touched[subject], *new_order, self.config.interval_s, now_ms)
-                )
-            changed = [
-                _order_state(o, now_ms)
-                for oid, o in step.touched.items()
-                if new_order is None or oid != subject
-            ]
-            step.trade_rows = [
-                _trade_row(tr, e.seq, self.config.interval_s, now_ms)
-                for tr, e in zip(step.trades, step.entries[1:], strict=True)
-            ]
-            event_row = EventRow(step.entries[0].seq, subject, step.interval, _kind(ev))
+            # Orders are written once, in their state after the whole batch (the Order objects
+            # are the market's own, so this reads what the last event of the batch left).
+            new: dict[str, OrderRow] = {}
+            for op in accepted:
+                subject = _subject(op.event)
+                if op.new_order is not None and subject is not None:
+                    o = op.touched[subject]
+                    new[subject] = _order_row(o, *op.new_order, self.config.interval_s, now_ms)
+            changed = {
+                oid: _order_state(o, now_ms)
+                for op in accepted
+                for oid, o in op.touched.items()
+                if oid not in new
+            }
             await self.store.write(
                 conn,
-                new_orders=new_rows,
-                changed_orders=changed,
-                trades=step.trade_rows,
-                events=[event_row],
+                new_orders=list(new.values()),
+                changed_orders=list(changed.values()),
+                trades=[r for op in accepted for r in op.trade_rows],
+                events=[op.event_row for op in accepted if op.event_row is not None],
             )
 
         try:
             await self.ledger.append(emit, also)
-        except MarketError:
-            raise
-        except MarketRuleError as exc:
-            raise MarketError(MarketRefusal(MarketReason.INVALID, str(exc))) from None
-        except Exception:
+        except Exception as exc:
             # Storage failed after matching. The ledger rebuilt its engine from the stored log;
             # rebuild the market the same way, so it never runs ahead of storage.
             self.market = self._replay(self.ledger.engine.entries)
-            raise
-        ev = step.event
-        subject = _subject(ev)
-        if isinstance(ev, Place):
-            self._site_orders.setdefault(ev.site_id, set()).add(ev.order_id)
-        for row in step.trade_rows:
-            self._add_unsettled(row)
-        await self._notify(MarketChange(step.interval, ev.seq, len(step.trades)))
-        return OrderOutcome(None if subject is None else step.touched[subject], step.trades)
+            for op in accepted:
+                if not op.future.done():
+                    op.future.set_exception(exc)
+            return
+        for op in accepted:
+            ev = op.event
+            if isinstance(ev, Place):
+                self._site_orders.setdefault(ev.site_id, set()).add(ev.order_id)
+            for row in op.trade_rows:
+                self._add_unsettled(row)
+            subject = _subject(ev)
+            op.future.set_result(
+                OrderOutcome(None if subject is None else op.touched[subject], op.trades)
+            )
+        if accepted:
+            last = accepted[-1]
+            trades = sum(len(op.trades) for op in accepted)
+            await self._notify(MarketChange(last.interval, last.event.seq, trades))
 
     # ----------------------------------------------------------------------------------------
     # unsettled trades (settlement reads and clears them)
@@ -600,16 +643,22 @@ class MarketService:
         return self._version
 
 
-@dataclass(slots=True)
-class _Step:
-    """What one append decided, carried from `emit` to the rows and the answer."""
+MAX_BATCH = 500  # requests in one group commit
 
+
+@dataclass(slots=True)
+class _Op:
+    """One queued request and, once matched, what it decided."""
+
+    make_event: Callable[[LedgerEngine], Event]
+    new_order: tuple[str, bytes] | None
+    future: asyncio.Future[OrderOutcome]
     event: Event = None  # type: ignore[assignment]
     interval: int = 0
     trades: list[Trade] = field(default_factory=list)
     touched: dict[str, Order] = field(default_factory=dict)
-    entries: list[Entry] = field(default_factory=list)
     trade_rows: list[TradeRow] = field(default_factory=list)
+    event_row: EventRow | None = None
 
 
 def _subject(ev: Event) -> str | None:

@@ -9,6 +9,8 @@ replays to the same market, and a restart rebuilds it.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -266,3 +268,40 @@ async def test_policies_place_tagged_orders_that_trade(world: World) -> None:
     trades = await w.mstore.trades(interval_start=t)
     # Policies run in site order: the buyer's bid rested first, so the trade is at its price.
     assert len(trades) == 1 and trades[0].quantity_wh == 200 and trades[0].price == 26
+
+
+async def test_concurrent_orders_share_group_commits_and_each_gets_its_answer(
+    world: World,
+) -> None:
+    w, seller, buyer = world, world.accounts["seller"], world.accounts["buyer"]
+    appends = w.ledger.appends
+    sells = [w.req("seller", Side.SELL, 5, 20 + k % 3, f"s{k}") for k in range(40)]
+    bad = w.req("seller", Side.SELL, 5, 99, "out-of-band")
+    buys = [w.req("buyer", Side.BUY, 7, 21, f"b{k}") for k in range(20)]
+    results = await asyncio.gather(
+        *(w.market.place(seller, r) for r in sells),
+        w.market.place(seller, bad),
+        *(w.market.place(buyer, r) for r in buys),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(refused) == 1 and isinstance(refused[0], MarketError)
+    assert refused[0].refusal.reason is MarketReason.PRICE_OUT_OF_BAND
+    assert w.ledger.appends - appends < 60  # fewer commits than requests
+    stored = await w.mstore.orders(limit=100)
+    assert len(stored) == 60
+    live = {o.order_id: o for o in w.market.market.orders.values()}
+    for row in stored:  # each row in the state the market left it in
+        o = live[row.order_id]
+        assert (row.filled_wh, row.remaining_wh, row.status) == (
+            o.filled_wh,
+            o.remaining_wh,
+            o.status.value,
+        )
+    events = [
+        decode_event(e.market) for e in w.ledger.engine.entries if e.kind is EntryKind.ORDER_EVENT
+    ]
+    trades, _ = market_replay(events, CFG.mode)
+    assert [t.trade_id for t in trades] == [t.trade_id for t in await w.mstore.trades(limit=500)][
+        ::-1
+    ]
