@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ from rules.market.codec import decode_event, decode_trade, encode_event, encode_
 log = logging.getLogger(__name__)
 
 RECENT_S = 24 * 3600  # deliveries the forecast is scaled by
+STANDING_TTL_S = 10.0  # how long a site's owner and approval are trusted without a read
 
 
 class MarketError(Exception):
@@ -141,10 +143,16 @@ class MarketService:
         self._client_keys: dict[tuple[str, str], tuple[str, bytes]] = {}
         self._unsettled: dict[str, TradeRow] = {}  # trade id -> matched, not yet settled
         self._unsettled_cost: dict[str, int] = {}  # buyer site -> reserved for its unsettled
-        self._site_orders: dict[str, set[str]] = {}  # site -> ids of its orders in the market
+        # What the coverage checks read, kept per order and summed per site, so a check costs
+        # the same whatever a site has resting: Wh committed by sell orders per (site,
+        # interval), and credits reserved by active buy orders per site.
+        self._committed: dict[tuple[str, int], int] = {}
+        self._reserved: dict[str, int] = {}
+        self._share: dict[str, int] = {}  # order id -> its part of one of the two sums
         self._recent: dict[str, list[tuple[int, int, int]]] = {}
         self._recent_at = -1
         self._pending: list[_Op] = []  # requests waiting for the next group commit
+        self._standing: dict[str, tuple[str | None, bool, float]] = {}
         self._committing = False
         self._version = 0
         self._changed = asyncio.Condition()
@@ -161,9 +169,25 @@ class MarketService:
         self._unsettled, self._unsettled_cost = {}, {}
         for row in await self.store.unsettled_trades():
             self._add_unsettled(row)
-        self._site_orders = {}
+        self._retrack()
+
+    def _retrack(self) -> None:
+        self._committed, self._reserved, self._share = {}, {}, {}
         for o in self.market.orders.values():
-            self._site_orders.setdefault(o.site_id, set()).add(o.order_id)
+            self._track(o)
+
+    def _track(self, o: Order) -> None:
+        """Bring the per-site sums in step with one order's state."""
+        old = self._share.pop(o.order_id, 0)
+        if o.side is Side.SELL:
+            key = (o.site_id, o.interval_start)
+            now = o.quantity_wh if o.is_active else o.filled_wh
+            self._committed[key] = self._committed.get(key, 0) + now - old
+        else:
+            now = bid_cost_minor(self.config, o.remaining_wh, o.limit_price) if o.is_active else 0
+            self._reserved[o.site_id] = self._reserved.get(o.site_id, 0) + now - old
+        if now:
+            self._share[o.order_id] = now
 
     def _replay(self, entries: Iterable[Entry]) -> Market:
         market = Market(self.config.mode)
@@ -302,7 +326,9 @@ class MarketService:
 
             await self._apply(event)
             for o in self.market.release(t):  # stored; keeps memory bounded
-                self._site_orders.get(o.site_id, set()).discard(o.order_id)
+                self._track(o)  # expired: reserves nothing
+                self._share.pop(o.order_id, None)
+                self._committed.pop((o.site_id, t), None)
         return len(due)
 
     # ----------------------------------------------------------------------------------------
@@ -314,7 +340,7 @@ class MarketService:
             raise MarketError(refusal)
 
     async def _check_site(self, account_id: str, site_id: str) -> None:
-        owner, approved = await self.store.site_standing(site_id)
+        owner, approved = await self._site_standing(site_id)
         if owner != account_id:
             self._refuse(
                 MarketRefusal(MarketReason.NOT_YOUR_SITE, f"site {site_id!r} is not this account's")
@@ -326,6 +352,18 @@ class MarketService:
                     f"site {site_id!r} has no approved device to measure its delivery",
                 )
             )
+
+    async def _site_standing(self, site_id: str) -> tuple[str | None, bool]:
+        """Owner and approval of a site, read at most every STANDING_TTL_S per site: a busy
+        trader should not cost a database read per order. A device revoked by an approver stops
+        its site's new orders within that time."""
+        now = time.monotonic()
+        cached = self._standing.get(site_id)
+        if cached is not None and cached[2] > now:
+            return cached[0], cached[1]
+        owner, approved = await self.store.site_standing(site_id)
+        self._standing[site_id] = (owner, approved, now + STANDING_TTL_S)
+        return owner, approved
 
     def _check_self_trade(self, account_id: str, interval: int, side: Side, price: int) -> None:
         if self.market.crosses_own_order(interval, account_id, side, price):
@@ -355,11 +393,7 @@ class MarketService:
         """An offer within tradable Tgen plus the forecast share; a bid within credits."""
         cfg = self.config
         site, t = req.site_id, req.interval_start
-        mine = [
-            o
-            for oid in self._site_orders.get(site, ())
-            if (o := self.market.order(oid)) is not None and o is not replacing
-        ]
+        own = 0 if replacing is None else self._share.get(replacing.order_id, 0)
         if req.side is Side.SELL:
             tradable = sum(
                 w
@@ -367,11 +401,7 @@ class MarketService:
                 if lot.flags & LotFlag.TRADABLE and t <= lot.interval_start < t + cfg.interval_s
             )
             allowance = offer_allowance(cfg, tradable, self.forecast(engine, site, t))
-            committed = sum(
-                o.filled_wh + (o.remaining_wh if o.is_active else 0)
-                for o in mine
-                if o.side is Side.SELL and o.interval_start == t
-            )
+            committed = self._committed.get((site, t), 0) - own
             if committed + req.quantity_wh > allowance:
                 self._refuse(
                     MarketRefusal(
@@ -383,11 +413,7 @@ class MarketService:
                 )
             return
         free = engine.state.balance(site_account(site)) + cfg.credit_limit_minor
-        reserved = self._unsettled_cost.get(site, 0) + sum(
-            bid_cost_minor(cfg, o.remaining_wh, o.limit_price)
-            for o in mine
-            if o.side is Side.BUY and o.is_active
-        )
+        reserved = self._unsettled_cost.get(site, 0) + self._reserved.get(site, 0) - own
         filled = replacing.filled_wh if replacing is not None else 0
         need = bid_cost_minor(cfg, req.quantity_wh - filled, req.limit_price)
         if reserved + need > free:
@@ -412,14 +438,7 @@ class MarketService:
             if lot.flags & LotFlag.TRADABLE and t <= lot.interval_start < t + cfg.interval_s
         )
         allowance = offer_allowance(cfg, tradable, self.forecast(engine, site_id, t))
-        committed = sum(
-            o.filled_wh + (o.remaining_wh if o.is_active else 0)
-            for oid in self._site_orders.get(site_id, ())
-            if (o := self.market.order(oid)) is not None
-            and o.side is Side.SELL
-            and o.interval_start == t
-        )
-        return max(0, allowance - committed)
+        return max(0, allowance - self._committed.get((site_id, t), 0))
 
     def order_for_key(self, account_id: str, client_order_id: str) -> Order | None:
         """The in-market order placed with this idempotency key, if any."""
@@ -481,6 +500,9 @@ class MarketService:
         if not self._committing:
             self._committing = True
             try:
+                # One turn of the loop first: requests that are ready to run (e.g. the callers
+                # the previous commit just answered) join this commit instead of the next.
+                await asyncio.sleep(0)
                 while self._pending:
                     batch = self._pending[:MAX_BATCH]
                     del self._pending[:MAX_BATCH]
@@ -540,6 +562,10 @@ class MarketService:
                     for tr, e in zip(trades, entries[1:], strict=True)
                 ]
                 op.event_row = EventRow(entries[0].seq, subject, interval, _kind(ev))
+                for o in touched.values():
+                    self._track(o)
+                for row in op.trade_rows:  # the next request of this batch sees the fills
+                    self._add_unsettled(row)
                 accepted.append(op)
                 out += entries
             return out
@@ -573,16 +599,15 @@ class MarketService:
             # Storage failed after matching. The ledger rebuilt its engine from the stored log;
             # rebuild the market the same way, so it never runs ahead of storage.
             self.market = self._replay(self.ledger.engine.entries)
+            self._retrack()
             for op in accepted:
+                for row in op.trade_rows:
+                    self.settled(row.trade_id)  # never stored: nothing to settle
                 if not op.future.done():
                     op.future.set_exception(exc)
             return
         for op in accepted:
             ev = op.event
-            if isinstance(ev, Place):
-                self._site_orders.setdefault(ev.site_id, set()).add(ev.order_id)
-            for row in op.trade_rows:
-                self._add_unsettled(row)
             subject = _subject(ev)
             op.future.set_result(
                 OrderOutcome(None if subject is None else op.touched[subject], op.trades)

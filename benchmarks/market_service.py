@@ -1,0 +1,339 @@
+"""Durable order placement: through the order service on PostgreSQL (group commits), and through
+the HTTP API (uvicorn) under an open-loop load from a separate process.
+
+Run: .venv/bin/python -m benchmarks.market_service --orders 20000 --http-rate 500 --http-seconds 10
+
+A measurement, not a test: it asserts nothing about speed. It exits non-zero only if an order is
+lost (the stored orders differ from the accepted ones) or the HTTP load saw errors.
+
+Setup: a fresh PostgreSQL database on 127.0.0.1:5432 (dropped afterwards), migrated; homeowner
+accounts with one site and an approved device each; the buyers' credits deposited in the ledger.
+Coverage of offers needs a generation forecast, learnt from signed deliveries; the benchmark
+gives every seller a fixed one instead (MarketService.forecast overridden), so what is measured
+is the durable path: checks, matching, ledger leaves and rows in one transaction per group.
+
+Baselines, measured in the same run on the same machine: heapq push+pop of ints (CPU), and
+single-row INSERT+COMMIT on the same PostgreSQL (the cost of one durable commit), so each figure
+is also given as a ratio that survives a noisy, shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import json
+import multiprocessing as mp
+import random
+import socket
+import statistics
+import sys
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from benchmarks.machine import machine_facts
+from cloud.domain.market_checks import MarketConfig
+from cloud.services.ledger import LedgerService
+from cloud.services.market import MarketService, OrderRequest
+from cloud.storage.accounts import AccountStore
+from cloud.storage.ledger_store import LedgerStore
+from cloud.storage.market_store import MarketStore
+from cloud.storage.store import Store
+from rules.ledger import LedgerEngine
+from rules.market import Side
+from tests.helpers.services import create_pg_database, drop_pg_database
+
+DAY = 86_400
+SEED = 20261204
+
+
+class FixedForecast(MarketService):
+    """The order service with a fixed forecast, so sellers may offer without a delivery history."""
+
+    def forecast(self, engine: LedgerEngine, site_id: str, interval_start: int) -> int:
+        return 10**9
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+
+def heap_baseline(n: int = 1_000_000) -> float:
+    """heapq push + pop pairs per second."""
+    rnd = random.Random(SEED)
+    xs = [rnd.randrange(1 << 30) for _ in range(n)]
+    h: list[int] = []
+    t0 = time.perf_counter()
+    for x in xs:
+        heapq.heappush(h, x)
+    for _ in xs:
+        heapq.heappop(h)
+    return n / (time.perf_counter() - t0)
+
+
+async def commit_baseline(store: Store, n: int = 500) -> float:
+    """Single-row INSERT + COMMIT transactions per second on the benchmark's database."""
+    from sqlalchemy import text
+
+    async with store.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE bench_commit (k BIGINT PRIMARY KEY)"))
+    t0 = time.perf_counter()
+    for k in range(n):
+        async with store.engine.begin() as conn:
+            await conn.execute(text("INSERT INTO bench_commit VALUES (:k)"), {"k": k})
+    rate = n / (time.perf_counter() - t0)
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DROP TABLE bench_commit"))
+    return rate
+
+
+async def build(url: str, homes: int, clock: Clock) -> tuple[Store, MarketService, list[str]]:
+    store = await Store.connect(url)
+    await store.migrate()
+    accounts = AccountStore(store.engine)
+    ledger = LedgerService(
+        LedgerStore(store.engine), Ed25519PrivateKey.generate(), "bench/ledger", clock.now
+    )
+    await ledger.load()
+    owners: list[str] = []
+    for i in range(homes):
+        a = await accounts.create_account(
+            f"home{i}@bench.gridmint", f"home {i}", "a long password", "homeowner", "approved"
+        )
+        await accounts.create_site(f"site-{i}", a.account_id, f"home {i}")
+        await store.add_device(
+            f"pi-{i}", f"site-{i}", bytes([i % 256]) * 32, bytes([i % 256, i // 256]) * 4, 5000
+        )
+        owners.append(a.account_id)
+    sites = [f"site-{i}" for i in range(homes)]
+    await ledger.append(lambda eng: [eng.deposit(s, int(clock.t), 10**12) for s in sites])
+    market = FixedForecast(
+        ledger, MarketStore(store.engine), MarketConfig(interval_s=300), clock.now
+    )
+    await market.load()
+    return store, market, owners
+
+
+def workload(n: int, homes: int, first: int) -> list[tuple[int, OrderRequest]]:
+    """Orders over 12 intervals, prices around a crossing band, sellers and buyers apart."""
+    rnd = random.Random(SEED)
+    out = []
+    for k in range(n):
+        home = rnd.randrange(homes)
+        side = Side.SELL if home % 2 == 0 else Side.BUY
+        price = rnd.randrange(14, 24) if side is Side.SELL else rnd.randrange(10, 20)
+        out.append(
+            (
+                home,
+                OrderRequest(
+                    f"bench-{k}",
+                    f"site-{home}",
+                    side,
+                    first + 300 * rnd.randrange(12),
+                    rnd.randrange(10, 500),
+                    price,
+                ),
+            )
+        )
+    return out
+
+
+async def durable(url: str, n: int, homes: int, concurrency: int) -> dict[str, Any]:
+    clock = Clock((1_800_000_000 // DAY) * DAY + 9 * 3600)
+    store, market, owners = await build(url, homes, clock)
+    try:
+        commits = await commit_baseline(store)
+        first = market.next_interval()
+        work = workload(n, homes, first)
+        appends0 = market.ledger.appends
+        queue = list(reversed(work))
+        accepted = 0
+        refused: dict[str, int] = {}
+
+        async def worker() -> None:
+            nonlocal accepted
+            while queue:
+                home, req = queue.pop()
+                try:
+                    await market.place(owners[home], req)
+                    accepted += 1
+                except Exception as exc:
+                    key = type(exc).__name__
+                    refused[key] = refused.get(key, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+        stored = len(await market.store.orders(limit=n + 10))
+        group_commits = market.ledger.appends - appends0
+        seq_n = min(1000, n)
+        seq_work = workload(seq_n, homes, first)
+        t1 = time.perf_counter()
+        for k, (home, req) in enumerate(seq_work):
+            r = OrderRequest(f"seq-{k}", req.site_id, req.side, req.interval_start,
+                             req.quantity_wh, req.limit_price)  # fmt: skip
+            await market.place(owners[home], r)
+        seq_rate = seq_n / (time.perf_counter() - t1)
+        return {
+            "orders": n,
+            "accepted": accepted,
+            "refused": refused,
+            "stored": stored,
+            "concurrency": concurrency,
+            "seconds": round(elapsed, 3),
+            "orders_per_s": round(n / elapsed),
+            "group_commits": group_commits,
+            "sequential_orders_per_s": round(seq_rate),
+            "commit_baseline_per_s": round(commits),
+            "trades": len(await market.store.trades(limit=10**7)),
+        }
+    finally:
+        await store.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _load_process(port: int, tokens: list[str], rate: float, seconds: float, path: str,
+                  first: int, out: Any) -> None:  # fmt: skip
+    """Open-loop load: requests at `rate` per second for `seconds`, whatever the answers."""
+    import httpx
+
+    async def run() -> dict[str, Any]:
+        lat: list[float] = []
+        errors: dict[str, int] = {}
+        rnd = random.Random(SEED)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=10.0,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+        ) as client:  # fmt: skip
+
+            async def one(k: int) -> None:
+                home = k % len(tokens)
+                t0 = time.perf_counter()
+                if path == "/healthz":
+                    r = await client.get("/healthz")
+                else:
+                    sell = home % 2 == 0
+                    body = {
+                        "client_order_id": f"http-{k}",
+                        "site_id": f"site-{home}",
+                        "side": "sell" if sell else "buy",
+                        "interval_start": first + 300 * rnd.randrange(12),
+                        "quantity_wh": rnd.randrange(10, 500),
+                        "limit_price": rnd.randrange(14, 24) if sell else rnd.randrange(10, 20),
+                    }
+                    r = await client.post(
+                        path, json=body, headers={"Authorization": f"Bearer {tokens[home]}"}
+                    )
+                lat.append(time.perf_counter() - t0)
+                if r.status_code >= 300:
+                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+
+            tasks = []
+            start = time.perf_counter()
+            total = int(rate * seconds)
+            for k in range(total):
+                delay = start + k / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(k)))
+            await asyncio.gather(*tasks)
+            wall = time.perf_counter() - start
+        lat.sort()
+        return {
+            "requests": len(lat),
+            "achieved_per_s": round(len(lat) / wall, 1),
+            "p50_ms": round(1000 * statistics.median(lat), 2),
+            "p99_ms": round(1000 * lat[int(0.99 * (len(lat) - 1))], 2),
+            "max_ms": round(1000 * lat[-1], 2),
+            "errors": errors,
+        }
+
+    out.put(asyncio.run(run()))
+
+
+async def http(url: str, homes: int, rate: float, seconds: float) -> dict[str, Any]:
+    import uvicorn
+
+    from cloud.api.app import create_app
+
+    clock = Clock((1_800_000_000 // DAY) * DAY + 9 * 3600)
+    store, market, owners = await build(url, homes, clock)
+    accounts = AccountStore(store.engine)
+    tokens = [await accounts.issue_token(a, 3600) for a in owners]
+    app = create_app(store, accounts=accounts, ledger=market.ledger, market=market, now=clock.now)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    ctx = mp.get_context("spawn")
+    try:
+        results = {}
+        for name, path in (("healthz", "/healthz"), ("orders", "/api/v1/market/orders")):
+            q = ctx.Queue()
+            p = ctx.Process(
+                target=_load_process,
+                args=(port, tokens, rate, seconds, path, market.next_interval(), q),
+            )
+            p.start()
+            results[name] = await asyncio.to_thread(q.get, True, seconds * 10 + 60)
+            p.join(30)
+        results["stored_orders"] = len(await market.store.orders(limit=10**7))
+        return results
+    finally:
+        server.should_exit = True
+        await serving
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--orders", type=int, default=20_000)
+    p.add_argument("--homes", type=int, default=40)
+    p.add_argument("--concurrency", type=int, default=256)
+    p.add_argument("--http-rate", type=float, default=500.0)
+    p.add_argument("--http-seconds", type=float, default=10.0)
+    p.add_argument("--skip-http", action="store_true")
+    args = p.parse_args(argv)
+    report: dict[str, Any] = {"machine": machine_facts(("sqlalchemy", "asyncpg", "fastapi"))}
+    report["heap_push_pop_per_s"] = round(heap_baseline())
+    ok = True
+    url = create_pg_database()
+    try:
+        d = asyncio.run(durable(url, args.orders, args.homes, args.concurrency))
+    finally:
+        drop_pg_database(url)
+    d["ratio_to_commit_baseline"] = round(d["orders_per_s"] / d["commit_baseline_per_s"], 2)
+    d["ratio_to_heap"] = round(d["orders_per_s"] / report["heap_push_pop_per_s"], 5)
+    report["durable_postgres"] = d
+    ok &= d["stored"] == d["accepted"]
+    if args.skip_http:
+        print(json.dumps(report, indent=2))
+        return 0 if ok else 1
+    url = create_pg_database()
+    try:
+        h = asyncio.run(http(url, args.homes, args.http_rate, args.http_seconds))
+    finally:
+        drop_pg_database(url)
+    h["p99_ratio_to_healthz"] = round(h["orders"]["p99_ms"] / max(h["healthz"]["p99_ms"], 0.01), 2)
+    report["http"] = h
+    ok &= not h["orders"]["errors"] and h["stored_orders"] == h["orders"]["requests"]
+    print(json.dumps(report, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
