@@ -301,7 +301,7 @@ async def market_info(market: MarketDep, ctx: CtxDep, _p: Anyone) -> MarketInfo:
         horizon_s=c.horizon_s,
         forecast_share_permille=c.forecast_share_permille,
         next_interval=m.next_interval(),
-        open_intervals=m.market.open_intervals(),
+        open_intervals=m.open_intervals(),
     )
 
 
@@ -315,11 +315,11 @@ async def book(
     price levels with their total quantity and number of orders, no accounts."""
     m = _market(market)
     t = m.next_interval() if interval_start is None else interval_start
-    b = m.market.book(t)
+    b = m.book(t)
     if b is None:
         return BookPublic(
             interval_start=t,
-            open=not m.market.is_closed(t),
+            open=not m.is_closed(t),
             best_bid=None,
             best_ask=None,
             bids=[],
@@ -327,7 +327,7 @@ async def book(
         )
     return BookPublic(
         interval_start=t,
-        open=not m.market.is_closed(t),
+        open=not m.is_closed(t),
         best_bid=b.best_bid(),
         best_ask=b.best_ask(),
         bids=[Level(price=p, quantity_wh=q, orders=n) for p, q, n in b.depth(Side.BUY)],
@@ -368,7 +368,7 @@ async def place_order(
     assert out.order is not None
     if not out.created:
         response.status_code = 200
-    trades = [await m.store.trade(t.trade_id) for t in out.trades]
+    trades = [await m.trade(t.trade_id) for t in out.trades]
     return OrderResult(
         order=order_public(out.order, body.client_order_id),
         trades=[trade_public(t, p) for t in trades if t is not None],
@@ -387,7 +387,7 @@ async def list_orders(
     """Your orders, newest first (the grid operator: everyone's)."""
     m = _market(market)
     account = p.account_id if p.role is Role.HOMEOWNER else None
-    rows = await m.store.orders(
+    rows = await m.orders(
         account_id=account, interval_start=interval_start, active_only=active, limit=limit
     )
     return [_live(m, r) for r in rows]
@@ -396,12 +396,12 @@ async def list_orders(
 def _live(m: MarketService, r: OrderRow) -> OrderPublic:
     """A stored order with the market's live state (rows are written with each event, but the
     in-memory order is the same state without a read)."""
-    o = m.market.order(r.order_id)
+    o = m.live(r.order_id)
     return order_public(o, r.client_order_id) if o is not None else row_public(r)
 
 
 async def _visible_order(m: MarketService, p: Principal, order_id: str) -> OrderRow:
-    row = await m.store.order(order_id)
+    row = await m.order(order_id)
     if row is None or not _own(p, row.account_id):
         raise HTTPException(404, f"no order {order_id!r} here")
     return row
@@ -426,7 +426,7 @@ async def amend_order(order_id: str, body: OrderAmend, market: MarketDep, p: Tra
     except MarketError as exc:
         raise _refused(exc) from None
     assert out.order is not None
-    trades = [await m.store.trade(t.trade_id) for t in out.trades]
+    trades = [await m.trade(t.trade_id) for t in out.trades]
     return OrderResult(
         order=order_public(out.order, row.client_order_id),
         trades=[trade_public(t, p) for t in trades if t is not None],
@@ -457,9 +457,7 @@ async def order_proofs(order_id: str, market: MarketDep, p: Watcher) -> list[Lea
     log, against the latest checkpoint; events not yet under a checkpoint are left out."""
     m = _market(market)
     await _visible_order(m, p, order_id)
-    seqs = (await m.store.event_seqs([order_id])).get(order_id, [])
-    proofs = await m.ledger.proofs_for_seqs(seqs)
-    return [_proof_public(proofs[s]) for s in seqs if s in proofs]
+    return [_proof_public(x) for x in await m.order_proofs(order_id)]
 
 
 @router.get("/api/v1/market/trades", response_model=list[TradePublic], tags=["market"])
@@ -472,7 +470,7 @@ async def list_trades(
     """Your trades, newest first, with their settlement (the grid operator: all trades)."""
     m = _market(market)
     account = p.account_id if p.role is Role.HOMEOWNER else None
-    rows = await m.store.trades(account_id=account, interval_start=interval_start, limit=limit)
+    rows = await m.trades(account_id=account, interval_start=interval_start, limit=limit)
     return [trade_public(t, p) for t in rows]
 
 
@@ -485,12 +483,11 @@ async def trade_proof(trade_id: str, market: MarketDep, p: Watcher) -> list[Leaf
     """Inclusion proofs of your trade's ledger entries: the match, and its settlement once
     settled (each left out until a checkpoint covers it)."""
     m = _market(market)
-    t = await m.store.trade(trade_id)
+    t = await m.trade(trade_id)
     if t is None or not (_own(p, t.buyer_account_id) or _own(p, t.seller_account_id)):
         raise HTTPException(404, f"no trade {trade_id!r} here")
     seqs = [s for s in (t.entry_seq, t.settlement_seq, t.shortfall_seq) if s is not None]
-    proofs = await m.ledger.proofs_for_seqs(seqs)
-    return [_proof_public(proofs[s]) for s in seqs if s in proofs]
+    return [_proof_public(x) for x in await m.entry_proofs(seqs)]
 
 
 @router.get("/api/v1/market/history", response_model=list[IntervalHistory], tags=["market"])
@@ -511,7 +508,7 @@ async def history(
             high_price=s.high_price,
             average_price=s.notional // s.volume_wh if s.volume_wh else 0,
         )
-        for s in await m.store.interval_summaries(limit)
+        for s in await m.history(limit)
     ]
 
 
@@ -585,10 +582,9 @@ async def get_policy(
     """A site's automated trading policy (all off until set)."""
     m = _market(market)
     await _policy_site(accounts, p, site_id)
-    found = await m.store.policies(site_id)
-    if not found:
+    x = await m.policy(site_id)
+    if x is None:
         return PolicyPublic(site_id=site_id, enabled=False)
-    x = found[0]
     return PolicyPublic(
         site_id=site_id,
         enabled=x.enabled,
@@ -611,5 +607,5 @@ async def put_policy(
     if owner != p.account_id:
         raise HTTPException(403, "only the site's owner sets its trading policy")
     policy = TradingPolicy(site_id=site_id, account_id=owner, **body.model_dump())
-    await m.store.set_policy(policy, int(m.now() * 1000))
+    await m.set_policy(policy)
     return PolicyPublic(site_id=site_id, **body.model_dump())

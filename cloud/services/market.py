@@ -35,11 +35,20 @@ from cloud.domain.market_checks import (
     check_terms,
     offer_allowance,
 )
-from cloud.services.ledger import LedgerService
-from cloud.storage.market_store import EventRow, MarketStore, OrderRow, OrderState, TradeRow
+from cloud.domain.policies import TradingPolicy
+from cloud.services.ledger import LeafProof, LedgerService
+from cloud.storage.market_store import (
+    EventRow,
+    IntervalSummary,
+    MarketStore,
+    OrderRow,
+    OrderState,
+    TradeRow,
+)
 from rules.ledger import MARKET_SITE, Entry, EntryKind, LedgerEngine, LotFlag, Pool, site_account
 from rules.market import (
     Amend,
+    Book,
     Cancel,
     CancelReason,
     CloseGate,
@@ -616,6 +625,80 @@ class MarketService:
             last = accepted[-1]
             trades = sum(len(op.trades) for op in accepted)
             await self._notify(MarketChange(last.interval, last.event.seq, trades))
+
+    # ----------------------------------------------------------------------------------------
+    # reads: what the API shows (rows from the market store, live state from the market)
+
+    def open_intervals(self) -> list[int]:
+        """Delivery intervals with an open book."""
+        return self.market.open_intervals()
+
+    def book(self, interval_start: int) -> Book | None:
+        """The in-memory book of an interval (None: nobody ordered, or released)."""
+        return self.market.book(interval_start)
+
+    def is_closed(self, interval_start: int) -> bool:
+        """Whether the interval's gate has closed."""
+        return self.market.is_closed(interval_start)
+
+    def live(self, order_id: str) -> Order | None:
+        """An order of an open interval, in its live state."""
+        return self.market.order(order_id)
+
+    async def order(self, order_id: str) -> OrderRow | None:
+        """A stored order."""
+        return await self.store.order(order_id)
+
+    async def orders(
+        self,
+        *,
+        account_id: str | None,
+        interval_start: int | None,
+        active_only: bool,
+        limit: int,
+    ) -> list[OrderRow]:
+        """Stored orders, newest first."""
+        return await self.store.orders(
+            account_id=account_id,
+            interval_start=interval_start,
+            active_only=active_only,
+            limit=limit,
+        )
+
+    async def trade(self, trade_id: str) -> TradeRow | None:
+        """A stored trade with its settlement."""
+        return await self.store.trade(trade_id)
+
+    async def trades(
+        self, *, account_id: str | None, interval_start: int | None, limit: int
+    ) -> list[TradeRow]:
+        """Stored trades, newest first."""
+        return await self.store.trades(
+            account_id=account_id, interval_start=interval_start, limit=limit
+        )
+
+    async def history(self, limit: int) -> list[IntervalSummary]:
+        """Volume and prices per delivery interval, newest first."""
+        return await self.store.interval_summaries(limit)
+
+    async def order_proofs(self, order_id: str) -> list[LeafProof]:
+        """Inclusion proofs of an order's event leaves (those a checkpoint covers)."""
+        seqs = (await self.store.event_seqs([order_id])).get(order_id, [])
+        return await self.entry_proofs(seqs)
+
+    async def entry_proofs(self, seqs: Sequence[int]) -> list[LeafProof]:
+        """Inclusion proofs of ledger entries by seq, in the order given."""
+        proofs = await self.ledger.proofs_for_seqs(list(seqs))
+        return [proofs[s] for s in seqs if s in proofs]
+
+    async def policy(self, site_id: str) -> TradingPolicy | None:
+        """A site's trading policy, if set."""
+        found = await self.store.policies(site_id)
+        return found[0] if found else None
+
+    async def set_policy(self, policy: TradingPolicy) -> None:
+        """Create or replace a site's trading policy."""
+        await self.store.set_policy(policy, int(self.now() * 1000))
 
     # ----------------------------------------------------------------------------------------
     # unsettled trades (settlement reads and clears them)
