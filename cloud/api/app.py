@@ -20,6 +20,7 @@ from cloud.api import (
     fleet_routes,
     home_routes,
     ledger_routes,
+    market_page_routes,
     market_routes,
     ops_routes,
     pages_routes,
@@ -50,6 +51,7 @@ ROUTERS = (
     market_routes.router,
     pages_routes.router,
     home_routes.router,
+    market_page_routes.router,
     accounts_routes.router,
     sites_routes.router,
 )

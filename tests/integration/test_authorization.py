@@ -36,6 +36,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     # A homeowner's "/" is a 303 to their own page, /home (checked below).
     ("GET", "/"): (D, A, A, A, A, A),
     ("GET", "/home"): (D, A, D, D, D, A),
+    ("GET", "/market"): (D, A, D, D, A, A),  # the trading desk; read-only but for homeowners
     ("GET", "/approvals"): (D, D, D, A, D, A),
     # A homeowner passes the role check; the data rule then limits them to their own sites'
     # devices (the fixture's pi-x is on the homeowner's site-x; see test_device_pages.py).
@@ -94,7 +95,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.
-PAGES = {"/", "/approvals", "/devices/{device_id}", "/home"}
+PAGES = {"/", "/approvals", "/devices/{device_id}", "/home", "/market"}
 
 BODIES = {
     "/api/v1/login": {"email": "homeowner@example.org", "password": "a long password"},
