@@ -2,9 +2,10 @@
 
 Owns: reading the export directory (docs/tokens.md, "Verifying the ledger"), the order of the
 checks, and turning the first discrepancy into one plain line naming the file, line and item.
-Builds only on protocol/ (COSE records, Merkle log, signed checkpoints, ledger leaves) and the
-pure rules.ledger (entry bytes, replay, conservation): never on the aggregator's
-storage, services, API or database libraries, so anyone can run it on a copy of the files.
+Builds only on protocol/ (COSE records, Merkle log, signed checkpoints, ledger leaves), the
+pure rules.ledger (entry bytes, replay, conservation) and the pure rules.market (order events
+and trades, their canonical bytes, matching): never on the aggregator's storage, services, API
+or database libraries, so anyone can run it on a copy of the files.
 
 `verify_export(directory) -> VerifyReport` is the pure-ish core (it only reads the five files);
 `verify_command` prints the report; `gridmint verify` (gridmint/cli.py, which declares the
@@ -26,10 +27,24 @@ Checks, in order, stopping at the first discrepancy:
    the sum of its records (interval, length, G/I/E/C/D Wh, lowest SoC) and its records' devices
    belong to its site;
 4. `replay` and `check_conservation` of the ledger rules;
-5. every checkpoint is signed by the log key for the log's origin, sizes never decrease and stay
+5. the market (nothing to do for a log without market leaves): every ORDER_EVENT leaf's event
+   decodes canonically, its seq is the entry's seq and the entry's site and interval are the
+   event's (the order's, MARKET_SITE for a gate closure); every TRADE_MATCH leaf's trade decodes
+   and the entry's site, counterparty, ref, requested Wh and interval are the trade's seller,
+   buyer, id, quantity and interval. The events replay in log order through a fresh
+   rules.market `Market` (mode: log.json's optional ``market_mode``, else inferred from the
+   trades, see `_market_modes`); a refused event is a discrepancy at its entry, and the trades
+   the replay makes must be the TRADE_MATCH leaves, one for one, right after the event that
+   caused them (no entry between) and in order (missing, extra, reordered or altered trades are
+   named by trade id and entry). Every P2P_TRADE whose ref names a matched trade settles it:
+   after it was matched and its interval's gate closed, same seller and buyer, requested Wh =
+   traded Wh, the value conversion rate = the trade's price, no more burned than traded, no Tgen
+   of an earlier interval; a ref the market never matched is a warning (a trade settled
+   outside the market);
+6. every checkpoint is signed by the log key for the log's origin, sizes never decrease and stay
    within the entries, roots equal the Merkle root of the first `size` leaves, consecutive
    checkpoints are consistent (RFC 9162 proofs), the last one covers every entry;
-6. records no entry references are reported as warnings ("not yet in the ledger").
+7. records no entry references are reported as warnings ("not yet in the ledger").
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +77,7 @@ from protocol.ledger_leaf import LeafError, LedgerLeaf, decode_leaf
 from protocol.merkle import MerkleLog, ProofError, leaf_hash, verify_consistency
 from rules.ledger import (
     INTERVAL_KINDS,
+    MARKET_SITE,
     Entry,
     EntryKind,
     LedgerRuleError,
@@ -69,10 +86,23 @@ from rules.ledger import (
     replay,
     site_account,
 )
+from rules.market import (
+    Amend,
+    Cancel,
+    CloseGate,
+    Event,
+    Market,
+    MarketRuleError,
+    MatchingMode,
+    Place,
+    Trade,
+)
+from rules.market.codec import decode_event, decode_trade
 
 __all__ = [
     "EXPORT_FORMAT",
     "Discrepancy",
+    "MarketSummary",
     "SiteSummary",
     "VerifyReport",
     "verify_command",
@@ -155,6 +185,51 @@ class SiteSummary:
     balance_minor: int
 
 
+@dataclass(frozen=True, slots=True)
+class MarketSummary:
+    """What replaying the market leaves (ORDER_EVENT, TRADE_MATCH) found; zeros without them.
+
+    `mode` is the matching mode the events replayed in and `mode_from` how it was chosen
+    ("log.json", or inferred from the trades; see `_market_modes`). `settled_trades` and
+    `settled_wh` count the P2P_TRADE entries that settle a matched trade and the Wh they burned.
+    """
+
+    mode: MatchingMode | None = None
+    mode_from: str | None = None
+    events: int = 0
+    orders: int = 0
+    trades: int = 0
+    traded_wh: int = 0
+    settled_trades: int = 0
+    settled_wh: int = 0
+
+    @property
+    def present(self) -> bool:
+        """Whether the log holds market leaves at all."""
+        return self.events > 0 or self.trades > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.value if self.mode is not None else None,
+            "mode_from": self.mode_from,
+            "events": self.events,
+            "orders": self.orders,
+            "trades": self.trades,
+            "traded_wh": self.traded_wh,
+            "settled_trades": self.settled_trades,
+            "settled_wh": self.settled_wh,
+        }
+
+    def line(self) -> str:
+        """One line for the printed summary."""
+        mode = self.mode.value if self.mode is not None else "-"
+        return (
+            f"market replayed: {self.events} events, {self.trades} trades match ({mode} "
+            f"matching, {self.mode_from}; {self.orders} orders, {self.traded_wh} Wh traded; "
+            f"{self.settled_trades} trades settled, {self.settled_wh} Wh)"
+        )
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     """What `verify_export` found: `ok` with balances, or the first discrepancy in `error`."""
@@ -171,10 +246,16 @@ class VerifyReport:
     sites: tuple[SiteSummary, ...] = ()
     accounts: dict[str, int] = field(default_factory=dict)  # every payment account, minor units
     state: LedgerState | None = None  # the replayed ledger state (None on failure)
+    market: MarketSummary = field(default_factory=MarketSummary)  # zeros on failure
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def market_replayed(self) -> bool:
+        """The export verified and its log holds market leaves, which replayed to its trades."""
+        return self.ok and self.market.present
 
     def balances(self) -> dict[str, Any]:
         """Per site Tgen / Tstorage / set-aside Wh and payment balance, and every account."""
@@ -198,6 +279,7 @@ class VerifyReport:
             "location": self.error.as_dict() if self.error is not None else None,
             "warnings": list(self.warnings),
             "balances": self.balances() if self.ok else {},
+            "market": self.market.as_dict(),
             "summary": {
                 "records": self.records,
                 "devices": self.devices,
@@ -303,9 +385,16 @@ def _hex(length: int | None = None) -> Check:
     return check
 
 
-def _fields(file: str, row: _Row, spec: dict[str, Check], item: str | None = None) -> None:
+def _fields(
+    file: str,
+    row: _Row,
+    spec: dict[str, Check],
+    item: str | None = None,
+    optional: dict[str, Check] | None = None,
+) -> None:
+    optional = optional or {}
     missing = [k for k in spec if k not in row.data]
-    extra = [k for k in row.data if k not in spec]
+    extra = [k for k in row.data if k not in spec and k not in optional]
     if missing:
         raise Discrepancy(
             file, f"missing field(s) {', '.join(missing)}", line=row.line or None, item=item
@@ -314,7 +403,7 @@ def _fields(file: str, row: _Row, spec: dict[str, Check], item: str | None = Non
         raise Discrepancy(
             file, f"unexpected field(s) {', '.join(extra)}", line=row.line or None, item=item
         )
-    for key, check in spec.items():
+    for key, check in (*spec.items(), *((k, c) for k, c in optional.items() if k in row.data)):
         problem = check(row.data[key])
         if problem:
             raise Discrepancy(file, f"field {key} {problem}", line=row.line or None, item=item)
@@ -325,6 +414,15 @@ _LOG_SPEC: dict[str, Check] = {
     "origin": _text,
     "log_key": _text,
     "deployment": _text,
+}
+_MODES = {m.value: m for m in MatchingMode}
+_LOG_OPTIONAL: dict[str, Check] = {
+    # The market's matching mode, when the exporter states it (else inferred from the trades).
+    "market_mode": lambda v: (
+        None
+        if isinstance(v, str) and v in _MODES
+        else f"must be one of {', '.join(sorted(_MODES))}"
+    ),
 }
 _DEVICE_SPEC: dict[str, Check] = {
     "device_id": _text,
@@ -353,6 +451,7 @@ class _Files:
     origin: str
     log_key: VerifierKey
     deployment: bytes
+    market_mode: MatchingMode | None
     devices: list[_Row]
     records: list[_Row]
     entries: list[_Row]
@@ -373,7 +472,7 @@ def _read_files(directory: Path) -> _Files:
         raise Discrepancy(
             LOG_FILE, f"unknown export format {fmt!r} (this verifier reads {EXPORT_FORMAT})"
         )
-    _fields(LOG_FILE, _Row(0, log), _LOG_SPEC)
+    _fields(LOG_FILE, _Row(0, log), _LOG_SPEC, optional=_LOG_OPTIONAL)
     try:
         log_key = parse_verifier_key(log["log_key"])
     except CheckpointError as exc:
@@ -399,6 +498,7 @@ def _read_files(directory: Path) -> _Files:
         log["origin"],
         log_key,
         log["deployment"].encode("utf-8"),
+        _MODES[log["market_mode"]] if "market_mode" in log else None,
         devices,
         records,
         entries,
@@ -746,7 +846,358 @@ def _replay(entries: list[Entry]) -> LedgerState:
 
 
 # --------------------------------------------------------------------------------------------
-# Step 5: Merkle log and checkpoints
+# Step 5: the market
+
+
+def _market_bad(
+    e: Entry, message: str, trade_id: str | None = None, since: int | None = None
+) -> Discrepancy:
+    """A market discrepancy at entry `e` (about `trade_id`), concerning entries since `since`."""
+    item = f"entry {e.seq}, {e.kind.name} {e.site}"
+    if trade_id is not None:
+        item += f", trade {trade_id}"
+    first = e.seq if since is None else min(since, e.seq)
+    return Discrepancy(ENTRIES_FILE, message, line=e.seq + 1, item=item, entries=(first, e.seq))
+
+
+def _placed(market: Market, *trades: Trade, order_id: str | None = None) -> tuple[str, int | None]:
+    """Where the replay placed the orders the trades (or `order_id`) name ("; orders X (placed
+    at entry n), ...") and the earliest such entry: a changed order event surfaces later, at a
+    trade or an event of its order."""
+    ids = [oid for t in trades for oid in (t.sell_order_id, t.buy_order_id)]
+    seen: dict[str, int] = {}
+    for oid in [*ids, *([order_id] if order_id is not None else [])]:
+        o = market.order(oid)
+        if o is not None and oid not in seen:
+            seen[oid] = o.placed_seq
+    if not seen:
+        return "", None
+    named = ", ".join(f"{oid} (placed at entry {seq})" for oid, seq in seen.items())
+    return f"; order{'s' if len(seen) > 1 else ''} {named}", min(seen.values())
+
+
+def _describe(t: Trade) -> str:
+    return (
+        f"{t.quantity_wh} Wh at {t.price}/kWh from {t.seller_site_id} to {t.buyer_site_id}, "
+        f"orders {t.sell_order_id}/{t.buy_order_id}"
+    )
+
+
+_MarketLeaf = tuple[Entry, Event | None, Trade | None]
+
+
+def _decode_market(entries: Sequence[Entry]) -> list[_MarketLeaf]:
+    """Decode every market leaf and check what can be checked leaf by leaf."""
+    out: list[_MarketLeaf] = []
+    for e in entries:
+        if e.kind is EntryKind.ORDER_EVENT:
+            if e.counterparty or e.ref or e.requested_wh:
+                raise _market_bad(e, "an ORDER_EVENT carries no counterparty, ref or requested Wh")
+            try:
+                ev = decode_event(e.market)
+            except MarketRuleError as exc:
+                raise _market_bad(e, f"order event: {exc}") from None
+            if ev.seq != e.seq:
+                raise _market_bad(e, f"order event seq {ev.seq} is not its entry seq {e.seq}")
+            if isinstance(ev, (Place, CloseGate)):
+                site = ev.site_id if isinstance(ev, Place) else MARKET_SITE
+                if (e.site, e.interval_start) != (site, ev.interval_start):
+                    raise _market_bad(
+                        e,
+                        f"the entry is for site {e.site} interval {e.interval_start}, its "
+                        f"{type(ev).__name__} for site {site} interval {ev.interval_start}",
+                    )
+            out.append((e, ev, None))
+        elif e.kind is EntryKind.TRADE_MATCH:
+            try:
+                t = decode_trade(e.market)
+            except MarketRuleError as exc:
+                raise _market_bad(e, f"trade: {exc}") from None
+            for name, stated, actual in (
+                ("site", e.site, t.seller_site_id),
+                ("counterparty", e.counterparty, t.buyer_site_id),
+                ("ref", e.ref, t.trade_id),
+                ("requested Wh", e.requested_wh, t.quantity_wh),
+                ("interval", e.interval_start, t.interval_start),
+            ):
+                if stated != actual:
+                    raise _market_bad(
+                        e, f"the entry's {name} is {stated!r}, the trade's {actual!r}", t.trade_id
+                    )
+            out.append((e, None, t))
+    return out
+
+
+def _market_modes(
+    declared: MatchingMode | None, leaves: Sequence[_MarketLeaf]
+) -> tuple[list[MatchingMode], str]:
+    """The matching mode(s) to replay in, and how they were chosen.
+
+    The export states the mode in log.json's optional ``market_mode``; the aggregator's exporter
+    does not (yet), so the mode is inferred: a log whose trades were all caused by gate
+    closures is a call auction, one with any trade caused by a Place or an Amend continuous
+    (continuous gate closures never trade, call-auction placements never do). A log without
+    trades says nothing about its mode: it passes if it replays, tradeless, in either.
+    """
+    if declared is not None:
+        return [declared], "log.json"
+    causes = {e.seq: ev for e, ev, _ in leaves if ev is not None}
+    trades = [t for _, _, t in leaves if t is not None]
+    if not trades:
+        return [MatchingMode.CONTINUOUS, MatchingMode.CALL_AUCTION], "no trades to infer it from"
+    if all(isinstance(causes.get(t.taker_seq), CloseGate) for t in trades):
+        return [MatchingMode.CALL_AUCTION], "inferred: every trade is caused by a gate closure"
+    return [MatchingMode.CONTINUOUS], "inferred: trades are caused by orders"
+
+
+def _missing_trade(cause: Entry, t: Trade, before: int | None, market: Market) -> Discrepancy:
+    where = f"before entry {before}" if before is not None else "by the end of the log"
+    placed, since = _placed(market, t)
+    return _market_bad(
+        cause,
+        f"the replay of this event makes trade {t.trade_id} ({_describe(t)}), but no "
+        f"TRADE_MATCH leaf for it follows {where}{placed}",
+        t.trade_id,
+        since,
+    )
+
+
+def _wrong_trade(e: Entry, t: Trade, want: Trade, cause: Entry, market: Market) -> Discrepancy:
+    orders, since = _placed(market, t, want)
+    since = cause.seq if since is None else min(since, cause.seq)
+    if t.trade_id != want.trade_id:
+        if t.taker_seq != cause.seq:
+            said = f"names entry {t.taker_seq} as its cause, but follows entry {cause.seq}"
+        else:
+            said = "is out of order"
+        return _market_bad(
+            e,
+            f"trade {t.trade_id} {said}: the replay makes trade {want.trade_id} "
+            f"({_describe(want)}) here{orders}",
+            t.trade_id,
+            since,
+        )
+    diffs = [
+        f"{name} {a!r} (the replay: {b!r})"
+        for name, a, b in zip(Trade._fields, t, want, strict=True)
+        if a != b
+    ]
+    return _market_bad(
+        e,
+        f"trade {t.trade_id} differs from the replay: {', '.join(diffs)}{orders}",
+        t.trade_id,
+        since,
+    )
+
+
+@dataclass(slots=True)
+class _Replayed:
+    matched: dict[str, tuple[Trade, int]]  # trade id -> (trade, its TRADE_MATCH entry index)
+    closed: dict[int, int]  # delivery interval -> entry index of its gate closure
+    events: int
+    orders: int
+
+
+def _replay_market(leaves: Sequence[_MarketLeaf], mode: MatchingMode) -> _Replayed:
+    """Replay the order events in log order; each event's trades must follow it, in order."""
+    market = Market(mode)
+    pending: deque[Trade] = deque()  # made by the last event, not yet seen in the log
+    cause: Entry | None = None  # the last ORDER_EVENT
+    matched: dict[str, tuple[Trade, int]] = {}
+    closed: dict[int, int] = {}
+    events = orders = 0
+    last = -1  # the entry of the previous market leaf
+    for e, ev, t in leaves:
+        previous, last = last, e.seq
+        if ev is not None:
+            if pending:
+                assert cause is not None
+                raise _missing_trade(cause, pending[0], e.seq, market)
+            owner: tuple[str, str, int] | None = None
+            if isinstance(ev, (Amend, Cancel)):
+                o = market.order(ev.order_id)
+                owner = None if o is None else (o.order_id, o.site_id, o.interval_start)
+            try:
+                made = market.apply(ev)
+            except MarketRuleError as exc:
+                placed, since = (
+                    _placed(market, order_id=ev.order_id)
+                    if isinstance(ev, (Amend, Cancel))
+                    else ("", None)
+                )
+                raise _market_bad(
+                    e, f"the market refuses this {type(ev).__name__}: {exc}{placed}", since=since
+                ) from None
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+                raise _market_bad(e, f"order event cannot be applied: {exc!r}") from None
+            if owner is not None and (e.site, e.interval_start) != owner[1:]:
+                raise _market_bad(
+                    e,
+                    f"the entry is for site {e.site} interval {e.interval_start}, its order "
+                    f"{owner[0]} for site {owner[1]} interval {owner[2]}",
+                )
+            events += 1
+            orders += isinstance(ev, Place)
+            if isinstance(ev, CloseGate):
+                closed[ev.interval_start] = e.seq
+            pending.extend(made)
+            cause = e
+            continue
+        assert t is not None
+        if not pending:
+            if cause is None:
+                said = "comes before any order event"
+            elif t.taker_seq != cause.seq:
+                said = f"names entry {t.taker_seq} as its cause, but follows entry {cause.seq}"
+            else:
+                said = f"is not made by the replay of entry {cause.seq}"
+            placed, since = _placed(market, t)
+            raise _market_bad(
+                e,
+                f"extra trade: trade {t.trade_id} ({_describe(t)}) {said}{placed}",
+                t.trade_id,
+                since,
+            )
+        assert cause is not None
+        if e.seq != previous + 1:
+            between = (
+                f"entry {previous + 1} lies"
+                if e.seq == previous + 2
+                else f"entries {previous + 1}..{e.seq - 1} lie"
+            )
+            raise _market_bad(
+                e,
+                f"trade {t.trade_id} does not come right after the event that caused it "
+                f"(entry {cause.seq}) and the trades before it: {between} between",
+                t.trade_id,
+                cause.seq,
+            )
+        want = pending.popleft()
+        if t != want:
+            raise _wrong_trade(e, t, want, cause, market)
+        matched[t.trade_id] = (t, e.seq)
+    if pending:
+        assert cause is not None
+        raise _missing_trade(cause, pending[0], None, market)
+    return _Replayed(matched, closed, events, orders)
+
+
+def _check_settlements(
+    entries: Sequence[Entry], state: LedgerState, market: _Replayed, warnings: list[str]
+) -> tuple[int, int]:
+    """Every P2P_TRADE naming a matched trade settles that trade; (settled trades, Wh)."""
+    matched = market.matched
+    count = wh = 0
+    for e in entries:
+        if e.kind is not EntryKind.P2P_TRADE or not e.ref:
+            continue
+        found = matched.get(e.ref)
+        if found is None:
+            warnings.append(
+                f"{ENTRIES_FILE} line {e.seq + 1} (entry {e.seq}, P2P_TRADE {e.site}): settles "
+                f"trade {e.ref!r}, which the market did not match (settled outside the market)"
+            )
+            continue
+        t, at = found
+        if e.seq < at:
+            raise _market_bad(
+                e, f"settles trade {t.trade_id} before it is matched (entry {at})", t.trade_id
+            )
+        gate = market.closed.get(t.interval_start)
+        if gate is None or gate > e.seq:
+            raise _market_bad(
+                e,
+                f"settles trade {t.trade_id} (matched at entry {at}) while the gate of its "
+                f"interval {t.interval_start} is still open ("
+                + ("no gate closure in the log" if gate is None else f"it closes at entry {gate}")
+                + ")",
+                t.trade_id,
+            )
+        value = next((c for c in e.convs if c.key == f"value:{e.counterparty}"), None)
+        for name, stated, actual in (
+            ("seller", e.site, t.seller_site_id),
+            ("buyer", e.counterparty, t.buyer_site_id),
+            ("traded Wh", e.requested_wh, t.quantity_wh),
+            ("price", None if value is None else value.num, t.price),
+        ):
+            if stated != actual:
+                raise _market_bad(
+                    e,
+                    f"settles trade {t.trade_id} (matched at entry {at}) with {name} "
+                    f"{stated!r}, the trade's is {actual!r}",
+                    t.trade_id,
+                )
+        if e.burned_wh > t.quantity_wh:
+            raise _market_bad(
+                e,
+                f"settles {e.burned_wh} Wh of trade {t.trade_id}, which traded {t.quantity_wh} Wh",
+                t.trade_id,
+            )
+        for b in e.burns:
+            lot = state.lots.get(b.lot_id)
+            if lot is not None and lot.interval_start < t.interval_start:
+                raise _market_bad(
+                    e,
+                    f"settles trade {t.trade_id} for interval {t.interval_start} with lot "
+                    f"{b.lot_id} of the earlier interval {lot.interval_start}",
+                    t.trade_id,
+                )
+        count += 1
+        wh += e.burned_wh
+    return count, wh
+
+
+def _check_market(
+    entries: Sequence[Entry],
+    state: LedgerState,
+    declared: MatchingMode | None,
+    warnings: list[str],
+) -> MarketSummary:
+    """Replay the market leaves through rules.market and check the trades and settlements.
+
+    A no-op (a zero summary) for a log without market leaves.
+    """
+    leaves = _decode_market(entries)
+    if not leaves:
+        return MarketSummary()
+    modes, how = _market_modes(declared, leaves)
+    first: Discrepancy | None = None
+    done: _Replayed | None = None
+    used = modes[0]
+    for used in modes:
+        try:
+            done = _replay_market(leaves, used)
+            break
+        except Discrepancy as exc:
+            first = first or exc
+    if done is None:
+        assert first is not None
+        if len(modes) > 1:
+            raise Discrepancy(
+                first.file,
+                f"{first.message} (replayed in {modes[0].value} matching; the log has no trades "
+                f"and states no mode, and {', '.join(m.value for m in modes[1:])} matching "
+                "fails too)",
+                line=first.line,
+                item=first.item,
+                entries=first.entries,
+            )
+        raise first
+    settled, settled_wh = _check_settlements(entries, state, done, warnings)
+    return MarketSummary(
+        mode=used,
+        mode_from=how,
+        events=done.events,
+        orders=done.orders,
+        trades=len(done.matched),
+        traded_wh=sum(t.quantity_wh for t, _ in done.matched.values()),
+        settled_trades=settled,
+        settled_wh=settled_wh,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Step 6: Merkle log and checkpoints
 
 
 def _check_checkpoints(
@@ -831,6 +1282,7 @@ def verify_export(directory: Path) -> VerifyReport:
         records = _check_records(files.records, devices, files.deployment, warnings)
         leaves, entries, referenced = _check_entries(files.entries, records, devices)
         state = _replay(entries)
+        market = _check_market(entries, state, files.market_mode, warnings)
         last = _check_checkpoints(files.checkpoints, leaves, files.origin, files.log_key)
     except Discrepancy as exc:
         if files is None:
@@ -875,6 +1327,7 @@ def verify_export(directory: Path) -> VerifyReport:
         ),
         accounts={a: b for a, b in sorted(state.balances.items())},
         state=state,
+        market=market,
         records=len(files.records),
         devices=len(files.devices),
         entries=len(files.entries),
@@ -895,6 +1348,8 @@ def _print_summary(report: VerifyReport, out: Console) -> None:
         markup=True,
         highlight=False,
     )
+    if report.market.present:
+        out.print(report.market.line(), markup=False, highlight=False)
     table = Table(title="Balances recomputed by replaying the ledger")
     table.add_column("site")
     for name in ("Tgen Wh", "Tstorage Wh", "set-aside Wh", "balance (minor units)"):

@@ -23,20 +23,30 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
+import gridmint.verify
 from edge.minting import ChainState
 from gridmint.cli import app
-from gridmint.verify import Discrepancy, VerifyReport, verify_export
+from gridmint.verify import Discrepancy, MarketSummary, VerifyReport, verify_export
 from protocol import cose
 from protocol.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
 from protocol.ledger_leaf import LedgerLeaf, decode_leaf
 from rules.ledger import Burn, Entry, EntryKind
+from rules.market import CloseGate, MatchingMode, Place, Side, TimeInForce, Trade
+from rules.market import replay as market_replay
+from rules.market.codec import decode_event, decode_trade, encode_event, encode_trade
 from tests.helpers.ledger_export import (
     ORIGIN,
     T0,
     LedgerExportBuilder,
+    MarketExport,
     SampleExport,
+    build_market_export,
     build_sample_export,
     leaf_of,
+    read_entries,
+    rewrite_log,
+    with_market,
+    without_entry,
 )
 
 SEED = 20260601
@@ -52,6 +62,18 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleExport:
 def export(sample: SampleExport, tmp_path: Path) -> Path:
     """A private copy of the sample export, free to tamper with."""
     return Path(shutil.copytree(sample.directory, tmp_path / "export"))
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> MarketExport:
+    """The market scenario (continuous matching): order events, trades, settlements."""
+    return build_market_export(tmp_path_factory.mktemp("market") / "export")
+
+
+@pytest.fixture
+def mexport(market: MarketExport, tmp_path: Path) -> Path:
+    """A private copy of the market export."""
+    return Path(shutil.copytree(market.directory, tmp_path / "market"))
 
 
 # helpers ---------------------------------------------------------------------------------------
@@ -463,6 +485,538 @@ def test_interval_rule_failure_names_the_entry_that_opened_the_interval(export: 
     err = fails(export)
     assert err.file == "entries.jsonl" and names_entry(err, mint.seq), str(err)
     assert err.entries is not None and err.entries[0] == mint.seq
+
+
+# the market ------------------------------------------------------------------------------------
+
+
+def names_market_entry(err: Discrepancy, index: int) -> bool:
+    """The failure is at entry `index` (or its checkpoint range), or at a later market entry
+    whose message names it: a changed order event surfaces at the trade or event it changed."""
+    if names_entry(err, index):
+        return True
+    return (
+        err.file == "entries.jsonl"
+        and err.entries is not None
+        and err.entries[0] <= index <= err.entries[1]
+        and f"entry {index})" in err.message
+    )
+
+
+def forged(d: Path, m: MarketExport, entries: list[Entry]) -> Discrepancy:
+    """Write `entries` as the log with a re-signed checkpoint for every size: only the market
+    replay can tell what changed."""
+    rewrite_log(d, entries, m.builder.log_key)
+    return fails(d)
+
+
+def without_market_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gridmint.verify, "_check_market", lambda *a: MarketSummary())
+
+
+def market_items(entries: list[Entry]) -> tuple[list[Any], list[Trade]]:
+    events = [decode_event(e.market) for e in entries if e.kind is EntryKind.ORDER_EVENT]
+    trades = [decode_trade(e.market) for e in entries if e.kind is EntryKind.TRADE_MATCH]
+    return events, trades
+
+
+def test_market_export_verifies_and_reports_the_figures(market: MarketExport) -> None:
+    report = verify_export(market.directory)
+    assert report.ok, str(report.error)
+    b = market.builder
+    entries = b.engine.entries
+    assert report.state is not None and report.state.snapshot() == b.engine.state.snapshot()
+    events, trades = market_items(entries)
+    assert trades == list(b.matched.values())
+    settlements = [e for e in entries if e.kind is EntryKind.P2P_TRADE and e.ref in b.matched]
+    assert report.market == MarketSummary(
+        mode=MatchingMode.CONTINUOUS,
+        mode_from="inferred: trades are caused by orders",
+        events=len(events),
+        orders=sum(isinstance(ev, Place) for ev in events),
+        trades=len(trades),
+        traded_wh=sum(t.quantity_wh for t in trades),
+        settled_trades=len(settlements),
+        settled_wh=sum(e.burned_wh for e in settlements),
+    )
+    assert report.market_replayed
+    # the scenario: trades caused by a Place (two at once) and an Amend, one settled short,
+    # one bought from the grid entirely, two matched and not yet settled
+    causes = {ev.seq: type(ev).__name__ for ev in events}
+    assert {causes[t.taker_seq] for t in trades} == {"Place", "Amend"}
+    assert len(settlements) == len(trades) - 3
+    assert report.market.settled_wh < sum(b.matched[e.ref].quantity_wh for e in settlements)
+    # the one P2P trade the market did not match is a warning, not a failure
+    otc = next(e for e in entries if e.ref == "otc-1")
+    assert report.warnings == (
+        f"entries.jsonl line {otc.seq + 1} (entry {otc.seq}, P2P_TRADE site-a): settles trade "
+        "'otc-1', which the market did not match (settled outside the market)",
+    )
+
+
+def test_market_figures_in_the_cli_output(market: MarketExport) -> None:
+    report = verify_export(market.directory)
+    m = report.market
+    result = CliRunner().invoke(app, ["verify", str(market.directory)])
+    assert result.exit_code == 0, result.output
+    assert f"market replayed: {m.events} events, {m.trades} trades match (continuous" in (
+        result.stdout
+    )
+    assert f"{m.settled_trades} trades settled, {m.settled_wh} Wh)" in result.stdout
+    result = CliRunner().invoke(app, ["verify", "--json", str(market.directory)])
+    out = json.loads(result.stdout)
+    assert out["market"] == m.as_dict()
+    assert out["market"]["mode"] == "continuous" and out["market"]["trades"] == m.trades
+
+
+def test_a_log_without_market_leaves_has_no_market_figures(sample: SampleExport) -> None:
+    report = verify_export(sample.directory)
+    assert report.ok and report.market == MarketSummary() and not report.market_replayed
+    assert report.as_json()["market"]["events"] == 0 and report.as_json()["market"]["mode"] is None
+    # its P2P trade (ref "trade-1") was settled outside any market: no warning without one
+    assert not any("trade-1" in w for w in report.warnings)
+    result = CliRunner().invoke(app, ["verify", str(sample.directory)])
+    assert "market replayed" not in result.stdout
+
+
+def test_call_auction_mode_is_inferred_or_read_from_log_json(tmp_path: Path) -> None:
+    m = build_market_export(tmp_path / "auction", mode=MatchingMode.CALL_AUCTION)
+    report = verify_export(m.directory)
+    assert report.ok, str(report.error)
+    assert report.market.mode is MatchingMode.CALL_AUCTION
+    assert report.market.mode_from == "inferred: every trade is caused by a gate closure"
+    events, trades = market_items(m.builder.engine.entries)
+    closes = {ev.seq for ev in events if isinstance(ev, CloseGate)}
+    assert trades and all(t.taker_seq in closes for t in trades)
+    assert report.market.trades == len(trades) and report.market.settled_trades == len(trades)
+
+    stated = build_market_export(
+        tmp_path / "stated", mode=MatchingMode.CALL_AUCTION, state_mode=True
+    )
+    assert json.loads((stated.directory / "log.json").read_text())["market_mode"] == "call_auction"
+    report = verify_export(stated.directory)
+    assert report.ok and report.market.mode_from == "log.json"
+    # the wrong mode stated: the first crossing order trades at once in continuous matching
+    log = json.loads((stated.directory / "log.json").read_text())
+    (stated.directory / "log.json").write_text(json.dumps({**log, "market_mode": "continuous"}))
+    err = fails(stated.directory)
+    b1 = stated.rounds[0].events["place B1"]
+    assert (err.file, err.line) == ("entries.jsonl", b1 + 1)
+    assert err.item == f"entry {b1}, ORDER_EVENT site-b, trade {b1}.0"
+    assert "the replay of this event makes trade" in err.message
+    (stated.directory / "log.json").write_text(json.dumps({**log, "market_mode": "fifo"}))
+    assert str(fails(stated.directory)) == (
+        "log.json: field market_mode must be one of call_auction, continuous"
+    )
+
+
+def test_a_log_without_trades_replays_in_either_mode(tmp_path: Path) -> None:
+    """Without trades the mode cannot be inferred: the log passes if it replays in one mode."""
+    t = T0 + 3600
+
+    def builder(mode: MatchingMode = MatchingMode.CONTINUOUS) -> LedgerExportBuilder:
+        b = LedgerExportBuilder(market_mode=mode)
+        b.market("deposit", "site-b", T0, 1_000)  # entry 0 (an event's seq is at least 1)
+        return b
+
+    ioc = builder()  # continuous only: a call auction takes no IOC order
+    ioc.place("b-1", "site-b", Side.BUY, t, 100, 20, tif=TimeInForce.IOC)
+    ioc.checkpoint()
+    report = verify_export(ioc.write(tmp_path / "ioc"))
+    assert report.ok, str(report.error)
+    assert (report.market.mode, report.market.mode_from) == (
+        MatchingMode.CONTINUOUS,
+        "no trades to infer it from",
+    )
+    rested = builder(MatchingMode.CALL_AUCTION)  # crossed, then cancelled
+    rested.place("s-1", "site-a", Side.SELL, t, 100, 10)
+    rested.place("b-1", "site-b", Side.BUY, t, 100, 20)
+    rested.cancel("b-1")
+    rested.close_gate(t)
+    rested.checkpoint()
+    report = verify_export(rested.write(tmp_path / "rested"))
+    assert report.ok, str(report.error)
+    assert report.market.mode is MatchingMode.CALL_AUCTION and report.market.trades == 0
+    # a log that replays in neither: an IOC that traded, its trade leaf deleted
+    both = builder()
+    both.place("s-1", "site-a", Side.SELL, t, 100, 10)
+    both.place("b-1", "site-b", Side.BUY, t, 100, 20, tif=TimeInForce.IOC)
+    both.checkpoint()
+    d = both.write(tmp_path / "both")
+    assert both.engine.entries[3].kind is EntryKind.TRADE_MATCH
+    rewrite_log(d, without_entry(both.engine.entries, 3), both.log_key)
+    err = fails(d)
+    assert (err.file, err.line, err.item) == (
+        "entries.jsonl",
+        3,
+        "entry 2, ORDER_EVENT site-b, trade 2.0",
+    )
+    assert err.message.endswith(
+        "(replayed in continuous matching; the log has no trades and states no mode, and "
+        "call_auction matching fails too)"
+    )
+
+
+def test_any_flipped_market_byte_names_its_entry_or_checkpoint_range(
+    mexport: Path, market: MarketExport
+) -> None:
+    """A raw byte flip inside an order event or a trade: the codec, the replay or the
+    checkpoint root finds it, and names the entry (or the trade it changed)."""
+    rng = random.Random(SEED)
+    original = lines(mexport, "entries.jsonl")
+    leaves = [e for e in market.builder.engine.entries if e.market]
+    by: dict[str, int] = {}
+    for _ in range(SAMPLES):
+        e = rng.choice(leaves)
+        data = json.loads(original[e.seq])
+        leaf = bytes.fromhex(data["leaf"])
+        start = leaf.find(e.market)
+        assert start > 0
+        data["leaf"] = flip(leaf, start + rng.randrange(len(e.market)), rng).hex()
+        rows = list(original)
+        rows[e.seq] = json.dumps(data, sort_keys=True) + "\n"
+        write_lines(mexport, "entries.jsonl", rows)
+        err = fails(mexport)
+        assert names_market_entry(err, e.seq), f"entry {e.seq} flipped, but: {err}"
+        by[err.file] = by.get(err.file, 0) + 1
+    assert by.get("entries.jsonl", 0) > SAMPLES // 2  # the market check finds most first
+
+
+def test_a_flipped_byte_the_market_accepts_breaks_the_checkpoint_root(
+    mexport: Path, market: MarketExport
+) -> None:
+    """The order's source ("manual") is in no trade: the replay cannot tell, the root can."""
+    a1 = market.rounds[0].events["place A1"]
+    data = row(mexport, "entries.jsonl", a1 + 1)
+    leaf = bytearray(bytes.fromhex(data["leaf"]))
+    leaf[bytes(leaf).index(b"manual") + 5] ^= 0x20  # "manuaL"
+    set_row(mexport, "entries.jsonl", a1 + 1, {**data, "leaf": bytes(leaf).hex()})
+    event = decode_event(entry_at(mexport, a1).market)
+    assert isinstance(event, Place) and event.source == "manuaL"
+    err = fails(mexport)
+    assert err.file == "checkpoints.jsonl" and names_entry(err, a1), str(err)
+
+
+def test_a_re_signed_changed_order_event_is_caught_by_the_replay(
+    mexport: Path, market: MarketExport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A1 offered at 21 instead of 18, the leaf re-encoded and every checkpoint re-signed:
+    B1 (a bid at 20) no longer takes it, so the logged trade is one the replay does not make."""
+    r = market.rounds[0]
+    a1, b1 = r.events["place A1"], r.events["place B1"]
+    entries = read_entries(mexport)
+    event = decode_event(entries[a1].market)
+    assert isinstance(event, Place)
+    entries[a1] = with_market(entries[a1], dataclasses.replace(event, limit_price=21))
+    err = forged(mexport, market, entries)
+    assert (err.file, err.line) == ("entries.jsonl", b1 + 3)
+    assert err.item == f"entry {b1 + 2}, TRADE_MATCH site-a, trade {b1}.1"
+    assert err.message == (
+        f"extra trade: trade {b1}.1 (150 Wh at 18/kWh from site-a to site-b, orders "
+        f"A1-1/B1-1) is not made by the replay of entry {b1}; orders A1-1 (placed at entry "
+        f"{a1}), B1-1 (placed at entry {b1})"
+    )
+    assert err.entries == (a1, b1 + 2) and names_market_entry(err, a1)
+    without_market_check(monkeypatch)  # the forgery is otherwise perfect
+    assert verify_export(mexport).ok
+
+
+def test_any_re_signed_change_to_an_order_event_that_changes_the_market_is_found(
+    mexport: Path, market: MarketExport
+) -> None:
+    """Random changes to placed orders' terms, re-encoded and re-signed: verify fails, no
+    earlier than the changed entry, exactly when the changed events no longer replay to the
+    logged trades; a change without consequence is a consistent history and verifies."""
+    rng = random.Random(SEED)
+    entries = read_entries(mexport)
+    places = [
+        e
+        for e in entries
+        if e.kind is EntryKind.ORDER_EVENT and isinstance(decode_event(e.market), Place)
+    ]
+    logged = market_items(entries)[1]
+    outcome = {"caught": 0, "consistent": 0}
+    for _ in range(SAMPLES):
+        e = rng.choice(places)
+        ev = decode_event(e.market)
+        assert isinstance(ev, Place)
+        change = rng.choice(["price", "quantity"])
+        if change == "price":
+            new = dataclasses.replace(
+                ev, limit_price=max(0, ev.limit_price + rng.choice([-3, -1, 1, 4]))
+            )
+        else:
+            new = dataclasses.replace(
+                ev, quantity_wh=max(1, ev.quantity_wh + rng.choice([-120, -30, 25, 90]))
+            )
+        if new == ev:
+            continue
+        changed = list(entries)
+        changed[e.seq] = with_market(e, new)
+        events = market_items(changed)[0]
+        try:
+            consistent = market_replay(events)[0] == logged
+        except ValueError:
+            consistent = False
+        rewrite_log(mexport, changed, market.builder.log_key)
+        report = verify_export(mexport)
+        if consistent:
+            assert report.ok, f"{new} replays to the logged trades, but: {report.error}"
+            outcome["consistent"] += 1
+            continue
+        err = report.error
+        assert err is not None, f"{new} changes the trades, and verified"
+        assert err.file == "entries.jsonl" and err.line is not None and err.line > e.seq, str(err)
+        outcome["caught"] += 1
+    assert outcome["caught"] >= SAMPLES // 4 and outcome["consistent"] > 0, outcome
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda t: t._replace(quantity_wh=t.quantity_wh + 1), "quantity_wh 151 (the replay: 150)"),
+        (lambda t: t._replace(price=t.price + 1), "price 19 (the replay: 18)"),
+        (
+            lambda t: t._replace(buyer_site_id="site-c"),
+            "buyer_site_id 'site-c' (the replay: 'site-b')",
+        ),
+    ],
+)
+def test_a_re_signed_changed_trade_is_named(
+    mexport: Path, market: MarketExport, change: Callable[[Trade], Trade], says: str
+) -> None:
+    b1 = market.rounds[0].events["place B1"]
+    entries = read_entries(mexport)
+    at = b1 + 2
+    trade = decode_trade(entries[at].market)
+    assert trade.trade_id == f"{b1}.1"
+    changed = with_market(entries[at], change(trade))
+    entries[at] = dataclasses.replace(changed, counterparty=change(trade).buyer_site_id)
+    err = forged(mexport, market, entries)
+    assert (err.file, err.line) == ("entries.jsonl", at + 1)
+    assert err.item == f"entry {at}, TRADE_MATCH site-a, trade {b1}.1"
+    assert err.message.startswith(f"trade {b1}.1 differs from the replay: {says}; orders ")
+
+
+def test_a_trade_leaf_must_agree_with_its_trade(mexport: Path, market: MarketExport) -> None:
+    b1 = market.rounds[0].events["place B1"]
+    entries = read_entries(mexport)
+    at = b1 + 2
+    e = entries[at]
+    for entry, says in (
+        (
+            dataclasses.replace(e, requested_wh=140),
+            "the entry's requested Wh is 140, the trade's 150",
+        ),
+        (
+            dataclasses.replace(e, counterparty="site-c"),
+            "the entry's counterparty is 'site-c', the trade's 'site-b'",
+        ),
+        (
+            dataclasses.replace(e, ref="forged"),
+            f"the entry's ref is 'forged', the trade's '{b1}.1'",
+        ),
+        (
+            dataclasses.replace(e, site="site-c"),
+            "the entry's site is 'site-c', the trade's 'site-a'",
+        ),
+    ):
+        changed = list(entries)
+        changed[at] = entry
+        err = forged(mexport, market, changed)
+        assert (err.file, err.line, err.message) == ("entries.jsonl", at + 1, says), str(err)
+
+
+def test_an_order_event_leaf_must_agree_with_its_event(mexport: Path, market: MarketExport) -> None:
+    r = market.rounds[0]
+    a1, amend, close = r.events["place A1"], r.events["amend A1"], r.events["close"]
+    entries = read_entries(mexport)
+    event = decode_event(entries[a1].market)
+    for at, entry, says in (
+        (
+            a1,
+            with_market(entries[a1], dataclasses.replace(event, seq=a1 + 1)),
+            f"order event seq {a1 + 1} is not its entry seq {a1}",
+        ),
+        (
+            a1,
+            dataclasses.replace(entries[a1], site="site-b"),
+            f"the entry is for site site-b interval {r.interval_start}, its Place for site "
+            f"site-a interval {r.interval_start}",
+        ),
+        (
+            amend,
+            dataclasses.replace(entries[amend], interval_start=r.interval_start + 300),
+            f"the entry is for site site-a interval {r.interval_start + 300}, its order A1-1 "
+            f"for site site-a interval {r.interval_start}",
+        ),
+        (
+            close,
+            dataclasses.replace(entries[close], site="site-a"),
+            f"the entry is for site site-a interval {r.interval_start}, its CloseGate for site "
+            f"market interval {r.interval_start}",
+        ),
+        (
+            a1,
+            dataclasses.replace(entries[a1], ref="x"),
+            "an ORDER_EVENT carries no counterparty, ref or requested Wh",
+        ),
+        (
+            a1,
+            dataclasses.replace(entries[a1], market=b"\xa0"),
+            "order event: not a version 1 market item",
+        ),
+    ):
+        changed = list(entries)
+        changed[at] = entry
+        err = forged(mexport, market, changed)
+        assert (err.file, err.line, err.message) == ("entries.jsonl", at + 1, says), str(err)
+
+
+def test_deleting_a_trade_leaf_names_the_trade(mexport: Path, market: MarketExport) -> None:
+    r = market.rounds[0]
+    b1 = r.events["place B1"]
+    rows = lines(mexport, "entries.jsonl")
+    write_lines(mexport, "entries.jsonl", rows[: b1 + 2] + rows[b1 + 3 :])
+    assert str(fails(mexport)) == (
+        f"entries.jsonl line {b1 + 3}: holds index {b1 + 3} where entry {b1 + 2} belongs "
+        "(entries missing or out of order)"
+    )
+    # the forger renumbers what follows and re-signs: the replay still makes the trade
+    err = forged(mexport, market, without_entry(market.builder.engine.entries, b1 + 2))
+    assert (err.file, err.line) == ("entries.jsonl", b1 + 1)
+    assert err.item == f"entry {b1}, ORDER_EVENT site-b, trade {b1}.1"
+    assert err.message.startswith(
+        f"the replay of this event makes trade {b1}.1 (150 Wh at 18/kWh from site-a to site-b, "
+        f"orders A1-1/B1-1), but no TRADE_MATCH leaf for it follows before entry {b1 + 2}"
+    )
+    # every trade leaf of the log, deleted in turn
+    for e in market.builder.engine.entries:
+        if e.kind is EntryKind.TRADE_MATCH:
+            err = forged(mexport, market, without_entry(market.builder.engine.entries, e.seq))
+            assert err.file == "entries.jsonl" and f"trade {e.ref}" in str(err), (e.ref, str(err))
+
+
+def test_reordering_trade_leaves_names_the_trade(mexport: Path, market: MarketExport) -> None:
+    b1 = market.rounds[0].events["place B1"]
+    entries = read_entries(mexport)
+    first, second = entries[b1 + 1], entries[b1 + 2]
+    entries[b1 + 1] = dataclasses.replace(second, seq=first.seq)
+    entries[b1 + 2] = dataclasses.replace(first, seq=second.seq)
+    err = forged(mexport, market, entries)
+    assert (err.file, err.line, err.item) == (
+        "entries.jsonl",
+        b1 + 2,
+        f"entry {b1 + 1}, TRADE_MATCH site-a, trade {b1}.1",
+    )
+    assert err.message.startswith(
+        f"trade {b1}.1 is out of order: the replay makes trade {b1}.0 (100 Wh at 16/kWh from "
+        "site-c to site-b, orders C1-1/B1-1) here"
+    )
+
+
+def test_a_trade_leaf_must_follow_its_event_at_once(tmp_path: Path) -> None:
+    """The aggregator logs an event and its trades in one append: nothing comes between."""
+    t = T0 + 3600
+    b = LedgerExportBuilder()
+    b.market("deposit", "site-b", T0, 1_000)
+    b.place("s-1", "site-a", Side.SELL, t, 100, 10)
+    bid = Place(2, "b-1", "acct-site-b", "site-b", Side.BUY, t, 100, 20)
+    (trade,) = b.exchange.apply(bid)
+    b.engine.record_market(EntryKind.ORDER_EVENT, "site-b", t, encode_event(bid))
+    b.market("deposit", "site-b", T0, 5)  # entry 3, between the bid and its trade
+    b.market(
+        "record_market",
+        EntryKind.TRADE_MATCH,
+        "site-a",
+        t,
+        encode_trade(trade),
+        counterparty="site-b",
+        ref=trade.trade_id,
+        requested_wh=trade.quantity_wh,
+    )
+    b.checkpoint()
+    assert str(fails(b.write(tmp_path / "between"))) == (
+        "entries.jsonl line 5 (entry 4, TRADE_MATCH site-a, trade 2.0): trade 2.0 does not come "
+        "right after the event that caused it (entry 2) and the trades before it: entry 3 lies "
+        "between"
+    )
+
+
+def test_deleting_an_order_event(mexport: Path, market: MarketExport) -> None:
+    """Every order event deleted in turn (renumbered, re-signed): found, at or after it, unless
+    the event changed no trade (a cancelled order that would have expired anyway, an IOC that
+    found nothing): the log without it is a consistent history, and verifies."""
+    r = market.rounds[0]
+    rows = lines(mexport, "entries.jsonl")
+    write_lines(
+        mexport, "entries.jsonl", rows[: r.events["cancel C2"]] + rows[r.events["cancel C2"] + 1 :]
+    )
+    assert "(entries missing or out of order)" in fails(mexport).message
+    entries = market.builder.engine.entries
+    harmless = {
+        x.events[k] for x in market.rounds for k in ("cancel C2", "place B3") if k in x.events
+    }
+    passed = set()
+    for e in entries:
+        if e.kind is not EntryKind.ORDER_EVENT:
+            continue
+        rewrite_log(mexport, without_entry(entries, e.seq), market.builder.log_key)
+        report = verify_export(mexport)
+        if report.ok:
+            passed.add(e.seq)
+            continue
+        err = report.error
+        assert err is not None and err.file == "entries.jsonl", str(err)
+        assert err.line is not None and err.line > e.seq, (e.seq, str(err))
+    assert passed == harmless
+    # the gate closure of a settled interval: its settlements come while the gate is open
+    close = r.events["close"]
+    err = forged(mexport, market, without_entry(entries, close))
+    trade = r.trades[0]
+    assert err.item is not None and err.item.endswith(f"P2P_TRADE site-c, trade {trade.trade_id}")
+    assert err.message == (
+        f"settles trade {trade.trade_id} (matched at entry {trade.taker_seq + 1}) while the gate "
+        f"of its interval {r.interval_start} is still open (no gate closure in the log)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("forge", "says"),
+    [
+        ({"price": 17}, "with price 17, the trade's is 18"),
+        ({"quantity_wh": 140}, "with traded Wh 140, the trade's is 150"),
+        ({"buyer": "site-c"}, "with buyer 'site-c', the trade's is 'site-b'"),
+    ],
+)
+def test_a_settlement_must_settle_its_matched_trade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forge: dict[str, Any], says: str
+) -> None:
+    """The aggregator settles one trade on other terms, in a log it builds and signs itself."""
+
+    def settle(b: LedgerExportBuilder, t: Trade) -> object:
+        a1_b1 = (t.sell_order_id, t.buy_order_id) == ("A1-1", "B1-1")  # 150 Wh at 18
+        return b.settle(t.trade_id, **(forge if a1_b1 else {}))
+
+    m = build_market_export(tmp_path / "forged", settle=settle)
+    target = m.rounds[0].trades[1].trade_id
+    (at,) = (
+        e.seq for e in m.builder.engine.entries if e.kind is EntryKind.P2P_TRADE and e.ref == target
+    )
+    matched = next(
+        e.seq
+        for e in m.builder.engine.entries
+        if e.kind is EntryKind.TRADE_MATCH and e.ref == target
+    )
+    err = fails(m.directory)
+    assert (err.file, err.line, err.item) == (
+        "entries.jsonl",
+        at + 1,
+        f"entry {at}, P2P_TRADE site-a, trade {target}",
+    )
+    assert err.message == f"settles trade {target} (matched at entry {matched}) {says}"
+    without_market_check(monkeypatch)  # the ledger rules alone accept it
+    assert verify_export(m.directory).ok
 
 
 # checkpoints -----------------------------------------------------------------------------------
