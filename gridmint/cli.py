@@ -400,6 +400,7 @@ def cloud_export_ledger(
                 origin=default_origin(settings.deployment, settings.ledger_origin),
                 log_public_key=public,
                 deployment=settings.deployment,
+                market_mode=settings.market_mode if settings.market_enabled else None,
             )
         finally:
             await store.close()

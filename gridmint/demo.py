@@ -429,6 +429,7 @@ async def _ledger_summary(cloud: CloudRuntime, data: Path, keep: bool) -> dict[s
         origin=ledger.origin,
         log_public_key=ledger.public_key,
         deployment=cloud.settings.deployment,
+        market_mode=None if cloud.market is None else cloud.market.config.mode.value,
     )
     report = await asyncio.to_thread(verify_export, export)
     return {
@@ -436,6 +437,7 @@ async def _ledger_summary(cloud: CloudRuntime, data: Path, keep: bool) -> dict[s
         "checkpoints": done.checkpoints,
         "intervals_closed": len(ledger.engine.state.closed),
         "verified": report.ok,
+        "market_replayed": report.market_replayed,
         "error": None if report.error is None else str(report.error),
         "export": str(export) if keep else None,
     }

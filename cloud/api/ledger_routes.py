@@ -168,7 +168,11 @@ async def export(ctx: CtxDep) -> LedgerExport:
     `gridmint verify --api`."""
     led = _running(ctx.ledger)
     files = await collect_export(
-        led.store, origin=led.origin, log_public_key=led.public_key, deployment=ctx.deployment
+        led.store,
+        origin=led.origin,
+        log_public_key=led.public_key,
+        deployment=ctx.deployment,
+        market_mode=None if ctx.market is None else ctx.market.config.mode.value,
     )
     return LedgerExport(files=files)
 

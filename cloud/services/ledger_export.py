@@ -37,7 +37,12 @@ def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
 
 
 async def collect_export(
-    store: LedgerStore, *, origin: str, log_public_key: bytes, deployment: str
+    store: LedgerStore,
+    *,
+    origin: str,
+    log_public_key: bytes,
+    deployment: str,
+    market_mode: str | None = None,
 ) -> dict[str, str]:
     """The export's files as text, keyed by file name: one consistent snapshot.
 
@@ -66,6 +71,8 @@ async def collect_export(
         "log_key": verifier_key_string(origin, log_public_key),
         "deployment": deployment,
     }
+    if market_mode is not None:  # how the verifier replays the market's order events
+        log["market_mode"] = market_mode
     return {
         "log.json": json.dumps(log, indent=2, sort_keys=True) + "\n",
         "devices.jsonl": _jsonl(devices.values()),
@@ -105,10 +112,20 @@ def write_export(directory: Path, files: dict[str, str]) -> ExportSummary:
 
 
 async def export_ledger(
-    store: LedgerStore, directory: Path, *, origin: str, log_public_key: bytes, deployment: str
+    store: LedgerStore,
+    directory: Path,
+    *,
+    origin: str,
+    log_public_key: bytes,
+    deployment: str,
+    market_mode: str | None = None,
 ) -> ExportSummary:
     """Write log.json, devices.jsonl, records.jsonl, entries.jsonl, checkpoints.jsonl."""
     files = await collect_export(
-        store, origin=origin, log_public_key=log_public_key, deployment=deployment
+        store,
+        origin=origin,
+        log_public_key=log_public_key,
+        deployment=deployment,
+        market_mode=market_mode,
     )
     return await asyncio.to_thread(write_export, directory, files)

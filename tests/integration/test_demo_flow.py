@@ -49,6 +49,12 @@ async def test_demo_flow_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     assert summary["ledger"]["verified"], summary["ledger"]
     assert summary["ledger"]["intervals_closed"] == summary["accepted"]
     assert summary["proofs"] == {"verified": summary["accepted"], "failed": 0, "waiting": 0}
+    # The homes' policies traded (home 1 sells, home 2 buys) once forecasts were learnt, the
+    # trades settled against signed delivery, and the verifier replayed the market.
+    market = summary["market"]
+    assert market["trades"] > 0 and market["traded_wh"] > 0, market
+    assert market["settled_trades"] > 0 and 0 < market["settled_wh"] <= market["traded_wh"]
+    assert market["replayed"], summary["ledger"]
     for seqs in _chains(tmp_path / "cloud.sqlite").values():
         assert seqs == list(range(1, len(seqs) + 1))
     # A healthy run flags nothing: every interval measured, no resets, jumps or gaps.
