@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from cloud.api.deps import FLEET, ApiContext, CtxDep, OptionalPrincipalDep
 from cloud.api.fleet_views import devices_public, ledger_status, stats_public
 from cloud.auth import Principal, Role
+from cloud.domain.devices import DeviceStatus
 
 FLEET_ROLES = frozenset({Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR, Role.ADMIN})
 APPROVAL_ROLES = frozenset({Role.APPROVER, Role.ADMIN})
@@ -83,8 +84,8 @@ async def approvals_page(request: Request, ctx: CtxDep) -> Response:
         {
             "who": p,
             "pending_accounts": await accounts.list_accounts("pending"),
-            "pending_devices": await views.list_for_review("pending"),
-            "approved_devices": await views.list_for_review("approved"),
+            "pending_devices": await views.list_for_review(DeviceStatus.PENDING),
+            "approved_devices": await views.list_for_review(DeviceStatus.APPROVED),
             "decisions": await views.list_decisions(limit=RECENT_DECISIONS),
             "account_decisions": await accounts.list_account_decisions(RECENT_DECISIONS),
         },

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from cloud.api.deps import ANYONE, AccountsDep, ClaimsDep, CtxDep, require
 from cloud.api.schemas import device_identity
 from cloud.auth import Principal, Role, can_see_site, site_owner_filter
+from cloud.domain.devices import DeviceStatus
 from cloud.pki import PkiError, check_csr
 from cloud.storage.batteries import BatteryStore, SiteBattery
 from cloud.storage.claims import ClaimError
@@ -85,7 +86,7 @@ class EnrollResult(BaseModel):
 
     device_id: str
     site_id: str
-    status: Literal["pending"] = "pending"
+    status: Literal[DeviceStatus.PENDING] = DeviceStatus.PENDING
     deployment: str
     broker_url: str
     client_cert: str = Field("", description="PEM client certificate for the broker (CN = device)")
