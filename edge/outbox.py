@@ -7,10 +7,13 @@ it. Counters (minted, delivered, confirmed, rejected) live beside them for statu
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -59,11 +62,31 @@ class OutboxRow:
     attempts: int
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _serialized(
+    fn: Callable[Concatenate[Outbox, P], Awaitable[R]],
+) -> Callable[Concatenate[Outbox, P], Awaitable[R]]:
+    """Run one public operation at a time on the shared connection. aiosqlite serialises single
+    calls, not sequences: another task's commit between a SELECT and its fetch fails with
+    "cannot commit transaction - SQL statements in progress"."""
+
+    @functools.wraps(fn)
+    async def run(self: Outbox, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._lock:
+            return await fn(self, *args, **kwargs)
+
+    return run
+
+
 class Outbox:
     """SQLite-backed outbox; open with `await Outbox.open(path)`."""
 
     def __init__(self, db: aiosqlite.Connection):
         self._db = db
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Outbox:
@@ -77,6 +100,7 @@ class Outbox:
         await db.commit()
         return cls(db)
 
+    @_serialized
     async def close(self) -> None:
         """Close the database."""
         await self._db.close()
@@ -96,16 +120,21 @@ class Outbox:
     async def _bump(self, counter: str, by: int = 1) -> None:
         await self._put(counter, int(await self._get(counter) or 0) + by)
 
+    @_serialized
     async def load_chain(self) -> ChainState:
         """The chain state after the last minted token."""
+        return await self._load_chain()
+
+    async def _load_chain(self) -> ChainState:
         data = await self._get("chain")
         if data is None:
             return ChainState()
         return ChainState(seq=data["seq"], boot=data["boot"], prev_hash=bytes.fromhex(data["prev"]))
 
+    @_serialized
     async def start_boot(self) -> ChainState:
         """Count one more agent start in the chain state and return it."""
-        chain = await self.load_chain()
+        chain = await self._load_chain()
         chain = ChainState(seq=chain.seq, boot=chain.boot + 1, prev_hash=chain.prev_hash)
         await self._put_chain(chain)
         await self._db.commit()
@@ -116,16 +145,19 @@ class Outbox:
             "chain", {"seq": chain.seq, "boot": chain.boot, "prev": chain.prev_hash.hex()}
         )
 
+    @_serialized
     async def load_accountant(self) -> AccountantState | None:
         """The interval accounting state, if any was saved."""
         data = await self._get("accountant")
         return None if data is None else AccountantState.from_json(data)
 
+    @_serialized
     async def save_accountant(self, state: AccountantState) -> None:
         """Persist the accounting state alone (a boundary reading that closed nothing)."""
         await self._put("accountant", state.to_json())
         await self._db.commit()
 
+    @_serialized
     async def commit_mint(self, token: MintedToken, state: AccountantState, now_ms: int) -> None:
         """Store a token, the chain after it and the accounting state in one transaction."""
         try:
@@ -149,6 +181,7 @@ class Outbox:
             await self._db.rollback()
             raise
 
+    @_serialized
     async def due(self, now_ms: int, resend_after_ms: int, limit: int = 100) -> list[OutboxRow]:
         """Tokens to publish now: never sent, or sent with no receipt for too long, oldest first."""
         async with self._db.execute(
@@ -159,6 +192,7 @@ class Outbox:
             rows = await cur.fetchall()
         return [OutboxRow(r[0], r[1], bytes(r[2]), bytes(r[3]), r[4], r[5]) for r in rows]
 
+    @_serialized
     async def mark_sent(self, record_hash: bytes, now_ms: int) -> None:
         """The broker acknowledged the token (PUBACK)."""
         async with self._db.execute(
@@ -171,6 +205,7 @@ class Outbox:
             await self._bump("delivered")
         await self._db.commit()
 
+    @_serialized
     async def confirm(self, record_hash: bytes) -> bool:
         """The cloud holds the token: drop it from the outbox (remembering it for the ledger
         proof check). False if it was not here."""
@@ -186,6 +221,7 @@ class Outbox:
         await self._db.commit()
         return found
 
+    @_serialized
     async def reject(self, record_hash: bytes, reason: str, retry: bool, now_ms: int) -> None:
         """The cloud refused the token.
 
@@ -217,6 +253,7 @@ class Outbox:
                 await self._bump("rejected")
         await self._db.commit()
 
+    @_serialized
     async def proofs_waiting(self, limit: int = 50) -> list[tuple[str, bytes]]:
         """(token id, record hash) of confirmed tokens whose ledger proof is not checked yet."""
         cur = await self._db.execute(
@@ -226,6 +263,7 @@ class Outbox:
         )
         return [(str(r[0]), bytes(r[1])) for r in await cur.fetchall()]
 
+    @_serialized
     async def mark_proof(self, token_id: str, status: str, detail: str, now_ms: int) -> None:
         """Record the outcome of a proof check."""
         if status not in PROOF_STATES:
@@ -236,6 +274,7 @@ class Outbox:
         )
         await self._db.commit()
 
+    @_serialized
     async def prune_proofs(self, checked_before_ms: int) -> int:
         """Forget proven tokens checked before the cutoff (the SD card should not grow for
         ever); waiting and failed ones stay. Returns how many were removed."""
@@ -245,22 +284,26 @@ class Outbox:
         await self._db.commit()
         return int(cur.rowcount)
 
+    @_serialized
     async def proof_counts(self) -> dict[str, int]:
         """How many confirmed tokens are waiting, proven, or failed their ledger proof."""
         cur = await self._db.execute("SELECT status, COUNT(*) FROM proofs GROUP BY status")
         found = {str(r[0]): int(r[1]) for r in await cur.fetchall()}
         return {s: found.get(s, 0) for s in PROOF_STATES}
 
+    @_serialized
     async def load_tree_head(self) -> tuple[int, bytes] | None:
         """The newest ledger checkpoint this device has verified (size, root)."""
         value = await self._get("ledger_tree_head")
         return None if value is None else (int(value[0]), bytes.fromhex(value[1]))
 
+    @_serialized
     async def save_tree_head(self, size: int, root: bytes) -> None:
         """Remember a verified checkpoint, to check the next one extends it."""
         await self._put("ledger_tree_head", [size, root.hex()])
         await self._db.commit()
 
+    @_serialized
     async def counters(self) -> dict[str, int]:
         """minted, delivered, confirmed, rejected and the number still waiting."""
         out = {c: int(await self._get(c) or 0) for c in COUNTERS}
