@@ -334,7 +334,7 @@ class Book:
                 m_rem = m.remaining_wh
                 fill = rem if rem < m_rem else m_rem
                 rem -= fill
-                value = fill * o.limit_price
+                value = fill * price
                 filled += fill
                 notional += value
                 m.filled_wh += fill
