@@ -53,8 +53,9 @@ def sort_for_auction(orders: Iterable[Order]) -> tuple[list[Order], list[Order]]
     """(bids, offers) of `orders` in auction order (see the module docstring)."""
     bids: list[Order] = []
     offers: list[Order] = []
+    buy = Side.BUY
     for o in orders:
-        (bids if o.side is Side.BUY else offers).append(o)
+        (bids if o.side is buy else offers).append(o)
     bids.sort(key=lambda o: (-o.limit_price, o.priority))
     offers.sort(key=lambda o: (o.limit_price, o.priority))
     return bids, offers

@@ -23,6 +23,12 @@ Rules checked here (the books apply the matching rules; see `rules.market.book`)
 * Cancel: an order that is resting;
 * CloseGate: an int ``interval_start >= 0`` not closed before. Closing an interval nobody
   traded in is allowed (it just closes).
+
+Memory: a market keeps every order until `Market.release` drops a closed interval's. The rules
+create no reference cycles (reference counting frees everything), so a caller holding many
+orders may call ``gc.freeze()`` now and then, or replay with the cyclic collector disabled: on
+CPython 3.11 its repeated traversals of the live orders are a large share of a long replay
+(benchmarks/RESULTS.md, "Market matching").
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ _GTC = TimeInForce.GTC
 _IOC = TimeInForce.IOC
 _FOK = TimeInForce.FOK
 _OPEN = OrderStatus.OPEN
+_CALL_AUCTION = MatchingMode.CALL_AUCTION
 
 
 class Market:
@@ -105,9 +112,25 @@ class Market:
 
         The order service calls this to refuse an order that could self-trade before placing
         it; the book would otherwise cancel it at the self-trade (see `rules.market.book`).
+        Cost: continuous, O(the other side's orders priced through the limit); call auction,
+        O(the account's orders in the book).
         """
         book = self._books.get(interval_start)
         return book is not None and book.crosses_own_order(account_id, side, limit_price)
+
+    def would_self_trade(
+        self, interval_start: int, account_id: str, side: Side, limit_price: int, quantity_wh: int
+    ) -> bool:
+        """Would continuous matching of this order meet a resting order of the same account
+        before `quantity_wh` is filled (and so cancel its rest for self-trade)?
+
+        Narrower than `crosses_own_order` (an own order deeper than the quantity reaches does
+        not count) and costs at most what matching the order would. Changes nothing.
+        """
+        book = self._books.get(interval_start)
+        return book is not None and book.would_self_trade(
+            account_id, side, limit_price, quantity_wh
+        )
 
     # ----------------------------------------------------------------------------------------
     # Transitions
@@ -120,7 +143,9 @@ class Market:
         if type(event) is Place:
             trades = self._place(event, seq)
         elif type(event) is Cancel:
-            o = self._resting(event.order_id)
+            o = self._orders.get(event.order_id)
+            if o is None or o._book_seq < 0:
+                o = self._resting(event.order_id)  # raises
             self._books[o.interval_start].cancel(o)
             trades = []
         elif type(event) is Amend:
@@ -145,9 +170,9 @@ class Market:
             return []
         self._closed[interval_start] = None
         orders = self._orders
-        for oid in book.orders:
-            del orders[oid]
-        return list(book.orders.values())
+        for o in book.placed:
+            del orders[o.order_id]
+        return list(book.placed)
 
     # ----------------------------------------------------------------------------------------
     # Internals
@@ -156,7 +181,7 @@ class Market:
         o = self._orders.get(order_id)
         if o is None:
             raise MarketRuleError(f"unknown order {order_id!r}")
-        if not o.is_active:
+        if o._book_seq < 0:  # not resting (is_active, without the property call)
             raise MarketRuleError(f"order {order_id!r} is {o.status.value}, not resting")
         return o
 
@@ -189,14 +214,14 @@ class Market:
             raise MarketRuleError(f"limit_price {price!r} is not an int >= 0")
         if type(min_fill) is not int or not 0 <= min_fill <= qty:
             raise MarketRuleError(f"min_fill_wh {min_fill!r} is not an int in 0..quantity_wh")
-        if self.mode is MatchingMode.CALL_AUCTION and (tif is not _GTC or min_fill):
+        if self.mode is _CALL_AUCTION and (tif is not _GTC or min_fill):
             raise MarketRuleError("a call auction takes only GTC orders without min_fill_wh")
         if book is None:
             book = self._books[t] = Book(t, self.mode)
         o = Order(oid, ev.account_id, ev.site_id, side, t, qty, price, tif, min_fill, ev.source,
                   seq, seq, _OPEN, 0, qty, 0, None)  # fmt: skip
         self._orders[oid] = o
-        book.orders[oid] = o
+        book.placed.append(o)
         return book.place(o, seq)
 
     def _amend(self, ev: Amend, seq: int) -> list[Trade]:
