@@ -19,6 +19,7 @@ stays stored and counted (`late_records`) but is not minted; see docs/tokens.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,24 @@ from rules.ledger import (
 log = logging.getLogger(__name__)
 
 Publish = Callable[[bytes], Awaitable[None]]
+
+
+class PipelineAborted(RuntimeError):
+    """A staged append was not written because an earlier one failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class StagedAppend:
+    """Entries decided by `LedgerService.stage`, and their write in progress."""
+
+    entries: list[Entry]
+    write: asyncio.Future[None] | None
+
+    async def committed(self) -> list[Entry]:
+        """Wait until the entries are stored (raises what the write raised)."""
+        if self.write is not None:
+            await asyncio.shield(self.write)
+        return self.entries
 
 
 class LedgerCorrupted(RuntimeError):
@@ -127,6 +146,8 @@ class LedgerService:
         self.engine = LedgerEngine()
         self.log = merkle.MerkleLog()
         self._lock = asyncio.Lock()
+        self._tail: asyncio.Future[None] | None = None  # the newest staged write
+        self._broken = False  # a staged write failed after its entries were decided
         self.closed_intervals = 0
         self.appends = 0  # committed append() calls (a group commit counts once)
         self.minted_wh: dict[str, int] = {}  # per site, Tgen minted for generation
@@ -187,6 +208,7 @@ class LedgerService:
         transaction (storage is most of the cost of a close; see benchmarks/RESULTS.md).
         """
         async with self._lock:
+            await self._settle_pipeline()  # interval entries follow every staged append
             now = int(self.now())
             candidates = await self.store.open_intervals(
                 now - self.grace_s, since=now - self.grace_s - self.lookback_s
@@ -276,38 +298,93 @@ class LedgerService:
         settlements): `decide` emits entries through the engine, under the ledger's lock so
         sequence numbers are the log's; they are written with `also`'s rows in one unit of
         work. On any failure nothing is stored and the engine is rebuilt from the stored log,
-        so it never runs ahead of storage; the error is raised to the caller.
+        so it never runs ahead of storage for long; the error is raised to the caller.
 
         No checkpoint is signed here: the close loop signs one when the log has grown
         (`checkpoint_if_grown`), so a burst of orders costs one signature, not one each.
         """
+        staged = await self.stage(decide, also)
+        try:
+            return await staged.committed()
+        except Exception:
+            await self.recover()
+            raise
+
+    async def stage(
+        self,
+        decide: Callable[[LedgerEngine], Sequence[Entry]],
+        also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+    ) -> StagedAppend:
+        """The first half of `append`: decide under the lock and start the write, returning as
+        soon as the entries are decided, so the caller can decide its next batch while this
+        one is written (a group commit pipeline: CPU and the database overlap). Writes commit
+        in decision order, each after the one before it; if one fails, every later one fails
+        unwritten and the next `stage` rebuilds the engine from the stored log."""
         async with self._lock:
+            if self._broken:  # an earlier staged write failed: rebuild before deciding on
+                await self._settle_pipeline()
             try:
                 entries = list(decide(self.engine))
             except Exception:
-                await self.load()
+                # `decide` may have emitted some entries: rebuild once the writes in flight
+                # (decided before it, so stored before it) are done.
+                self._broken = True
+                await self._settle_pipeline()
                 raise
             if not entries:
-                return []
+                return StagedAppend(entries, None)
             rows = [_leaf_row(e) for e in entries]
             refs = [(r.record_hash, r.token_id, e.seq) for e in entries for r in e.refs]
+            write = asyncio.ensure_future(self._write_staged(self._tail, entries, rows, refs, also))
+            self._tail = write
+            return StagedAppend(entries, write)
+
+    async def _write_staged(
+        self,
+        before: asyncio.Future[None] | None,
+        entries: list[Entry],
+        rows: list[LeafRow],
+        refs: list[tuple[bytes, str, int]],
+        also: Callable[[AsyncConnection], Awaitable[None]] | None,
+    ) -> None:
+        if before is not None:
             try:
-                async with UnitOfWork(self.store.engine) as conn:
-                    await self.store.write_entries(conn, rows, refs)
-                    if also is not None:
-                        await also(conn)
-            except Exception:
-                await self.load()
-                raise
-            for row in rows:
-                self.log.append(row.leaf_hash)
-            self._count_mints(entries)
-            self.appends += 1
-            return entries
+                await asyncio.shield(before)
+            except BaseException:
+                self._broken = True
+                raise PipelineAborted("an earlier ledger write failed; nothing stored") from None
+        try:
+            async with UnitOfWork(self.store.engine) as conn:
+                await self.store.write_entries(conn, rows, refs)
+                if also is not None:
+                    await also(conn)
+        except BaseException:
+            self._broken = True  # the engine ran ahead of storage: rebuilt at the next stage
+            raise
+        for row in rows:
+            self.log.append(row.leaf_hash)
+        self._count_mints(entries)
+        self.appends += 1
+
+    async def _settle_pipeline(self) -> None:
+        """Under the lock: wait for staged writes, and rebuild the engine if one failed."""
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(tail)
+        if self._broken:
+            await self.load()
+            self._broken = False
+
+    async def recover(self) -> None:
+        """Wait for staged writes and, if one failed, rebuild the engine from storage."""
+        async with self._lock:
+            await self._settle_pipeline()
 
     async def checkpoint_if_grown(self) -> StoredCheckpoint | None:
         """Sign a checkpoint when entries were appended since the newest one."""
         async with self._lock:
+            await self._settle_pipeline()
             latest = await self.store.latest_checkpoint()
             if self.log.size == 0 or (latest is not None and latest.size >= self.log.size):
                 return None

@@ -36,7 +36,7 @@ from cloud.domain.market_checks import (
     offer_allowance,
 )
 from cloud.domain.policies import TradingPolicy
-from cloud.services.ledger import LeafProof, LedgerService
+from cloud.services.ledger import LeafProof, LedgerService, StagedAppend
 from cloud.storage.market_store import (
     EventRow,
     IntervalSummary,
@@ -66,6 +66,7 @@ from rules.market.codec import decode_event, decode_trade, encode_event, encode_
 
 log = logging.getLogger(__name__)
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
 RECENT_S = 24 * 3600  # deliveries the forecast is scaled by
 STANDING_TTL_S = 10.0  # how long a site's owner and approval are trusted without a read
 
@@ -108,7 +109,7 @@ class OrderRequest:
             self.min_fill_wh,
             self.source,
         ]
-        return hashlib.sha256(json.dumps(terms, separators=(",", ":")).encode()).digest()
+        return hashlib.sha256(_COMPACT_JSON.encode(terms).encode()).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +163,9 @@ class MarketService:
         self._recent_at = -1
         self._pending: list[_Op] = []  # requests waiting for the next group commit
         self._standing: dict[str, tuple[str | None, bool, float]] = {}
+        self._standing_reads: dict[str, asyncio.Future[tuple[str | None, bool]]] = {}
         self._committing = False
+        self._broken = False  # a staged batch failed: rebuild the market before matching on
         self._version = 0
         self._changed = asyncio.Condition()
         self.last_change: MarketChange | None = None
@@ -370,9 +373,20 @@ class MarketService:
         cached = self._standing.get(site_id)
         if cached is not None and cached[2] > now:
             return cached[0], cached[1]
-        owner, approved = await self.store.site_standing(site_id)
-        self._standing[site_id] = (owner, approved, now + STANDING_TTL_S)
-        return owner, approved
+        # One read per site at a time: a burst of orders for a site whose entry expired waits
+        # on the same read instead of each taking a pooled connection (which starved the
+        # group commit of connections under load).
+        reading = self._standing_reads.get(site_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self.store.site_standing(site_id))
+            self._standing_reads[site_id] = reading
+            try:
+                owner, approved = await asyncio.shield(reading)
+            finally:
+                del self._standing_reads[site_id]
+            self._standing[site_id] = (owner, approved, now + STANDING_TTL_S)
+            return owner, approved
+        return await asyncio.shield(reading)
 
     def _check_self_trade(self, account_id: str, interval: int, side: Side, price: int) -> None:
         if self.market.crosses_own_order(interval, account_id, side, price):
@@ -512,17 +526,53 @@ class MarketService:
                 # One turn of the loop first: requests that are ready to run (e.g. the callers
                 # the previous commit just answered) join this commit instead of the next.
                 await asyncio.sleep(0)
-                while self._pending:
-                    batch = self._pending[:MAX_BATCH]
-                    del self._pending[:MAX_BATCH]
-                    await self._commit(batch)
+                await self._commit_loop()
             finally:
                 self._committing = False
         return await op.future
 
-    async def _commit(self, batch: list[_Op]) -> None:
+    async def _commit_loop(self) -> None:
+        """Match and stage batches while earlier ones are written: batch N+1 is matched (CPU)
+        while batch N is in the database, and answers go out in order as each commits. If a
+        write fails, its batch and every later staged one fail unwritten, and the market is
+        rebuilt from the stored log before the next batch is matched."""
+        writing: list[asyncio.Task[None]] = []
+        while self._pending or writing:
+            if self._pending and len(writing) < PIPELINE_DEPTH:
+                if self._broken:
+                    await asyncio.gather(*writing, return_exceptions=True)
+                    writing = []
+                    if not await self._rebuild():
+                        continue
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                staged = await self._stage(batch)
+                if staged is not None:
+                    writing.append(asyncio.ensure_future(self._finish(*staged)))
+            else:
+                await writing.pop(0)
+        if self._broken:
+            await self._rebuild()
+
+    async def _rebuild(self) -> bool:
+        """After a failed write: the ledger rebuilds its engine from storage and the market is
+        replayed from it, so neither runs ahead of what was stored. If storage is still down,
+        the waiting requests fail (nothing of theirs was matched) and the next request tries
+        again; returns whether the market is whole."""
+        try:
+            await self.ledger.recover()
+        except Exception as exc:
+            waiting, self._pending = self._pending, []
+            self._fail(waiting, exc)
+            return False
+        self.market = self._replay(self.ledger.engine.entries)
+        self._retrack()
+        self._broken = False
+        return True
+
+    async def _stage(self, batch: list[_Op]) -> tuple[StagedAppend, list[_Op]] | None:
         """Under the ledger's lock: build each event (its seq is the next log seq), match it,
-        emit its leaves; then write every leaf and row of the batch in one unit of work."""
+        emit its leaves; start writing every leaf and row of the batch in one unit of work."""
         now_ms = int(self.now() * 1000)
         accepted: list[_Op] = []
 
@@ -579,9 +629,12 @@ class MarketService:
                 out += entries
             return out
 
-        async def also(conn: AsyncConnection) -> None:
-            # Orders are written once, in their state after the whole batch (the Order objects
-            # are the market's own, so this reads what the last event of the batch left).
+        rows: list[_BatchRows] = []
+
+        def snapshot(entries: list[Entry]) -> list[Entry]:
+            # Orders are written once, in their state after the whole batch, read now: the
+            # Order objects are the market's own, and the next batch may change them while
+            # this one is being written.
             new: dict[str, OrderRow] = {}
             for op in accepted:
                 subject = _subject(op.event)
@@ -594,26 +647,41 @@ class MarketService:
                 for oid, o in op.touched.items()
                 if oid not in new
             }
+            rows.append(
+                _BatchRows(
+                    list(new.values()),
+                    list(changed.values()),
+                    [r for op in accepted for r in op.trade_rows],
+                    [op.event_row for op in accepted if op.event_row is not None],
+                )
+            )
+            return entries
+
+        async def also(conn: AsyncConnection) -> None:
+            r = rows[0]
             await self.store.write(
                 conn,
-                new_orders=list(new.values()),
-                changed_orders=list(changed.values()),
-                trades=[r for op in accepted for r in op.trade_rows],
-                events=[op.event_row for op in accepted if op.event_row is not None],
+                new_orders=r.new_orders,
+                changed_orders=r.changed_orders,
+                trades=r.trades,
+                events=r.events,
             )
 
         try:
-            await self.ledger.append(emit, also)
+            staged = await self.ledger.stage(lambda engine: snapshot(emit(engine)), also)
         except Exception as exc:
-            # Storage failed after matching. The ledger rebuilt its engine from the stored log;
-            # rebuild the market the same way, so it never runs ahead of storage.
-            self.market = self._replay(self.ledger.engine.entries)
-            self._retrack()
-            for op in accepted:
-                for row in op.trade_rows:
-                    self.settled(row.trade_id)  # never stored: nothing to settle
-                if not op.future.done():
-                    op.future.set_exception(exc)
+            # A rule refused a leaf, or storage was down when the ledger had to rebuild: the
+            # market may have run ahead of the log.
+            self._fail(batch, exc)
+            return None
+        return (staged, accepted) if accepted else None
+
+    async def _finish(self, staged: StagedAppend, accepted: list[_Op]) -> None:
+        """Wait for a staged batch's commit, then answer its requests (or fail them)."""
+        try:
+            await staged.committed()
+        except Exception as exc:
+            self._fail(accepted, exc)
             return
         for op in accepted:
             ev = op.event
@@ -621,10 +689,19 @@ class MarketService:
             op.future.set_result(
                 OrderOutcome(None if subject is None else op.touched[subject], op.trades)
             )
-        if accepted:
-            last = accepted[-1]
-            trades = sum(len(op.trades) for op in accepted)
-            await self._notify(MarketChange(last.interval, last.event.seq, trades))
+        last = accepted[-1]
+        trades = sum(len(op.trades) for op in accepted)
+        await self._notify(MarketChange(last.interval, last.event.seq, trades))
+
+    def _fail(self, ops: list[_Op], exc: Exception) -> None:
+        """Storage failed after matching: the market must be rebuilt before the next batch;
+        the requests not answered yet get the error."""
+        self._broken = True
+        for op in ops:
+            for row in op.trade_rows:
+                self.settled(row.trade_id)  # never stored: nothing to settle
+            if not op.future.done():
+                op.future.set_exception(exc)
 
     # ----------------------------------------------------------------------------------------
     # reads: what the API shows (rows from the market store, live state from the market)
@@ -752,6 +829,7 @@ class MarketService:
 
 
 MAX_BATCH = 500  # requests in one group commit
+PIPELINE_DEPTH = 2  # group commits in flight: one written while the next is matched
 
 
 @dataclass(slots=True)
@@ -767,6 +845,16 @@ class _Op:
     touched: dict[str, Order] = field(default_factory=dict)
     trade_rows: list[TradeRow] = field(default_factory=list)
     event_row: EventRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchRows:
+    """A batch's rows, read from the market when the batch was matched."""
+
+    new_orders: list[OrderRow]
+    changed_orders: list[OrderState]
+    trades: list[TradeRow]
+    events: list[EventRow]
 
 
 def _subject(ev: Event) -> str | None:

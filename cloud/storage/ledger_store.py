@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.domain.devices import DeviceStatus
+from cloud.storage.bulk import insert_rows
 from cloud.storage.tables import (
     device_keys,
     devices,
@@ -227,26 +228,13 @@ class LedgerStore:
         if not leaves:
             return
         ms = _ms(now_ms)
-        await conn.execute(
-            insert(ledger_entries),
-            [
-                {
-                    "seq": r.seq,
-                    "site_id": r.site_id,
-                    "interval_start": r.interval_start,
-                    "kind": r.kind,
-                    "leaf": r.leaf,
-                    "leaf_hash": r.leaf_hash,
-                    "created_ms": ms,
-                }
-                for r in leaves
-            ],
+        await insert_rows(
+            conn,
+            ledger_entries,
+            ("seq", "site_id", "interval_start", "kind", "leaf", "leaf_hash", "created_ms"),
+            [(r.seq, r.site_id, r.interval_start, r.kind, r.leaf, r.leaf_hash, ms) for r in leaves],
         )
-        if refs:
-            await conn.execute(
-                insert(ledger_refs),
-                [{"record_hash": h, "token_id": t, "seq": s} for h, t, s in refs],
-            )
+        await insert_rows(conn, ledger_refs, ("record_hash", "token_id", "seq"), refs)
 
     async def late_records(self) -> int:
         """Approved devices' records that arrived after their interval was closed."""

@@ -8,13 +8,15 @@ with the ledger leaves that make them true. Plain dataclasses in and out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from operator import attrgetter
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.domain.devices import DeviceStatus
 from cloud.domain.policies import TradingPolicy
+from cloud.storage.bulk import insert_rows, update_rows
 from cloud.storage.tables import (
     devices,
     market_events,
@@ -25,7 +27,7 @@ from cloud.storage.tables import (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per order, and a frozen init costs 8x
 class OrderRow:
     """One order as the API shows it (side 0 = buy, 1 = sell; prices minor units per kWh)."""
 
@@ -53,7 +55,7 @@ class OrderRow:
     updated_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per order, and a frozen init costs 8x
 class OrderState:
     """What matching changes of an order after it was placed."""
 
@@ -69,7 +71,7 @@ class OrderState:
     updated_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per order, and a frozen init costs 8x
 class TradeRow:
     """One matched trade and, once settled, what was delivered and paid."""
 
@@ -100,7 +102,7 @@ class TradeRow:
     settled_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per order, and a frozen init costs 8x
 class EventRow:
     """Which ledger leaf holds an order event."""
 
@@ -140,7 +142,24 @@ class IntervalSummary:
     high_price: int
 
 
-_ORDER_STATE = tuple(c for c in OrderState.__slots__ if c != "order_id")
+_ORDER_STATE = OrderState.__slots__[1:]  # (key, *columns) for update_rows
+assert OrderState.__slots__[0] == "order_id"
+
+
+_ORDER_COLS = OrderRow.__slots__
+_TRADE_COLS = TradeRow.__slots__
+_EVENT_COLS = EventRow.__slots__
+# A row dataclass's values in field order, per row class (dataclasses.astuple would deep-copy
+# every value, which was a tenth of a durable order's cost).
+_GETTERS: dict[type, attrgetter[tuple[object, ...]]] = {
+    cls: attrgetter(*cls.__slots__) for cls in (OrderRow, OrderState, TradeRow, EventRow)
+}
+
+
+def _values(row: object) -> tuple[object, ...]:
+    """A row's values in its columns' order."""
+    values: tuple[object, ...] = _GETTERS[type(row)](row)
+    return values
 
 
 class MarketStore:
@@ -162,21 +181,15 @@ class MarketStore:
     ) -> None:
         """Insert new orders, trades and event rows; update the state of changed orders."""
         if new_orders:
-            await conn.execute(insert(market_orders), [asdict(o) for o in new_orders])
+            await insert_rows(conn, market_orders, _ORDER_COLS, [_values(o) for o in new_orders])
         if changed_orders:
-            await conn.execute(
-                update(market_orders)
-                .where(market_orders.c.order_id == bindparam("b_order_id"))
-                .values({c: bindparam(f"b_{c}") for c in _ORDER_STATE}),
-                [
-                    {"b_order_id": o.order_id, **{f"b_{c}": getattr(o, c) for c in _ORDER_STATE}}
-                    for o in changed_orders
-                ],
+            await update_rows(
+                conn, market_orders, "order_id", _ORDER_STATE, [_values(o) for o in changed_orders]
             )
         if trades:
-            await conn.execute(insert(market_trades), [asdict(t) for t in trades])
+            await insert_rows(conn, market_trades, _TRADE_COLS, [_values(t) for t in trades])
         if events:
-            await conn.execute(insert(market_events), [asdict(e) for e in events])
+            await insert_rows(conn, market_events, _EVENT_COLS, [_values(e) for e in events])
 
     async def write_settlements(
         self, conn: AsyncConnection, settlements: Sequence[Settlement]

@@ -259,7 +259,22 @@ def _check_kind(st: LedgerState, e: Entry, index: int) -> _IntervalContext | Non
     """Kind-specific rules; returns the context the entry acts in (if any)."""
     k = e.kind
     site = e.site
-    if e.market and k not in MARKET_KINDS:
+    if k in MARKET_KINDS:  # first: the market logs many of these, and they move nothing
+        if (
+            e.burns
+            or e.mints
+            or e.postings
+            or e.convs
+            or e.refs
+            or e.gen_wh
+            or e.exit_wh
+            or e.measurement is not None
+        ):
+            raise _fail(index, f"{k.name} moves nothing")
+        if not e.market:
+            raise _fail(index, f"{k.name} without its market bytes")
+        return None
+    if e.market:
         raise _fail(index, f"{k.name} carries market bytes")
 
     def burns_from(pool: Pool, only: Sequence[str] | None = None, tradable: bool = False) -> None:
@@ -463,22 +478,6 @@ def _check_kind(st: LedgerState, e: Entry, index: int) -> _IntervalContext | Non
             raise _fail(index, "deposit moves payment only")
         amount = sum(p.credit for p in e.postings)
         postings_are({GRID_ACCOUNT: (amount, 0), site_account(site): (0, amount)})
-        return None
-
-    if k in MARKET_KINDS:
-        if (
-            e.burns
-            or e.mints
-            or e.postings
-            or e.convs
-            or e.refs
-            or e.gen_wh
-            or e.exit_wh
-            or e.measurement is not None
-        ):
-            raise _fail(index, f"{k.name} moves nothing")
-        if not e.market:
-            raise _fail(index, f"{k.name} without its market bytes")
         return None
 
     raise _fail(index, f"unknown entry kind {k!r}")

@@ -150,3 +150,22 @@ class ConfiguredMosquitto:
                 self.proc.kill()
                 self.proc.wait(5)
             self.proc = None
+
+
+async def set_database_open(url: str, is_open: bool) -> None:
+    """A real outage of one test database: refuse new connections and terminate the open ones
+    (or let it take connections again), while the server keeps serving every other test."""
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(f"{PG_DSN}/postgres")
+    try:
+        await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(is_open).lower()}')
+        if not is_open:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+    finally:
+        await conn.close()

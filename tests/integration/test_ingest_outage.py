@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
 import pytest
 
 from cloud.runtime import CloudRuntime
@@ -26,7 +25,7 @@ from protocol import topics
 from protocol.reasons import RejectReason
 from protocol.receipts import Receipt
 from tests.helpers.records import FakeDevice
-from tests.helpers.services import PG_DSN, Mosquitto
+from tests.helpers.services import Mosquitto, set_database_open
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 
@@ -40,22 +39,6 @@ async def _until(predicate, timeout_s: float = 60.0) -> None:  # type: ignore[no
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
-
-
-async def _set_database_open(url: str, is_open: bool) -> None:
-    """Let the test's database take connections again, or refuse them and drop the open ones."""
-    name = url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(f"{PG_DSN}/postgres")
-    try:
-        await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(is_open).lower()}')
-        if not is_open:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = $1 AND pid <> pg_backend_pid()",
-                name,
-            )
-    finally:
-        await conn.close()
 
 
 async def test_database_outage_loses_nothing_and_stores_everything_once(
@@ -111,7 +94,7 @@ async def test_database_outage_loses_nothing_and_stores_everything_once(
         await _until(lambda: _eq(stored_tokens, 10))
         connects_before = agg_link.connects
 
-        await _set_database_open(pg_url, False)
+        await set_database_open(pg_url, False)
         outage = True
         await publish_round(10)  # published once, during the outage
         bad_topic = topics.topic(devices[0].site_id, devices[0].device_id, topics.Channel.TOKENS)
@@ -122,7 +105,7 @@ async def test_database_outage_loses_nothing_and_stores_everything_once(
         assert agg_link.handler_failures >= 3
         assert agg_link.connects > connects_before
 
-        await _set_database_open(pg_url, True)
+        await set_database_open(pg_url, True)
         outage = False
         await _until(lambda: _eq(stored_tokens, 30))
         await _until(lambda: _at_least(lambda: ingest.counters.rejected["malformed"], 1))
@@ -141,7 +124,7 @@ async def test_database_outage_loses_nothing_and_stores_everything_once(
         assert all(r.retry for r in storage_receipts)
     finally:
         if outage:
-            await _set_database_open(pg_url, True)
+            await set_database_open(pg_url, True)
         await publisher.stop()
         await runtime.stop()
 
