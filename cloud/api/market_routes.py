@@ -368,7 +368,10 @@ async def place_order(
     assert out.order is not None
     if not out.created:
         response.status_code = 200
-    trades = [await m.trade(t.trade_id) for t in out.trades]
+    # The new trades as stored with the order (no read), a retry's from storage.
+    trades: list[TradeRow | None] = list(out.trade_rows) or [
+        await m.trade(t.trade_id) for t in out.trades
+    ]
     return OrderResult(
         order=order_public(out.order, body.client_order_id),
         trades=[trade_public(t, p) for t in trades if t is not None],

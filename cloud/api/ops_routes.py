@@ -18,9 +18,9 @@ router = APIRouter()
 
 @router.get("/healthz", response_model=Health, tags=["ops"])
 async def healthz(ctx: CtxDep) -> Health:
-    """Liveness plus database and broker state."""
+    """Liveness plus database and broker state (one cheap query: probes run often)."""
     try:
-        await ctx.store.stats(intervals=1)
+        await ctx.store.ping()
         db = "ok"
     except Exception as exc:  # report, don't crash
         db = f"error: {exc}"

@@ -119,6 +119,7 @@ class OrderOutcome:
     order: Order | None  # None for a gate closure
     trades: list[Trade]
     created: bool = True
+    trade_rows: list[TradeRow] = field(default_factory=list)  # as stored with the trades
 
 
 @dataclass(frozen=True, slots=True)
@@ -687,7 +688,11 @@ class MarketService:
             ev = op.event
             subject = _subject(ev)
             op.future.set_result(
-                OrderOutcome(None if subject is None else op.touched[subject], op.trades)
+                OrderOutcome(
+                    None if subject is None else op.touched[subject],
+                    op.trades,
+                    trade_rows=op.trade_rows,
+                )
             )
         last = accepted[-1]
         trades = sum(len(op.trades) for op in accepted)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,12 +110,70 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
+CREDENTIAL_TTL_S = 5.0  # how long a resolved bearer token or API key is trusted without a read
+
+
+class _CredentialCache:
+    """Accounts of credentials resolved recently, shared by every AccountStore on one engine.
+
+    Every authenticated request resolves its credential; reading it from the database each
+    time cost more than placing the order it carried (benchmarks/RESULTS.md). A logout, a
+    revoked key or an approver's decision in this process clears the cache at once; another
+    API process on the same database sees it within CREDENTIAL_TTL_S.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[Account, float]] = {}
+        # Bumped by every clear: a read that began before a revocation committed must not
+        # put its (older) answer back after the clear.
+        self.generation = 0
+
+    def get(self, key: str, now: float) -> Account | None:
+        hit = self.entries.get(key)
+        if hit is None:
+            return None
+        if hit[1] <= now:
+            del self.entries[key]
+            return None
+        return hit[0]
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.generation += 1
+
+    def put(self, key: str, account: Account, until: float, generation: int) -> None:
+        if generation != self.generation:
+            return
+        if len(self.entries) >= 100_000:  # bounded: forget everything rather than grow
+            self.entries.clear()
+        self.entries[key] = (account, until)
+
+
+_CACHES: weakref.WeakKeyDictionary[AsyncEngine, _CredentialCache] = weakref.WeakKeyDictionary()
+
+
 class AccountStore:
     """Async queries for accounts, sites, tokens and API keys over the Store's engine."""
 
-    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Callable[[], float] = time.time,
+        *,
+        credential_ttl_s: float = CREDENTIAL_TTL_S,
+    ) -> None:
         self.engine = engine
         self._clock = clock
+        self._ttl_s = credential_ttl_s
+        cache = _CACHES.get(engine)
+        if cache is None:
+            cache = _CACHES[engine] = _CredentialCache()
+        self._credentials = cache
+
+    def _forget_credentials(self) -> None:
+        """After any revocation or status change has committed: resolve every credential
+        afresh."""
+        self._credentials.clear()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -183,6 +242,7 @@ class AccountStore:
             )
             if result.rowcount == 0:
                 raise KeyError(account_id)
+        self._forget_credentials()
         account = await self.get_account_by_id(account_id)
         assert account is not None
         return account
@@ -201,6 +261,7 @@ class AccountStore:
             await conn.execute(
                 update(api_keys).where(api_keys.c.account_id == account_id).values(revoked=1)
             )
+        self._forget_credentials()
         return account
 
     async def decide_account(
@@ -243,6 +304,7 @@ class AccountStore:
                     reason=reason,
                 )
             )
+        self._forget_credentials()
         account = await self.get_account_by_id(account_id)
         assert account is not None
         return account
@@ -361,18 +423,29 @@ class AccountStore:
 
         The account may still be pending or rejected; callers check its status.
         """
+        digest = secret_digest(token)
+        now = self._clock()
+        cached = self._credentials.get(digest, now)
+        if cached is not None:
+            return cached
+        generation = self._credentials.generation
         query = (
-            select(accounts)
+            select(accounts, auth_tokens.c.expires_ms)
             .join(auth_tokens, auth_tokens.c.account_id == accounts.c.account_id)
             .where(
-                auth_tokens.c.token_hash == secret_digest(token),
+                auth_tokens.c.token_hash == digest,
                 auth_tokens.c.revoked == 0,
                 auth_tokens.c.expires_ms > self._now_ms(),
             )
         )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return None if row is None else _account(row)
+        if row is None:
+            return None
+        account = _account(row)
+        until = min(now + self._ttl_s, row.expires_ms / 1000)
+        self._credentials.put(digest, account, until, generation)
+        return account
 
     async def revoke_token(self, token: str) -> bool:
         """Log a token out; False when it was unknown or already revoked."""
@@ -382,6 +455,7 @@ class AccountStore:
                 .where(auth_tokens.c.token_hash == secret_digest(token), auth_tokens.c.revoked == 0)
                 .values(revoked=1)
             )
+        self._forget_credentials()
         return bool(result.rowcount)
 
     # API keys
@@ -411,6 +485,12 @@ class AccountStore:
         if parsed is None:
             return None
         key_id, secret = parsed
+        digest = "k:" + secret_digest(key)
+        now = self._clock()
+        cached = self._credentials.get(digest, now)
+        if cached is not None:
+            return cached
+        generation = self._credentials.generation
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -421,7 +501,9 @@ class AccountStore:
             ).first()
         if row is None or row.revoked or not api_key_matches(secret, row.key_hash):
             return None
-        return _account(row)
+        account = _account(row)
+        self._credentials.put(digest, account, now + self._ttl_s, generation)
+        return account
 
     async def revoke_api_key(self, key_id: str) -> bool:
         """Revoke a key by its id (or the full key); False when unknown or already revoked."""
@@ -434,6 +516,7 @@ class AccountStore:
                 .where(api_keys.c.key_id == key_id, api_keys.c.revoked == 0)
                 .values(revoked=1)
             )
+        self._forget_credentials()
         return bool(result.rowcount)
 
     async def list_api_keys(self, account_id: str | None = None) -> list[ApiKeyInfo]:

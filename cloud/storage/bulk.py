@@ -16,13 +16,16 @@ from sqlalchemy import Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
+COPY_FROM_ROWS = 16  # a COPY costs a type lookup and two round trips: not worth it for a few
+
+
 async def insert_rows(
     conn: AsyncConnection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
     """Insert `rows` (tuples in `columns` order) into `table` within `conn`'s transaction."""
     if not rows:
         return
-    if conn.dialect.name != "postgresql":
+    if conn.dialect.name != "postgresql" or len(rows) < COPY_FROM_ROWS:
         await conn.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
         return
     driver = await _driver(conn)

@@ -530,6 +530,12 @@ class Store:
             for r in rows
         ]
 
+    async def ping(self) -> None:
+        """One round trip to the database (raises if it is unreachable): for liveness checks,
+        which must not cost more as the tables grow."""
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
     async def stats(self, intervals: int = 96) -> Stats:
         """Counts and generation per interval (newest intervals) of approved devices' tokens.
 
