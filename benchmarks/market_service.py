@@ -1,7 +1,8 @@
 """Durable order placement: through the order service on PostgreSQL (group commits), and through
 the HTTP API (uvicorn) under an open-loop load from a separate process.
 
-Run: .venv/bin/python -m benchmarks.market_service --orders 20000 --http-rate 500 --http-seconds 10
+Run:
+    .venv/bin/python -m benchmarks.market_service --orders 20000 --http-rate 100,200,500
 
 A measurement, not a test: it asserts nothing about speed. It exits non-zero only if an order is
 lost (the stored orders differ from the accepted ones) or the HTTP load saw errors.
@@ -207,7 +208,7 @@ WARM = 64  # keep-alive connections the load opens before it starts
 WARMUP = 200  # requests sent one by one before the clock starts
 
 
-def _requests(tokens: list[str], n: int, path: str, first: int) -> list[bytes]:
+def _requests(tokens: list[str], n: int, path: str, first: int, tag: str) -> list[bytes]:
     """The load's HTTP/1.1 requests, built before the clock starts."""
     rnd = random.Random(SEED)
     out = []
@@ -219,7 +220,7 @@ def _requests(tokens: list[str], n: int, path: str, first: int) -> list[bytes]:
         sell = home % 2 == 0
         body = json.dumps(
             {
-                "client_order_id": f"http-{k}",
+                "client_order_id": f"http-{tag}-{k}",
                 "site_id": f"site-{home}",
                 "side": "sell" if sell else "buy",
                 "interval_start": first + 300 * rnd.randrange(12),
@@ -247,9 +248,11 @@ def _load_process(port: int, tokens: list[str], rate: float, seconds: float, pat
 
     async def run() -> dict[str, Any]:
         total = int(rate * seconds)
-        reqs = _requests(tokens, total + WARMUP, path, first)
+        reqs = _requests(tokens, total + WARMUP, path, first, f"{rate:g}")
         lat: list[float] = []
         lag: list[float] = []  # the load's own delay: scheduled time to sending
+        slow: list[tuple[float, int, int]] = []
+        opened = [0]
         errors: dict[str, int] = {}
         idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
@@ -257,6 +260,7 @@ def _load_process(port: int, tokens: list[str], rate: float, seconds: float, pat
             if idle:
                 reader, writer = idle.pop()
             else:
+                opened[0] += 1
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
             lag.append(time.perf_counter() - scheduled)
             writer.write(reqs[k])
@@ -268,6 +272,7 @@ def _load_process(port: int, tokens: list[str], rate: float, seconds: float, pat
                     length = int(line[15:])
             await reader.readexactly(length)
             lat.append(time.perf_counter() - scheduled)
+            slow.append((lat[-1], k, int(status)))
             idle.append((reader, writer))
             if status >= 300:
                 errors[str(status)] = errors.get(str(status), 0) + 1
@@ -281,6 +286,7 @@ def _load_process(port: int, tokens: list[str], rate: float, seconds: float, pat
             await one(k, time.perf_counter())
         lat.clear()
         lag.clear()
+        slow.clear()
         errors.clear()
         tasks = []
         start = time.perf_counter()
@@ -297,7 +303,10 @@ def _load_process(port: int, tokens: list[str], rate: float, seconds: float, pat
             writer.close()
         lat.sort()
         lag.sort()
+        slow.sort(reverse=True)
         return {
+            "slowest_ms_at_request": [f"{a * 1000:.0f}@{b}" for a, b, _ in slow[:5]],
+            "opened_during_run": opened[0],
             "warmup_requests": WARMUP,
             "send_lag_p99_ms": round(1000 * lag[int(0.99 * (len(lag) - 1))], 2),
             "requests": len(lat),
@@ -312,7 +321,7 @@ def _load_process(port: int, tokens: list[str], rate: float, seconds: float, pat
     out.put(asyncio.run(run()))
 
 
-async def http(url: str, homes: int, rate: float, seconds: float) -> dict[str, Any]:
+async def http(url: str, homes: int, rates: list[float], seconds: float) -> dict[str, Any]:
     import uvicorn
 
     from cloud.api.app import create_app
@@ -331,16 +340,25 @@ async def http(url: str, homes: int, rate: float, seconds: float) -> dict[str, A
         await asyncio.sleep(0.05)
     ctx = mp.get_context("spawn")
     try:
-        results = {}
-        for name, path in (("healthz", "/healthz"), ("orders", "/api/v1/market/orders")):
-            q = ctx.Queue()
-            p = ctx.Process(
-                target=_load_process,
-                args=(port, tokens, rate, seconds, path, market.next_interval(), q),
+        results: dict[str, Any] = {"runs": []}
+        sent = 0
+        for rate in rates:
+            run: dict[str, Any] = {"rate_per_s": rate}
+            for name, path in (("healthz", "/healthz"), ("orders", "/api/v1/market/orders")):
+                q = ctx.Queue()
+                p = ctx.Process(
+                    target=_load_process,
+                    args=(port, tokens, rate, seconds, path, market.next_interval(), q),
+                )
+                p.start()
+                run[name] = await asyncio.to_thread(q.get, True, seconds * 10 + 60)
+                p.join(30)
+            run["p99_ratio_to_healthz"] = round(
+                run["orders"]["p99_ms"] / max(run["healthz"]["p99_ms"], 0.01), 2
             )
-            p.start()
-            results[name] = await asyncio.to_thread(q.get, True, seconds * 10 + 60)
-            p.join(30)
+            sent += run["orders"]["requests"] + WARMUP
+            results["runs"].append(run)
+        results["orders_sent"] = sent
         results["stored_orders"] = len(await market.store.orders(limit=10**7))
         return results
     finally:
@@ -354,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--orders", type=int, default=20_000)
     p.add_argument("--homes", type=int, default=40)
     p.add_argument("--concurrency", type=int, default=256)
-    p.add_argument("--http-rate", type=float, default=500.0)
+    p.add_argument(
+        "--http-rate", default="500", help="orders per second; several, comma-separated"
+    )
     p.add_argument("--http-seconds", type=float, default=10.0)
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--skip-durable", action="store_true")
@@ -377,12 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     url = create_pg_database()
     try:
-        h = asyncio.run(http(url, args.homes, args.http_rate, args.http_seconds))
+        rates = [float(r) for r in args.http_rate.split(",")]
+        h = asyncio.run(http(url, args.homes, rates, args.http_seconds))
     finally:
         drop_pg_database(url)
-    h["p99_ratio_to_healthz"] = round(h["orders"]["p99_ms"] / max(h["healthz"]["p99_ms"], 0.01), 2)
     report["http"] = h
-    ok &= not h["orders"]["errors"] and h["stored_orders"] == h["orders"]["requests"] + WARMUP
+    ok &= not any(r["orders"]["errors"] for r in h["runs"])
+    ok &= h["stored_orders"] == h["orders_sent"]
     print(json.dumps(report, indent=2))
     return 0 if ok else 1
 
