@@ -232,6 +232,7 @@ class CloudRuntime:
                 if self.market is not None and self.settlement is not None:
                     await self.market.close_due_gates()
                     await self.settlement.settle_due()
+                    await self.settlement.sell_surplus()
                 if self.policies is not None:
                     await self.policies.run_once()
                 await self.ledger.checkpoint_if_grown()

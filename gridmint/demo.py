@@ -334,14 +334,21 @@ def _deposit(site_id: str, at: int, amount: int) -> Callable[[LedgerEngine], lis
 
 
 async def _market_summary(cloud: CloudRuntime, ledger: dict[str, Any]) -> dict[str, Any]:
-    """Orders, trades, traded and settled Wh, fees; and whether verify replayed the market."""
+    """Orders, trades, traded and settled Wh, fees, the surplus sold to the grid; and whether
+    verify replayed the market."""
     if cloud.market is None:
         return {}
     await cloud.market.close_due_gates()
+    surplus = 0
     if cloud.settlement is not None:
         await cloud.settlement.settle_due()
+        await cloud.settlement.sell_surplus()
+        surplus = cloud.settlement.surplus_sold_wh
     totals = await cloud.market.store.totals()
-    return totals | {"replayed": bool(ledger.get("market_replayed", False))}
+    return totals | {
+        "surplus_sold_wh": surplus,
+        "replayed": bool(ledger.get("market_replayed", False)),
+    }
 
 
 async def _watch(
@@ -486,7 +493,8 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
             f"{market['traded_wh']} Wh traded, {market['settled_wh']} Wh settled in "
             f"{market['settled_trades']} trades ({market['short_trades']} under-delivered), "
             f"fees {market['platform_fees_minor']} platform + {market['dso_fees_minor']} "
-            f"distribution; replayed by verify: {'yes' if market['replayed'] else 'no'}"
+            f"distribution, {market['surplus_sold_wh']} Wh surplus sold to the grid at the "
+            f"feed-in price; replayed by verify: {'yes' if market['replayed'] else 'no'}"
         )
     proofs = summary.get("proofs")
     if proofs:

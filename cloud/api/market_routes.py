@@ -554,7 +554,8 @@ async def stream(
 class PolicyBody(BaseModel):
     """A site's automated trading policy: sell the surplus at no less than `sell_min_price`
     (keeping `battery_reserve_permille` of the forecast at home), and/or buy up to
-    `buy_max_wh` per interval at no more than `buy_max_price`. Null prices switch a half off."""
+    `buy_max_wh` per interval at no more than `buy_max_price`; and keep the battery above
+    `min_soc_permille` of its capacity. Null prices switch a half off."""
 
     enabled: bool = True
     sell_min_price: PriceInt | None = None
@@ -562,6 +563,20 @@ class PolicyBody(BaseModel):
     battery_reserve_permille: Annotated[StrictInt, Field(ge=0, le=1000)] = 0
     buy_max_price: PriceInt | None = None
     buy_max_wh: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)] = 0
+    min_soc_permille: Annotated[
+        StrictInt,
+        Field(
+            ge=0,
+            le=1000,
+            description=(
+                "keep the battery above this state of charge, in permille of its usable "
+                "capacity (times its state of health) as the ledger measures it (green "
+                "energy stored). While below it, the missing energy comes out of the surplus "
+                "offered, and what the forecast will not cover is added to the bid at no more "
+                "than buy_max_price (no top-up without a buy price). 0: no reserve kept."
+            ),
+        ),
+    ] = 0
 
 
 class PolicyPublic(PolicyBody):
@@ -596,6 +611,7 @@ async def get_policy(
         battery_reserve_permille=x.battery_reserve_permille,
         buy_max_price=x.buy_max_price,
         buy_max_wh=x.buy_max_wh,
+        min_soc_permille=x.min_soc_permille,
     )
 
 

@@ -43,6 +43,7 @@ from rules.ledger import (
     IntervalFlows,
     LedgerEngine,
     LedgerRuleError,
+    Pool,
     replay,
 )
 
@@ -450,6 +451,17 @@ class LedgerService:
     def consistency(self, old_size: int, new_size: int) -> list[bytes]:
         """Consistency proof between two sizes of the log."""
         return self.log.consistency_proof(old_size, new_size)
+
+    def battery_state(self, site_id: str) -> tuple[int, int]:
+        """A site's battery as the ledger sees it: (stored Wh, usable capacity Wh).
+
+        Stored is the remaining Tstorage of the site (green energy in the battery); capacity the
+        registered battery's usable capacity times its state of health, 0 without a battery."""
+        stored = sum(w for _, w in self.engine.state.lots_of(site_id, Pool.TSTORAGE))
+        battery = self._batteries.get(site_id) or self.battery(site_id)
+        if battery is None:
+            return stored, 0
+        return stored, battery.usable_capacity_wh * battery.soh_permille // 1000
 
 
 def _leaf_row(e: Entry) -> LeafRow:

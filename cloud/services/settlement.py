@@ -7,7 +7,8 @@ and delivered energy through the ledger rules (a P2P_TRADE entry: the seller's t
 that interval burned, the buyer's minted, price, platform fee and distribution charge moved in
 the payment journal); a shortfall is bought by the buyer from the grid at the retail price (a
 GRID_PURCHASE entry). The trade's row records what was delivered and paid, in the same unit of
-work as the entries.
+work as the entries. A surplus (tradable Tgen no trade took) is sold to the grid at the feed-in
+price once its interval's trades are settled (GRID_SALE entries).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class SettlementService:
         self.store = store
         self.now = now
         self.settled_count = 0
+        self.surplus_sold_wh = 0  # sold to the grid at the feed-in price since the start
 
     def due(self) -> list[TradeRow]:
         """Unsettled trades whose seller's interval is closed, or waited for long enough."""
@@ -76,6 +78,23 @@ class SettlementService:
                 done += 1
         self.settled_count += done
         return done
+
+    def surplus_deadline(self) -> int:
+        """Tradable Tgen of intervals starting before this is no longer needed by a trade: every
+        such interval's gate is closed (it has ended) and none of its trades waits to settle."""
+        return min([int(self.now())] + [t.interval_start for t in self.market.unsettled()])
+
+    async def sell_surplus(self) -> int:
+        """The surplus settles with the grid: a seller's tradable Tgen that no trade took (it
+        delivered more than it sold, or did not trade) is sold at the feed-in price, one
+        GRID_SALE entry per site and interval, once the interval's trades are settled. Returns
+        the Wh sold."""
+        before = self.surplus_deadline()
+        price = self.market.config.feed_in_price
+        entries = await self.ledger.append(lambda engine: engine.expire_unsold(before, price))
+        sold = sum(e.exit_wh for e in entries)
+        self.surplus_sold_wh += sold
+        return sold
 
     async def _settle(self, t: TradeRow) -> bool:
         cfg = self.market.config

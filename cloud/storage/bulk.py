@@ -15,7 +15,6 @@ from typing import Any
 from sqlalchemy import Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-
 COPY_FROM_ROWS = 16  # a COPY costs a type lookup and two round trips: not worth it for a few
 
 

@@ -399,6 +399,7 @@ class MarketStore:
             "battery_reserve_permille": p.battery_reserve_permille,
             "buy_max_price": p.buy_max_price,
             "buy_max_wh": p.buy_max_wh,
+            "min_soc_permille": p.min_soc_permille,
             "updated_ms": now_ms,
         }
         async with self.engine.begin() as conn:
@@ -427,6 +428,7 @@ class MarketStore:
                 battery_reserve_permille=r.battery_reserve_permille,
                 buy_max_price=r.buy_max_price,
                 buy_max_wh=r.buy_max_wh,
+                min_soc_permille=r.min_soc_permille,
             )
             for r in rows
         ]

@@ -380,6 +380,8 @@ market_policies = Table(
     Column("buy_max_price", BigInteger, nullable=True),  # null: never buys
     Column("buy_max_wh", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
+    # keep the battery above this share of its usable capacity; 0: no reserve
+    Column("min_soc_permille", Integer, nullable=False, server_default="0"),
 )
 
 # Which ledger leaf holds which order's events: for a homeowner's inclusion proofs.

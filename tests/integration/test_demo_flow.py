@@ -54,6 +54,7 @@ async def test_demo_flow_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     market = summary["market"]
     assert market["trades"] > 0 and market["traded_wh"] > 0, market
     assert market["settled_trades"] > 0 and 0 < market["settled_wh"] <= market["traded_wh"]
+    assert market["surplus_sold_wh"] > 0, market  # exports no trade took, sold at feed-in
     assert market["replayed"], summary["ledger"]
     for seqs in _chains(tmp_path / "cloud.sqlite").values():
         assert seqs == list(range(1, len(seqs) + 1))

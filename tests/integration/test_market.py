@@ -188,6 +188,7 @@ async def test_trade_matches_then_settles_for_what_was_delivered(world: World) -
     w.clock.t = T + 300 + 61
     await w.deliver(w.seller_dev, T, {Channel.GENERATED: 900, Channel.EXPORTED: 500})
     await w.ledger.close_due()
+    assert await w.settlement.sell_surplus() == 0  # T's trade has not settled: it keeps T's Tgen
     before = w.ledger.engine.state.balance(site_account("site-buy"))
     assert await w.settlement.settle_due() == 1
     done = await w.mstore.trade(trade.trade_id)
@@ -198,6 +199,15 @@ async def test_trade_matches_then_settles_for_what_was_delivered(world: World) -
         done.seller_received_minor + done.platform_fee_minor + done.dso_fee_minor
     )
     assert await w.settlement.settle_due() == 0  # once
+
+    # The surplus settles with the grid: the 300 Wh exported beyond the trade, at feed-in.
+    seller_before = w.ledger.engine.state.balance(site_account("site-sell"))
+    assert await w.settlement.sell_surplus() == 300
+    (sale,) = [e for e in w.ledger.engine.entries if e.kind is EntryKind.GRID_SALE]
+    assert (sale.site, sale.interval_start, sale.exit_wh) == ("site-sell", T, 300)
+    paid = w.ledger.engine.state.balance(site_account("site-sell")) - seller_before
+    assert paid == 300 * CFG.feed_in_price // 1000  # 2, the rest carried to the next sale
+    assert await w.settlement.sell_surplus() == 0  # once
 
     # The log alone replays to the same market and balances.
     entries = w.ledger.engine.entries

@@ -172,3 +172,140 @@ async def test_the_stream_announces_each_accepted_event(api: Api) -> None:
     text = await asyncio.wait_for(listener, 10)
     assert text.startswith("event: hello")
     assert "event: market" in text and f'"interval_start": {T}' in text
+
+
+async def test_a_policy_round_trips_with_its_minimum_state_of_charge(api: Api) -> None:
+    c, h = api.client, api.headers
+    url = "/api/v1/market/policies/site-buy"
+    unset = (await c.get(url, headers=h["buyer"])).json()
+    assert unset["enabled"] is False and unset["min_soc_permille"] == 0
+    body = {"buy_max_price": 26, "buy_max_wh": 100, "min_soc_permille": 350}
+    put = await c.put(url, json=body, headers=h["buyer"])
+    assert put.status_code == 200, put.text
+    assert put.json()["min_soc_permille"] == 350
+    got = (await c.get(url, headers=h["buyer"])).json()
+    assert got["min_soc_permille"] == 350 and got["buy_max_wh"] == 100
+    (stored,) = await api.world.mstore.policies("site-buy")
+    assert stored.min_soc_permille == 350
+    for bad in (-1, 1001, 350.0, "350"):
+        r = await c.put(url, json=body | {"min_soc_permille": bad}, headers=h["buyer"])
+        assert r.status_code == 422, (bad, r.text)
+    # Replacing the policy without the field sets it back to its default, 0.
+    r = await c.put(url, json={"buy_max_price": 26, "buy_max_wh": 100}, headers=h["buyer"])
+    assert r.status_code == 200 and r.json()["min_soc_permille"] == 0
+    assert (await c.get(url, headers=h["buyer"])).json()["min_soc_permille"] == 0
+    # Only the site's owner sets it; the site is not even visible to another homeowner.
+    theirs = await c.put(url, json=body, headers=h["seller"])
+    assert theirs.status_code == 404  # another home's site does not exist for the seller
+
+
+async def test_the_policy_engine_resizes_its_bid_as_the_battery_fills(api: Api) -> None:
+    from cloud.services.policies import PolicyEngine
+    from edge.accounting import Channel
+    from protocol import topics
+    from rules.ledger import BatteryParams
+
+    w, c, h = api.world, api.client, api.headers
+    # The buyer's home has a 2 kWh battery (ideal round trip, so Tstorage is what was charged).
+    battery = BatteryParams(usable_capacity_wh=2000, round_trip_efficiency_permille=1000)
+    w.ledger.battery = lambda site: battery if site == "site-buy" else None
+    assert w.ledger.battery_state("site-buy") == (0, 2000)
+    assert w.ledger.battery_state("site-sell") == (0, 0)
+    url = "/api/v1/market/policies/site-buy"
+    body = {"buy_max_price": 26, "buy_max_wh": 100, "min_soc_permille": 500}  # keep 1000 Wh
+    assert (await c.put(url, json=body, headers=h["buyer"])).status_code == 200
+    engine = PolicyEngine(w.market, w.mstore)
+    t = w.market.next_interval()
+    key = f"policy:site-buy:{t}:buy"
+
+    # Empty battery, no sun forecast for the buyer: the bid tops it up to its reserve.
+    assert w.market.forecast(w.ledger.engine, "site-buy", t) == 0
+    assert await engine.run_once() == 1
+    bid = w.market.order_for_key(w.accounts["buyer"], key)
+    assert bid is not None and bid.quantity_wh == 100 + 1000
+    order_id, priority = bid.order_id, bid.priority  # the market updates its orders in place
+    assert await engine.run_once() == 0  # nothing changed: nothing amended
+
+    # The sun charges the battery 400 Wh; once the ledger closes that interval, the bid shrinks.
+    dev = w.buyer_dev
+    dev.next_start = T - 3600 - 300
+    tok = dev.sign({Channel.GENERATED: 400, Channel.CHARGED: 400}, soc_permille=200)
+    out = await w.ingest.handle(
+        topics.topic(dev.site_id, dev.device_id, topics.Channel.TOKENS), tok.envelope
+    )
+    assert out.receipt.status == "accepted", out.receipt
+    w.clock.t = T - 3600 + 61
+    assert await w.ledger.close_due() > 0
+    assert w.market.next_interval() == t
+    stored = w.ledger.engine.state.tstorage_wh("site-buy")
+    assert stored == 400 and w.ledger.battery_state("site-buy") == (400, 2000)
+    forecast = w.market.forecast(w.ledger.engine, "site-buy", t)
+    smaller = 100 + max(0, 1000 - stored - forecast)
+    assert smaller < 1100
+    assert await engine.run_once() == 1 and engine.amended == 1
+    resized = w.market.order_for_key(w.accounts["buyer"], key)
+    assert resized is not None and resized.order_id == order_id
+    assert resized.quantity_wh == smaller and resized.limit_price == 26
+    assert resized.priority == priority  # a decrease keeps its time priority
+
+    # A higher reserve asks for more: the same order grows (and loses its priority).
+    body["min_soc_permille"] = 1000
+    assert (await c.put(url, json=body, headers=h["buyer"])).status_code == 200
+    assert await engine.run_once() == 1 and engine.amended == 2
+    grown = w.market.order_for_key(w.accounts["buyer"], key)
+    assert grown is not None and grown.order_id == order_id
+    assert grown.quantity_wh == 100 + max(0, 2000 - stored - forecast) > smaller
+    assert grown.priority > priority
+    assert await engine.run_once() == 0
+    stored_orders = await w.mstore.orders(interval_start=t)
+    assert [(o.order_id, o.quantity_wh) for o in stored_orders] == [(order_id, grown.quantity_wh)]
+
+
+async def test_the_policy_engine_leaves_its_own_offer_alone_when_nothing_changed(api: Api) -> None:
+    from cloud.domain.policies import TradingPolicy
+    from cloud.services.policies import PolicyEngine
+
+    w = api.world
+    t = w.market.next_interval()
+    room = w.market.offer_room("site-sell", t)
+    cap = room * 3 // 4  # more than half the room: what is left after the offer is less
+    assert cap < w.market.forecast(w.ledger.engine, "site-sell", t)  # the cap binds
+    await w.mstore.set_policy(
+        TradingPolicy("site-sell", w.accounts["seller"], sell_min_price=12, sell_max_wh=cap), 0
+    )
+    engine = PolicyEngine(w.market, w.mstore)
+    assert await engine.run_once() == 1
+    key = f"policy:site-sell:{t}:sell"
+    offer = w.market.order_for_key(w.accounts["seller"], key)
+    assert offer is not None and offer.quantity_wh == cap
+    assert w.market.offer_room("site-sell", t) == room - cap < cap
+    # The room left is less than the offer, but the offer is the policy's own: no shrinking.
+    assert await engine.run_once() == 0 and engine.amended == 0
+    same = w.market.order_for_key(w.accounts["seller"], key)
+    assert same is not None and same.quantity_wh == cap
+
+
+async def test_policies_stored_before_the_minimum_state_of_charge_keep_no_reserve(
+    db_url: str,
+) -> None:
+    from sqlalchemy import text
+
+    from cloud.storage.market_store import MarketStore
+
+    s = await Store.connect(db_url)
+    try:
+        await s.migrate("0009")
+        async with s.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO market_policies (site_id, account_id, enabled, sell_min_price, "
+                    "sell_max_wh, battery_reserve_permille, buy_max_price, buy_max_wh, "
+                    "updated_ms) VALUES ('site-old', 'acct', 1, 12, 300, 250, NULL, 0, 1)"
+                )
+            )
+        await s.migrate()
+        (old,) = await MarketStore(s.engine).policies("site-old")
+        assert old.min_soc_permille == 0
+        assert (old.sell_max_wh, old.battery_reserve_permille) == (300, 250)
+    finally:
+        await s.close()
