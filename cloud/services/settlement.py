@@ -79,19 +79,19 @@ class SettlementService:
         self.settled_count += done
         return done
 
-    def surplus_deadline(self) -> int:
-        """Tradable Tgen of intervals starting before this is no longer needed by a trade: every
-        such interval's gate is closed (it has ended) and none of its trades waits to settle."""
-        return min([int(self.now())] + [t.interval_start for t in self.market.unsettled()])
-
     async def sell_surplus(self) -> int:
         """The surplus settles with the grid: a seller's tradable Tgen that no trade took (it
         delivered more than it sold, or did not trade) is sold at the feed-in price, one
-        GRID_SALE entry per site and interval, once the interval's trades are settled. Returns
-        the Wh sold."""
-        before = self.surplus_deadline()
+        GRID_SALE entry per site and interval. Only intervals that have ended (so their gates
+        are closed) are sold, and a seller's interval with a trade still to settle keeps its
+        Tgen for that trade. Returns the Wh sold."""
+        now = int(self.now())
+        keep = [
+            (t.seller_site_id, t.interval_start, t.interval_start + t.interval_s)
+            for t in self.market.unsettled()
+        ]
         price = self.market.config.feed_in_price
-        entries = await self.ledger.append(lambda engine: engine.expire_unsold(before, price))
+        entries = await self.ledger.append(lambda engine: engine.expire_unsold(now, price, keep))
         sold = sum(e.exit_wh for e in entries)
         self.surplus_sold_wh += sold
         return sold

@@ -4,6 +4,7 @@ the retail tariff; deposits of payment credit. Each is one atomic entry."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from rules.ledger.entries import (
@@ -116,15 +117,27 @@ class TradingRules(EntryWriter):
             requested_wh=wh,
         )
 
-    def expire_unsold(self, before: int, feed_in_minor_per_kwh: int) -> list[Entry]:
+    def expire_unsold(
+        self,
+        before: int,
+        feed_in_minor_per_kwh: int,
+        keep: Collection[tuple[str, int, int]] = (),
+    ) -> list[Entry]:
         """Settlement deadline: tradable Tgen of intervals starting before `before` is sold to
-        the grid (burned, paid at the feed-in tariff), one entry per site and interval."""
+        the grid (burned, paid at the feed-in tariff), one entry per site and interval. `keep`
+        names (site, start, end) windows still needed, e.g. by a trade not settled yet."""
         out: list[Entry] = []
         groups: dict[tuple[str, int], int] = {}
+        kept: dict[str, list[tuple[int, int]]] = {}
+        for site, start, end in keep:
+            kept.setdefault(site, []).append((start, end))
         for (site, pool), items in sorted(self.state.fifo.items()):
             if pool is not Pool.TGEN:
                 continue
+            windows = kept.get(site, ())
             for t, _, lid in items:
+                if any(a <= t < b for a, b in windows):
+                    continue
                 if t < before and self.state.lots[lid].flags & LotFlag.TRADABLE:
                     groups[(site, t)] = groups.get((site, t), 0) + self.state.remaining[lid]
         for (site, t), wh in sorted(groups.items()):

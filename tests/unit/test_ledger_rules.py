@@ -274,6 +274,22 @@ def test_unsold_export_goes_to_the_grid_at_feed_in() -> None:
     assert check_conservation(eng.entries) == []
 
 
+def test_unsold_export_keeps_what_a_trade_still_needs() -> None:
+    eng = LedgerEngine()
+    for site, t in (("a", T0), ("b", T0 + 1)):  # other records, so other lot ids
+        eng.close_interval(site, flows(t, g=500, e=500, device=site), None)
+        eng.close_interval(site, flows(t + 300, g=250, e=250, device=site), None)
+    keep = [("a", T0, T0 + 300)]  # a's first interval has a trade still to settle
+    sales = eng.expire_unsold(before=T0 + 600, feed_in_minor_per_kwh=80, keep=keep)
+    assert [(s.site, s.interval_start) for s in sales] == [
+        ("a", T0 + 300),
+        ("b", T0 + 1),
+        ("b", T0 + 301),
+    ]
+    assert eng.state.tradable_wh("a") == 500 and eng.state.tradable_wh("b") == 0
+    assert check_conservation(eng.entries) == []
+
+
 def test_grid_purchase_is_payment_only() -> None:
     eng = LedgerEngine()
     eng.deposit("h", T0, 1000)
