@@ -74,6 +74,8 @@ class CloudSettings(BaseSettings):
     market_gate_closure_s: int = Field(300, ge=0, description="orders stop this long before")
     market_horizon_s: int = Field(24 * 3600, gt=0, description="books open this long before")
     market_forecast_share_permille: int = Field(500, ge=0, le=1000)
-    market_credit_limit_minor: int = Field(0, ge=0)
+    market_credit_limit_minor: int = Field(
+        0, ge=0, le=0, description="credit beyond payment credits: only 0 until the ledger has it"
+    )
     market_latitude: float = Field(48.0, ge=-90, le=90, description="for the PV forecast shape")
     market_longitude: float = Field(0.0, ge=-180, le=180)

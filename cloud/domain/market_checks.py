@@ -93,6 +93,10 @@ class MarketConfig:
             raise ValueError("fees, credit limit and gate closure are not negative")
         if not 0 <= self.forecast_share_permille <= PERMILLE:
             raise ValueError("the forecast share is 0..1000 permille")
+        if self.credit_limit_minor > 0:
+            # A bid allowed past the buyer's credits could never settle: the ledger rules keep
+            # every account but the grid's at or above zero (docs/market.md).
+            raise ValueError("a credit limit above 0 is not supported yet")
 
     def gate_of(self, interval_start: int) -> int:
         """When orders for the interval stop (Unix s)."""
