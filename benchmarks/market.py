@@ -300,6 +300,13 @@ def run(args: argparse.Namespace) -> tuple[list[Row], float, float]:
     mix = ", ".join(f"{k.__name__} {100 * v / len(events):.0f} %" for k, v in kinds.items())
     text_row("    stream", f"{mix}; {len(trades):,} trades; {resting:,} resting at the end")
 
+    def replay_default_gc() -> None:
+        market = Market(MatchingMode.CONTINUOUS)
+        apply = market.apply
+        out: list[Trade] = []
+        for ev in events:
+            out += apply(ev)
+
     def replay_freezing() -> None:
         market = Market(MatchingMode.CONTINUOUS)
         apply = market.apply
@@ -319,6 +326,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], float, float]:
         finally:
             gc.enable()
 
+    rate_row("    ... the same loop over Market.apply, default GC", len(events),
+             _best(replay_default_gc, reps))  # fmt: skip
     rate_row(f"    ... the same, gc.freeze() every {FREEZE_EVERY:,} events", len(events),
              _best(replay_freezing, reps))  # fmt: skip
     rate_row("    ... the same, cyclic GC disabled", len(events), _best(replay_no_gc, reps))

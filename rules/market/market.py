@@ -33,6 +33,7 @@ CPython 3.11 its repeated traversals of the live orders are a large share of a l
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
@@ -260,6 +261,15 @@ def replay(
     trades: list[Trade] = []
     extend = trades.extend
     apply = market.apply
-    for ev in events:
-        extend(apply(ev))
+    # The cyclic collector is paused: the rules make no reference cycles (refcounting frees
+    # everything; tests/unit/test_market_matching.py checks), and on a long replay every
+    # collection re-walks all the orders kept so far, a third of the time (benchmarks/market.py).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for ev in events:
+            extend(apply(ev))
+    finally:
+        if collecting:
+            gc.enable()
     return trades, dict(market.orders)
