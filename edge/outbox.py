@@ -194,7 +194,8 @@ class Outbox:
 
     @_serialized
     async def mark_sent(self, record_hash: bytes, now_ms: int) -> None:
-        """The broker acknowledged the token (PUBACK)."""
+        """The broker acknowledged the token (PUBACK). The first one counts it delivered, unless
+        the cloud's receipt was handled first and counted it (see `_count_delivery`)."""
         async with self._db.execute(
             "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_ms = ? "
             "WHERE record_hash = ? AND status IN ('pending', 'sent') RETURNING attempts",
@@ -214,12 +215,23 @@ class Outbox:
             "SELECT token_id, record_hash, interval_start FROM outbox WHERE record_hash = ?",
             (record_hash,),
         )
-        cur = await self._db.execute("DELETE FROM outbox WHERE record_hash = ?", (record_hash,))
-        found = cur.rowcount > 0
-        if found:
+        async with self._db.execute(
+            "DELETE FROM outbox WHERE record_hash = ? RETURNING attempts", (record_hash,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None:
             await self._bump("confirmed")
+            await self._count_delivery(int(row[0]))
         await self._db.commit()
-        return found
+        return row is not None
+
+    async def _count_delivery(self, attempts: int) -> None:
+        """Count a token as delivered when the cloud's receipt for it is handled before the
+        publisher marked it sent (attempts 0): the PUBACK and the receipt are handled by
+        different tasks, so under load the receipt can win, and mark_sent then finds no row.
+        A token is counted once, by whichever of the two comes first."""
+        if attempts == 0:
+            await self._bump("delivered")
 
     @_serialized
     async def reject(self, record_hash: bytes, reason: str, retry: bool, now_ms: int) -> None:
@@ -244,13 +256,15 @@ class Outbox:
                 (now_ms, reason, row[0]),
             )
         else:
-            cur2 = await self._db.execute(
+            async with self._db.execute(
                 "UPDATE outbox SET status = 'rejected', reason = ? "
-                "WHERE record_hash = ? AND status != 'rejected'",
+                "WHERE record_hash = ? AND status != 'rejected' RETURNING attempts",
                 (reason, record_hash),
-            )
-            if cur2.rowcount:
+            ) as cur2:
+                refused = await cur2.fetchone()
+            if refused is not None:
                 await self._bump("rejected")
+                await self._count_delivery(int(refused[0]))
         await self._db.commit()
 
     @_serialized
