@@ -37,6 +37,7 @@ from protocol import cose, merkle
 from protocol.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
 from protocol.ledger_leaf import LedgerLeaf, decode_leaf
 from rules.ledger import (
+    PERMILLE,
     BatteryParams,
     Entry,
     EntryKind,
@@ -352,6 +353,8 @@ class LedgerService:
             try:
                 await asyncio.shield(before)
             except BaseException:
+                # The earlier write failed, or this task was cancelled while waiting for it:
+                # either way these entries are decided and will not be written.
                 self._broken = True
                 raise PipelineAborted("an earlier ledger write failed; nothing stored") from None
         try:
@@ -461,7 +464,7 @@ class LedgerService:
         battery = self._batteries.get(site_id) or self.battery(site_id)
         if battery is None:
             return stored, 0
-        return stored, battery.usable_capacity_wh * battery.soh_permille // 1000
+        return stored, battery.usable_capacity_wh * battery.soh_permille // PERMILLE
 
 
 def _leaf_row(e: Entry) -> LeafRow:

@@ -23,6 +23,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -630,7 +631,7 @@ class MarketService:
                 out += entries
             return out
 
-        rows: list[_BatchRows] = []
+        rows: dict[str, list[Any]] = {}  # the batch's rows, read when it was matched
 
         def snapshot(entries: list[Entry]) -> list[Entry]:
             # Orders are written once, in their state after the whole batch, read now: the
@@ -642,31 +643,15 @@ class MarketService:
                 if op.new_order is not None and subject is not None:
                     o = op.touched[subject]
                     new[subject] = _order_row(o, *op.new_order, self.config.interval_s, now_ms)
-            changed = {
-                oid: _order_state(o, now_ms)
-                for op in accepted
-                for oid, o in op.touched.items()
-                if oid not in new
-            }
-            rows.append(
-                _BatchRows(
-                    list(new.values()),
-                    list(changed.values()),
-                    [r for op in accepted for r in op.trade_rows],
-                    [op.event_row for op in accepted if op.event_row is not None],
-                )
-            )
+            rows["new_orders"] = list(new.values())
+            changed = {oid: o for op in accepted for oid, o in op.touched.items() if oid not in new}
+            rows["changed_orders"] = [_order_state(o, now_ms) for o in changed.values()]
+            rows["trades"] = [r for op in accepted for r in op.trade_rows]
+            rows["events"] = [op.event_row for op in accepted if op.event_row is not None]
             return entries
 
         async def also(conn: AsyncConnection) -> None:
-            r = rows[0]
-            await self.store.write(
-                conn,
-                new_orders=r.new_orders,
-                changed_orders=r.changed_orders,
-                trades=r.trades,
-                events=r.events,
-            )
+            await self.store.write(conn, **rows)
 
         try:
             staged = await self.ledger.stage(lambda engine: snapshot(emit(engine)), also)
@@ -850,16 +835,6 @@ class _Op:
     touched: dict[str, Order] = field(default_factory=dict)
     trade_rows: list[TradeRow] = field(default_factory=list)
     event_row: EventRow | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _BatchRows:
-    """A batch's rows, read from the market when the batch was matched."""
-
-    new_orders: list[OrderRow]
-    changed_orders: list[OrderState]
-    trades: list[TradeRow]
-    events: list[EventRow]
 
 
 def _subject(ev: Event) -> str | None:

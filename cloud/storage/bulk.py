@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, insert, text
+from sqlalchemy import Table, bindparam, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 COPY_FROM_ROWS = 16  # a COPY costs a type lookup and two round trips: not worth it for a few
@@ -27,13 +27,7 @@ async def insert_rows(
     if conn.dialect.name != "postgresql" or len(rows) < COPY_FROM_ROWS:
         await conn.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
         return
-    driver = await _driver(conn)
-    if not driver.is_in_transaction():
-        # SQLAlchemy's asyncpg adapter sends BEGIN with the first statement it runs; a COPY
-        # sent first would commit on its own, outside the unit of work.
-        await conn.execute(text("SELECT 1"))
-        if not driver.is_in_transaction():
-            raise RuntimeError("bulk insert outside a transaction")
+    driver = await _driver_in_transaction(conn)
     await driver.copy_records_to_table(table.name, records=rows, columns=list(columns))
 
 
@@ -49,8 +43,6 @@ async def update_rows(
     if not rows:
         return
     if conn.dialect.name != "postgresql":
-        from sqlalchemy import bindparam, update
-
         stmt = (
             update(table)
             .where(table.c[key] == bindparam("b_key"))
@@ -67,15 +59,20 @@ async def update_rows(
         f"UPDATE {table.name} AS t SET {sets} FROM unnest({arrays}) AS u({', '.join(cols)}) "
         f"WHERE t.{key} = u.{key}"
     )
-    driver = await _driver(conn)
-    if not driver.is_in_transaction():
-        await conn.execute(text("SELECT 1"))
+    driver = await _driver_in_transaction(conn)
     await driver.execute(sql, *([r[i] for r in rows] for i in range(len(cols))))
 
 
-async def _driver(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under a SQLAlchemy one."""
+async def _driver_in_transaction(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a SQLAlchemy one, inside `conn`'s transaction."""
     driver = (await conn.get_raw_connection()).driver_connection
     if driver is None:
         raise RuntimeError("the connection has no driver connection")
+    if not driver.is_in_transaction():
+        # SQLAlchemy's asyncpg adapter sends BEGIN with the first statement it runs; a COPY
+        # or an UPDATE sent first on the driver would commit on its own, outside the unit of
+        # work.
+        await conn.execute(text("SELECT 1"))
+        if not driver.is_in_transaction():
+            raise RuntimeError("bulk write outside a transaction")
     return driver

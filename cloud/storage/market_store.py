@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.domain.devices import DeviceStatus
@@ -142,17 +142,12 @@ class IntervalSummary:
     high_price: int
 
 
-_ORDER_STATE = OrderState.__slots__[1:]  # (key, *columns) for update_rows
-assert OrderState.__slots__[0] == "order_id"
-
-
-_ORDER_COLS = OrderRow.__slots__
-_TRADE_COLS = TradeRow.__slots__
-_EVENT_COLS = EventRow.__slots__
 # A row dataclass's values in field order, per row class (dataclasses.astuple would deep-copy
-# every value, which was a tenth of a durable order's cost).
+# every value, which was a tenth of a durable order's cost). OrderState and Settlement start
+# with their key, as update_rows takes them.
 _GETTERS: dict[type, attrgetter[tuple[object, ...]]] = {
-    cls: attrgetter(*cls.__slots__) for cls in (OrderRow, OrderState, TradeRow, EventRow)
+    cls: attrgetter(*cls.__slots__)
+    for cls in (OrderRow, OrderState, TradeRow, EventRow, Settlement)
 }
 
 
@@ -181,15 +176,21 @@ class MarketStore:
     ) -> None:
         """Insert new orders, trades and event rows; update the state of changed orders."""
         if new_orders:
-            await insert_rows(conn, market_orders, _ORDER_COLS, [_values(o) for o in new_orders])
+            await insert_rows(
+                conn, market_orders, OrderRow.__slots__, [_values(o) for o in new_orders]
+            )
         if changed_orders:
             await update_rows(
-                conn, market_orders, "order_id", _ORDER_STATE, [_values(o) for o in changed_orders]
+                conn,
+                market_orders,
+                "order_id",
+                OrderState.__slots__[1:],
+                [_values(o) for o in changed_orders],
             )
         if trades:
-            await insert_rows(conn, market_trades, _TRADE_COLS, [_values(t) for t in trades])
+            await insert_rows(conn, market_trades, TradeRow.__slots__, [_values(t) for t in trades])
         if events:
-            await insert_rows(conn, market_events, _EVENT_COLS, [_values(e) for e in events])
+            await insert_rows(conn, market_events, EventRow.__slots__, [_values(e) for e in events])
 
     async def write_settlements(
         self, conn: AsyncConnection, settlements: Sequence[Settlement]
@@ -197,15 +198,12 @@ class MarketStore:
         """Record trades' settlements."""
         if not settlements:
             return
-        cols = [c for c in Settlement.__slots__ if c != "trade_id"]
-        await conn.execute(
-            update(market_trades)
-            .where(market_trades.c.trade_id == bindparam("b_trade_id"))
-            .values({c: bindparam(f"b_{c}") for c in cols}),
-            [
-                {"b_trade_id": s.trade_id, **{f"b_{c}": getattr(s, c) for c in cols}}
-                for s in settlements
-            ],
+        await update_rows(
+            conn,
+            market_trades,
+            "trade_id",
+            Settlement.__slots__[1:],
+            [_values(x) for x in settlements],
         )
 
     # reads ---------------------------------------------------------------------------------
