@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import heapq
+import itertools
 import json
 import multiprocessing as mp
 import random
@@ -30,10 +32,14 @@ import socket
 import statistics
 import sys
 import time
+import types
+import unittest.mock
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import cloud.services.market as market_module
+import cloud.storage.accounts as accounts_module
 from benchmarks.machine import machine_facts
 from cloud.domain.market_checks import MarketConfig
 from cloud.services.ledger import LedgerService
@@ -51,10 +57,18 @@ SEED = 20261204
 
 
 class FixedForecast(MarketService):
-    """The order service with a fixed forecast, so sellers may offer without a delivery history."""
+    """The order service with a fixed forecast, so sellers may offer without a delivery history,
+    and numbered order ids, so the same workload gives the same log (see `log_digest`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ids = itertools.count()
 
     def forecast(self, engine: LedgerEngine, site_id: str, interval_start: int) -> int:
         return 10**9
+
+    def new_order_id(self) -> str:
+        return f"o-{next(self._ids):016x}"
 
 
 class Clock:
@@ -103,10 +117,15 @@ async def build(url: str, homes: int, clock: Clock) -> tuple[Store, MarketServic
     )
     await ledger.load()
     owners: list[str] = []
+    # Seeded account ids: they are in every order event, and the run's log digest
+    # (`log_digest`) must depend on the workload only.
+    seeded = random.Random(SEED)
+    ids = types.SimpleNamespace(token_hex=lambda n: seeded.randbytes(n).hex())
     for i in range(homes):
-        a = await accounts.create_account(
-            f"home{i}@bench.gridmint", f"home {i}", "a long password", "homeowner", "approved"
-        )
+        with unittest.mock.patch.object(accounts_module, "secrets", ids):
+            a = await accounts.create_account(
+                f"home{i}@bench.gridmint", f"home {i}", "a long password", "homeowner", "approved"
+            )
         await accounts.create_site(f"site-{i}", a.account_id, f"home {i}")
         await store.add_device(
             f"pi-{i}", f"site-{i}", bytes([i % 256]) * 32, bytes([i % 256, i // 256]) * 4, 5000
@@ -145,6 +164,46 @@ def workload(n: int, homes: int, first: int) -> list[tuple[int, OrderRequest]]:
     return out
 
 
+async def log_digest(store: Store, market: MarketService) -> dict[str, str]:
+    """What the run stored, as hashes: the Merkle root of the ledger log (every leaf's bytes)
+    and SHA-256 over the market's rows in key order. The same workload must give the same
+    digests whatever the code's speed: a change that alters a leaf or a row shows here."""
+    from sqlalchemy import select
+
+    from cloud.storage.tables import ledger_entries, market_events, market_orders, market_trades
+
+    rows = hashlib.sha256()
+    leaves = hashlib.sha256()
+    async with store.engine.connect() as conn:
+        for table, key in (
+            (market_orders, "order_id"),
+            (market_trades, "trade_id"),
+            (market_events, "seq"),
+        ):
+            for r in (await conn.execute(select(table).order_by(table.c[key]))).all():
+                rows.update(repr(tuple(r)).encode())
+        q = select(ledger_entries).order_by(ledger_entries.c.seq)
+        for r in (await conn.execute(q)).all():
+            m = r._mapping
+            leaves.update(
+                repr(
+                    (
+                        m["seq"],
+                        m["site_id"],
+                        m["interval_start"],
+                        m["kind"],
+                        bytes(m["leaf"]),
+                        bytes(m["leaf_hash"]),
+                    )
+                ).encode()  # fmt: skip
+            )
+    return {
+        "merkle_root": market.ledger.log.root().hex(),
+        "leaf_rows_sha256": leaves.hexdigest(),
+        "market_rows_sha256": rows.hexdigest(),
+    }
+
+
 async def durable(url: str, n: int, homes: int, concurrency: int) -> dict[str, Any]:
     clock = Clock((1_800_000_000 // DAY) * DAY + 9 * 3600)
     store, market, owners = await build(url, homes, clock)
@@ -168,9 +227,18 @@ async def durable(url: str, n: int, homes: int, concurrency: int) -> dict[str, A
                     key = type(exc).__name__
                     refused[key] = refused.get(key, 0) + 1
 
+        # Each site's standing read once before the clock starts: the orders then enter the
+        # market in the workload's order, so a run's log is the same whatever the timing.
+        # (Trusted for the whole run: a read that expired mid-run would let later orders of
+        # other sites overtake the waiting ones.)
+        market_module.STANDING_TTL_S = 24 * 3600.0
+        for home in range(homes):
+            await market._site_standing(f"site-{home}")
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
         stored = len(await market.store.orders(limit=n + 10))
         group_commits = market.ledger.appends - appends0
         seq_n = min(1000, n)
@@ -189,10 +257,12 @@ async def durable(url: str, n: int, homes: int, concurrency: int) -> dict[str, A
             "concurrency": concurrency,
             "seconds": round(elapsed, 3),
             "orders_per_s": round(n / elapsed),
+            "process_cpu_ms_per_order": round(1000 * cpu / n, 4),
             "group_commits": group_commits,
             "sequential_orders_per_s": round(seq_rate),
             "commit_baseline_per_s": round(commits),
             "trades": len(await market.store.trades(limit=10**7)),
+            "log": await log_digest(store, market),
         }
     finally:
         await store.close()
@@ -372,9 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--orders", type=int, default=20_000)
     p.add_argument("--homes", type=int, default=40)
     p.add_argument("--concurrency", type=int, default=256)
-    p.add_argument(
-        "--http-rate", default="500", help="orders per second; several, comma-separated"
-    )
+    p.add_argument("--http-rate", default="500", help="orders per second; several, comma-separated")
     p.add_argument("--http-seconds", type=float, default=10.0)
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--skip-durable", action="store_true")

@@ -410,7 +410,11 @@ class Entry:
 
     def to_bytes(self) -> bytes:
         """Canonical CBOR (uint keys 0..23, defaults omitted, no floats)."""
-        return cbor2.dumps(_entry_to_map(self), canonical=True)
+        # _entry_to_map inserts every map's keys in ascending order, and for uint keys below
+        # 24 that is the canonical order; ints, text, bytes and arrays encode alike in either
+        # mode. So the plain encoder writes the canonical bytes, at a fifth of the cost of
+        # cbor2's canonical mode (which sorts every map); tests compare the two.
+        return cbor2.dumps(_entry_to_map(self))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Entry:
@@ -433,6 +437,7 @@ class Entry:
 
 
 def _entry_to_map(e: Entry) -> dict[int, Any]:
+    """The entry's map, every map's keys inserted in ascending order (see Entry.to_bytes)."""
     m: dict[int, Any] = {0: ENTRY_VERSION, 1: int(e.kind), 2: e.seq, 3: e.site, 4: e.interval_start}
     if e.burns:
         m[5] = [[b.lot_id, b.wh] for b in e.burns]
@@ -457,15 +462,15 @@ def _entry_to_map(e: Entry) -> dict[int, Any]:
         mm: dict[int, Any] = {
             0: x.interval_s,
             1: [x.generated_wh, x.imported_wh, x.exported_wh, x.charged_wh, x.discharged_wh],
-            3: x.capacity_wh,
-            4: x.soh_permille,
-            5: x.charge_ppm,
-            6: x.discharge_ppm,
-            7: x.self_discharge_ppm_per_h,
-            8: x.load_tolerance_wh,
         }
         if x.soc_permille is not None:
             mm[2] = x.soc_permille
+        mm[3] = x.capacity_wh
+        mm[4] = x.soh_permille
+        mm[5] = x.charge_ppm
+        mm[6] = x.discharge_ppm
+        mm[7] = x.self_discharge_ppm_per_h
+        mm[8] = x.load_tolerance_wh
         m[12] = mm
     if e.counterparty:
         m[13] = e.counterparty
@@ -564,4 +569,3 @@ def _entry_from_map(m: Any) -> Entry:
         set_aside_wh=_int(m.get(19, 0)),
         market=_bytes(m.get(20, b"")),
     )
-

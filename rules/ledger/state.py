@@ -153,6 +153,22 @@ def _apply_in_place(st: LedgerState, e: Entry, index: int) -> None:
         raise _fail(index, f"seq {e.seq} is not the next sequence number {st.next_seq}")
     if not e.site:
         raise _fail(index, "entry has no site")
+    if (
+        e.kind in MARKET_KINDS
+        and not (e.burns or e.mints or e.postings or e.convs or e.refs)
+        and not (e.gen_wh or e.exit_wh)
+        and e.measurement is None
+    ):
+        # A market leaf that moves nothing (every one the market writes, most of the log):
+        # of the checks below only the sign of interval_start and the market bytes can fail,
+        # and of the commit only the seq changes. Same outcome and the same refusals, without
+        # the general path's cost. Anything else goes the general way and is refused there.
+        if e.interval_start < 0:
+            raise _fail(index, "interval_start is negative")
+        if not e.market:
+            raise _fail(index, f"{e.kind.name} without its market bytes")
+        st.next_seq += 1
+        return
     for name, v in (
         ("gen_wh", e.gen_wh),
         ("exit_wh", e.exit_wh),

@@ -337,9 +337,11 @@ def test_entries_round_trip_and_are_canonical() -> None:
         EntryKind.GRID_PURCHASE,
         EntryKind.DEPOSIT,
     }
+    assert any(e.measurement is not None and e.measurement.soc_permille is not None for e in log)
     for e in log:
         raw = e.to_bytes()
         assert Entry.from_bytes(raw) == e
+        assert raw == cbor2.dumps(cbor2.loads(raw), canonical=True)  # the fast encoder is canonical
         assert b"\xf9" not in raw[:1] and isinstance(cbor2.loads(raw), dict)
     m = cbor2.loads(log[1].to_bytes())
     with pytest.raises(LedgerRuleError, match="canonical"):
