@@ -1,9 +1,10 @@
 """MQTT side of ingest: subscribe to every device's tokens topic, answer each with a receipt.
 
-Owns: the aggregator's broker connection. The broker's message is acknowledged (PUBACK) only after
-the ingest service has stored the token or its rejection (mqttlink's manual ack). When storage
-fails, the device gets a retryable `storage_error` receipt and the message stays unacknowledged,
-so the broker delivers it again once the link reconnects.
+Owns: the aggregator's broker connection. Messages reach the ingest service in batches (what is
+queued, up to `max_batch`), and each batch is acknowledged to the broker (PUBACK) only after the
+service has stored its tokens and rejections in one transaction (mqttlink's manual ack). When
+storage fails, the devices get a retryable `storage_error` receipt and the batch stays
+unacknowledged, so the broker delivers it again once the link reconnects.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import ssl
 
 from cloud.services.ingest import IngestService
-from mqttlink import BrokerAddress, MqttLink, Subscription
+from mqttlink import BatchSubscription, BrokerAddress, MqttLink
 from protocol import topics
 
 
@@ -28,6 +29,7 @@ class MqttIngest:
         broker_url: str,
         client_id: str,
         tls_context: ssl.SSLContext | None = None,
+        max_batch: int = 256,
     ):
         self.service = service
         self.link = MqttLink(
@@ -35,7 +37,12 @@ class MqttIngest:
             client_id=client_id,
             clean_session=False,
             subscriptions=[
-                Subscription(topics.subscription(topics.Channel.TOKENS), self._on_token, qos=1)
+                BatchSubscription(
+                    topics.subscription(topics.Channel.TOKENS),
+                    self._on_tokens,
+                    qos=1,
+                    max_batch=max_batch,
+                )
             ],
             tls_context=tls_context,
         )
@@ -57,11 +64,13 @@ class MqttIngest:
         """True while the broker connection is up."""
         return self.link.connected.is_set()
 
-    async def _on_token(self, topic: str, payload: bytes) -> None:
-        outcome = await self.service.handle(topic, payload)
-        if outcome.reply_topic is not None:
-            # Not awaited: a lost receipt only makes the device resend, and a resend is answered
-            # as a duplicate it may drop.
-            self.link.publish_nowait(outcome.reply_topic, outcome.receipt.encode(), qos=1)
-        if not outcome.stored:
-            raise NotStoredError(f"storage failed for a message on {topic}")
+    async def _on_tokens(self, messages: list[tuple[str, bytes]]) -> None:
+        outcomes = await self.service.handle_batch(messages)
+        for outcome in outcomes:
+            if outcome.reply_topic is not None:
+                # Not awaited: a lost receipt only makes the device resend, and a resend is
+                # answered as a duplicate it may drop.
+                self.link.publish_nowait(outcome.reply_topic, outcome.receipt.encode(), qos=1)
+        unstored = sum(not o.stored for o in outcomes)
+        if unstored:
+            raise NotStoredError(f"storage failed for {unstored} of {len(outcomes)} message(s)")

@@ -3,7 +3,9 @@
 Owns: one MQTT connection with automatic reconnect (paho's network thread), publishing that waits
 for the broker's PUBACK, and subscriptions whose messages are handed to the asyncio loop and
 acknowledged only when the handler has finished without raising (manual ack), so "acknowledged"
-means "stored". A handler that raises leaves its message unacknowledged: the link drops what it
+means "stored". A `BatchSubscription`'s handler gets its messages in batches (what is queued, up to
+a size, gathered for at most a few milliseconds) and the batch is acknowledged after it, in
+arrival order. A handler that raises leaves its message unacknowledged: the link drops what it
 holds of that connection and reconnects (after a back-off), and the broker, which keeps the
 session, delivers every unacknowledged message again, in order.
 `ready` is set once the broker has confirmed every subscription (SUBACK) on the current
@@ -30,8 +32,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+BatchHandler = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
 _EARLY_ACK_TTL_S = 5.0
-_InboxItem = tuple[MessageHandler, str, bytes, int, int, int]
 
 
 class BrokerUrlError(ValueError):
@@ -96,6 +98,34 @@ class Subscription:
     qos: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class BatchSubscription:
+    """A topic filter whose messages reach `handler` as a list, in arrival order.
+
+    A batch is what is queued when the handler is free, up to `max_batch` messages, waiting at
+    most `linger_s` after its first message for more. The handler sees each message once per
+    delivery; every message of the batch is acknowledged after it returns, none if it raises.
+    """
+
+    topic_filter: str
+    handler: BatchHandler
+    qos: int = 1
+    max_batch: int = 256
+    linger_s: float = 0.002
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A message from the broker waiting for its handler (made on paho's thread)."""
+
+    sub: Subscription | BatchSubscription
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    epoch: int
+
+
 class MqttLink:
     """One MQTT connection. Create, `await start()`, use, `await stop()`."""
 
@@ -107,7 +137,7 @@ class MqttLink:
         clean_session: bool = False,
         will: Will | None = None,
         online: tuple[str, bytes] | None = None,
-        subscriptions: list[Subscription] | None = None,
+        subscriptions: list[Subscription | BatchSubscription] | None = None,
         tls_context: ssl.SSLContext | None = None,
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 10,
@@ -128,7 +158,7 @@ class MqttLink:
         # PUBACKs that arrived before publish() registered its future, with their arrival time.
         # Message ids repeat after 65535, so an entry is trusted only briefly.
         self._early_acks: dict[int, float] = {}
-        self._inbox: asyncio.Queue[_InboxItem] = asyncio.Queue()
+        self._inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         # Each connection has an epoch (counted on paho's thread); after a handler failed, the
         # worker drops the failed connection's remaining messages: the broker resends them.
@@ -329,49 +359,86 @@ class MqttLink:
         self._call(resolve)
 
     def _on_message(self, client, userdata, msg):  # type: ignore[no-untyped-def]
-        handler = self._handler_for(msg.topic)
-        if handler is None or self._loop is None:
+        sub = self._subscription_for(msg.topic)
+        if sub is None or self._loop is None:
             client.ack(msg.mid, msg.qos)
             return
-        item = (handler, msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch)
+        item = _Delivery(sub, msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch)
         self._call(lambda: self._inbox.put_nowait(item))
 
     async def _work(self) -> None:
         # One worker keeps each connection's messages in arrival order (records of one device
         # arrive in sequence), and acknowledges each only after its handler has finished.
+        held: _Delivery | None = None  # taken from the queue but not of the batch before it
         while True:
-            handler, topic, payload, mid, qos, epoch = await self._inbox.get()
-            if epoch <= self._abandoned_epoch:
+            first = held if held is not None else await self._inbox.get()
+            held = None
+            if first.epoch <= self._abandoned_epoch:
                 continue  # unacknowledged on a connection we dropped: the broker resends it
+            batch = [first]
+            sub = first.sub
             try:
-                await handler(topic, payload)
+                if isinstance(sub, BatchSubscription):
+                    held = await self._gather(batch, sub)
+                    await sub.handler([(d.topic, d.payload) for d in batch])
+                else:
+                    await sub.handler(first.topic, first.payload)
             except Exception as exc:
                 # Not acknowledged: the handler could not keep the message. Later messages of
                 # this connection are dropped too (so order holds), and a new connection
                 # brings them all again.
                 self.handler_failures += 1
-                self._abandoned_epoch = epoch
-                delay = min(
-                    self._redeliver_max_s, self._redeliver_min_s * 2**self._failure_streak
-                )
+                self._abandoned_epoch = first.epoch
+                if held is not None and held.epoch <= self._abandoned_epoch:
+                    held = None
+                delay = min(self._redeliver_max_s, self._redeliver_min_s * 2**self._failure_streak)
                 self._failure_streak += 1
                 log.warning(
-                    "handler for %s failed (%s); not acknowledged, reconnecting in %.1f s "
-                    "for redelivery",
-                    topic,
+                    "handler for %s failed (%s); %d message(s) not acknowledged, reconnecting "
+                    "in %.1f s for redelivery",
+                    first.topic,
                     exc,
+                    len(batch),
                     delay,
                 )
                 await asyncio.sleep(delay)
                 await asyncio.to_thread(self._reconnect)
                 continue
             self._failure_streak = 0
-            self._client.ack(mid, qos)
+            for d in batch:
+                self._client.ack(d.mid, d.qos)
 
-    def _handler_for(self, topic: str) -> MessageHandler | None:
+    async def _gather(self, batch: list[_Delivery], sub: BatchSubscription) -> _Delivery | None:
+        """Add to `batch` the queued messages of the same subscription and connection.
+
+        Returns a message taken from the queue that belongs to the next batch (another
+        subscription or connection), or None.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + sub.linger_s
+        epoch = batch[0].epoch
+        while len(batch) < sub.max_batch:
+            try:
+                item = self._inbox.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                try:
+                    item = await asyncio.wait_for(self._inbox.get(), remaining)
+                except TimeoutError:
+                    return None
+            if item.epoch <= self._abandoned_epoch:
+                continue
+            if item.sub is not sub or item.epoch != epoch:
+                return item
+            batch.append(item)
+        return None
+
+    def _subscription_for(self, topic: str) -> Subscription | BatchSubscription | None:
         for sub in self._subs:
             if paho.topic_matches_sub(_strip_share(sub.topic_filter), topic):
-                return sub.handler
+                return sub
         return None
 
 

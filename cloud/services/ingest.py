@@ -1,8 +1,11 @@
-"""Ingest service: verify an incoming record, store it or its rejection, and answer with a receipt.
+"""Ingest service: verify incoming records, store them or their rejections, answer with receipts.
 
 Owns: the order of checks and the counters. Every message ends in exactly one of: stored as a
 token, refused as a replay of a stored token, stored as a rejection with its reason, or, when
 storage fails, nothing stored and `Outcome.stored` False so the message is not acknowledged.
+Messages are handled in batches (one is a batch of one): a pure pass decodes each, one storage
+read fetches what the batch's checks need, the rules run in arrival order with the chain heads the
+batch itself advances, and one transaction stores every token and rejection of the batch.
 Decoding goes through protocol.verify's one classifier; who may sign is cloud.domain.devices'
 rule. Nothing here raises on bad input.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -25,7 +28,15 @@ from cloud.domain.ingest_rules import (
     check_plausible,
     check_storable,
 )
-from cloud.storage.store import DuplicateTokenError, Store, TokenRow
+from cloud.storage.store import (
+    ChainHead,
+    DuplicateTokenError,
+    IngestKey,
+    IngestLookup,
+    NewRejection,
+    Store,
+    TokenRow,
+)
 from protocol import cose, topics, verify
 from protocol import record as record_mod
 from protocol.reasons import RejectReason
@@ -58,6 +69,24 @@ class Outcome:
     reply_topic: str | None
     device_id: str | None
     stored: bool = True
+
+
+@dataclass(slots=True)
+class _Message:
+    """One message on its way through a batch: decoded, then judged."""
+
+    topic: str
+    payload: bytes
+    received: float
+    digest: str
+    reply: str | None = None
+    device_id: str | None = None
+    envelope: cose.Sign1 | None = None
+    rec: record_mod.IntervalRecord | None = None
+    record_hash: bytes = b""
+    refusal: Refusal | None = None
+    status: ReceiptStatus = ReceiptStatus.REJECTED
+    row: TokenRow | None = None
 
 
 class _StorageFailure(Exception):
@@ -93,117 +122,194 @@ class IngestService:
         self.counters = IngestCounters()
 
     async def handle(self, topic: str, payload: bytes) -> Outcome:
-        """Process one message from a tokens topic.
+        """Process one message from a tokens topic (a batch of one; see `handle_batch`)."""
+        return (await self.handle_batch([(topic, payload)]))[0]
 
-        Ends in one of: the token stored (accepted), a replay of a stored token (duplicate), a
-        rejection stored with its reason, or, when storage fails, a retryable `storage_error`
-        receipt with `stored=False` and nothing written.
+    async def handle_batch(self, messages: Sequence[tuple[str, bytes]]) -> list[Outcome]:
+        """Process messages from tokens topics, in arrival order; one outcome per message.
+
+        Each ends in one of: the token stored (accepted), a replay of a stored token (duplicate),
+        a rejection stored with its reason, or, when storage fails, a retryable `storage_error`
+        receipt with `stored=False` and nothing of the batch written. Records of one device may
+        follow each other in a batch: each is checked against the chain head the one before it
+        made.
         """
-        received = self.now()
-        digest = hashlib.sha256(payload).hexdigest()
-        reply: str | None = None
-        device_id: str | None = None
+        batch = [self._decode(topic, payload) for topic, payload in messages]
         try:
-            try:
-                t = topics.parse(topic)
-            except topics.TopicError as exc:
-                refusal: Refusal | None = Refusal(RejectReason.TOPIC_MISMATCH, str(exc))
-                status = ReceiptStatus.REJECTED
-            else:
-                device_id = t.device_id
-                reply = topics.topic(t.site_id, t.device_id, topics.Channel.RECEIPTS)
-                refusal, status = await self._check_and_store(device_id, payload, received)
-            if refusal is None:
-                self.counters.accepted += 1
-                return Outcome(Receipt(digest, ReceiptStatus.ACCEPTED), reply, device_id)
+            decoded = [m for m in batch if m.rec is not None and m.refusal is None]
+            if decoded:
+                keys = [_lookup_key(m) for m in decoded]
+                lookup = await _stored(self.store.ingest_lookup(keys))
+                self._judge(decoded, lookup)
             await _stored(
-                self.store.add_rejection(
-                    topic,
-                    payload,
-                    refusal.reason.value,
-                    refusal.detail,
-                    int(self.now() * 1000),
-                    device_id,
+                self.store.store_ingested(
+                    [m.row for m in batch if m.row is not None],
+                    [self._rejection(m) for m in batch if m.refusal is not None],
                 )
             )
+        except DuplicateTokenError:
+            # Another worker stored one of these slots since the read: nothing of the batch was
+            # written. One by one, each message is judged against what is stored now.
+            if len(batch) > 1:
+                return [(await self.handle_batch([(m.topic, m.payload)]))[0] for m in batch]
+            return [await self._lost_race(batch[0])]
         except _StorageFailure as exc:
-            self.counters.storage_errors += 1
-            log.error("storage failed for a message on %s, left for redelivery: %s", topic, exc)
+            self.counters.storage_errors += len(batch)
+            log.error("storage failed for %d message(s), left for redelivery: %s", len(batch), exc)
             reason = RejectReason.STORAGE_ERROR
-            receipt = Receipt(digest, ReceiptStatus.REJECTED, reason.value, reason.retryable)
-            return Outcome(receipt, reply, device_id, stored=False)
-        self.counters.rejected[refusal.reason.value] += 1
-        log.info("refused record on %s: %s (%s)", topic, refusal.reason, refusal.detail)
-        receipt = Receipt(digest, status, refusal.reason.value, refusal.reason.retryable)
-        return Outcome(receipt, reply, device_id)
+            return [
+                Outcome(
+                    Receipt(m.digest, ReceiptStatus.REJECTED, reason.value, reason.retryable),
+                    m.reply,
+                    m.device_id,
+                    stored=False,
+                )
+                for m in batch
+            ]
+        return [self._outcome(m) for m in batch]
 
-    async def _check_and_store(
-        self, topic_device: str, payload: bytes, received: float
-    ) -> tuple[Refusal | None, ReceiptStatus]:
-        rejected = ReceiptStatus.REJECTED
+    def _decode(self, topic: str, payload: bytes) -> _Message:
+        """The pure pass: topic, size and the record's decoding (no storage, no signature)."""
+        m = _Message(topic, payload, self.now(), hashlib.sha256(payload).hexdigest())
+        try:
+            t = topics.parse(topic)
+        except topics.TopicError as exc:
+            m.refusal = Refusal(RejectReason.TOPIC_MISMATCH, str(exc))
+            return m
+        m.device_id = t.device_id
+        m.reply = topics.topic(t.site_id, t.device_id, topics.Channel.RECEIPTS)
         if len(payload) > self.max_message_bytes:
-            return Refusal(
+            m.refusal = Refusal(
                 RejectReason.TOO_LARGE,
                 f"message is {len(payload)} bytes, over the limit of {self.max_message_bytes}",
-            ), rejected
+            )
+            return m
         try:
             envelope, rec = verify.classify(payload)
         except verify.RecordRejected as exc:
-            return Refusal(exc.reason, exc.detail), rejected
-        if rec.device_id != topic_device:
-            return Refusal(
+            m.refusal = Refusal(exc.reason, exc.detail)
+            return m
+        if rec.device_id != t.device_id:
+            m.refusal = Refusal(
                 RejectReason.TOPIC_MISMATCH,
-                f"record of device {rec.device_id!r} published on the topic of {topic_device!r}",
-            ), rejected
-        record_hash = cose.record_hash(payload)
-        ctx = await _stored(
-            self.store.ingest_context(
-                rec.device_id, envelope.kid, record_hash, rec.seq, rec.interval_start
+                f"record of device {rec.device_id!r} published on the topic of {t.device_id!r}",
             )
-        )
-        device, key = ctx.device, ctx.key
-        # Pending devices' tokens are verified and kept; they count once approved.
-        refusal = signing_refusal(
-            rec.device_id,
-            None if device is None else device.status,
-            envelope.kid,
-            key,
-            rec.interval_end,
-        )
-        if refusal is not None:
-            return refusal, rejected
-        assert device is not None
-        assert key is not None
-        try:
-            cose.verify(envelope, key.public_key, self.deployment)
-        except cose.SignatureError as exc:
-            return Refusal(RejectReason.BAD_SIGNATURE, str(exc)), rejected
-        if ctx.already_stored:
-            return Refusal(
-                RejectReason.REPLAYED,
-                f"record seq {rec.seq} of {rec.device_id!r} is already stored",
-            ), ReceiptStatus.DUPLICATE
-        head = ctx.head
-        refusal = (
-            check_storable(rec)
-            or check_interval(rec, received, self.limits)
-            or check_chain(
-                rec, head.seq if head else None, head.record_hash if head else None, ctx.conflict
+            return m
+        m.envelope, m.rec, m.record_hash = envelope, rec, cose.record_hash(payload)
+        return m
+
+    def _judge(self, decoded: list[_Message], lookup: IngestLookup) -> None:
+        """Signature and rules for each decoded message, in arrival order.
+
+        What the batch accepts moves its device's chain head and fills its slots, so the next
+        record of that device in the same batch is judged as if the earlier one were stored.
+        """
+        heads = dict(lookup.heads)
+        stored = set(lookup.stored_hashes)
+        taken_seqs = set(lookup.taken_seqs)
+        taken_intervals = set(lookup.taken_intervals)
+        for m in decoded:
+            envelope, rec = m.envelope, m.rec
+            assert envelope is not None
+            assert rec is not None
+            device = lookup.devices.get(rec.device_id)
+            key = lookup.keys.get(envelope.kid)
+            # Pending devices' tokens are verified and kept; they count once approved.
+            m.refusal = signing_refusal(
+                rec.device_id,
+                None if device is None else device.status,
+                envelope.kid,
+                key,
+                rec.interval_end,
             )
-            or check_plausible(rec, device.capacity_w, self.limits)
-        )
-        if refusal is not None:
-            return refusal, rejected
+            if m.refusal is not None:
+                continue
+            assert device is not None
+            assert key is not None
+            try:
+                cose.verify(envelope, key.public_key, self.deployment)
+            except cose.SignatureError as exc:
+                m.refusal = Refusal(RejectReason.BAD_SIGNATURE, str(exc))
+                continue
+            if m.record_hash in stored:
+                m.refusal = Refusal(
+                    RejectReason.REPLAYED,
+                    f"record seq {rec.seq} of {rec.device_id!r} is already stored",
+                )
+                m.status = ReceiptStatus.DUPLICATE
+                continue
+            head = heads.get(rec.device_id)
+            conflict = (rec.device_id, rec.seq) in taken_seqs or (
+                rec.device_id,
+                rec.interval_start,
+            ) in taken_intervals
+            m.refusal = (
+                check_storable(rec)
+                or check_interval(rec, m.received, self.limits)
+                or check_chain(
+                    rec,
+                    head.seq if head else None,
+                    head.record_hash if head else None,
+                    conflict,
+                )
+                or check_plausible(rec, device.capacity_w, self.limits)
+            )
+            if m.refusal is not None:
+                continue
+            m.status = ReceiptStatus.ACCEPTED
+            m.row = _token_row(rec, m.record_hash, m.payload, m.received)
+            stored.add(m.record_hash)
+            heads[rec.device_id] = ChainHead(rec.seq, m.record_hash, rec.interval_start)
+            taken_seqs.add((rec.device_id, rec.seq))
+            taken_intervals.add((rec.device_id, rec.interval_start))
+
+    async def _lost_race(self, m: _Message) -> Outcome:
+        """A lone token whose insert hit a stored one: a replay, or a conflicting record."""
         try:
-            await _stored(self.store.insert_token(_token_row(rec, record_hash, payload, received)))
-        except DuplicateTokenError:
-            # Lost a race with another worker that stored the same slot first.
-            if await _stored(self.store.has_record(record_hash)):
-                return Refusal(
-                    RejectReason.REPLAYED, "stored concurrently"
-                ), ReceiptStatus.DUPLICATE
-            return Refusal(RejectReason.EQUIVOCATION, "conflicting record stored"), rejected
-        return None, ReceiptStatus.ACCEPTED
+            if await _stored(self.store.has_record(m.record_hash)):
+                m.refusal = Refusal(RejectReason.REPLAYED, "stored concurrently")
+                m.status = ReceiptStatus.DUPLICATE
+            else:
+                m.refusal = Refusal(RejectReason.EQUIVOCATION, "conflicting record stored")
+                m.status = ReceiptStatus.REJECTED
+            m.row = None
+            await _stored(self.store.store_ingested([], [self._rejection(m)]))
+        except _StorageFailure as exc:
+            self.counters.storage_errors += 1
+            log.error("storage failed for a message on %s, left for redelivery: %s", m.topic, exc)
+            reason = RejectReason.STORAGE_ERROR
+            receipt = Receipt(m.digest, ReceiptStatus.REJECTED, reason.value, reason.retryable)
+            return Outcome(receipt, m.reply, m.device_id, stored=False)
+        return self._outcome(m)
+
+    def _rejection(self, m: _Message) -> NewRejection:
+        assert m.refusal is not None
+        return NewRejection(
+            m.topic,
+            m.payload,
+            m.refusal.reason.value,
+            m.refusal.detail,
+            int(m.received * 1000),
+            m.device_id,
+        )
+
+    def _outcome(self, m: _Message) -> Outcome:
+        """Count a stored message and make its receipt."""
+        if m.refusal is None:
+            self.counters.accepted += 1
+            return Outcome(Receipt(m.digest, ReceiptStatus.ACCEPTED), m.reply, m.device_id)
+        self.counters.rejected[m.refusal.reason.value] += 1
+        log.info("refused record on %s: %s (%s)", m.topic, m.refusal.reason, m.refusal.detail)
+        receipt = Receipt(m.digest, m.status, m.refusal.reason.value, m.refusal.reason.retryable)
+        return Outcome(receipt, m.reply, m.device_id)
+
+
+def _lookup_key(m: _Message) -> IngestKey:
+    assert m.envelope is not None
+    assert m.rec is not None
+    return IngestKey(
+        m.rec.device_id, m.envelope.kid, m.record_hash, m.rec.seq, m.rec.interval_start
+    )
 
 
 def _token_row(

@@ -68,14 +68,39 @@ class ChainHead:
 
 
 @dataclass(frozen=True, slots=True)
-class IngestContext:
-    """Everything ingest needs to know about one record's device, read in one round trip."""
+class IngestKey:
+    """What ingest looks up for one record: its device, key, bytes and slot."""
 
-    device: Device | None
-    key: DeviceKey | None
-    already_stored: bool
-    head: ChainHead | None
-    conflict: bool
+    device_id: str
+    kid: bytes
+    record_hash: bytes
+    seq: int
+    interval_start: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLookup:
+    """What storage knows about a batch of records' devices, keys and chains (one round trip)."""
+
+    devices: dict[str, Device]
+    keys: dict[bytes, DeviceKey]
+    stored_hashes: set[bytes]
+    heads: dict[str, ChainHead]
+    # (device, seq) and (device, interval start) slots that already hold a stored record.
+    taken_seqs: set[tuple[str, int]]
+    taken_intervals: set[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRejection:
+    """A refused message to store, with its reason."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    received_ms: int
+    device_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,47 +394,82 @@ class Store:
 
     # tokens
 
-    async def ingest_context(
-        self, device_id: str, kid: bytes, record_hash: bytes, seq: int, interval_start: int
-    ) -> IngestContext:
-        """Device, key, duplicate, chain head and conflict checks on one connection."""
+    async def ingest_lookup(self, keys: list[IngestKey]) -> IngestLookup:
+        """Everything ingest needs about a batch of records, read on one connection.
+
+        Devices and keys by id, which record hashes are stored, each device's chain head, and
+        which (device, seq) and (device, interval) slots hold a record: five queries whatever
+        the batch's size.
+        """
+        device_ids = sorted({k.device_id for k in keys})
+        kids = sorted({k.kid for k in keys})
+        hashes = sorted({k.record_hash for k in keys})
+        seqs = sorted({k.seq for k in keys})
+        starts = sorted({k.interval_start for k in keys})
+        newest = (
+            select(tokens.c.device_id, func.max(tokens.c.seq).label("seq"))
+            .where(tokens.c.device_id.in_(device_ids))
+            .group_by(tokens.c.device_id)
+            .subquery()
+        )
         async with self.engine.connect() as conn:
-            dev = (
-                await conn.execute(select(devices).where(devices.c.device_id == device_id))
-            ).first()
-            key = (await conn.execute(select(device_keys).where(device_keys.c.kid == kid))).first()
+            devs = (
+                await conn.execute(select(devices).where(devices.c.device_id.in_(device_ids)))
+            ).all()
+            key_rows = (
+                await conn.execute(select(device_keys).where(device_keys.c.kid.in_(kids)))
+            ).all()
             stored = (
                 await conn.execute(
-                    select(tokens.c.token_id).where(tokens.c.record_hash == record_hash)
+                    select(tokens.c.record_hash).where(tokens.c.record_hash.in_(hashes))
                 )
-            ).first()
-            head = (
+            ).all()
+            heads = (
                 await conn.execute(
-                    select(tokens.c.seq, tokens.c.record_hash, tokens.c.interval_start)
-                    .where(tokens.c.device_id == device_id)
-                    .order_by(tokens.c.seq.desc())
-                    .limit(1)
-                )
-            ).first()
-            conflict = (
-                await conn.execute(
-                    select(tokens.c.token_id)
-                    .where(
-                        tokens.c.device_id == device_id,
-                        (tokens.c.seq == seq) | (tokens.c.interval_start == interval_start),
+                    select(
+                        tokens.c.device_id,
+                        tokens.c.seq,
+                        tokens.c.record_hash,
+                        tokens.c.interval_start,
+                    ).join(
+                        newest,
+                        (tokens.c.device_id == newest.c.device_id) & (tokens.c.seq == newest.c.seq),
                     )
-                    .limit(1)
                 )
-            ).first()
-        return IngestContext(
-            device=None if dev is None else _device(dev),
-            key=None if key is None else _key(key),
-            already_stored=stored is not None,
-            head=None
-            if head is None
-            else ChainHead(head.seq, bytes(head.record_hash), head.interval_start),
-            conflict=conflict is not None,
+            ).all()
+            taken = (
+                await conn.execute(
+                    select(tokens.c.device_id, tokens.c.seq, tokens.c.interval_start).where(
+                        tokens.c.device_id.in_(device_ids),
+                        tokens.c.seq.in_(seqs) | tokens.c.interval_start.in_(starts),
+                    )
+                )
+            ).all()
+        return IngestLookup(
+            devices={d.device_id: _device(d) for d in devs},
+            keys={bytes(k.kid): _key(k) for k in key_rows},
+            stored_hashes={bytes(r.record_hash) for r in stored},
+            heads={
+                h.device_id: ChainHead(h.seq, bytes(h.record_hash), h.interval_start) for h in heads
+            },
+            taken_seqs={(t.device_id, t.seq) for t in taken},
+            taken_intervals={(t.device_id, t.interval_start) for t in taken},
         )
+
+    async def store_ingested(self, rows: list[TokenRow], refused: list[NewRejection]) -> None:
+        """Store a batch's accepted tokens and refusals in one transaction: all or none.
+
+        Raises DuplicateTokenError if any token conflicts with a stored one (nothing is then
+        written, and the caller retries the batch's messages one by one).
+        """
+        try:
+            async with self.engine.begin() as conn:
+                if rows:
+                    await conn.execute(insert(tokens), [_asdict(r) for r in rows])
+                if refused:
+                    await conn.execute(insert(rejections), [_rejection_values(r) for r in refused])
+        except IntegrityError:
+            raise DuplicateTokenError(", ".join(r.token_id for r in rows)) from None
 
     async def chain_head(self, device_id: str) -> ChainHead | None:
         """The device's accepted record with the highest sequence number."""
@@ -428,15 +488,6 @@ class Store:
     async def has_record(self, record_hash: bytes) -> bool:
         """True if a record with these exact bytes is stored."""
         q = select(tokens.c.token_id).where(tokens.c.record_hash == record_hash)
-        async with self.engine.connect() as conn:
-            return (await conn.execute(q)).first() is not None
-
-    async def conflicting_token(self, device_id: str, seq: int, interval_start: int) -> bool:
-        """True if the device already has a different record for this seq or interval."""
-        q = select(tokens.c.token_id).where(
-            tokens.c.device_id == device_id,
-            (tokens.c.seq == seq) | (tokens.c.interval_start == interval_start),
-        )
         async with self.engine.connect() as conn:
             return (await conn.execute(q)).first() is not None
 
@@ -495,21 +546,9 @@ class Store:
         device_id: str | None = None,
     ) -> None:
         """Store a refused message with its reason; large payloads keep their head and hash."""
-        truncated = len(payload) > KEEP_PAYLOAD_BYTES
+        row = NewRejection(topic, payload, reason, detail, received_ms, device_id)
         async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(rejections).values(
-                    received_ms=received_ms,
-                    topic=topic[:1024],
-                    device_id=device_id[:64] if device_id else None,
-                    reason=reason,
-                    detail=detail[:2000],
-                    size=len(payload),
-                    sha256=hashlib.sha256(payload).digest(),
-                    payload=payload[:KEEP_PAYLOAD_BYTES],
-                    truncated=int(truncated),
-                )
-            )
+            await conn.execute(insert(rejections).values(**_rejection_values(row)))
 
     async def list_rejections(self, limit: int = 100) -> list[Rejection]:
         """Newest refusals first."""
@@ -613,6 +652,20 @@ def _token(r: Any) -> TokenRow:
     for k in ("record_hash", "prev_hash", "envelope"):
         m[k] = bytes(m[k])
     return TokenRow(**m)
+
+
+def _rejection_values(r: NewRejection) -> dict[str, Any]:
+    return {
+        "received_ms": r.received_ms,
+        "topic": r.topic[:1024],
+        "device_id": r.device_id[:64] if r.device_id else None,
+        "reason": r.reason,
+        "detail": r.detail[:2000],
+        "size": len(r.payload),
+        "sha256": hashlib.sha256(r.payload).digest(),
+        "payload": r.payload[:KEEP_PAYLOAD_BYTES],
+        "truncated": int(len(r.payload) > KEEP_PAYLOAD_BYTES),
+    }
 
 
 def _asdict(row: TokenRow) -> dict[str, Any]:

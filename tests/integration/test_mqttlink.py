@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from mqttlink import BrokerAddress, BrokerUrlError, MqttLink, Subscription, Will
+from mqttlink import (
+    BatchSubscription,
+    BrokerAddress,
+    BrokerUrlError,
+    MqttLink,
+    Subscription,
+    Will,
+)
 from tests.helpers.services import Mosquitto
 
 pytestmark = [pytest.mark.broker]
@@ -81,3 +88,45 @@ async def test_link_reconnects_after_the_broker_restarts(
     finally:
         await dev.stop()
         await watcher.stop()
+
+
+async def test_batches_keep_arrival_order_and_are_acknowledged_only_after_the_handler(
+    mosquitto: Mosquitto,
+) -> None:
+    batches: list[list[bytes]] = []
+    fail_once = asyncio.Event()
+    fail_once.set()
+
+    async def handler(messages: list[tuple[str, bytes]]) -> None:
+        await asyncio.sleep(0.01)  # a slow handler: messages queue up behind it
+        if fail_once.is_set() and len(batches) >= 2:
+            # Raising leaves the whole batch unacknowledged: the broker must bring it again.
+            fail_once.clear()
+            raise RuntimeError("storage is down")
+        batches.append([p for _t, p in messages])
+
+    addr = BrokerAddress.parse(mosquitto.url)
+    sub = MqttLink(
+        addr,
+        "batch-sub",
+        subscriptions=[BatchSubscription("b/#", handler, max_batch=50)],
+        redeliver_min_s=0.1,
+    )
+    pub = MqttLink(addr, "batch-pub")
+    await sub.start()
+    await pub.start()
+    sent = [str(i).encode() for i in range(400)]
+    try:
+        assert await sub.wait_ready(10)
+        assert await pub.wait_ready(10)
+        for payload in sent:
+            assert pub.publish_nowait("b/x", payload, qos=1)
+        await _wait(lambda: sum(len(b) for b in batches) >= len(sent), timeout_s=30)
+        handled = [p for b in batches for p in b]
+        assert handled == sent  # the failed batch came back whole, in order, nothing twice
+        assert sub.handler_failures == 1
+        assert max(len(b) for b in batches) <= 50
+        assert any(len(b) > 1 for b in batches), "a busy handler gets more than one at a time"
+    finally:
+        await pub.stop()
+        await sub.stop()
