@@ -25,11 +25,11 @@ from edge.accounting import Channel, IntervalAccountant, Reading, align_down
 from edge.cloud_http import CloudHttpError, http_json
 from edge.meters import MeterReader
 from edge.minting import ChainState, DeviceIdentity, mint
-from edge.outbox import Outbox
+from edge.outbox import Outbox, OutboxRow
 from edge.proofs import ProofCheckError, TreeHead, check_consistency, check_token_proof
 from edge.settings import EdgeSettings
 from edge.systemd import Heartbeat
-from mqttlink import BrokerAddress, MqttLink, Subscription, Will, client_tls_context
+from mqttlink import BatchSubscription, BrokerAddress, MqttLink, Will, client_tls_context
 from protocol import statements, topics
 from protocol.checkpoint import VerifierKey, parse_verifier_key
 from protocol.clock import Clock, SimClock
@@ -139,8 +139,11 @@ class EdgeAgent:
             will=Will(self.status_topic, json.dumps({"state": "offline"}).encode()),
             online=(self.status_topic, json.dumps({"state": "online"}).encode()),
             subscriptions=[
-                Subscription(topics.topic(site, dev, topics.Channel.RECEIPTS), self._on_receipt)
+                BatchSubscription(
+                    topics.topic(site, dev, topics.Channel.RECEIPTS), self._on_receipts
+                )
             ],
+            max_inflight=settings.publish_window,
             tls_context=client_tls_context(
                 settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file
             )
@@ -383,13 +386,29 @@ class EdgeAgent:
                 await self.link.wait_connected(5.0)
                 continue
             rows = await self.outbox.due(int(time.time() * 1000), resend_ms)
-            for row in rows:
-                if not await self.link.publish(self.token_topic, row.envelope, qos=1):
-                    break
-                await self.outbox.mark_sent(row.record_hash, int(time.time() * 1000))
+            await self._publish_rows(rows)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    async def _publish_rows(self, rows: list[OutboxRow]) -> None:
+        """Publish tokens a window at a time: up to `publish_window` unacknowledged at once (in
+        sequence order on the wire), then every PUBACKed one marked sent in one transaction.
+        A window with a publish that was not acknowledged ends the round; what was not marked
+        stays due."""
+        window = self.settings.publish_window
+        for k in range(0, len(rows), window):
+            chunk = rows[k : k + window]
+            # Each task hands its message to paho before its first await, so the messages go
+            # out in the chunk's (sequence) order.
+            acked = await asyncio.gather(
+                *(self.link.publish(self.token_topic, row.envelope, qos=1) for row in chunk)
+            )
+            sent = [row.record_hash for row, ok in zip(chunk, acked, strict=True) if ok]
+            if sent:
+                await self.outbox.mark_sent_many(sent, int(time.time() * 1000))
+            if len(sent) < len(chunk):
+                return
 
     async def _proof_loop(self, stop: asyncio.Event) -> None:
         """Now and then, check that the cloud's signed ledger holds the tokens it confirmed."""
@@ -466,18 +485,24 @@ class EdgeAgent:
         if saved is None or head.size > saved[0]:
             await self.outbox.save_tree_head(head.size, head.root)
 
-    async def _on_receipt(self, topic: str, payload: bytes) -> None:
-        try:
-            receipt = Receipt.decode(payload)
-            digest = bytes.fromhex(receipt.record_hash)
-        except ValueError as exc:
-            log.warning("ignoring malformed receipt on %s: %s", topic, exc)
-            return
-        self.stats.receipts += 1
-        if receipt.held_by_cloud:
-            await self.outbox.confirm(digest)
-        else:
+    async def _on_receipts(self, messages: list[tuple[str, bytes]]) -> None:
+        """The cloud's receipts, a batch at a time: every token it holds is dropped from the
+        outbox in one transaction; refusals are handled one by one."""
+        held: list[bytes] = []
+        for topic, payload in messages:
+            try:
+                receipt = Receipt.decode(payload)
+                digest = bytes.fromhex(receipt.record_hash)
+            except ValueError as exc:
+                log.warning("ignoring malformed receipt on %s: %s", topic, exc)
+                continue
+            self.stats.receipts += 1
+            if receipt.held_by_cloud:
+                held.append(digest)
+                continue
             log.warning("cloud refused a token: %s", receipt.reason)
             await self.outbox.reject(digest, receipt.reason, receipt.retry, int(time.time() * 1000))
             if receipt.retry:
                 self._wake.set()
+        if held:
+            await self.outbox.confirm_many(held)

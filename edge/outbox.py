@@ -192,38 +192,58 @@ class Outbox:
             rows = await cur.fetchall()
         return [OutboxRow(r[0], r[1], bytes(r[2]), bytes(r[3]), r[4], r[5]) for r in rows]
 
-    @_serialized
     async def mark_sent(self, record_hash: bytes, now_ms: int) -> None:
-        """The broker acknowledged the token (PUBACK). The first one counts it delivered, unless
-        the cloud's receipt was handled first and counted it (see `_count_delivery`)."""
-        async with self._db.execute(
-            "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_ms = ? "
-            "WHERE record_hash = ? AND status IN ('pending', 'sent') RETURNING attempts",
-            (now_ms, record_hash),
-        ) as cur:
-            row = await cur.fetchone()
-        if row is not None and row[0] == 1:
-            await self._bump("delivered")
-        await self._db.commit()
+        """The broker acknowledged the token (PUBACK); see `mark_sent_many`."""
+        await self.mark_sent_many([record_hash], now_ms)
 
     @_serialized
-    async def confirm(self, record_hash: bytes) -> bool:
-        """The cloud holds the token: drop it from the outbox (remembering it for the ledger
-        proof check). False if it was not here."""
-        await self._db.execute(
-            "INSERT OR IGNORE INTO proofs (token_id, record_hash, interval_start) "
-            "SELECT token_id, record_hash, interval_start FROM outbox WHERE record_hash = ?",
-            (record_hash,),
-        )
-        async with self._db.execute(
-            "DELETE FROM outbox WHERE record_hash = ? RETURNING attempts", (record_hash,)
-        ) as cur:
-            row = await cur.fetchone()
-        if row is not None:
-            await self._bump("confirmed")
-            await self._count_delivery(int(row[0]))
+    async def mark_sent_many(self, record_hashes: list[bytes], now_ms: int) -> None:
+        """The broker acknowledged these tokens (PUBACK), in one transaction (one fsync for a
+        window of publishes, not one per token). The first PUBACK of a token counts it
+        delivered, unless the cloud's receipt was handled first and counted it (see
+        `_count_delivery`)."""
+        first = 0
+        for record_hash in record_hashes:
+            async with self._db.execute(
+                "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_ms = ? "
+                "WHERE record_hash = ? AND status IN ('pending', 'sent') RETURNING attempts",
+                (now_ms, record_hash),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None and row[0] == 1:
+                first += 1
+        if first:
+            await self._bump("delivered", first)
         await self._db.commit()
-        return row is not None
+
+    async def confirm(self, record_hash: bytes) -> bool:
+        """The cloud holds the token; see `confirm_many`. False if it was not here."""
+        return await self.confirm_many([record_hash]) == 1
+
+    @_serialized
+    async def confirm_many(self, record_hashes: list[bytes]) -> int:
+        """The cloud holds these tokens: drop them from the outbox (remembering each for the
+        ledger proof check), in one transaction. Returns how many were here."""
+        dropped = delivered = 0
+        for record_hash in record_hashes:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO proofs (token_id, record_hash, interval_start) "
+                "SELECT token_id, record_hash, interval_start FROM outbox WHERE record_hash = ?",
+                (record_hash,),
+            )
+            async with self._db.execute(
+                "DELETE FROM outbox WHERE record_hash = ? RETURNING attempts", (record_hash,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                dropped += 1
+                delivered += int(row[0]) == 0  # see _count_delivery
+        if dropped:
+            await self._bump("confirmed", dropped)
+        if delivered:
+            await self._bump("delivered", delivered)
+        await self._db.commit()
+        return dropped
 
     async def _count_delivery(self, attempts: int) -> None:
         """Count a token as delivered when the cloud's receipt for it is handled before the

@@ -356,6 +356,8 @@ class EdgeSettings(_Settings):
     tech: str = "pv"
     firmware: str = "gridmint-edge/0.1"
     resend_after_s: float = 30.0
+    # Tokens published before waiting for their PUBACKs; a drained window is one fsync.
+    publish_window: int = 20
     telemetry_interval_s: float = 10.0  # real seconds between polls
     meters: list[MeterSettings]
     gpio: GpioSettings | None = None  # absent: no LED, button or relays
@@ -378,6 +380,7 @@ class EdgeSettings(_Settings):
         chk.text("tech", max_length=32)
         chk.text("firmware", max_length=128)
         chk.number("resend_after_s", gt=0)
+        chk.integer("publish_window", ge=1, le=1000)
         chk.number("telemetry_interval_s", gt=0)
         if "meters" in chk.values:
             raw = chk.values["meters"]

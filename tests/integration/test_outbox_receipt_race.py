@@ -86,7 +86,7 @@ class _ReceiptFirstLink:
         rows = await self.outbox.due(now_ms=2**62, resend_after_ms=0)
         (row,) = [r for r in rows if r.envelope == payload]
         receipt = Receipt(row.record_hash.hex(), ReceiptStatus.ACCEPTED)
-        await self.agent._on_receipt("receipts", receipt.encode())
+        await self.agent._on_receipts([("receipts", receipt.encode())])
         return True
 
 
