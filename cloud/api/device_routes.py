@@ -32,7 +32,8 @@ StatementT = TypeVar("StatementT", statements.Probe, statements.KeyRotation)
 class SignedStatement(BaseModel):
     """A COSE_Sign1 statement from `protocol.statements`, hex."""
 
-    statement: str = Field(max_length=4096, pattern="^[0-9a-fA-F]*$")
+    # Whole bytes only: an odd number of hex digits is a 422, not a failed fromhex.
+    statement: str = Field(max_length=4096, pattern="^(?:[0-9a-fA-F]{2})*$")
 
 
 class ProbeResult(BaseModel):

@@ -125,7 +125,9 @@ async def key(ledger: LedgerDep) -> LedgerKey:
 
 @router.get("/api/v1/ledger/consistency", response_model=ConsistencyProof, tags=["ledger"])
 async def consistency(
-    ledger: LedgerDep, old: Annotated[int, Query(ge=0)], new: Annotated[int, Query(ge=0)]
+    ledger: LedgerDep,
+    old: Annotated[int, Query(ge=0, le=2**62)],
+    new: Annotated[int, Query(ge=0, le=2**62)],
 ) -> ConsistencyProof:
     """Proof that the log at size `new` extends the log at size `old` (RFC 9162 2.1.4)."""
     try:
@@ -143,7 +145,7 @@ async def token_proof(
     ledger: LedgerDep,
     accounts: AccountsDep,
     p: Annotated[Principal, Depends(require(*ANYONE, action="read ledger proofs"))],
-    size: Annotated[int | None, Query(ge=1)] = None,
+    size: Annotated[int | None, Query(ge=1, le=2**62)] = None,
 ) -> InclusionProof:
     """Inclusion proof of the entry that minted a token (a homeowner: own sites only)."""
     proof = await _running(ledger).proof_for_token(token_id, size)

@@ -33,6 +33,8 @@ SideName = Literal["buy", "sell"]
 TifName = Literal["gtc", "ioc", "fok"]
 WhInt = Annotated[StrictInt, Field(gt=0, le=1_000_000_000)]
 PriceInt = Annotated[StrictInt, Field(ge=0, le=1_000_000)]
+# Unix seconds that fit the database's 64-bit integers (a larger one is a 422, not a 500).
+UnixSeconds = Annotated[StrictInt, Field(ge=0, le=2**62)]
 
 TRADERS = (Role.HOMEOWNER,)
 WATCHERS = (Role.HOMEOWNER, Role.GRID_OPERATOR)
@@ -65,11 +67,11 @@ class OrderCreate(BaseModel):
     client_order_id: str = Field(min_length=1, max_length=64)
     site_id: str = Field(min_length=1, max_length=64)
     side: SideName
-    interval_start: Annotated[StrictInt, Field(ge=0)]
+    interval_start: UnixSeconds
     quantity_wh: WhInt
     limit_price: PriceInt
     time_in_force: TifName = "gtc"
-    min_fill_wh: Annotated[StrictInt, Field(ge=0)] = 0
+    min_fill_wh: Annotated[StrictInt, Field(ge=0, le=1_000_000_000)] = 0
     source: str = Field("manual", min_length=1, max_length=64)
 
 
@@ -309,7 +311,7 @@ async def market_info(market: MarketDep, ctx: CtxDep, _p: Anyone) -> MarketInfo:
 async def book(
     market: MarketDep,
     _p: Anyone,
-    interval_start: Annotated[int | None, Query(ge=0)] = None,
+    interval_start: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> BookPublic:
     """The anonymous book of a delivery interval (default: the next one open for orders):
     price levels with their total quantity and number of orders, no accounts."""
@@ -383,7 +385,7 @@ async def place_order(
 async def list_orders(
     market: MarketDep,
     p: Watcher,
-    interval_start: Annotated[int | None, Query(ge=0)] = None,
+    interval_start: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     active: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[OrderPublic]:
@@ -467,7 +469,7 @@ async def order_proofs(order_id: str, market: MarketDep, p: Watcher) -> list[Lea
 async def list_trades(
     market: MarketDep,
     p: Watcher,
-    interval_start: Annotated[int | None, Query(ge=0)] = None,
+    interval_start: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[TradePublic]:
     """Your trades, newest first, with their settlement (the grid operator: all trades)."""

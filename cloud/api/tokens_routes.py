@@ -35,7 +35,7 @@ async def list_tokens(
     since: Annotated[datetime | None, Query(description="interval start >= (UTC)")] = None,
     until: Annotated[datetime | None, Query(description="interval start < (UTC)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> list[TokenPublic]:
     """Accepted tokens, newest interval first (a homeowner: their own sites' only)."""
     rows = await store.list_tokens(
