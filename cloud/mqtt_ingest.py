@@ -10,8 +10,10 @@ unacknowledged, so the broker delivers it again once the link reconnects.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
+from typing import Protocol
 
-from cloud.services.ingest import IngestService
+from cloud.services.ingest import Outcome
 from mqttlink import BatchSubscription, BrokerAddress, MqttLink
 from protocol import topics
 
@@ -20,12 +22,20 @@ class NotStoredError(RuntimeError):
     """Raised to mqttlink so that a message whose outcome could not be stored is not acked."""
 
 
+class BatchIngest(Protocol):
+    """What judges and stores a batch: `IngestService` in this process, or `IngestWorkers`."""
+
+    async def handle_batch(self, messages: Sequence[tuple[str, bytes]]) -> list[Outcome]:
+        """One outcome per message, in order."""
+        ...
+
+
 class MqttIngest:
     """Connects ingest to a broker."""
 
     def __init__(
         self,
-        service: IngestService,
+        service: BatchIngest,
         broker_url: str,
         client_id: str,
         tls_context: ssl.SSLContext | None = None,

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
 from cloud.domain.market_checks import MarketConfig
+from cloud.ingest_workers import IngestWorkers
 from cloud.mqtt_ingest import MqttIngest
 from cloud.pki import DeviceCA
 from cloud.services.certificates import CertificateService
@@ -38,7 +39,7 @@ from cloud.storage.market_store import MarketStore
 from cloud.storage.store import Store
 from mqttlink import client_tls_context
 from protocol import topics
-from protocol.clock import Clock, SystemClock
+from protocol.clock import Clock, SimClock, SystemClock
 from rules.ledger import BatteryParams
 from rules.market import MatchingMode
 
@@ -61,6 +62,8 @@ class CloudRuntime:
         self.store: Store | None = None
         self.ingest: IngestService | None = None
         self.mqtt: MqttIngest | None = None
+        # Ingest worker processes (settings.ingest_workers > 0), partitioned by device.
+        self.workers: IngestWorkers | None = None
         self.credentials: DeviceCredentials | None = None
         self.ledger: LedgerService | None = None
         self.market: MarketService | None = None
@@ -159,7 +162,21 @@ class CloudRuntime:
             tls = None
             if s.broker_ca_file is not None:
                 tls = client_tls_context(s.broker_ca_file, s.broker_cert_file, s.broker_key_file)
-            self.mqtt = MqttIngest(self.ingest, s.broker_url, s.client_id, tls)
+            handler: IngestService | IngestWorkers = self.ingest
+            if s.ingest_workers > 0:
+                if not isinstance(self.clock, SystemClock | SimClock):
+                    raise ValueError("ingest workers need a clock that every process can read")
+                self.workers = IngestWorkers(
+                    s.ingest_workers,
+                    s.database_url,
+                    s.deployment.encode(),
+                    self.clock,
+                    self.ingest.limits,
+                    s.max_message_bytes,
+                )
+                await self.workers.start()
+                handler = self.workers
+            self.mqtt = MqttIngest(handler, s.broker_url, s.client_id, tls)
             await self.mqtt.start()
         self._ledger_task = asyncio.create_task(self._close_intervals())
         self._rec_task = asyncio.create_task(self._issue_recs())
@@ -173,7 +190,7 @@ class CloudRuntime:
                 self.store,
                 admin_token=s.admin_token,
                 broker_connected=lambda: mqtt is not None and mqtt.connected,
-                storage_errors=lambda: self.ingest.counters.storage_errors if self.ingest else 0,
+                storage_errors=self._storage_errors,
                 deployment=s.deployment,
                 broker_url=s.broker_url,
                 credentials=self.credentials,
@@ -197,6 +214,10 @@ class CloudRuntime:
                     await self._server_task
                     raise RuntimeError(f"HTTP server could not start on port {self.http_port}")
                 await asyncio.sleep(0.02)
+
+    def _storage_errors(self) -> int:
+        here = self.ingest.counters.storage_errors if self.ingest else 0
+        return here + (self.workers.counters.storage_errors if self.workers else 0)
 
     def _ledger_key(self) -> Ed25519PrivateKey:
         path = default_ledger_key_path(self.settings.database_url, self.settings.ledger_key_file)
@@ -279,5 +300,7 @@ class CloudRuntime:
                 await asyncio.wait_for(self._server_task, 5)
         if self.mqtt is not None:
             await self.mqtt.stop()
+        if self.workers is not None:
+            await self.workers.stop()
         if self.store is not None:
             await self.store.close()

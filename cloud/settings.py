@@ -24,6 +24,12 @@ class CloudSettings(BaseSettings):
     future_skew_s: int = 120
     backfill_window_s: int = 7 * 24 * 3600
     client_id: str = "gridmint-aggregator"
+    ingest_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="ingest worker processes, partitioned by device (0: ingest in this process)",
+    )
     # The aggregator's own TLS identity on an mqtts:// broker.
     broker_ca_file: Path | None = Field(None, description="CA that signed the broker certificate")
     broker_cert_file: Path | None = Field(None, description="aggregator client certificate")

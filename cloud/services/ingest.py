@@ -156,16 +156,7 @@ class IngestService:
         except _StorageFailure as exc:
             self.counters.storage_errors += len(batch)
             log.error("storage failed for %d message(s), left for redelivery: %s", len(batch), exc)
-            reason = RejectReason.STORAGE_ERROR
-            return [
-                Outcome(
-                    Receipt(m.digest, ReceiptStatus.REJECTED, reason.value, reason.retryable),
-                    m.reply,
-                    m.device_id,
-                    stored=False,
-                )
-                for m in batch
-            ]
+            return [storage_error_outcome(m.topic, m.payload) for m in batch]
         return [self._outcome(m) for m in batch]
 
     def _decode(self, topic: str, payload: bytes) -> _Message:
@@ -277,9 +268,7 @@ class IngestService:
         except _StorageFailure as exc:
             self.counters.storage_errors += 1
             log.error("storage failed for a message on %s, left for redelivery: %s", m.topic, exc)
-            reason = RejectReason.STORAGE_ERROR
-            receipt = Receipt(m.digest, ReceiptStatus.REJECTED, reason.value, reason.retryable)
-            return Outcome(receipt, m.reply, m.device_id, stored=False)
+            return storage_error_outcome(m.topic, m.payload)
         return self._outcome(m)
 
     def _rejection(self, m: _Message) -> NewRejection:
@@ -302,6 +291,28 @@ class IngestService:
         log.info("refused record on %s: %s (%s)", m.topic, m.refusal.reason, m.refusal.detail)
         receipt = Receipt(m.digest, m.status, m.refusal.reason.value, m.refusal.reason.retryable)
         return Outcome(receipt, m.reply, m.device_id)
+
+
+def storage_error_outcome(topic: str, payload: bytes) -> Outcome:
+    """The outcome of a message that could not be stored: a retryable `storage_error` receipt,
+    and `stored=False`, so the message is not acknowledged and the broker delivers it again."""
+    reply: str | None = None
+    device_id: str | None = None
+    try:
+        t = topics.parse(topic)
+    except topics.TopicError:
+        pass
+    else:
+        device_id = t.device_id
+        reply = topics.topic(t.site_id, t.device_id, topics.Channel.RECEIPTS)
+    reason = RejectReason.STORAGE_ERROR
+    receipt = Receipt(
+        hashlib.sha256(payload).hexdigest(),
+        ReceiptStatus.REJECTED,
+        reason.value,
+        reason.retryable,
+    )
+    return Outcome(receipt, reply, device_id, stored=False)
 
 
 def _lookup_key(m: _Message) -> IngestKey:
