@@ -261,15 +261,31 @@ class Book:
         tif = o.tif
         if tif is _GTC and not o.min_fill_wh:  # the common case: rest at once if nothing crosses
             # (a stale empty level on top just sends it the long way)
+            price = o.limit_price
             if o.side is _BUY:
                 heap = self._ask_heap
-                if not heap or heap[0] > o.limit_price:
-                    self._rest(o)
+                if not heap or heap[0] > price:
+                    lvl = self._bids.get(price)
+                    if lvl is None or not lvl.in_heap:
+                        lvl = self._level_in_heap(_BUY, price)
+                    # (_rest inline: about half the events rest a new order here)
+                    prio = o.priority
+                    lvl.queue.append((prio, o))
+                    lvl.count += 1
+                    lvl.qty += o.remaining_wh
+                    o._book_seq = prio
                     return trades
             else:
                 heap = self._bid_heap
-                if not heap or -heap[0] < o.limit_price:
-                    self._rest(o)
+                if not heap or -heap[0] < price:
+                    lvl = self._asks.get(price)
+                    if lvl is None or not lvl.in_heap:
+                        lvl = self._level_in_heap(_SELL, price)
+                    prio = o.priority
+                    lvl.queue.append((prio, o))
+                    lvl.count += 1
+                    lvl.qty += o.remaining_wh
+                    o._book_seq = prio
                     return trades
         elif tif is _FOK or o.min_fill_wh:
             need = o.quantity_wh if tif is _FOK else o.min_fill_wh

@@ -255,7 +255,9 @@ class Market:
         return book.place(o, seq)
 
     def _amend(self, ev: Amend, seq: int) -> list[Trade]:
-        o = self._resting(ev.order_id)
+        o = self._orders.get(ev.order_id)
+        if o is None or o._book_seq < 0:
+            o = self._resting(ev.order_id)  # raises
         price, qty = ev.limit_price, ev.quantity_wh
         if price is None and qty is None:
             raise MarketRuleError("amend changes neither price nor quantity")
