@@ -260,15 +260,33 @@ class Book:
             return trades
         tif = o.tif
         if tif is _GTC and not o.min_fill_wh:  # the common case: rest at once if nothing crosses
+            # (a stale empty level on top just sends it the long way)
+            price = o.limit_price
             if o.side is _BUY:
                 heap = self._ask_heap
-                crosses = bool(heap) and heap[0] <= o.limit_price
+                if not heap or heap[0] > price:
+                    lvl = self._bids.get(price)
+                    if lvl is None or not lvl.in_heap:
+                        lvl = self._level_in_heap(_BUY, price)
+                    # (_rest inline: about half the events rest a new order here)
+                    prio = o.priority
+                    lvl.queue.append((prio, o))
+                    lvl.count += 1
+                    lvl.qty += o.remaining_wh
+                    o._book_seq = prio
+                    return trades
             else:
                 heap = self._bid_heap
-                crosses = bool(heap) and -heap[0] >= o.limit_price
-            if not crosses:  # (a stale empty level on top just sends it the long way)
-                self._rest(o)
-                return trades
+                if not heap or -heap[0] < price:
+                    lvl = self._asks.get(price)
+                    if lvl is None or not lvl.in_heap:
+                        lvl = self._level_in_heap(_SELL, price)
+                    prio = o.priority
+                    lvl.queue.append((prio, o))
+                    lvl.count += 1
+                    lvl.qty += o.remaining_wh
+                    o._book_seq = prio
+                    return trades
         elif tif is _FOK or o.min_fill_wh:
             need = o.quantity_wh if tif is _FOK else o.min_fill_wh
             fillable, crosses = self._fillable(o, need)
@@ -337,7 +355,19 @@ class Book:
     def _rest(self, o: Order) -> None:
         """Append `o` to the back of its price level under its current priority."""
         price = o.limit_price
-        if o.side is _BUY:
+        lvl = (self._bids if o.side is _BUY else self._asks).get(price)
+        if lvl is None or not lvl.in_heap:
+            lvl = self._level_in_heap(o.side, price)
+        prio = o.priority
+        lvl.queue.append((prio, o))
+        lvl.count += 1
+        lvl.qty += o.remaining_wh
+        o._book_seq = prio
+
+    def _level_in_heap(self, side: Side, price: int) -> _Level:
+        """The level of `price` on `side`, created if new, its price pushed on the heap if it
+        was not there."""
+        if side is _BUY:
             levels, heap, key = self._bids, self._bid_heap, -price
         else:
             levels, heap, key = self._asks, self._ask_heap, price
@@ -348,23 +378,19 @@ class Book:
         elif not lvl.in_heap:
             lvl.in_heap = True
             heappush(heap, key)
-        prio = o.priority
-        lvl.queue.append((prio, o))
-        lvl.count += 1
-        lvl.qty += o.remaining_wh
-        o._book_seq = prio
+        return lvl
 
     def _unrest(self, o: Order) -> None:
         """Take resting `o` out of its level in O(1) (its queue entry becomes dead)."""
         lvl = (self._bids if o.side is _BUY else self._asks)[o.limit_price]
         o._book_seq = -1
-        lvl.count -= 1
+        count = lvl.count - 1
+        lvl.count = count
         lvl.qty -= o.remaining_wh
-        q = lvl.queue
-        if lvl.count == 0:
-            q.clear()
-        elif len(q) > 2 * lvl.count + _COMPACT_SLACK:
-            lvl.queue = deque(e for e in q if e[1]._book_seq == e[0])
+        if count == 0:
+            lvl.queue.clear()
+        elif len(lvl.queue) > 2 * count + _COMPACT_SLACK:
+            lvl.queue = deque(e for e in lvl.queue if e[1]._book_seq == e[0])
 
     def _take(self, o: Order, seq: int, trades: list[Trade]) -> None:
         """Match `o` as a taker, then settle its status and rest a GTC remainder."""

@@ -60,6 +60,8 @@ _IOC = TimeInForce.IOC
 _FOK = TimeInForce.FOK
 _OPEN = OrderStatus.OPEN
 _CALL_AUCTION = MatchingMode.CALL_AUCTION
+# Order.__new__ without __init__: see Market._place.
+_new_order = object.__new__
 
 
 class Market:
@@ -197,36 +199,65 @@ class Market:
         oid = ev.order_id
         if type(oid) is not str or not oid:
             raise MarketRuleError("order_id must be a non-empty str")
-        if oid in self._orders:
+        orders = self._orders
+        if oid in orders:
             raise MarketRuleError(f"duplicate order_id {oid!r}")
-        if type(ev.account_id) is not str or not ev.account_id:
+        acct = ev.account_id
+        if type(acct) is not str or not acct:
             raise MarketRuleError("account_id must be a non-empty str")
-        if type(ev.site_id) is not str or type(ev.source) is not str:
+        site = ev.site_id
+        source = ev.source
+        if type(site) is not str or type(source) is not str:
             raise MarketRuleError("site_id and source must be str")
-        side, tif = ev.side, ev.tif
+        side = ev.side
         if side is not _BUY and side is not _SELL:
             raise MarketRuleError(f"side {side!r} is not a Side")
+        tif = ev.tif
         if tif is not _GTC and tif is not _IOC and tif is not _FOK:
             raise MarketRuleError(f"tif {tif!r} is not a TimeInForce")
-        qty, price, min_fill = ev.quantity_wh, ev.limit_price, ev.min_fill_wh
+        qty = ev.quantity_wh
         if type(qty) is not int or qty <= 0:
             raise MarketRuleError(f"quantity_wh {qty!r} is not an int > 0")
+        price = ev.limit_price
         if type(price) is not int or price < 0:
             raise MarketRuleError(f"limit_price {price!r} is not an int >= 0")
+        min_fill = ev.min_fill_wh
         if type(min_fill) is not int or not 0 <= min_fill <= qty:
             raise MarketRuleError(f"min_fill_wh {min_fill!r} is not an int in 0..quantity_wh")
         if self.mode is _CALL_AUCTION and (tif is not _GTC or min_fill):
             raise MarketRuleError("a call auction takes only GTC orders without min_fill_wh")
         if book is None:
             book = self._books[t] = Book(t, self.mode)
-        o = Order(oid, ev.account_id, ev.site_id, side, t, qty, price, tif, min_fill, ev.source,
-                  seq, seq, _OPEN, 0, qty, 0, None)  # fmt: skip
-        self._orders[oid] = o
+        # Order(...) field by field: calling the dataclass costs its C-level __init__ dispatch,
+        # about a twentieth of a replay. Every field of Order is set here (a test checks this
+        # order equals the one the constructor builds).
+        o = _new_order(Order)
+        o.order_id = oid
+        o.account_id = acct
+        o.site_id = site
+        o.side = side
+        o.interval_start = t
+        o.quantity_wh = qty
+        o.limit_price = price
+        o.tif = tif
+        o.min_fill_wh = min_fill
+        o.source = source
+        o.priority = seq
+        o.placed_seq = seq
+        o.status = _OPEN
+        o.filled_wh = 0
+        o.remaining_wh = qty
+        o.filled_notional = 0
+        o.cancel_reason = None
+        o._book_seq = -1
+        orders[oid] = o
         book.placed.append(o)
         return book.place(o, seq)
 
     def _amend(self, ev: Amend, seq: int) -> list[Trade]:
-        o = self._resting(ev.order_id)
+        o = self._orders.get(ev.order_id)
+        if o is None or o._book_seq < 0:
+            o = self._resting(ev.order_id)  # raises
         price, qty = ev.limit_price, ev.quantity_wh
         if price is None and qty is None:
             raise MarketRuleError("amend changes neither price nor quantity")

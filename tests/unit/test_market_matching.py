@@ -97,6 +97,27 @@ def state(m: Market, oid: str) -> tuple[OrderStatus, int, int]:
 # --- continuous matching: worked examples ----------------------------------------------------
 
 
+def test_a_placed_order_is_the_one_the_constructor_builds() -> None:
+    """Market builds orders field by field (faster than the dataclass call): every field set,
+    equal to Order(...) with the same values."""
+    for mode, tif, min_fill in ((CONT, IOC, 5), (CONT, GTC, 0), (AUCTION, GTC, 0)):
+        m, s = new(mode)
+        s.place("o1", "a", BUY, 10, 40, tif, min_fill)
+        o = m.orders["o1"]
+        expected = Order("o1", "a", "site-a", BUY, T, 10, 40, tif, min_fill, "manual", 1, 1)
+        expected.remaining_wh = 10
+        if tif is IOC:  # nothing to trade with: cancelled at once
+            expected.status = OrderStatus.CANCELLED
+            expected.cancel_reason = CancelReason.MIN_FILL_UNMET
+        for f in dataclasses.fields(Order):  # every field set (else AttributeError)
+            if f.compare:
+                assert getattr(o, f.name) == getattr(expected, f.name), f.name
+            else:  # the book's own field: where the order rests
+                assert getattr(o, f.name) == (1 if o.is_active else -1), f.name
+        assert o == expected
+        assert o.is_active is (tif is GTC)
+
+
 def test_price_time_priority() -> None:
     m, s = new()
     s.place("s1", "a", SELL, 100, 52)
