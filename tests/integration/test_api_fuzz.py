@@ -76,7 +76,7 @@ def aggregator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 SEED = int(os.environ.get("GRIDMINT_FUZZ_SEED", "20261207"))
 
 
-def _schemathesis(base: str, *args: str) -> str:
+def _schemathesis(base: str, workdir: Path, *args: str) -> str:
     """Run the schemathesis CLI (the third-party validator) with the no-5xx check; its report."""
     cli = Path(sys.executable).parent / "schemathesis"
     run = subprocess.run(
@@ -95,6 +95,7 @@ def _schemathesis(base: str, *args: str) -> str:
         capture_output=True,
         text=True,
         env={**os.environ, "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"},
+        cwd=workdir,  # its cache folder (.schemathesis) goes there, not into the checkout
         timeout=600,
     )
     report = run.stdout + run.stderr
@@ -106,9 +107,15 @@ def _schemathesis(base: str, *args: str) -> str:
     return report
 
 
-def test_no_generated_request_gets_a_server_error_as_the_admin(aggregator: str) -> None:
-    _schemathesis(aggregator, "--header", f"Authorization: Bearer {ADMIN}", "--max-examples", "40")
+def test_no_generated_request_gets_a_server_error_as_the_admin(
+    aggregator: str, tmp_path: Path
+) -> None:
+    _schemathesis(
+        aggregator, tmp_path, "--header", f"Authorization: Bearer {ADMIN}", "--max-examples", "40"
+    )
 
 
-def test_no_generated_request_gets_a_server_error_signed_out(aggregator: str) -> None:
-    _schemathesis(aggregator, "--max-examples", "20")
+def test_no_generated_request_gets_a_server_error_signed_out(
+    aggregator: str, tmp_path: Path
+) -> None:
+    _schemathesis(aggregator, tmp_path, "--max-examples", "20")
