@@ -161,11 +161,17 @@ class Auth:
         async def dependency(
             principal: Annotated[Principal, Depends(self.current_principal)],
         ) -> Principal:
-            if principal.role not in allowed:
-                raise HTTPException(403, f"role {principal.role} may not {action}")
-            return principal
+            return self.check_role(principal, allowed, action)
 
         return dependency
+
+    @staticmethod
+    def check_role(principal: Principal, allowed: frozenset[Role], action: str) -> Principal:
+        """`principal` if its role is in `allowed`, else the 403 "role homeowner may not
+        <action>"."""
+        if principal.role not in allowed:
+            raise HTTPException(403, f"role {principal.role} may not {action}")
+        return principal
 
 
 def make_auth(accounts: "AccountStore", admin_token: str = "") -> Auth:

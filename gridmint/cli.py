@@ -618,6 +618,7 @@ EXTRAS: dict[str, frozenset[str]] = {
             "alembic",
             "fastapi",
             "uvicorn",
+            "httptools",
             "jinja2",
             "argon2-cffi",
             "python-multipart",

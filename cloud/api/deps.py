@@ -185,11 +185,23 @@ PrincipalDep = Annotated[Principal, Depends(current_principal)]
 def require(*roles: Role, action: str = "use this endpoint") -> Callable[..., Awaitable[Principal]]:
     """A dependency that lets through only `roles` (admins always) and returns the caller.
 
-    The app's `Auth.require` decides, so the 401 and 403 answers are its own: "role homeowner
-    may not <action>".
+    The app's Auth decides, so the 401 and 403 answers are its own: "role homeowner may not
+    <action>". One dependency over the two credential schemes, not a chain of three through
+    `current_principal` and `optional_principal`: FastAPI's solving of each dependency was a
+    measurable part of an order's CPU. The schemes are the same objects, so the OpenAPI
+    document is unchanged.
     """
+    allowed = frozenset(roles) | {Role.ADMIN}
 
-    async def dependency(ctx: CtxDep, principal: PrincipalDep) -> Principal:
-        return await ctx.auth.require(*roles, action=action)(principal)
+    async def dependency(
+        ctx: CtxDep,
+        authorization: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+        session: Annotated[str | None, Depends(session_cookie)],
+    ) -> Principal:
+        auth = ctx.auth
+        principal = await auth.current_principal(
+            await auth.optional_principal(authorization, session)
+        )
+        return auth.check_role(principal, allowed, action)
 
     return dependency

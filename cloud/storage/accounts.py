@@ -7,10 +7,11 @@ never reach the database: passwords are argon2 hashes, tokens and key secrets SH
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from cloud.domain.identity import (
     secret_digest,
     verify_password,
 )
+from cloud.storage.store import single_statement
 from cloud.storage.tables import account_decisions, accounts, api_keys, auth_tokens, sites
 
 MIN_PASSWORD_CHARS = 8
@@ -127,6 +129,9 @@ class _CredentialCache:
         # Bumped by every clear: a read that began before a revocation committed must not
         # put its (older) answer back after the clear.
         self.generation = 0
+        # Reads in flight, by key: requests that miss together share one read (when an entry
+        # expires, every request of that credential in the next few milliseconds misses).
+        self.reads: dict[str, asyncio.Future[Account | None]] = {}
 
     def get(self, key: str, now: float) -> Account | None:
         hit = self.entries.get(key)
@@ -139,7 +144,27 @@ class _CredentialCache:
 
     def clear(self) -> None:
         self.entries.clear()
+        self.reads.clear()  # a read begun before the change answers only those who asked
         self.generation += 1
+
+    async def read_once(
+        self, key: str, read: Callable[[], Awaitable[Account | None]]
+    ) -> Account | None:
+        """`read()`, or the answer of the same read already in flight for `key`."""
+        reading = self.reads.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(read())
+            self.reads[key] = reading
+
+            def done(f: asyncio.Future[Account | None]) -> None:
+                if self.reads.get(key) is f:
+                    del self.reads[key]
+                if not f.cancelled():
+                    f.exception()  # retrieved here too, should every waiter have gone
+
+            reading.add_done_callback(done)
+        # Shielded: a caller that goes away (client disconnect) does not cancel the others'.
+        return await asyncio.shield(reading)
 
     def put(self, key: str, account: Account, until: float, generation: int) -> None:
         if generation != self.generation:
@@ -428,6 +453,9 @@ class AccountStore:
         cached = self._credentials.get(digest, now)
         if cached is not None:
             return cached
+        return await self._credentials.read_once(digest, lambda: self._read_token(digest, now))
+
+    async def _read_token(self, digest: str, now: float) -> Account | None:
         generation = self._credentials.generation
         query = (
             select(accounts, auth_tokens.c.expires_ms)
@@ -438,7 +466,7 @@ class AccountStore:
                 auth_tokens.c.expires_ms > self._now_ms(),
             )
         )
-        async with self.engine.connect() as conn:
+        async with single_statement(self.engine) as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
@@ -490,8 +518,15 @@ class AccountStore:
         cached = self._credentials.get(digest, now)
         if cached is not None:
             return cached
+        return await self._credentials.read_once(
+            digest, lambda: self._read_api_key(key_id, secret, digest, now)
+        )
+
+    async def _read_api_key(
+        self, key_id: str, secret: str, digest: str, now: float
+    ) -> Account | None:
         generation = self._credentials.generation
-        async with self.engine.connect() as conn:
+        async with single_statement(self.engine) as conn:
             row = (
                 await conn.execute(
                     select(api_keys.c.key_hash, api_keys.c.revoked, accounts)
