@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import heapq
 import itertools
@@ -43,6 +44,7 @@ import cloud.services.market as market_module
 import cloud.storage.accounts as accounts_module
 from benchmarks.machine import machine_facts
 from cloud.domain.market_checks import MarketConfig
+from cloud.gc_policy import LongLivedFreezer
 from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService, OrderRequest
 from cloud.storage.accounts import AccountStore
@@ -208,6 +210,7 @@ async def log_digest(store: Store, market: MarketService) -> dict[str, str]:
 async def durable(url: str, n: int, homes: int, concurrency: int) -> dict[str, Any]:
     clock = Clock((1_800_000_000 // DAY) * DAY + 9 * 3600)
     store, market, owners = await build(url, homes, clock)
+    freezing = asyncio.create_task(LongLivedFreezer().run())  # as the runtime does
     try:
         commits = await commit_baseline(store)
         first = market.next_interval()
@@ -266,6 +269,9 @@ async def durable(url: str, n: int, homes: int, concurrency: int) -> dict[str, A
             "log": await log_digest(store, market),
         }
     finally:
+        freezing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await freezing
         await store.close()
 
 
@@ -324,10 +330,12 @@ def _load_process(port: int, tokens: list[str], rate: float, seconds: float, pat
         lag: list[float] = []  # the load's own delay: scheduled time to sending
         slow: list[tuple[float, int, int]] = []
         opened = [0]
+        reopened = [0]  # idle connections the server had closed
         errors: dict[str, int] = {}
         idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
         async def one(k: int, scheduled: float) -> None:
+            reused = bool(idle)
             if idle:
                 reader, writer = idle.pop()
             else:
@@ -335,7 +343,19 @@ def _load_process(port: int, tokens: list[str], rate: float, seconds: float, pat
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
             lag.append(time.perf_counter() - scheduled)
             writer.write(reqs[k])
-            head = await reader.readuntil(b"\r\n\r\n")
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                if not reused:
+                    raise
+                # The server closed a keep-alive connection that sat idle past its timeout
+                # (uvicorn: 5 s) before this request reached it: reconnect and send again, as
+                # any HTTP client does. The latency still counts from the scheduled time.
+                writer.close()
+                reopened[0] += 1
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(reqs[k])
+                head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
             length = 0
             for line in head.split(b"\r\n"):
@@ -378,6 +398,7 @@ def _load_process(port: int, tokens: list[str], rate: float, seconds: float, pat
         return {
             "slowest_ms_at_request": [f"{a * 1000:.0f}@{b}" for a, b, _ in slow[:5]],
             "opened_during_run": opened[0],
+            "reopened_after_idle_close": reopened[0],
             "warmup_requests": WARMUP,
             "send_lag_p99_ms": round(1000 * lag[int(0.99 * (len(lag) - 1))], 2),
             "requests": len(lat),
@@ -406,6 +427,9 @@ async def http(url: str, homes: int, rates: list[float], seconds: float) -> dict
     port = free_port()
     server = uvicorn.Server(http_config(app, "127.0.0.1", port))
     serving = asyncio.create_task(server.serve())
+    # The runtime's garbage-collector policy (cloud/gc_policy.py), as `gridmint cloud serve`.
+    freezer = LongLivedFreezer()
+    freezing = asyncio.create_task(freezer.run())
     while not server.started:
         await asyncio.sleep(0.05)
     ctx = mp.get_context("spawn")
@@ -437,9 +461,13 @@ async def http(url: str, homes: int, rates: list[float], seconds: float) -> dict
             sent += run["orders"]["requests"] + WARMUP
             results["runs"].append(run)
         results["orders_sent"] = sent
+        results["gc_freezes"] = freezer.freezes
         results["stored_orders"] = len(await market.store.orders(limit=10**7))
         return results
     finally:
+        freezing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await freezing
         server.should_exit = True
         await serving
         await store.close()

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
 from cloud.domain.market_checks import MarketConfig
+from cloud.gc_policy import LongLivedFreezer
 from cloud.ingest_workers import IngestWorkers
 from cloud.mqtt_ingest import MqttIngest
 from cloud.pki import DeviceCA
@@ -83,6 +84,7 @@ class CloudRuntime:
         self._ledger_task: asyncio.Task[None] | None = None
         self._crl_task: asyncio.Task[None] | None = None
         self._rec_task: asyncio.Task[None] | None = None
+        self._gc_task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
@@ -191,6 +193,8 @@ class CloudRuntime:
             await self.mqtt.start()
         self._ledger_task = asyncio.create_task(self._close_intervals())
         self._rec_task = asyncio.create_task(self._issue_recs())
+        if s.gc_freeze_s > 0:
+            self._gc_task = asyncio.create_task(LongLivedFreezer(s.gc_freeze_s).run())
         if self.credentials is not None:
             self._crl_task = asyncio.create_task(self._refresh_broker_files())
         if serve_http:
@@ -292,7 +296,7 @@ class CloudRuntime:
 
     async def stop(self) -> None:
         """Stop serving, disconnect, close storage."""
-        for task in (self._ledger_task, self._crl_task, self._rec_task):
+        for task in (self._ledger_task, self._crl_task, self._rec_task, self._gc_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -24,6 +24,12 @@ class CloudSettings(BaseSettings):
     future_skew_s: int = 120
     backfill_window_s: int = 7 * 24 * 3600
     client_id: str = "gridmint-aggregator"
+    gc_freeze_s: float = Field(
+        1.0,
+        ge=0,
+        description="seconds between freezing long-lived objects out of the cyclic garbage "
+        "collector (0: Python's default; see cloud/gc_policy.py)",
+    )
     ingest_workers: int = Field(
         0,
         ge=0,

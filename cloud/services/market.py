@@ -173,6 +173,7 @@ class MarketService:
         self._standing: dict[str, tuple[str | None, bool, float]] = {}
         self._standing_reads: dict[str, asyncio.Future[tuple[str | None, bool]]] = {}
         self._committing = False
+        self._committer: asyncio.Task[None] | None = None  # the running commit loop
         self._broken = False  # a staged batch failed: rebuild the market before matching on
         self._version = 0
         self._changed = asyncio.Condition()
@@ -270,10 +271,9 @@ class MarketService:
         # A partial, not a closure: fewer objects per order that outlive a young GC collection
         # while the batch is written (each is then traversed by the full collections).
         make_event = functools.partial(self._place_event, account_id, req, order_id)
-        # _apply's three steps inline (one coroutine less per order).
+        # _apply's steps inline (one coroutine less per order).
         future = self._enqueue(make_event, (req.client_order_id, digest))
-        if not self._committing:
-            await self._commit_pending()
+        self._start_committing()
         outcome = await future
         self._client_keys[(account_id, req.client_order_id)] = (order_id, digest)
         return outcome
@@ -549,8 +549,7 @@ class MarketService:
         logged in arrival order, and each gets its own answer or refusal.
         """
         future = self._enqueue(make_event, new_order)
-        if not self._committing:
-            await self._commit_pending()
+        self._start_committing()
         return await future
 
     def _enqueue(
@@ -561,14 +560,32 @@ class MarketService:
         self._pending.append(op)
         return op.future
 
+    def _start_committing(self) -> None:
+        """Run the commit loop in a task of its own unless it is running.
+
+        Not in the caller's request: the loop runs as long as requests keep arriving, and the
+        request that started it would wait for all of them (at 500 orders/s, seconds), though
+        its own answer was ready after the first commit.
+        """
+        if not self._committing:
+            self._committing = True
+            self._committer = asyncio.create_task(self._commit_pending())
+
     async def _commit_pending(self) -> None:
-        """Run the commit loop in this caller until nothing is pending or being written."""
+        """The commit loop, until nothing is pending or being written."""
         self._committing = True
         try:
             # One turn of the loop first: requests that are ready to run (e.g. the callers
             # the previous commit just answered) join this commit instead of the next.
             await asyncio.sleep(0)
             await self._commit_loop()
+        except BaseException as exc:
+            # A fault in the loop itself (not a storage error, which _finish answers): no
+            # request may wait for an answer that will never come.
+            waiting, self._pending = self._pending, []
+            failure = exc if isinstance(exc, Exception) else RuntimeError("commit loop stopped")
+            self._fail(waiting, failure)
+            raise
         finally:
             self._committing = False
 

@@ -315,3 +315,28 @@ async def test_concurrent_orders_share_group_commits_and_each_gets_its_answer(
     assert [t.trade_id for t in trades] == [t.trade_id for t in await w.mstore.trades(limit=500)][
         ::-1
     ]
+
+
+async def test_a_request_is_answered_when_its_commit_is_written_not_when_the_queue_drains(
+    world: World,
+) -> None:
+    # Orders keep arriving while commits are written (as under steady HTTP load): the first
+    # caller must get its answer after its own commit, not after every later request's.
+    w, buyer = world, world.accounts["buyer"]
+    done: list[int] = []
+
+    async def place(k: int) -> None:
+        await w.market.place(buyer, w.req("buyer", Side.BUY, 1, 20, f"q{k}"))
+        done.append(k)
+
+    appends = w.ledger.appends
+    tasks = [asyncio.create_task(place(0))]
+    k = 1
+    # Requests keep coming, one every millisecond, until six more commits were written.
+    while w.ledger.appends - appends < 6 and k < 2000:
+        await asyncio.sleep(0.001)
+        tasks.append(asyncio.create_task(place(k)))
+        k += 1
+    await asyncio.gather(*tasks)
+    assert w.ledger.appends - appends >= 6  # the requests did span several commits
+    assert done.index(0) < len(done) // 2, done
