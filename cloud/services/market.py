@@ -172,6 +172,9 @@ class MarketService:
         self._pending: list[_Op] = []  # requests waiting for the next group commit
         self._standing: dict[str, tuple[str | None, bool, float]] = {}
         self._standing_reads: dict[str, asyncio.Future[tuple[str | None, bool]]] = {}
+        self._standing_refreshing: set[str] = set()
+        self._standing_slot = asyncio.Semaphore(1)
+        self._background: set[asyncio.Task[None]] = set()
         self._committing = False
         self._committer: asyncio.Task[None] | None = None  # the running commit loop
         self._broken = False  # a staged batch failed: rebuild the market before matching on
@@ -262,8 +265,10 @@ class MarketService:
             )
         )
         standing = self._standing.get(req.site_id)
-        if standing is not None and standing[2] > time.monotonic():
+        if standing is not None and standing[2] > (now_m := time.monotonic()):
             self._check_standing(account_id, req.site_id, standing[0], standing[1])
+            if standing[2] - now_m < STANDING_TTL_S / 2:
+                self._refresh_standing(req.site_id)
         else:  # not known or expired: read it (no coroutine per order for the cached case)
             await self._check_site(account_id, req.site_id)
         order_id = self.new_order_id()
@@ -395,13 +400,13 @@ class MarketService:
                 )
             )
 
-    async def _site_standing(self, site_id: str) -> tuple[str | None, bool]:
+    async def _site_standing(self, site_id: str, fresh: bool = False) -> tuple[str | None, bool]:
         """Owner and approval of a site, read at most every STANDING_TTL_S per site: a busy
         trader should not cost a database read per order. A device revoked by an approver stops
-        its site's new orders within that time."""
+        its site's new orders within that time. `fresh` reads even if the entry is live."""
         now = time.monotonic()
         cached = self._standing.get(site_id)
-        if cached is not None and cached[2] > now:
+        if not fresh and cached is not None and cached[2] > now:
             return cached[0], cached[1]
         # One read per site at a time: a burst of orders for a site whose entry expired waits
         # on the same read instead of each taking a pooled connection (which starved the
@@ -417,6 +422,27 @@ class MarketService:
             self._standing[site_id] = (owner, approved, now + STANDING_TTL_S)
             return owner, approved
         return await asyncio.shield(reading)
+
+    def _refresh_standing(self, site_id: str) -> None:
+        """Read a site's standing again in the background once its entry is past half its
+        life, one site at a time: entries read together expire together, and a burst of
+        reads on expiry took the pool from the group commit (benchmarks/RESULTS.md)."""
+        if site_id in self._standing_reads or site_id in self._standing_refreshing:
+            return
+        self._standing_refreshing.add(site_id)
+
+        async def run() -> None:
+            try:
+                async with self._standing_slot:
+                    await self._site_standing(site_id, fresh=True)
+            except Exception as exc:  # the entry expires as usual; an order then reads it
+                log.warning("refreshing the standing of %s failed: %s", site_id, exc)
+            finally:
+                self._standing_refreshing.discard(site_id)
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _check_self_trade(self, account_id: str, interval: int, side: Side, price: int) -> None:
         if self.market.crosses_own_order(interval, account_id, side, price):

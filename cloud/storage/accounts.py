@@ -8,6 +8,7 @@ never reach the database: passwords are argon2 hashes, tokens and key secrets SH
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 import weakref
@@ -35,6 +36,8 @@ from cloud.storage.store import single_statement
 from cloud.storage.tables import account_decisions, accounts, api_keys, auth_tokens, sites
 
 MIN_PASSWORD_CHARS = 8
+log = logging.getLogger(__name__)
+
 DEFAULT_TOKEN_TTL_S = 12 * 3600
 # Verified against when the email is unknown, so both failures cost the same argon2 work.
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
@@ -125,13 +128,17 @@ class _CredentialCache:
     """
 
     def __init__(self) -> None:
-        self.entries: dict[str, tuple[Account, float]] = {}
+        # key -> (account, trusted until, refreshed in the background from)
+        self.entries: dict[str, tuple[Account, float, float]] = {}
         # Bumped by every clear: a read that began before a revocation committed must not
         # put its (older) answer back after the clear.
         self.generation = 0
         # Reads in flight, by key: requests that miss together share one read (when an entry
         # expires, every request of that credential in the next few milliseconds misses).
         self.reads: dict[str, asyncio.Future[Account | None]] = {}
+        self.refreshing: set[str] = set()
+        self._refresh_tasks: set[asyncio.Task[None]] = set()
+        self._refresh_slots = asyncio.Semaphore(2)  # a refresh never takes the whole pool
 
     def get(self, key: str, now: float) -> Account | None:
         hit = self.entries.get(key)
@@ -141,6 +148,35 @@ class _CredentialCache:
             del self.entries[key]
             return None
         return hit[0]
+
+    def due(self, key: str, now: float) -> bool:
+        """The entry is past half its life: read it again in the background (`refresh`), so
+        that it does not expire under load. Without this every request of a credential waits
+        for a read when its entry expires, and all the entries read together expire together:
+        a burst of reads that took the pool from the group commit (a 200-400 ms stall every
+        few seconds at 500 orders/s; benchmarks/RESULTS.md)."""
+        hit = self.entries.get(key)
+        return hit is not None and hit[2] <= now and key not in self.reads
+
+    def refresh(self, key: str, read: Callable[[], Awaitable[Account | None]]) -> None:
+        """Read `key` again in a task of its own, two refreshes at a time at most."""
+        if key in self.refreshing:
+            return
+        self.refreshing.add(key)
+
+        async def run() -> None:
+            try:
+                async with self._refresh_slots:
+                    if await self.read_once(key, read) is None:
+                        self.entries.pop(key, None)  # revoked or expired meanwhile
+            except Exception as exc:  # the entry expires as usual; a request then reads it
+                log.warning("refreshing a credential failed: %s", exc)
+            finally:
+                self.refreshing.discard(key)
+
+        task = asyncio.ensure_future(run())
+        self._refresh_tasks.add(task)
+        task.add_done_callback(self._refresh_tasks.discard)
 
     def clear(self) -> None:
         self.entries.clear()
@@ -166,12 +202,14 @@ class _CredentialCache:
         # Shielded: a caller that goes away (client disconnect) does not cancel the others'.
         return await asyncio.shield(reading)
 
-    def put(self, key: str, account: Account, until: float, generation: int) -> None:
+    def put(
+        self, key: str, account: Account, until: float, refresh_at: float, generation: int
+    ) -> None:
         if generation != self.generation:
             return
         if len(self.entries) >= 100_000:  # bounded: forget everything rather than grow
             self.entries.clear()
-        self.entries[key] = (account, until)
+        self.entries[key] = (account, until, refresh_at)
 
 
 _CACHES: weakref.WeakKeyDictionary[AsyncEngine, _CredentialCache] = weakref.WeakKeyDictionary()
@@ -452,6 +490,10 @@ class AccountStore:
         now = self._clock()
         cached = self._credentials.get(digest, now)
         if cached is not None:
+            if self._credentials.due(digest, now):
+                self._credentials.refresh(
+                    digest, lambda: self._read_token(digest, self._clock())
+                )
             return cached
         return await self._credentials.read_once(digest, lambda: self._read_token(digest, now))
 
@@ -472,7 +514,7 @@ class AccountStore:
             return None
         account = _account(row)
         until = min(now + self._ttl_s, row.expires_ms / 1000)
-        self._credentials.put(digest, account, until, generation)
+        self._credentials.put(digest, account, until, now + self._ttl_s / 2, generation)
         return account
 
     async def revoke_token(self, token: str) -> bool:
@@ -517,6 +559,10 @@ class AccountStore:
         now = self._clock()
         cached = self._credentials.get(digest, now)
         if cached is not None:
+            if self._credentials.due(digest, now):
+                self._credentials.refresh(
+                    digest, lambda: self._read_api_key(key_id, secret, digest, self._clock())
+                )
             return cached
         return await self._credentials.read_once(
             digest, lambda: self._read_api_key(key_id, secret, digest, now)
@@ -537,7 +583,9 @@ class AccountStore:
         if row is None or row.revoked or not api_key_matches(secret, row.key_hash):
             return None
         account = _account(row)
-        self._credentials.put(digest, account, now + self._ttl_s, generation)
+        self._credentials.put(
+            digest, account, now + self._ttl_s, now + self._ttl_s / 2, generation
+        )
         return account
 
     async def revoke_api_key(self, key_id: str) -> bool:

@@ -5,6 +5,7 @@ unapproved account, 200 via bearer token, session cookie and API key.
 No `from __future__ import annotations`: FastAPI must see the route annotations built in _app.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -381,3 +382,27 @@ async def test_account_decisions_need_a_reason_to_reject_and_are_logged(store: S
         ("b@example.org", "pending", "rejected", "not a licensed installer", "ap@example.org"),
         ("a@example.org", "pending", "approved", "", "ap@example.org"),
     ]
+
+
+async def test_a_cached_credential_is_read_again_past_half_its_life_without_waiting(
+    store: Store, clock: FakeClock
+) -> None:
+    # Another API process's view: a logout there reaches this process's cache through the
+    # background refresh at half the entry's life, and no request waits for that read.
+    here = AccountStore(store.engine, clock=clock, credential_ttl_s=10.0)
+    token = await here.issue_token(await _approved(here, "half@example.org", Role.HOMEOWNER))
+    assert await here.resolve_token(token) is not None  # read and cached
+    async with store.engine.begin() as conn:  # revoked elsewhere: this cache is not told
+        await conn.execute(auth_tokens.update().values(revoked=1))
+    clock.t += 4
+    assert await here.resolve_token(token) is not None  # cached, not yet half its life
+    clock.t += 2
+    assert await here.resolve_token(token) is not None  # served at once; a refresh starts
+    cache = here._credentials
+    for _ in range(200):
+        if not cache.refreshing:
+            break
+        await asyncio.sleep(0.01)
+    assert not cache.refreshing
+    # The refresh found the token revoked, so the entry is gone 4 s before it would expire.
+    assert await here.resolve_token(token) is None

@@ -10,6 +10,7 @@ replays to the same market, and a restart rebuilds it.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -340,3 +341,25 @@ async def test_a_request_is_answered_when_its_commit_is_written_not_when_the_que
     await asyncio.gather(*tasks)
     assert w.ledger.appends - appends >= 6  # the requests did span several commits
     assert done.index(0) < len(done) // 2, done
+
+
+async def test_a_site_standing_is_read_again_in_the_background_past_half_its_life(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloud.services.market as market_module
+
+    monkeypatch.setattr(market_module, "STANDING_TTL_S", 0.4)
+    w, buyer = world, world.accounts["buyer"]
+    site = w.req("buyer", Side.BUY, 1, 20, "first").site_id
+    w.market._standing.pop(site, None)
+    await w.market.place(buyer, w.req("buyer", Side.BUY, 1, 20, "first"))
+    first_expiry = w.market._standing[site][2]
+    while time.monotonic() < first_expiry - 0.15:  # past half its life, not expired
+        await asyncio.sleep(0.01)
+    await w.market.place(buyer, w.req("buyer", Side.BUY, 1, 20, "second"))  # no wait: cached
+    # No order reads it after this: only the background refresh can renew the entry.
+    for _ in range(300):
+        if w.market._standing[site][2] > first_expiry:
+            break
+        await asyncio.sleep(0.01)
+    assert w.market._standing[site][2] > first_expiry
