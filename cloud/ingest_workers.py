@@ -19,6 +19,7 @@ import logging
 import multiprocessing as mp
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -62,7 +63,9 @@ class IngestWorkers:
         if count < 1:
             raise ValueError("ingest workers: at least one")
         self.count = count
-        self._args = (database_url, deployment, clock, limits or IngestLimits(), max_message_bytes)
+        self._setup = _WorkerSetup(
+            database_url, deployment, clock, limits or IngestLimits(), max_message_bytes
+        )
         self._ctx = mp.get_context("spawn")  # no fork of a process with threads and a loop
         self._workers: list[tuple[BaseProcess, Connection] | None] = [None] * count
         self.counters = IngestCounters()
@@ -111,7 +114,7 @@ class IngestWorkers:
     async def _start(self, k: int) -> None:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
-            target=_worker_main, args=(child, *self._args), name=f"gridmint-ingest-{k}", daemon=True
+            target=_worker_main, args=(child, self._setup), name=f"gridmint-ingest-{k}", daemon=True
         )
         proc.start()
         child.close()
@@ -156,31 +159,30 @@ def _exchange(conn: Connection, part: list[Message]) -> list[Outcome]:
     return answer
 
 
-def _worker_main(
-    conn: Connection,
-    database_url: str,
-    deployment: bytes,
-    clock: SystemClock | SimClock,
-    limits: IngestLimits,
-    max_message_bytes: int,
-) -> None:
-    asyncio.run(_serve(conn, database_url, deployment, clock, limits, max_message_bytes))
+@dataclass(frozen=True, slots=True)
+class _WorkerSetup:
+    """What a worker process needs to build its own storage and ingest service."""
+
+    database_url: str
+    deployment: bytes
+    clock: SystemClock | SimClock
+    limits: IngestLimits
+    max_message_bytes: int
 
 
-async def _serve(
-    conn: Connection,
-    database_url: str,
-    deployment: bytes,
-    clock: SystemClock | SimClock,
-    limits: IngestLimits,
-    max_message_bytes: int,
-) -> None:
+def _worker_main(conn: Connection, setup: _WorkerSetup) -> None:
+    asyncio.run(_serve(conn, setup))
+
+
+async def _serve(conn: Connection, setup: _WorkerSetup) -> None:
     try:
-        store = await Store.connect(database_url)  # the parent has migrated it
+        store = await Store.connect(setup.database_url)  # the parent has migrated it
     except Exception as exc:  # a bad URL: say so to the parent instead of dying silently
         conn.send(f"{type(exc).__name__}: {exc}")
         return
-    service = IngestService(store, deployment, clock.now, limits, max_message_bytes)
+    service = IngestService(
+        store, setup.deployment, setup.clock.now, setup.limits, setup.max_message_bytes
+    )
     conn.send("ready")
     try:
         while True:

@@ -13,7 +13,6 @@ connections are terminated, while the server keeps serving every other test.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -26,19 +25,11 @@ from protocol.reasons import RejectReason
 from protocol.receipts import Receipt
 from tests.helpers.records import FakeDevice
 from tests.helpers.services import Mosquitto, set_database_open
+from tests.helpers.waiting import at_least, until
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 
 DEPLOYMENT = b"gridmint-test"
-
-
-async def _until(predicate, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_database_outage_loses_nothing_and_stores_everything_once(
@@ -91,7 +82,7 @@ async def test_database_outage_loses_nothing_and_stores_everything_once(
             return (await store.stats()).accepted
 
         await publish_round(5)
-        await _until(lambda: _eq(stored_tokens, 10))
+        await until(lambda: _eq(stored_tokens, 10))
         connects_before = agg_link.connects
 
         await set_database_open(pg_url, False)
@@ -101,14 +92,14 @@ async def test_database_outage_loses_nothing_and_stores_everything_once(
         assert await publisher.publish(bad_topic, b"not a COSE record", qos=1)
         # The aggregator met the outage, answered storage_error, and went for redelivery more
         # than once (back-off), without storing or acknowledging anything.
-        await _until(lambda: _at_least(lambda: agg_link.handler_failures, 3))
+        await until(lambda: at_least(lambda: agg_link.handler_failures, 3))
         assert ingest.counters.storage_errors >= 3
         assert agg_link.connects > connects_before
 
         await set_database_open(pg_url, True)
         outage = False
-        await _until(lambda: _eq(stored_tokens, 30))
-        await _until(lambda: _at_least(lambda: ingest.counters.rejected["malformed"], 1))
+        await until(lambda: _eq(stored_tokens, 30))
+        await until(lambda: at_least(lambda: ingest.counters.rejected["malformed"], 1))
 
         stats = await store.stats()
         assert stats.accepted == 30
@@ -134,7 +125,3 @@ async def _eq(value, expected: int) -> bool:  # type: ignore[no-untyped-def]
         return await value() == expected
     except Exception:  # the store itself is down: not yet
         return False
-
-
-async def _at_least(value, minimum: int) -> bool:  # type: ignore[no-untyped-def]
-    return value() >= minimum

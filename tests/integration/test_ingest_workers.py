@@ -22,19 +22,11 @@ from mqttlink import BrokerAddress, MqttLink
 from protocol import topics
 from tests.helpers.records import FakeDevice
 from tests.helpers.services import Mosquitto
+from tests.helpers.waiting import at_least, until
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 
 DEPLOYMENT = b"gridmint-test"
-
-
-async def _until(predicate, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_two_workers_store_every_chain_once_even_when_one_is_killed(
@@ -79,16 +71,16 @@ async def test_two_workers_store_every_chain_once_even_when_one_is_killed(
             return (await store.stats()).accepted
 
         await publish_rounds(5)
-        await _until(lambda: _at_least(accepted, 5 * len(devices)))
+        await until(lambda: at_least(accepted, 5 * len(devices)))
 
         # Kill a worker while the rest flows: publish on, and kill it mid-stream.
         victim = workers.pids()[0]
         flow = asyncio.create_task(publish_rounds(15))
-        await _until(lambda: _at_least(accepted, 10 * len(devices)))
+        await until(lambda: at_least(accepted, 10 * len(devices)))
         os.kill(victim, signal.SIGKILL)
         await flow
         await publish_rounds(per_device - 20)  # some of these are the dead worker's devices'
-        await _until(lambda: _at_least(accepted, per_device * len(devices)))
+        await until(lambda: at_least(accepted, per_device * len(devices)))
 
         assert (await store.stats()).accepted == per_device * len(devices)
         for d in devices:
@@ -103,10 +95,3 @@ async def test_two_workers_store_every_chain_once_even_when_one_is_killed(
     finally:
         await publisher.stop()
         await runtime.stop()
-
-
-async def _at_least(value, minimum: int) -> bool:  # type: ignore[no-untyped-def]
-    try:
-        return await value() >= minimum
-    except Exception:
-        return False
