@@ -614,6 +614,10 @@ class MarketService:
             raise
         finally:
             self._committing = False
+            if self._pending:
+                # Requests that arrived while the loop was finishing (its last rebuild after a
+                # failed write awaits storage) found it running and did not start one.
+                self._start_committing()
 
     async def _commit_loop(self) -> None:
         """Match and stage batches while earlier ones are written: batch N+1 is matched (CPU)

@@ -296,8 +296,11 @@ async def test_sdm120_over_rtu_at_its_factory_2400_baud(
     assert values["frequency"] == pytest.approx(50.0, abs=0.2)
     assert values["import_energy"] >= 0
     assert values["export_energy"] >= 0
+    # The registers come in separate requests at 2400 baud while the x600 clock runs on: allow
+    # the energy that flowed while the read ran (at most the larger net power, plus margin).
+    flowed_kwh = max(abs(n) for n in net) * 1.2 * (b - a) / 3.6e6
     assert values["total_energy"] == pytest.approx(
-        values["import_energy"] + values["export_energy"], abs=0.01
+        values["import_energy"] + values["export_energy"], abs=0.01 + flowed_kwh
     )
     _ = t0
 
