@@ -108,7 +108,7 @@ class IngestWorkers:
         done = [o for o in outcomes if o is not None]
         assert len(done) == len(messages)
         for o in done:
-            self._count(o)
+            self.counters.count(o)
         return done
 
     async def _start(self, k: int) -> None:
@@ -143,14 +143,6 @@ class IngestWorkers:
                 w[1].close()
             self._workers[k] = None
             return [storage_error_outcome(topic, payload) for topic, payload in part]
-
-    def _count(self, o: Outcome) -> None:
-        if not o.stored:
-            self.counters.storage_errors += 1
-        elif o.receipt.reason:
-            self.counters.rejected[o.receipt.reason] += 1
-        else:
-            self.counters.accepted += 1
 
 
 def _exchange(conn: Connection, part: list[Message]) -> list[Outcome]:

@@ -12,7 +12,6 @@ rule. Nothing here raises on bad input.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,6 +54,15 @@ class IngestCounters:
     # Messages answered `storage_error` and left unacknowledged: nothing about them could be
     # stored, so they are counted here only, and the broker will deliver them again.
     storage_errors: int = 0
+
+    def count(self, outcome: Outcome) -> None:
+        """Count one message by what its outcome says."""
+        if not outcome.stored:
+            self.storage_errors += 1
+        elif outcome.receipt.reason:
+            self.rejected[outcome.receipt.reason] += 1
+        else:
+            self.accepted += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,16 +160,22 @@ class IngestService:
             # written. One by one, each message is judged against what is stored now.
             if len(batch) > 1:
                 return [(await self.handle_batch([(m.topic, m.payload)]))[0] for m in batch]
-            return [await self._lost_race(batch[0])]
+            outcome = await self._lost_race(batch[0])
+            self.counters.count(outcome)
+            return [outcome]
         except _StorageFailure as exc:
-            self.counters.storage_errors += len(batch)
             log.error("storage failed for %d message(s), left for redelivery: %s", len(batch), exc)
-            return [storage_error_outcome(m.topic, m.payload) for m in batch]
-        return [self._outcome(m) for m in batch]
+            outcomes = [storage_error_outcome(m.topic, m.payload) for m in batch]
+        else:
+            outcomes = [self._outcome(m) for m in batch]
+        for o in outcomes:
+            self.counters.count(o)
+        return outcomes
 
     def _decode(self, topic: str, payload: bytes) -> _Message:
         """The pure pass: topic, size and the record's decoding (no storage, no signature)."""
-        m = _Message(topic, payload, self.now(), hashlib.sha256(payload).hexdigest())
+        record_hash = cose.record_hash(payload)  # SHA-256 of the bytes; the receipt's digest
+        m = _Message(topic, payload, self.now(), record_hash.hex(), record_hash=record_hash)
         try:
             t = topics.parse(topic)
         except topics.TopicError as exc:
@@ -186,7 +200,7 @@ class IngestService:
                 f"record of device {rec.device_id!r} published on the topic of {t.device_id!r}",
             )
             return m
-        m.envelope, m.rec, m.record_hash = envelope, rec, cose.record_hash(payload)
+        m.envelope, m.rec = envelope, rec
         return m
 
     def _judge(self, decoded: list[_Message], lookup: IngestLookup) -> None:
@@ -266,7 +280,6 @@ class IngestService:
             m.row = None
             await _stored(self.store.store_ingested([], [self._rejection(m)]))
         except _StorageFailure as exc:
-            self.counters.storage_errors += 1
             log.error("storage failed for a message on %s, left for redelivery: %s", m.topic, exc)
             return storage_error_outcome(m.topic, m.payload)
         return self._outcome(m)
@@ -283,11 +296,9 @@ class IngestService:
         )
 
     def _outcome(self, m: _Message) -> Outcome:
-        """Count a stored message and make its receipt."""
+        """The receipt of a stored message."""
         if m.refusal is None:
-            self.counters.accepted += 1
             return Outcome(Receipt(m.digest, ReceiptStatus.ACCEPTED), m.reply, m.device_id)
-        self.counters.rejected[m.refusal.reason.value] += 1
         log.info("refused record on %s: %s (%s)", m.topic, m.refusal.reason, m.refusal.detail)
         receipt = Receipt(m.digest, m.status, m.refusal.reason.value, m.refusal.reason.retryable)
         return Outcome(receipt, m.reply, m.device_id)
@@ -307,7 +318,7 @@ def storage_error_outcome(topic: str, payload: bytes) -> Outcome:
         reply = topics.topic(t.site_id, t.device_id, topics.Channel.RECEIPTS)
     reason = RejectReason.STORAGE_ERROR
     receipt = Receipt(
-        hashlib.sha256(payload).hexdigest(),
+        cose.record_hash(payload).hex(),
         ReceiptStatus.REJECTED,
         reason.value,
         reason.retryable,

@@ -8,14 +8,12 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from cloud.runtime import CloudRuntime
-from cloud.settings import CloudSettings
 from simulators.fleet import make_fleet, run_fleet
+from tests.helpers.aggregator import aggregator_runtime
 from tests.helpers.services import Mosquitto
 
 pytestmark = [pytest.mark.broker]
@@ -26,15 +24,7 @@ DEPLOYMENT = "gridmint-test"
 async def test_a_fleet_of_200_devices_is_held_whole_and_once(
     mosquitto: Mosquitto, db_url: str
 ) -> None:
-    runtime = CloudRuntime(
-        CloudSettings(
-            database_url=db_url,
-            broker_url=mosquitto.url,
-            deployment=DEPLOYMENT,
-            http_port=0,
-            client_id=f"agg-{time.monotonic_ns()}",
-        )
-    )
+    runtime = aggregator_runtime(db_url, mosquitto.url, DEPLOYMENT)
     await runtime.start(serve_http=False)
     try:
         assert runtime.store is not None
@@ -65,15 +55,7 @@ async def test_the_fleet_command_registers_publishes_and_reconciles(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     db = f"sqlite:///{tmp_path}/cloud.sqlite"
-    runtime = CloudRuntime(
-        CloudSettings(
-            database_url=db,
-            broker_url=mosquitto.url,
-            deployment=DEPLOYMENT,
-            http_port=0,
-            client_id=f"agg-{time.monotonic_ns()}",
-        )
-    )
+    runtime = aggregator_runtime(db, mosquitto.url, DEPLOYMENT)
     await runtime.start(serve_http=False)
     try:
         assert runtime.mqtt is not None

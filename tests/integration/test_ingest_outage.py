@@ -13,16 +13,13 @@ connections are terminated, while the server keeps serving every other test.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from cloud.runtime import CloudRuntime
-from cloud.settings import CloudSettings
 from mqttlink import BrokerAddress, MqttLink, Subscription
 from protocol import topics
 from protocol.reasons import RejectReason
 from protocol.receipts import Receipt
+from tests.helpers.aggregator import aggregator_runtime
 from tests.helpers.records import FakeDevice
 from tests.helpers.services import Mosquitto, set_database_open
 from tests.helpers.waiting import at_least, until
@@ -35,15 +32,7 @@ DEPLOYMENT = b"gridmint-test"
 async def test_database_outage_loses_nothing_and_stores_everything_once(
     mosquitto: Mosquitto, pg_url: str
 ) -> None:
-    runtime = CloudRuntime(
-        CloudSettings(
-            database_url=pg_url,
-            broker_url=mosquitto.url,
-            deployment=DEPLOYMENT.decode(),
-            http_port=0,
-            client_id=f"agg-{time.monotonic_ns()}",
-        )
-    )
+    runtime = aggregator_runtime(pg_url, mosquitto.url, DEPLOYMENT.decode())
     await runtime.start(serve_http=False)
     assert runtime.store is not None
     assert runtime.mqtt is not None

@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import pytest
 
 from cloud.ingest_workers import partition_of
-from cloud.runtime import CloudRuntime
-from cloud.settings import CloudSettings
 from mqttlink import BrokerAddress, MqttLink
 from protocol import topics
+from tests.helpers.aggregator import aggregator_runtime
 from tests.helpers.records import FakeDevice
 from tests.helpers.services import Mosquitto
 from tests.helpers.waiting import at_least, until
@@ -32,16 +30,7 @@ DEPLOYMENT = b"gridmint-test"
 async def test_two_workers_store_every_chain_once_even_when_one_is_killed(
     mosquitto: Mosquitto, pg_url: str
 ) -> None:
-    runtime = CloudRuntime(
-        CloudSettings(
-            database_url=pg_url,
-            broker_url=mosquitto.url,
-            deployment=DEPLOYMENT.decode(),
-            http_port=0,
-            client_id=f"agg-{time.monotonic_ns()}",
-            ingest_workers=2,
-        )
-    )
+    runtime = aggregator_runtime(pg_url, mosquitto.url, DEPLOYMENT.decode(), ingest_workers=2)
     await runtime.start(serve_http=False)
     assert runtime.store is not None
     assert runtime.mqtt is not None
