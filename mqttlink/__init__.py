@@ -16,7 +16,9 @@ Imports nothing of ours; it is the only place that imports paho.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 import ssl
 import threading
@@ -158,7 +160,15 @@ class MqttLink:
         # PUBACKs that arrived before publish() registered its future, with their arrival time.
         # Message ids repeat after 65535, so an entry is trusted only briefly.
         self._early_acks: dict[int, float] = {}
+        # Message ids of `publish_nowait` messages whose PUBACK has not come: nobody waits for
+        # those acks, so they must not pile up in `_early_acks` (a scan there per PUBACK made
+        # receipts cost O(pending) each at ingest rates).
+        self._unawaited: set[int] = set()
         self._inbox: asyncio.Queue[_Delivery] = asyncio.Queue()
+        # Messages from paho's thread wait here until the loop moves them to `_inbox`: one
+        # wake-up of the loop per burst instead of one per message (a self-pipe write each).
+        self._arrived: collections.deque[_Delivery] = collections.deque()
+        self._moving = False  # a move to `_inbox` is scheduled on the loop
         self._worker: asyncio.Task[None] | None = None
         # Each connection has an epoch (counted on paho's thread); after a handler failed, the
         # worker drops the failed connection's remaining messages: the broker resends them.
@@ -272,7 +282,8 @@ class MqttLink:
             return False
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         with self._lock:
-            self._early_acks.pop(info.mid, None)  # nobody waits for this one
+            if self._early_acks.pop(info.mid, None) is None:  # its PUBACK has not come yet
+                self._unawaited.add(info.mid)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # paho callbacks: they run on paho's network thread; hand everything to the loop.
@@ -341,15 +352,20 @@ class MqttLink:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):  # type: ignore[no-untyped-def]
         with self._lock:
+            if mid in self._unawaited:
+                self._unawaited.discard(mid)
+                return
             fut = self._acks.pop(mid, None)
             if fut is None:
+                # An ack that came before `publish` registered its waiter, or one for a
+                # publish that timed out. Entries are in arrival order: drop the stale head.
                 now = time.monotonic()
+                self._early_acks.pop(mid, None)  # a reused id goes to the back
                 self._early_acks[mid] = now
-                if len(self._early_acks) > 1000:  # acks nobody waits for (timed out, nowait)
-                    for old in [
-                        m for m, t in self._early_acks.items() if now - t > _EARLY_ACK_TTL_S
-                    ]:
-                        del self._early_acks[old]
+                for old, at in list(itertools.islice(self._early_acks.items(), 8)):
+                    if now - at <= _EARLY_ACK_TTL_S:
+                        break
+                    del self._early_acks[old]
                 return
 
         def resolve() -> None:
@@ -363,8 +379,20 @@ class MqttLink:
         if sub is None or self._loop is None:
             client.ack(msg.mid, msg.qos)
             return
-        item = _Delivery(sub, msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch)
-        self._call(lambda: self._inbox.put_nowait(item))
+        self._arrived.append(
+            _Delivery(sub, msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch)
+        )
+        # Appended before the flag is read, and the loop clears the flag before it empties the
+        # deque: a message is either moved by a scheduled move or schedules one itself.
+        if not self._moving:
+            self._moving = True
+            self._call(self._move_arrived)
+
+    def _move_arrived(self) -> None:
+        self._moving = False
+        arrived, inbox = self._arrived, self._inbox
+        while arrived:
+            inbox.put_nowait(arrived.popleft())
 
     async def _work(self) -> None:
         # One worker keeps each connection's messages in arrival order (records of one device

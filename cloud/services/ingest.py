@@ -356,4 +356,7 @@ def _token_row(
         prev_hash=rec.prev_hash,
         envelope=envelope,
         received_ms=int(received * 1000),
+        soc_permille=rec.soc_permille,
+        tech=rec.tech[0],
+        zone=rec.zone,
     )

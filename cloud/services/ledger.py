@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.pki import write_private_key
-from cloud.storage.ledger_store import LeafRow, LedgerStore, StoredCheckpoint, StoredRecord
+from cloud.storage.ledger_store import LeafRow, LedgerStore, StoredCheckpoint
 from cloud.storage.unit_of_work import UnitOfWork
 from protocol import cose, merkle
 from protocol.checkpoint import Checkpoint, sign_checkpoint, verifier_key_string
@@ -45,6 +45,7 @@ from rules.ledger import (
     LedgerEngine,
     LedgerRuleError,
     Pool,
+    RecordFlows,
     replay,
 )
 
@@ -261,11 +262,10 @@ class LedgerService:
             return written
 
     def _decide(
-        self, site_id: str, interval_start: int, records: list[StoredRecord]
+        self, site_id: str, interval_start: int, records: list[RecordFlows]
     ) -> ClosedInterval:
         """Run the rules for one interval (LedgerRuleError if they refuse it)."""
-        decoded = [(cose.open_record(r.envelope)[1], r.record_hash) for r in records]
-        flows = IntervalFlows.from_records(decoded)
+        flows = IntervalFlows.from_flows(records)
         battery = self._batteries.get(site_id) or self.battery(site_id)
         result = self.engine.close_interval(site_id, flows, battery)
         rows = [_leaf_row(e) for e in result.entries]

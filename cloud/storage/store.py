@@ -126,6 +126,9 @@ class TokenRow:
     prev_hash: bytes
     envelope: bytes
     received_ms: int
+    soc_permille: int | None
+    tech: str
+    zone: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,11 @@ tokens = Table(
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("envelope", LargeBinary, nullable=False),
     Column("received_ms", BigInteger, nullable=False),
+    # Copied from the verified record at ingest, so closing an interval reads columns instead
+    # of decoding every envelope again (the envelope stays the evidence; exports re-derive).
+    Column("soc_permille", Integer, nullable=True),
+    Column("tech", String(32), nullable=False),
+    Column("zone", String(64), nullable=False),
     UniqueConstraint("device_id", "seq", name="uq_tokens_device_seq"),
     UniqueConstraint("device_id", "interval_start", name="uq_tokens_device_interval"),
     Index("ix_tokens_interval_start", "interval_start"),
@@ -331,8 +336,10 @@ market_orders = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     UniqueConstraint("account_id", "client_order_id", name="uq_market_orders_client_id"),
-    CheckConstraint("quantity_wh > 0 AND filled_wh + remaining_wh = quantity_wh",
-                    name="ck_market_orders_quantity"),
+    CheckConstraint(
+        "quantity_wh > 0 AND filled_wh + remaining_wh = quantity_wh",
+        name="ck_market_orders_quantity",
+    ),
 )
 
 market_trades = Table(

@@ -336,38 +336,86 @@ class IntervalFlows:
 
     @classmethod
     def from_records(cls, records: Iterable[tuple[IntervalRecord, bytes]]) -> IntervalFlows:
-        """Sum accepted records (with their envelope hashes) of one site and interval.
+        """Sum accepted records (with their envelope hashes) of one site and interval."""
+        return cls.from_flows(RecordFlows.of(r, h) for r, h in records)
+
+    @classmethod
+    def from_flows(cls, records: Iterable[RecordFlows]) -> IntervalFlows:
+        """Sum accepted records' flows of one site and interval.
 
         With several SoC readings (several batteries behind one site) the lowest is used: the
         ledger never assumes more stored energy than the most pessimistic reading.
         """
-        recs = sorted(records, key=lambda rh: rh[0].device_id)
+        recs = sorted(records, key=lambda r: r.device_id)
         if not recs:
             raise ValueError("no records")
-        start, length = recs[0][0].interval_start, recs[0][0].interval_s
-        if any(r.interval_start != start or r.interval_s != length for r, _ in recs):
+        start, length = recs[0].interval_start, recs[0].interval_s
+        if any(r.interval_start != start or r.interval_s != length for r in recs):
             raise ValueError("records belong to different intervals")
-        socs = [r.soc_permille for r, _ in recs if r.soc_permille is not None]
+        socs = [r.soc_permille for r in recs if r.soc_permille is not None]
         return cls(
             interval_start=start,
             interval_s=length,
-            generated_wh=sum(r.energy.generated_wh for r, _ in recs),
-            imported_wh=sum(r.energy.imported_wh for r, _ in recs),
-            exported_wh=sum(r.energy.exported_wh for r, _ in recs),
-            charged_wh=sum(r.energy.charged_wh for r, _ in recs),
-            discharged_wh=sum(r.energy.discharged_wh for r, _ in recs),
+            generated_wh=sum(r.generated_wh for r in recs),
+            imported_wh=sum(r.imported_wh for r in recs),
+            exported_wh=sum(r.exported_wh for r in recs),
+            charged_wh=sum(r.charged_wh for r in recs),
+            discharged_wh=sum(r.discharged_wh for r in recs),
             soc_permille=min(socs) if socs else None,
             records=tuple(
                 RecordRef(
                     token_id=r.token_id,
-                    record_hash=h,
+                    record_hash=r.record_hash,
                     device_id=r.device_id,
-                    generated_wh=r.energy.generated_wh,
-                    tech=r.tech[0],
+                    generated_wh=r.generated_wh,
+                    tech=r.tech,
                     zone=r.zone,
                 )
-                for r, h in recs
+                for r in recs
             ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFlows:
+    """What closing an interval takes from one accepted record: its energy and attributes.
+
+    The aggregator keeps these as columns next to the envelope, so closing does not decode
+    envelopes again; `of` derives them from a decoded record (what an auditor does).
+    """
+
+    token_id: str
+    record_hash: bytes
+    device_id: str
+    interval_start: int
+    interval_s: int
+    generated_wh: int
+    imported_wh: int
+    exported_wh: int
+    charged_wh: int
+    discharged_wh: int
+    soc_permille: int | None
+    tech: str
+    zone: str
+
+    @classmethod
+    def of(cls, rec: IntervalRecord, record_hash: bytes) -> RecordFlows:
+        """The flows of a decoded record."""
+        e = rec.energy
+        return cls(
+            rec.token_id,
+            record_hash,
+            rec.device_id,
+            rec.interval_start,
+            rec.interval_s,
+            e.generated_wh,
+            e.imported_wh,
+            e.exported_wh,
+            e.charged_wh,
+            e.discharged_wh,
+            rec.soc_permille,
+            rec.tech[0],
+            rec.zone,
         )
 
 

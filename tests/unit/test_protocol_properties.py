@@ -134,6 +134,34 @@ def test_seal_check_envelope_round_trip(rec: IntervalRecord) -> None:
     assert s1.kid == cose.key_id(PUBLIC_KEY)
 
 
+@given(records())
+def test_plain_encoding_of_the_record_map_is_canonical(rec: IntervalRecord) -> None:
+    # decode and cose.parse check canonical form with cbor2's plain encoder, which is right
+    # only while to_map (and the envelope) put keys in canonical order.
+    assert cbor2.dumps(rec_mod.to_map(rec)) == cbor2.dumps(rec_mod.to_map(rec), canonical=True)
+    envelope = cose.seal(rec, KEY, AAD)
+    assert cbor2.dumps(cbor2.loads(envelope)) == envelope
+
+
+@given(records(), st.sampled_from([(4, 1), (1, 4)]))
+def test_a_protected_header_with_keys_out_of_order_is_refused(
+    rec: IntervalRecord, order: tuple[int, int]
+) -> None:
+    s1 = cose.parse(cose.seal(rec, KEY, AAD))
+    header = {order[0]: None, order[1]: None}
+    header.update({cose.HDR_ALG: s1.alg, cose.HDR_KID: s1.kid})
+    protected = cbor2.dumps(header)  # plain mode keeps the order given
+    envelope = cbor2.dumps(
+        cbor2.CBORTag(cose.COSE_SIGN1_TAG, [protected, {}, s1.payload, s1.signature])
+    )
+    if order == (1, 4):
+        assert cose.parse(envelope) == s1
+    else:
+        with pytest.raises(cose.EnvelopeError) as info:
+            cose.parse(envelope)
+        assert info.value.non_canonical
+
+
 @given(records(), st.binary(min_size=1, max_size=1))
 def test_decode_rejects_a_trailing_byte(rec: IntervalRecord, extra: bytes) -> None:
     payload = rec_mod.encode(rec)
