@@ -38,6 +38,7 @@ from cloud.storage.batteries import BatteryStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.market_store import MarketStore
+from cloud.storage.sequencer_lock import SequencerLock
 from cloud.storage.store import Store
 from mqttlink import client_tls_context
 from protocol import topics
@@ -82,6 +83,7 @@ class CloudRuntime:
         self.settlement: SettlementService | None = None
         self.policies: PolicyEngine | None = None
         self._ledger_task: asyncio.Task[None] | None = None
+        self.sequencer_lock: SequencerLock | None = None
         self._crl_task: asyncio.Task[None] | None = None
         self._rec_task: asyncio.Task[None] | None = None
         self._gc_task: asyncio.Task[None] | None = None
@@ -143,6 +145,12 @@ class CloudRuntime:
             publish=self._publish_checkpoint,
             registered_batteries=self._registered_batteries,
         )
+        # The lock first, then the ledger read: a process that wins the lock from one that just
+        # died reads everything that one wrote. Without it, this process is a standby.
+        self.sequencer_lock = SequencerLock(self.store.engine, s.database_url, s.deployment)
+        self.ledger.writable = await self.sequencer_lock.hold()
+        if not self.ledger.writable:
+            log.warning("ledger: another process is the ledger sequencer; standing by")
         await self.ledger.load()
         if s.market_enabled:
             market_store = MarketStore(self.store.engine)
@@ -252,10 +260,37 @@ class CloudRuntime:
         if self.mqtt is not None and self.mqtt.connected:
             self.mqtt.link.publish_nowait(topics.LEDGER_CHECKPOINT, note, qos=1, retain=True)
 
+    @property
+    def is_sequencer(self) -> bool:
+        """True while this process holds the sequencer lock and writes the ledger."""
+        return self.ledger is not None and self.ledger.writable
+
+    async def _lead(self) -> bool:
+        """Hold (or try for) the sequencer lock; on winning it, take over the ledger."""
+        assert self.ledger is not None
+        assert self.sequencer_lock is not None
+        was = self.ledger.writable
+        if not await self.sequencer_lock.hold():
+            if was:
+                log.error("ledger: no longer the sequencer; standing by")
+            self.ledger.writable = False
+            return False
+        if not was:
+            # Another process wrote the ledger (and the market) until now: read them again.
+            await self.ledger.load()
+            if self.market is not None:
+                await self.market.load()
+            self.ledger.writable = True
+            log.warning("ledger: this process is now the ledger sequencer")
+        return True
+
     async def _close_intervals(self) -> None:
         assert self.ledger is not None
         while True:
             try:
+                if not await self._lead():
+                    await asyncio.sleep(self.settings.sequencer_poll_s)
+                    continue
                 await self.ledger.close_due()
                 if self.market is not None and self.settlement is not None:
                     await self.market.close_due_gates()
@@ -276,6 +311,8 @@ class CloudRuntime:
         service = CertificateService(CertificateStore(self.store.engine), self.ledger)
         while True:
             await asyncio.sleep(self.settings.rec_issue_every_s)
+            if not self.ledger.writable:  # the sequencer issues them
+                continue
             try:
                 issued = await service.issue_due_recs()
                 if issued:
@@ -309,5 +346,7 @@ class CloudRuntime:
             await self.mqtt.stop()
         if self.workers is not None:
             await self.workers.stop()
+        if self.sequencer_lock is not None:
+            await self.sequencer_lock.release()
         if self.store is not None:
             await self.store.close()

@@ -64,6 +64,11 @@ class CloudSettings(BaseSettings):
         description="an interval waiting for a silent device of its site closes after this",
     )
     ledger_close_every_s: float = Field(2.0, gt=0, description="real seconds between closes")
+    sequencer_poll_s: float = Field(
+        2.0,
+        gt=0,
+        description="a standby process tries this often to become the ledger sequencer",
+    )
     rec_issue_every_s: float = Field(
         3600.0, gt=0, description="real seconds between rounds of 1 MWh certificate bundling"
     )

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from cloud.api import (
@@ -32,7 +33,7 @@ from cloud.api.templating import STATIC_DIR, make_templates
 from cloud.auth import make_auth
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
-from cloud.services.ledger import LedgerService
+from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.certificates_store import CertificateStore
@@ -108,6 +109,13 @@ def create_app(
         description="Signed kWh generation tokens from edge agents: fleet, tokens, ingest stats.",
     )
     app.state.ctx = ctx
+
+    @app.exception_handler(NotSequencerError)
+    async def _standby(_request: Request, exc: NotSequencerError) -> JSONResponse:
+        # A standby's ledger is not the one being written: the client retries at the
+        # sequencer (or here, once this process has taken over).
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "2"})
+
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     for router in ROUTERS:
         app.include_router(router)

@@ -28,6 +28,7 @@ async def healthz(ctx: CtxDep) -> Health:
         status="ok" if db == "ok" else "degraded",
         database=db,
         broker="connected" if ctx.broker_connected() else "disconnected",
+        sequencer=ctx.ledger is not None and ctx.ledger.writable,
     )
 
 
@@ -65,6 +66,10 @@ async def metrics(ctx: CtxDep) -> PlainTextResponse:
     led = await ledger_status(ledger)
     if led is not None and ledger is not None:
         lines += [
+            "# HELP gridmint_ledger_sequencer 1 in the process that writes the ledger, 0 in "
+            "a standby.",
+            "# TYPE gridmint_ledger_sequencer gauge",
+            f"gridmint_ledger_sequencer {int(ledger.writable)}",
             "# HELP gridmint_ledger_entries Entries in the ledger's Merkle log.",
             "# TYPE gridmint_ledger_entries gauge",
             f"gridmint_ledger_entries {led['entries']}",

@@ -109,6 +109,9 @@ class Health(BaseModel):
     status: str
     database: str
     broker: str
+    # True in the one process that writes the ledger (market orders, settlements, interval
+    # closes); a standby answers ledger writes with 503. Route writes by this.
+    sequencer: bool
 
 
 def device_identity(public_key_hex: str, *ids: tuple[str, str]) -> bytes:

@@ -72,6 +72,17 @@ class StagedAppend:
         return self.entries
 
 
+class NotSequencerError(RuntimeError):
+    """This process is a standby: another aggregator process holds the sequencer lock and is
+    the ledger's one writer (see cloud.storage.sequencer_lock)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this aggregator process is a standby, not the ledger sequencer: "
+            "send ledger writes to the process whose /healthz says sequencer true"
+        )
+
+
 class LedgerCorrupted(RuntimeError):
     """The stored log does not replay: the service refuses to extend it."""
 
@@ -154,6 +165,8 @@ class LedgerService:
         self.closed_intervals = 0
         self.appends = 0  # committed append() calls (a group commit counts once)
         self.minted_wh: dict[str, int] = {}  # per site, Tgen minted for generation
+        # False in a standby process: only the process holding the sequencer lock writes.
+        self.writable = True
 
     def _count_mints(self, entries: list[Entry]) -> None:
         for e in entries:
@@ -210,6 +223,7 @@ class LedgerService:
         The due intervals' records are read in one query and their entries written in one
         transaction (storage is most of the cost of a close; see benchmarks/RESULTS.md).
         """
+        self._check_writable()
         async with self._lock:
             await self._settle_pipeline()  # interval entries follow every staged append
             now = int(self.now())
@@ -322,6 +336,7 @@ class LedgerService:
         one is written (a group commit pipeline: CPU and the database overlap). Writes commit
         in decision order, each after the one before it; if one fails, every later one fails
         unwritten and the next `stage` rebuilds the engine from the stored log."""
+        self._check_writable()
         async with self._lock:
             if self._broken:  # an earlier staged write failed: rebuild before deciding on
                 await self._settle_pipeline()
@@ -380,6 +395,10 @@ class LedgerService:
             await self.load()
             self._broken = False
 
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise NotSequencerError()
+
     async def recover(self) -> None:
         """Wait for staged writes and, if one failed, rebuild the engine from storage."""
         async with self._lock:
@@ -387,6 +406,7 @@ class LedgerService:
 
     async def checkpoint_if_grown(self) -> StoredCheckpoint | None:
         """Sign a checkpoint when entries were appended since the newest one."""
+        self._check_writable()
         async with self._lock:
             await self._settle_pipeline()
             latest = await self.store.latest_checkpoint()

@@ -148,7 +148,12 @@ async def test_bad_records_are_refused_with_distinct_reasons_and_good_ones_flow(
         assert 'gridmint_tokens_rejected_total{reason="bad_signature"} 1' in metrics
         assert "gridmint_ledger_late_records 0" in metrics
         assert "gridmint_ledger_entries " in metrics
-        assert health == {"status": "ok", "database": "ok", "broker": "connected"}
+        assert health == {
+            "status": "ok",
+            "database": "ok",
+            "broker": "connected",
+            "sequencer": True,
+        }
         big = next(r for r in rejections if r["reason"] == "too_large")
         assert big["size"] == 1_000_000
         assert big["sha256"] == hashlib.sha256(bad["too_large"]).hexdigest()
