@@ -3,7 +3,9 @@
 Owns: N simulated devices, each with its own Ed25519 key and record chain, minted by the edge's
 own minting code (so the records are what real Pis send); their publishing over a few shared MQTT
 connections (device i on connection i mod C, each connection with a window of unacknowledged
-publishes, so every device's records stay in order); the cloud's receipts, read on one
+publishes, so every device's records stay in order). Given a broker cluster's failover list,
+connection c starts on entry c mod N of it (so the devices spread over the nodes) and moves on
+to the others when its node is lost; the cloud's receipts, read on one
 subscription; and the reconciliation: every record minted must come back accepted (or as a
 duplicate of one accepted), none twice, none lost. Records that get no receipt are published
 again after `resend_after_s`, as the edge's outbox does.
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.accounting import Channel, ClosedInterval
 from edge.minting import ChainState, DeviceIdentity, MintedToken, mint
-from mqttlink import BatchSubscription, BrokerAddress, MqttLink
+from mqttlink import BatchSubscription, MqttLink, parse_brokers, rotated
 from protocol import cose, topics
 from protocol.receipts import Receipt
 from protocol.record import TimeQuality
@@ -164,10 +166,13 @@ async def run_fleet(
         if not waiting:
             held.set()
 
-    address = BrokerAddress.parse(broker_url)
+    addresses = parse_brokers(broker_url)
     stamp = time.monotonic_ns()
+    # Receipts come on one clean session: if its node is lost, the receipts sent meanwhile are
+    # lost with it and the records are published again after `resend_after_s`, answered as
+    # duplicates (what an edge's outbox does).
     receiver = MqttLink(
-        address,
+        rotated(addresses, connections),
         f"fleet-receipts-{stamp}",
         clean_session=True,
         subscriptions=[
@@ -175,7 +180,9 @@ async def run_fleet(
         ],
     )
     links = [
-        MqttLink(address, f"fleet-{stamp}-{c}", clean_session=True, max_inflight=window)
+        MqttLink(
+            rotated(addresses, c), f"fleet-{stamp}-{c}", clean_session=True, max_inflight=window
+        )
         for c in range(connections)
     ]
     await receiver.start()
