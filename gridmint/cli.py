@@ -569,6 +569,7 @@ def sim_fleet(
         "minted": report.minted,
         "published": report.published,
         "resent": report.resent,
+        "duplicates": report.duplicates,
         "held": report.accepted,
         "lost": report.lost,
         "rejected": dict(report.rejected),

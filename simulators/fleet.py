@@ -28,7 +28,7 @@ from edge.accounting import Channel, ClosedInterval
 from edge.minting import ChainState, DeviceIdentity, MintedToken, mint
 from mqttlink import BatchSubscription, MqttLink, parse_brokers, rotated
 from protocol import cose, topics
-from protocol.receipts import Receipt
+from protocol.receipts import Receipt, ReceiptStatus
 from protocol.record import TimeQuality
 
 INTERVAL_S = 300
@@ -90,10 +90,12 @@ class FleetReport:
     resent: int = 0
     accepted: int = 0  # distinct records the cloud holds (accepted or duplicate of accepted)
     receipts: int = 0
+    # Receipts that said "already stored": a resend, or the broker delivering a message again.
+    duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     mint_s: float = 0.0
     seconds: float = 0.0  # first publish to the last record held by the cloud
-
+    token_ids: set[str] = field(default_factory=set)  # every record minted, to reconcile with
     @property
     def lost(self) -> int:
         """Minted records the cloud does not hold."""
@@ -146,7 +148,12 @@ async def run_fleet(
                     token,
                 )
             )
-    report = FleetReport(len(devices), len(plan), mint_s=time.perf_counter() - started)
+    report = FleetReport(
+        len(devices),
+        len(plan),
+        mint_s=time.perf_counter() - started,
+        token_ids={t.token_id for _, _, t in plan},
+    )
     waiting = {t.record_hash.hex(): (c, topic, t.envelope) for c, topic, t in plan}
     held = asyncio.Event()
 
@@ -157,6 +164,8 @@ async def run_fleet(
             except ValueError:
                 continue
             report.receipts += 1
+            if r.status is ReceiptStatus.DUPLICATE:
+                report.duplicates += 1
             if r.held_by_cloud:
                 if waiting.pop(r.record_hash, None) is not None:
                     report.accepted += 1
