@@ -191,6 +191,7 @@ class MqttLink:
         # Connected, and the broker confirmed every subscription on this connection.
         self.ready = asyncio.Event()
         self._suback_mid: int | None = None
+        self._suback_refusals = 0  # refused SUBACKs in a row (back-off before asking again)
         self._lock = threading.Lock()
         self._acks: dict[int, asyncio.Future[None]] = {}
         # PUBACKs that arrived before publish() registered its future, with their arrival time.
@@ -374,26 +375,60 @@ class MqttLink:
         # The SUBACK is read by this same thread after this callback returns, so the mid is
         # recorded before it can arrive.
         self._suback_mid = None
-        if self._subs:
-            rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in self._subs])
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._suback_mid = mid
+        self._subscribe(client)
         if self._online is not None:
             client.publish(self._online[0], self._online[1], qos=1, retain=True)
         self._call(self.connected.set)
         if not self._subs:
             self._call(self.ready.set)
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):  # type: ignore[no-untyped-def]
-        if mid != self._suback_mid:
+    def _subscribe(self, client: paho.Client) -> None:
+        """Ask for every subscription; the SUBACK carrying the recorded mid makes us ready."""
+        if not self._subs:
             return
+        # The lock keeps _on_subscribe (paho's thread) from reading the mid before it is set
+        # when this runs on the loop (a retry).
+        with self._lock:
+            rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in self._subs])
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._suback_mid = mid
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):  # type: ignore[no-untyped-def]
+        with self._lock:
+            if mid != self._suback_mid:
+                return
         refused = [
             s.topic_filter for s, rc in zip(self._subs, reason_codes, strict=False) if rc.is_failure
         ]
         if refused:
-            log.error("broker %s refused the subscriptions %s", self.address, refused)
+            # A broker may refuse for a while and then accept: a NATS node refuses a QoS 1
+            # subscription while JetStream cannot create its consumer (a node of the cluster
+            # was just lost). Ask again after a back-off, on the same connection.
+            epoch = self._epoch
+            delay = min(self._redeliver_max_s, 2.0**self._suback_refusals)
+            self._suback_refusals += 1
+            log.error(
+                "broker %s refused the subscriptions %s; asking again in %.0f s",
+                self.address,
+                refused,
+                delay,
+            )
+            self._call(lambda: self._retry_subscribe(epoch, delay))
             return
+        self._suback_refusals = 0
         self._call(self.ready.set)
+
+    def _retry_subscribe(self, epoch: int, delay: float) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        def again() -> None:
+            # A newer connection subscribes by itself; a stopped link not at all.
+            if not self._stopping and epoch == self._epoch and self.connected.is_set():
+                self._subscribe(self._client)
+
+        loop.call_later(delay, again)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
         self.disconnects += 1

@@ -77,6 +77,16 @@ async def test_a_persistent_session_resumes_on_another_node_with_what_was_queued
         assert sub.address.port != cluster.nodes[0].mqtt_port
         assert {t for t, _ in got} == {topic}
         assert [p for _, p in got] == [b"before", *sent]  # in order, none twice
+        # The killed node comes back with its store and serves the same sessions again.
+        await cluster.restart(0)
+        back = MqttLink(parse_brokers(cluster.nodes[0].mqtt_url), "back", clean_session=True)
+        await back.start()
+        try:
+            assert await back.wait_ready(20)
+            assert await back.publish(topic, b"via the restarted node", qos=1, timeout_s=20)
+            await until(_has(got, 2 + len(sent)), timeout_s=20)
+        finally:
+            await back.stop()
     finally:
         await pub.stop()
         await sub.stop()
