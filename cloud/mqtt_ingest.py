@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from cloud.services.ingest import Outcome
-from mqttlink import BatchSubscription, BrokerAddress, MqttLink
+from mqttlink import BatchSubscription, MqttLink, parse_brokers
 from protocol import topics
 
 
@@ -43,7 +43,9 @@ class MqttIngest:
     ):
         self.service = service
         self.link = MqttLink(
-            BrokerAddress.parse(broker_url),
+            # A comma-separated list is a cluster: the link moves on to the next node when
+            # its node is lost, and the persistent session (clean_session=False) resumes there.
+            parse_brokers(broker_url),
             client_id=client_id,
             clean_session=False,
             subscriptions=[

@@ -15,7 +15,10 @@ class CloudSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDMINT_CLOUD_")
 
     database_url: str = "sqlite:///var/gridmint-cloud.sqlite"
-    broker_url: str = "mqtt://127.0.0.1:1883"
+    broker_url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="mqtt(s)://host:port, or a comma-separated failover list (a cluster's nodes)",
+    )
     deployment: str = Field("gridmint-dev", description="deployment id (records' external AAD)")
     admin_token: str = Field("", description="bearer token for admin calls; empty disables them")
     http_host: str = "127.0.0.1"

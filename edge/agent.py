@@ -29,7 +29,7 @@ from edge.outbox import Outbox, OutboxRow
 from edge.proofs import ProofCheckError, TreeHead, check_consistency, check_token_proof
 from edge.settings import EdgeSettings
 from edge.systemd import Heartbeat
-from mqttlink import BatchSubscription, BrokerAddress, MqttLink, Will, client_tls_context
+from mqttlink import BatchSubscription, MqttLink, Will, client_tls_context, parse_brokers
 from protocol import statements, topics
 from protocol.checkpoint import VerifierKey, parse_verifier_key
 from protocol.clock import Clock, SimClock
@@ -133,7 +133,7 @@ class EdgeAgent:
         self.telemetry_topic = topics.topic(site, dev, topics.Channel.TELEMETRY)
         self.status_topic = topics.topic(site, dev, topics.Channel.STATUS)
         self.link = MqttLink(
-            BrokerAddress.parse(settings.broker_url),
+            parse_brokers(settings.broker_url),  # one broker, or a cluster's failover list
             client_id=f"edge-{dev}",
             clean_session=False,
             will=Will(self.status_topic, json.dumps({"state": "offline"}).encode()),

@@ -343,6 +343,7 @@ class EdgeSettings(_Settings):
     deployment: str = "gridmint-dev"  # deployment id, signed as external data
     key_file: Path
     state_db: Path
+    # One broker, or a comma-separated failover list (the nodes of a cluster), tried in order.
     broker_url: str = "mqtt://127.0.0.1:1883"
     cloud_url: str = ""  # the aggregator's HTTP base URL (probe, proofs)
     ledger_key: str = ""  # the ledger's checkpoint key (C2SP verifier key)

@@ -125,7 +125,11 @@ def demo(
         bool, typer.Option("--json", help="print the summary as one JSON object, last on stdout")
     ] = False,
     broker: Annotated[
-        str | None, typer.Option(help="use this broker (mqtt://host:port), not an embedded one")
+        str | None,
+        typer.Option(
+            help="use this broker (mqtt://host:port, or a comma-separated failover list), "
+            "not an embedded one"
+        ),
     ] = None,
     port: Annotated[int, typer.Option(help="dashboard HTTP port (0: any free port)")] = 8000,
     start: StartOpt = None,
@@ -138,13 +142,13 @@ def demo(
     """Run simulated homes, edge agents, a broker and the cloud in one process."""
     _setup_logging(verbose)
     from gridmint.demo import DemoOptions, default_start, print_summary, run_demo
-    from mqttlink import BrokerAddress, BrokerUrlError
+    from mqttlink import BrokerUrlError, parse_brokers
 
     if interval not in (300, 900):
         raise fail("--interval must be 300 or 900")
     if broker is not None:
         try:
-            BrokerAddress.parse(broker)
+            parse_brokers(broker)
         except BrokerUrlError as exc:
             raise fail(str(exc)) from None
     opts = DemoOptions(
@@ -184,11 +188,11 @@ def edge_run(
     from edge.meters import make_reader
     from edge.outbox import Outbox
     from edge.settings import ConfigError, load_settings
-    from mqttlink import BrokerAddress, BrokerUrlError
+    from mqttlink import BrokerUrlError, parse_brokers
 
     try:
         settings = load_settings(config)
-        BrokerAddress.parse(settings.broker_url)
+        parse_brokers(settings.broker_url)
         key = load_or_create_key(settings.key_file)
     except (ConfigError, KeyFileError, BrokerUrlError, RegisterMapError, ValueError) as exc:
         raise fail(str(exc)) from None
@@ -272,7 +276,9 @@ def cloud_serve(
     database_url: Annotated[
         str | None, typer.Option(help="sqlite:///file or postgresql://...")
     ] = None,
-    broker: Annotated[str | None, typer.Option(help="mqtt://host:port")] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="mqtt://host:port, or a comma-separated failover list")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="HTTP listen address")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port")] = None,
     deployment: Annotated[str | None, typer.Option(help="deployment id")] = None,
@@ -288,7 +294,7 @@ def cloud_serve(
     _setup_logging(verbose)
     from cloud.runtime import CloudRuntime
     from cloud.storage.store import StorageUrlError
-    from mqttlink import BrokerAddress, BrokerUrlError
+    from mqttlink import BrokerUrlError, parse_brokers
 
     overrides = {
         k: v
@@ -303,7 +309,7 @@ def cloud_serve(
     }
     settings = _cloud_settings(env_file, overrides)
     try:
-        BrokerAddress.parse(settings.broker_url)
+        parse_brokers(settings.broker_url)
     except BrokerUrlError as exc:
         raise fail(str(exc)) from None
     clock = _clock(speed, start, origin)
@@ -352,6 +358,39 @@ def cloud_pki(
     typer.echo(f"aggregator env: {files.env_file}")
     typer.echo(f"start the broker:     mosquitto -c {files.mosquitto_conf}")
     typer.echo(f"start the aggregator: gridmint cloud serve --env-file {files.env_file}")
+
+
+@cloud_app.command("nats-config")
+def cloud_nats_config(
+    directory: Annotated[Path, typer.Option("--dir", help="folder for the nodes' configs")],
+    host: Annotated[
+        list[str],
+        typer.Option(help="one host per node (3), or one host for three nodes on it"),
+    ],
+    base_port: Annotated[
+        int, typer.Option(min=1, max=65000, help="first port when all nodes share one host")
+    ] = 14220,
+    store_dir: Annotated[
+        Path | None, typer.Option(help="JetStream folder on each node (default: in --dir)")
+    ] = None,
+) -> None:
+    """Write nats-server configs for a 3-node broker cluster with MQTT (stream_replicas 3);
+    prints how to start each node and the failover broker_url for edges and the aggregator."""
+    from cloud.nats_config import broker_url_list, cluster_nodes, render_nats_node
+
+    if len(host) not in (1, 3):
+        raise fail("give --host once (three nodes on one host) or three times (one per node)")
+    nodes = cluster_nodes(host, base_port)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for node in nodes:
+            store = (store_dir or directory) / f"{node.name}-jetstream"
+            conf = directory / f"{node.name}.conf"
+            conf.write_text(render_nats_node(node, nodes, store), encoding="utf-8")
+            typer.echo(f"on {node.host}: nats-server -c {conf}")
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"broker_url: {broker_url_list(nodes)}")
 
 
 @cloud_app.command("export-ledger")
@@ -458,7 +497,13 @@ def sim_fleet(
     intervals: Annotated[
         int, typer.Option(min=1, max=2000, help="5-minute intervals each device mints")
     ] = 2,
-    broker: Annotated[str, typer.Option(help="mqtt://host:port")] = "mqtt://127.0.0.1:1883",
+    broker: Annotated[
+        str,
+        typer.Option(
+            help="mqtt://host:port, or a comma-separated failover list (the fleet's "
+            "connections start on different entries)"
+        ),
+    ] = "mqtt://127.0.0.1:1883",
     database_url: Annotated[
         str | None, typer.Option(help="the aggregator's database, to register the fleet in")
     ] = None,
@@ -475,11 +520,11 @@ def sim_fleet(
 
     from cloud.settings import CloudSettings
     from cloud.storage.store import StorageUrlError, Store
-    from mqttlink import BrokerAddress, BrokerUrlError
+    from mqttlink import BrokerUrlError, parse_brokers
     from simulators.fleet import make_fleet, run_fleet
 
     try:
-        BrokerAddress.parse(broker)  # before anything is registered
+        parse_brokers(broker)  # before anything is registered
     except BrokerUrlError as exc:
         raise fail(str(exc)) from None
     fleet = make_fleet(devices, sites)
@@ -524,6 +569,7 @@ def sim_fleet(
         "minted": report.minted,
         "published": report.published,
         "resent": report.resent,
+        "duplicates": report.duplicates,
         "held": report.accepted,
         "lost": report.lost,
         "rejected": dict(report.rejected),

@@ -10,6 +10,9 @@ holds of that connection and reconnects (after a back-off), and the broker, whic
 session, delivers every unacknowledged message again, in order.
 `ready` is set once the broker has confirmed every subscription (SUBACK) on the current
 connection; wait on it, not on a sleep, before publishing something a subscriber must see.
+A link may be given several brokers (the nodes of a cluster, `parse_brokers`): it connects to
+the first and, when a connection attempt fails or an open connection is lost, moves on to the
+next in turn (each node of a NATS cluster serves the same MQTT sessions).
 Imports nothing of ours; it is the only place that imports paho.
 """
 
@@ -23,7 +26,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -53,7 +56,11 @@ class BrokerAddress:
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
         """Parse mqtt://host[:port] (plain) or mqtts://host[:port] (TLS)."""
-        u = urlparse(url)
+        if "," in url:
+            raise BrokerUrlError(
+                f"broker url {url!r} is a list of brokers: read it with parse_brokers"
+            )
+        u = urlparse(url.strip())
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
             raise BrokerUrlError(f"broker url {url!r} must look like mqtt://host:1883")
         try:
@@ -64,6 +71,30 @@ class BrokerAddress:
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_brokers(urls: str | Sequence[str]) -> tuple[BrokerAddress, ...]:
+    """One broker URL, a comma-separated failover list (`mqtt://a:1883,mqtt://b:1883`) or a
+    list of URLs, as addresses in the order they are tried.
+
+    Every address must use the same scheme: one link has one TLS context for all of them.
+    """
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    if not items or any(not u.strip() for u in items):
+        raise BrokerUrlError(f"broker url list {urls!r} has an empty entry")
+    addresses = tuple(BrokerAddress.parse(u.strip()) for u in items)
+    if len({a.tls for a in addresses}) > 1:
+        raise BrokerUrlError(f"broker url list {urls!r} mixes mqtt:// and mqtts://")
+    if len(set(addresses)) != len(addresses):
+        raise BrokerUrlError(f"broker url list {urls!r} names a broker twice")
+    return addresses
+
+
+def rotated(addresses: Sequence[BrokerAddress], first: int) -> tuple[BrokerAddress, ...]:
+    """The same failover list starting at entry `first` (modulo its length): clients that
+    share a list spread over its brokers and each still falls back on all the others."""
+    k = first % len(addresses)
+    return tuple(addresses[k:]) + tuple(addresses[:k])
 
 
 def client_tls_context(
@@ -133,7 +164,7 @@ class MqttLink:
 
     def __init__(
         self,
-        address: BrokerAddress,
+        address: BrokerAddress | Sequence[BrokerAddress],
         client_id: str,
         *,
         clean_session: bool = False,
@@ -146,7 +177,14 @@ class MqttLink:
         max_inflight: int = 20,
         redeliver_min_s: float = 0.5,
     ):
-        self.address = address
+        self.addresses = (address,) if isinstance(address, BrokerAddress) else tuple(address)
+        if not self.addresses:
+            raise ValueError("a link needs at least one broker address")
+        if len({a.tls for a in self.addresses}) > 1:
+            raise ValueError("one link cannot mix TLS and plain brokers (one TLS context)")
+        # Index of the broker being used or tried; moved on by paho's thread (see _fail_over).
+        self._current = 0
+        self.failovers = 0
         self.client_id = client_id
         self._online = online
         self._subs = list(subscriptions or [])
@@ -155,6 +193,7 @@ class MqttLink:
         # Connected, and the broker confirmed every subscription on this connection.
         self.ready = asyncio.Event()
         self._suback_mid: int | None = None
+        self._suback_refusals = 0  # refused SUBACKs in a row (back-off before asking again)
         self._lock = threading.Lock()
         self._acks: dict[int, asyncio.Future[None]] = {}
         # PUBACKs that arrived before publish() registered its future, with their arrival time.
@@ -197,17 +236,24 @@ class MqttLink:
         if tls_context is not None:
             c.tls_set_context(tls_context)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         self._client = c
+        self._keepalive = 15
+
+    @property
+    def address(self) -> BrokerAddress:
+        """The broker this link is connected to, or trying next."""
+        return self.addresses[self._current]
 
     async def start(self) -> None:
         """Start connecting in the background; returns at once (see `connected`)."""
         self._loop = asyncio.get_running_loop()
         self._worker = asyncio.create_task(self._work())
-        self._client.connect_async(self.address.host, self.address.port, keepalive=15)
+        self._client.connect_async(self.address.host, self.address.port, self._keepalive)
         self._client.loop_start()
 
     async def wait_connected(self, timeout_s: float) -> bool:
@@ -308,11 +354,31 @@ class MqttLink:
             with contextlib.suppress(Exception):
                 self._client.disconnect()
             self._client.loop_stop()
-            self._client.connect_async(self.address.host, self.address.port, keepalive=15)
+            self._client.connect_async(self.address.host, self.address.port, self._keepalive)
             self._client.loop_start()
+
+    def _fail_over(self, client: paho.Client, why: str) -> None:
+        """Point paho's next reconnect at the next broker of the list (on paho's thread).
+
+        paho's network thread reconnects by itself, after its back-off, to the host and port
+        it was last given; `connect_async` is paho's public way to change them while its loop
+        runs (it only records them and marks the client as connecting).
+        """
+        if len(self.addresses) < 2 or self._stopping:
+            return
+        failed = self.address
+        self._current = (self._current + 1) % len(self.addresses)
+        self.failovers += 1
+        log.warning("broker %s %s; trying %s next", failed, why, self.address)
+        client.connect_async(self.address.host, self.address.port, self._keepalive)
+
+    def _on_connect_fail(self, client, userdata):  # type: ignore[no-untyped-def]
+        # The TCP (or TLS) connection could not be opened: the node is down or unreachable.
+        self._fail_over(client, "cannot be reached")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
+            # The broker closes the connection next; _on_disconnect moves on to the next one.
             log.warning("broker %s refused the connection: %s", self.address, reason_code)
             return
         self.connects += 1
@@ -320,29 +386,65 @@ class MqttLink:
         # The SUBACK is read by this same thread after this callback returns, so the mid is
         # recorded before it can arrive.
         self._suback_mid = None
-        if self._subs:
-            rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in self._subs])
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._suback_mid = mid
+        self._subscribe(client)
         if self._online is not None:
             client.publish(self._online[0], self._online[1], qos=1, retain=True)
         self._call(self.connected.set)
         if not self._subs:
             self._call(self.ready.set)
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):  # type: ignore[no-untyped-def]
-        if mid != self._suback_mid:
+    def _subscribe(self, client: paho.Client) -> None:
+        """Ask for every subscription; the SUBACK carrying the recorded mid makes us ready."""
+        if not self._subs:
             return
+        # The lock keeps _on_subscribe (paho's thread) from reading the mid before it is set
+        # when this runs on the loop (a retry).
+        with self._lock:
+            rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in self._subs])
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._suback_mid = mid
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):  # type: ignore[no-untyped-def]
+        with self._lock:
+            if mid != self._suback_mid:
+                return
         refused = [
             s.topic_filter for s, rc in zip(self._subs, reason_codes, strict=False) if rc.is_failure
         ]
         if refused:
-            log.error("broker %s refused the subscriptions %s", self.address, refused)
+            # A broker may refuse for a while and then accept: a NATS node refuses a QoS 1
+            # subscription while JetStream cannot create its consumer (a node of the cluster
+            # was just lost). Ask again after a back-off, on the same connection.
+            epoch = self._epoch
+            delay = min(self._redeliver_max_s, 2.0**self._suback_refusals)
+            self._suback_refusals += 1
+            log.error(
+                "broker %s refused the subscriptions %s; asking again in %.0f s",
+                self.address,
+                refused,
+                delay,
+            )
+            self._call(lambda: self._retry_subscribe(epoch, delay))
             return
+        self._suback_refusals = 0
         self._call(self.ready.set)
+
+    def _retry_subscribe(self, epoch: int, delay: float) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        def again() -> None:
+            # A newer connection subscribes by itself; a stopped link not at all.
+            if not self._stopping and epoch == self._epoch and self.connected.is_set():
+                self._subscribe(self._client)
+
+        loop.call_later(delay, again)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
         self.disconnects += 1
+        if reason_code.is_failure:  # lost or refused, not a disconnect we asked for
+            self._fail_over(client, "dropped the connection")
 
         def lost() -> None:
             self.connected.clear()
@@ -433,6 +535,13 @@ class MqttLink:
                 await asyncio.to_thread(self._reconnect)
                 continue
             self._failure_streak = 0
+            if first.epoch != self._epoch:
+                # Received on a connection that has since been replaced: its message ids mean
+                # nothing on the new one (another node of a cluster numbers them afresh), and
+                # acknowledging one could acknowledge a different, unhandled message. The
+                # broker delivers these again on the new connection; they are handled again
+                # (ingest answers them as duplicates) and acknowledged then.
+                continue
             for d in batch:
                 self._client.ack(d.mid, d.qos)
 

@@ -28,7 +28,7 @@ from edge.clocksync import ClockStatus, read_clock_status_async
 from edge.keys import KeyFileError, load_key_file
 from edge.meters import make_reader
 from edge.settings import ConfigError, EdgeSettings, MeterSettings, load_settings
-from mqttlink import BrokerAddress, BrokerUrlError, MqttLink, client_tls_context
+from mqttlink import BrokerUrlError, MqttLink, client_tls_context, parse_brokers
 from protocol import statements
 from provisioning.enroll import EnrollError, http_json
 
@@ -94,6 +94,7 @@ def _where(m: MeterSettings) -> str:
         return f"{m.serial_port} unit {m.unit_id}"
     return f"{m.host}:{m.port} unit {m.unit_id}"
 
+
 def _clock(status: ClockStatus, report: Report) -> None:
     if status.synchronized:
         since = status.seconds_since_sync
@@ -114,7 +115,7 @@ def _clock(status: ClockStatus, report: Report) -> None:
 
 async def _broker(settings: EdgeSettings, report: Report, timeout_s: float) -> None:
     try:
-        address = BrokerAddress.parse(settings.broker_url)
+        addresses = parse_brokers(settings.broker_url)
     except BrokerUrlError as exc:
         report.add("broker", FAIL, str(exc))
         return
@@ -128,7 +129,7 @@ async def _broker(settings: EdgeSettings, report: Report, timeout_s: float) -> N
             report.add("broker", FAIL, f"TLS files: {exc}")
             return
     link = MqttLink(
-        address,
+        addresses,  # a cluster's list: the check passes when one of its nodes accepts
         f"check-{settings.device_id}",
         clean_session=True,
         tls_context=tls,
@@ -138,6 +139,7 @@ async def _broker(settings: EdgeSettings, report: Report, timeout_s: float) -> N
     await link.start()
     try:
         if await link.wait_connected(timeout_s):
+            address = link.address
             how = "TLS with this device's certificate" if tls is not None else "plain TCP"
             verdict = OK if address.tls else WARN
             note = "" if address.tls else " (not encrypted: fine on loopback only)"
@@ -146,7 +148,7 @@ async def _broker(settings: EdgeSettings, report: Report, timeout_s: float) -> N
             report.add(
                 "broker",
                 FAIL,
-                f"{address} did not accept the connection within {timeout_s:g} s "
+                f"{settings.broker_url} did not accept the connection within {timeout_s:g} s "
                 "(certificate refused or revoked, wrong address, or a firewall)",
             )
     finally:

@@ -3,7 +3,9 @@
 Owns: N simulated devices, each with its own Ed25519 key and record chain, minted by the edge's
 own minting code (so the records are what real Pis send); their publishing over a few shared MQTT
 connections (device i on connection i mod C, each connection with a window of unacknowledged
-publishes, so every device's records stay in order); the cloud's receipts, read on one
+publishes, so every device's records stay in order). Given a broker cluster's failover list,
+connection c starts on entry c mod N of it (so the devices spread over the nodes) and moves on
+to the others when its node is lost; the cloud's receipts, read on one
 subscription; and the reconciliation: every record minted must come back accepted (or as a
 duplicate of one accepted), none twice, none lost. Records that get no receipt are published
 again after `resend_after_s`, as the edge's outbox does.
@@ -24,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.accounting import Channel, ClosedInterval
 from edge.minting import ChainState, DeviceIdentity, MintedToken, mint
-from mqttlink import BatchSubscription, BrokerAddress, MqttLink
+from mqttlink import BatchSubscription, MqttLink, parse_brokers, rotated
 from protocol import cose, topics
-from protocol.receipts import Receipt
+from protocol.receipts import Receipt, ReceiptStatus
 from protocol.record import TimeQuality
 
 INTERVAL_S = 300
@@ -88,10 +90,12 @@ class FleetReport:
     resent: int = 0
     accepted: int = 0  # distinct records the cloud holds (accepted or duplicate of accepted)
     receipts: int = 0
+    # Receipts that said "already stored": a resend, or the broker delivering a message again.
+    duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     mint_s: float = 0.0
     seconds: float = 0.0  # first publish to the last record held by the cloud
-
+    token_ids: set[str] = field(default_factory=set)  # every record minted, to reconcile with
     @property
     def lost(self) -> int:
         """Minted records the cloud does not hold."""
@@ -144,7 +148,12 @@ async def run_fleet(
                     token,
                 )
             )
-    report = FleetReport(len(devices), len(plan), mint_s=time.perf_counter() - started)
+    report = FleetReport(
+        len(devices),
+        len(plan),
+        mint_s=time.perf_counter() - started,
+        token_ids={t.token_id for _, _, t in plan},
+    )
     waiting = {t.record_hash.hex(): (c, topic, t.envelope) for c, topic, t in plan}
     held = asyncio.Event()
 
@@ -155,6 +164,8 @@ async def run_fleet(
             except ValueError:
                 continue
             report.receipts += 1
+            if r.status is ReceiptStatus.DUPLICATE:
+                report.duplicates += 1
             if r.held_by_cloud:
                 if waiting.pop(r.record_hash, None) is not None:
                     report.accepted += 1
@@ -164,10 +175,13 @@ async def run_fleet(
         if not waiting:
             held.set()
 
-    address = BrokerAddress.parse(broker_url)
+    addresses = parse_brokers(broker_url)
     stamp = time.monotonic_ns()
+    # Receipts come on one clean session: if its node is lost, the receipts sent meanwhile are
+    # lost with it and the records are published again after `resend_after_s`, answered as
+    # duplicates (what an edge's outbox does).
     receiver = MqttLink(
-        address,
+        rotated(addresses, connections),
         f"fleet-receipts-{stamp}",
         clean_session=True,
         subscriptions=[
@@ -175,7 +189,9 @@ async def run_fleet(
         ],
     )
     links = [
-        MqttLink(address, f"fleet-{stamp}-{c}", clean_session=True, max_inflight=window)
+        MqttLink(
+            rotated(addresses, c), f"fleet-{stamp}-{c}", clean_session=True, max_inflight=window
+        )
         for c in range(connections)
     ]
     await receiver.start()

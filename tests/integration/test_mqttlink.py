@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -13,8 +14,10 @@ from mqttlink import (
     MqttLink,
     Subscription,
     Will,
+    parse_brokers,
+    rotated,
 )
-from tests.helpers.services import Mosquitto
+from tests.helpers.services import Mosquitto, free_port
 
 pytestmark = [pytest.mark.broker]
 
@@ -34,6 +37,83 @@ def test_broker_url_parsing() -> None:
     for bad in ("http://h", "h:1883", "mqtt://", "mqtt://h:99999"):
         with pytest.raises(BrokerUrlError):
             BrokerAddress.parse(bad)
+
+
+def test_broker_url_lists() -> None:
+    a, b = BrokerAddress("a", 1883), BrokerAddress("b", 1884)
+    assert parse_brokers("mqtt://a") == (a,)
+    assert parse_brokers("mqtt://a:1883, mqtt://b:1884") == (a, b)
+    assert parse_brokers(["mqtt://b:1884", "mqtt://a"]) == (b, a)
+    assert rotated((a, b), 1) == (b, a)
+    assert rotated((a, b), 4) == (a, b)
+    for bad, why in [
+        ("mqtt://a,", "empty entry"),
+        ("mqtt://a,mqtts://b", "mixes"),
+        ("mqtt://a,mqtt://a:1883", "twice"),
+        ("mqtt://a,http://b", "must look like"),
+    ]:
+        with pytest.raises(BrokerUrlError, match=why):
+            parse_brokers(bad)
+    with pytest.raises(BrokerUrlError, match="parse_brokers"):
+        BrokerAddress.parse("mqtt://a,mqtt://b")
+    with pytest.raises(ValueError, match="mix"):
+        MqttLink([a, BrokerAddress("b", 8883, tls=True)], "mixed")
+
+
+async def test_a_link_whose_first_broker_is_down_connects_to_the_next(
+    mosquitto: Mosquitto,
+) -> None:
+    nothing_there = BrokerAddress("127.0.0.1", free_port())
+    link = MqttLink([nothing_there, *parse_brokers(mosquitto.url)], "failover-first")
+    await link.start()
+    try:
+        assert await link.wait_ready(15)
+        assert link.address == BrokerAddress.parse(mosquitto.url)
+        assert link.failovers >= 1
+        assert await link.publish("t/x", b"via the second", qos=1)
+    finally:
+        await link.stop()
+
+
+async def test_a_link_moves_on_when_its_broker_dies_and_comes_back_to_it_later(
+    tmp_path: Path,
+) -> None:
+    first, second = Mosquitto(tmp_path), Mosquitto(tmp_path)
+    first.start()
+    second.start()
+    got: list[bytes] = []
+
+    async def handler(_topic: str, payload: bytes) -> None:
+        got.append(payload)
+
+    # The subscriber listens on the second broker only; the publisher starts on the first.
+    sub = MqttLink(parse_brokers(second.url), "watch-second", subscriptions=[
+        Subscription("t/#", handler)
+    ])
+    pub = MqttLink(parse_brokers(f"{first.url},{second.url}"), "mover", reconnect_max_s=1)
+    await sub.start()
+    await pub.start()
+    try:
+        assert await sub.wait_ready(10)
+        assert await pub.wait_ready(10)
+        assert pub.address.port == first.port
+        first.kill()
+        # connects counts CONNACKs (paho's thread); `connected` follows on the loop, in order.
+        await _wait(lambda: pub.connects == 2 and pub.connected.is_set(), 20)
+        assert pub.address.port == second.port
+        assert await pub.publish("t/x", b"after the failover", qos=1)
+        await _wait(lambda: got == [b"after the failover"])
+        # The list wraps around: when the second dies too, the link goes back to the first.
+        first.start()
+        second.kill()
+        await _wait(lambda: pub.connects == 3 and pub.connected.is_set(), 20)
+        assert pub.address.port == first.port
+        assert pub.failovers >= 2
+    finally:
+        await pub.stop()
+        await sub.stop()
+        first.stop()
+        second.stop()
 
 
 async def test_messages_arrive_in_order_and_publish_waits_for_puback(mosquitto: Mosquitto) -> None:
