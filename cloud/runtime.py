@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -84,6 +85,8 @@ class CloudRuntime:
         self.policies: PolicyEngine | None = None
         self._ledger_task: asyncio.Task[None] | None = None
         self.sequencer_lock: SequencerLock | None = None
+        self._new_mqtt: Callable[[], MqttIngest] | None = None
+        self._mqtt_running = False
         self._crl_task: asyncio.Task[None] | None = None
         self._rec_task: asyncio.Task[None] | None = None
         self._gc_task: asyncio.Task[None] | None = None
@@ -197,8 +200,15 @@ class CloudRuntime:
                 )
                 await self.workers.start()
                 handler = self.workers
-            self.mqtt = MqttIngest(handler, s.broker_url, s.client_id, tls)
-            await self.mqtt.start()
+            self._new_mqtt = lambda: MqttIngest(handler, s.broker_url, s.client_id, tls)
+            self.mqtt = self._new_mqtt()
+            # Ingest follows the sequencer lock: every candidate process uses the same client
+            # id and persistent session, so the one that takes over resumes the session (and
+            # the messages queued in it) where the dead one left off, and two live processes
+            # never kick each other off the broker.
+            if self.ledger.writable:
+                await self.mqtt.start()
+                self._mqtt_running = True
         self._ledger_task = asyncio.create_task(self._close_intervals())
         self._rec_task = asyncio.create_task(self._issue_recs())
         if s.gc_freeze_s > 0:
@@ -208,11 +218,10 @@ class CloudRuntime:
         if serve_http:
             if self.http_port == 0:
                 self.http_port = free_port(s.http_host)
-            mqtt = self.mqtt
             app = create_app(
                 self.store,
                 admin_token=s.admin_token,
-                broker_connected=lambda: mqtt is not None and mqtt.connected,
+                broker_connected=lambda: self.mqtt is not None and self.mqtt.connected,
                 storage_errors=self._storage_errors,
                 deployment=s.deployment,
                 broker_url=s.broker_url,
@@ -274,6 +283,10 @@ class CloudRuntime:
             if was:
                 log.error("ledger: no longer the sequencer; standing by")
             self.ledger.writable = False
+            if self._mqtt_running and self.mqtt is not None and self._new_mqtt is not None:
+                self._mqtt_running = False
+                await self.mqtt.stop()
+                self.mqtt = self._new_mqtt()  # a link starts once: a fresh one for next time
             return False
         if not was:
             # Another process wrote the ledger (and the market) until now: read them again.
@@ -282,6 +295,9 @@ class CloudRuntime:
                 await self.market.load()
             self.ledger.writable = True
             log.warning("ledger: this process is now the ledger sequencer")
+        if not self._mqtt_running and self.mqtt is not None:
+            await self.mqtt.start()
+            self._mqtt_running = True
         return True
 
     async def _close_intervals(self) -> None:
@@ -342,7 +358,7 @@ class CloudRuntime:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server_task, 5)
-        if self.mqtt is not None:
+        if self.mqtt is not None and self._mqtt_running:
             await self.mqtt.stop()
         if self.workers is not None:
             await self.workers.stop()
