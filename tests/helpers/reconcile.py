@@ -24,8 +24,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from cloud.services.ingest import IngestCounters
+from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.store import Store
-from cloud.storage.tables import rejections, tokens
+from cloud.storage.tables import ledger_refs, rejections, tokens
 from protocol.reasons import RejectReason
 
 # Refusals a fault may cause without anything being wrong: a copy of a stored token (a resend or
@@ -79,6 +80,8 @@ class LedgerBook:
     device_seqs: list[tuple[str, int]]
     refusals: Counter[str]
     refused_hashes: dict[str, list[bytes]]  # reason -> SHA-256 of each refused message
+    in_log: list[str]  # token ids the Merkle log's closed intervals minted (one row each)
+    late: int  # stored tokens of a closed interval that its close left out
 
 
 async def read_ledger(database_url: str) -> LedgerBook:
@@ -91,6 +94,8 @@ async def read_ledger(database_url: str) -> LedgerBook:
                 await conn.execute(select(t.token_id, t.record_hash, t.device_id, t.seq))
             ).all()
             refused = (await conn.execute(select(rejections.c.reason, rejections.c.sha256))).all()
+            in_log = (await conn.execute(select(ledger_refs.c.token_id))).scalars().all()
+        late = await LedgerStore(store.engine).late_records()
     finally:
         await store.close()
     hashes: dict[str, list[bytes]] = {}
@@ -102,6 +107,8 @@ async def read_ledger(database_url: str) -> LedgerBook:
         device_seqs=[(str(r[2]), int(r[3])) for r in stored],
         refusals=Counter(str(r[0]) for r in refused),
         refused_hashes=hashes,
+        in_log=[str(t) for t in in_log],
+        late=late,
     )
 
 
@@ -119,6 +126,7 @@ class Reconciliation:
     unconfirmed: int
     answered_as_duplicates: int  # copies refused as `replayed`: resends and redeliveries
     other_refusals: dict[str, int] = field(default_factory=dict)
+    in_log: int = 0  # minted into the Merkle log by the intervals closed so far
     storage_errors: int = 0
     uncounted: int = 0  # rows written whose answer was lost (see `reconcile`)
 
@@ -130,7 +138,8 @@ class Reconciliation:
             f"minted {self.minted}, stored {self.stored}, lost {self.lost}, "
             f"duplicated {self.duplicated} ({source}, "
             f"copies answered as duplicates {self.answered_as_duplicates}{extra}, "
-            f"storage_error answers {self.storage_errors}, written unanswered {self.uncounted})"
+            f"storage_error answers {self.storage_errors}, written unanswered {self.uncounted}; "
+            f"in the Merkle log {self.in_log})"
         )
 
 
@@ -187,6 +196,7 @@ async def reconcile(
         unconfirmed=len(unconfirmed),
         answered_as_duplicates=len(copies),
         other_refusals=other,
+        in_log=len(ledger.in_log),
     )
     counters = list(counters)
     report.storage_errors = sum(c.storage_errors for c in counters)
@@ -196,6 +206,13 @@ async def reconcile(
     assert not unexpected, f"stored but never minted: {unexpected[:5]}"
     assert not wrong_bytes, f"stored with other bytes than minted: {wrong_bytes[:5]}"
     assert report.stored == report.minted
+    # The signed log: every token its closed intervals minted is a stored one, none twice, and
+    # no close left out a token of its interval (a fault must not make a token miss its close;
+    # the intervals still open, waiting for a site's other device, close later).
+    twice_in_log = [t for t, n in Counter(ledger.in_log).items() if n > 1]
+    assert not twice_in_log, f"minted twice into the log: {twice_in_log[:5]}"
+    assert set(ledger.in_log) <= stored_ids.keys(), "the log minted a token that is not stored"
+    assert ledger.late == 0, f"{ledger.late} token(s) arrived after their interval closed"
     if books:
         assert not unconfirmed, f"{len(unconfirmed)} token(s) still wait for a receipt"
         assert confirmed == report.minted, (confirmed, report.minted)

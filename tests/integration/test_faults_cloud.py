@@ -24,9 +24,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import func, select
 
 from cloud.runtime import CloudRuntime
 from cloud.storage.store import Store
+from cloud.storage.tables import devices, ledger_refs, tokens
 from edge.accounting import Channel
 from edge.agent import EdgeAgent
 from edge.drivers.register_map import find_register_map, load_register_map
@@ -97,7 +99,8 @@ class Edges:
         return await self.unreceipted() - stored
 
     async def drain(self, store: Store, timeout_s: float = 60.0) -> None:
-        """Stop minting, then wait until every token is confirmed and the ledger holds them."""
+        """Stop minting, then wait until every token is confirmed, the database holds them, and
+        the ledger has closed every interval that both homes of a site delivered."""
         for a in self.agents:
             await a.stop_sampling()
         minted = await self.minted()
@@ -110,6 +113,7 @@ class Edges:
             return await at_least(lambda: _stored(store), minted)
 
         await until(drained, timeout_s)
+        await until(lambda: _log_caught_up(store), timeout_s)
 
     async def close(self) -> None:
         if self.closed:
@@ -167,13 +171,48 @@ async def _stored(store: Store) -> int:
     return (await store.stats()).accepted
 
 
+async def _log_caught_up(store: Store) -> bool:
+    """Has the ledger minted every token of every interval that all of its site's devices
+    delivered? (The others wait for the missing device, up to ledger_max_wait_s.)"""
+    site_devices = (
+        select(devices.c.site_id, func.count().label("n")).group_by(devices.c.site_id).subquery()
+    )
+    delivered = (
+        select(devices.c.site_id, tokens.c.interval_start, func.count().label("n"))
+        .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
+        .group_by(devices.c.site_id, tokens.c.interval_start)
+        .subquery()
+    )
+    complete = (
+        select(func.coalesce(func.sum(delivered.c.n), 0))
+        .select_from(delivered.join(site_devices, delivered.c.site_id == site_devices.c.site_id))
+        .where(delivered.c.n == site_devices.c.n)
+    )
+    try:
+        async with store.engine.connect() as conn:
+            want = int((await conn.execute(complete)).scalar_one())
+            have = int(
+                (await conn.execute(select(func.count()).select_from(ledger_refs))).scalar_one()
+            )
+    except Exception:  # the database is still coming back
+        return False
+    return have >= want
+
+
 async def start_aggregator(
     database_url: str, broker_url: str, clock: SimClock, client_id: str | None = None
 ) -> CloudRuntime:
-    # The market is off: it is not under test here, and its gate closures every 2 s would
-    # take CPU from the ingest path that is.
+    # The market is off: it is not under test here, and its gate closures would take CPU
+    # from the ingest path that is. The ledger looks for intervals to close every 0.5 real s
+    # (5 simulated minutes) instead of 2, so a drained backlog is closed soon after.
     runtime = aggregator_runtime(
-        database_url, broker_url, DEPLOYMENT, clock, client_id=client_id, market_enabled=False
+        database_url,
+        broker_url,
+        DEPLOYMENT,
+        clock,
+        client_id=client_id,
+        market_enabled=False,
+        ledger_close_every_s=0.5,
     )
     await runtime.start(serve_http=False)
     return runtime
