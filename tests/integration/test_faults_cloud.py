@@ -342,8 +342,15 @@ async def test_broker_killed_without_persistence_loses_its_queue_and_edges_resen
     cleanup.append(edges)
     await until(lambda: at_least(lambda: _stored(store), 2 * EDGES))
 
-    # The aggregator falls behind (here: it is away), so the broker holds tokens it has
-    # acknowledged to the edges; then the broker dies mid-traffic, without persistence.
+    # First with everyone connected: the broker dies mid-traffic, whatever it and the
+    # aggregator held in flight is gone, and both sides come back to a broker with no sessions.
+    mosquitto.kill()
+    killed_at = await edges.minted()
+    mosquitto.start()
+    await until(lambda: at_least(lambda: _stored(store), killed_at + 2 * EDGES))
+
+    # Then with the aggregator behind (here: away), so the broker holds a queue of tokens it
+    # has acknowledged to the edges; the broker dies mid-traffic again, its queue with it.
     await stop_aggregator(first, cleanup)
     await until(lambda: at_least(lambda: len_of(edges.queued_in_broker(db)), 4 * EDGES))
     mosquitto.kill()
