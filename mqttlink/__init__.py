@@ -7,7 +7,9 @@ means "stored". A `BatchSubscription`'s handler gets its messages in batches (wh
 a size, gathered for at most a few milliseconds) and the batch is acknowledged after it, in
 arrival order. A handler that raises leaves its message unacknowledged: the link drops what it
 holds of that connection and reconnects (after a back-off), and the broker, which keeps the
-session, delivers every unacknowledged message again, in order.
+session, delivers every unacknowledged message again, in order. A message is acknowledged only
+on the connection it came by: message ids start again on a new session, so an acknowledgement
+sent on the next connection could acknowledge a different message.
 `ready` is set once the broker has confirmed every subscription (SUBACK) on the current
 connection; wait on it, not on a sleep, before publishing something a subscriber must see.
 A link may be given several brokers (the nodes of a cluster, `parse_brokers`): it connects to
@@ -212,6 +214,7 @@ class MqttLink:
         # Each connection has an epoch (counted on paho's thread); after a handler failed, the
         # worker drops the failed connection's remaining messages: the broker resends them.
         self._epoch = 0
+        self._epoch_lock = threading.Lock()
         self._abandoned_epoch = 0
         self._failure_streak = 0
         self._redeliver_min_s = redeliver_min_s
@@ -382,7 +385,8 @@ class MqttLink:
             log.warning("broker %s refused the connection: %s", self.address, reason_code)
             return
         self.connects += 1
-        self._epoch += 1
+        with self._epoch_lock:  # no acknowledgement of the last connection's messages after this
+            self._epoch += 1
         # The SUBACK is read by this same thread after this callback returns, so the mid is
         # recorded before it can arrive.
         self._suback_mid = None
@@ -535,15 +539,17 @@ class MqttLink:
                 await asyncio.to_thread(self._reconnect)
                 continue
             self._failure_streak = 0
-            if first.epoch != self._epoch:
-                # Received on a connection that has since been replaced: its message ids mean
-                # nothing on the new one (another node of a cluster numbers them afresh), and
-                # acknowledging one could acknowledge a different, unhandled message. The
-                # broker delivers these again on the new connection; they are handled again
-                # (ingest answers them as duplicates) and acknowledged then.
-                continue
-            for d in batch:
-                self._client.ack(d.mid, d.qos)
+            with self._epoch_lock:
+                # Only on the connection the messages came by. A message id means nothing on
+                # the next connection: after a broker restart without persistence the ids start
+                # again, and this PUBACK would acknowledge a new message with the same id
+                # before its handler ran (the broker would drop it even if that handler
+                # failed). Left unacknowledged, a message whose session survived comes again
+                # and is handled as a copy; one whose session was lost is the publisher's to
+                # resend, as for any message the broker lost.
+                if batch[0].epoch == self._epoch:
+                    for d in batch:
+                        self._client.ack(d.mid, d.qos)
 
     async def _gather(self, batch: list[_Delivery], sub: BatchSubscription) -> _Delivery | None:
         """Add to `batch` the queued messages of the same subscription and connection.

@@ -11,19 +11,26 @@ from protocol.clock import Clock
 
 
 def aggregator_runtime(
-    database_url: str, broker_url: str, deployment: str, clock: Clock | None = None, **settings: Any
+    database_url: str,
+    broker_url: str,
+    deployment: str,
+    clock: Clock | None = None,
+    client_id: str | None = None,
+    **settings: Any,
 ) -> CloudRuntime:
     """`CloudRuntime` on this database and broker; `settings` are further CloudSettings fields.
 
     The client id is new each time: a persistent session left by another test on the same
-    broker must not deliver its messages here."""
+    broker must not deliver its messages here. A test that restarts the aggregator passes the
+    first one's `client_id` so that the new process takes over its session (as a restarted
+    `gridmint cloud serve` with the same settings does)."""
     return CloudRuntime(
         CloudSettings(
             database_url=database_url,
             broker_url=broker_url,
             deployment=deployment,
             http_port=0,
-            client_id=f"agg-{time.monotonic_ns()}",
+            client_id=client_id or f"agg-{time.monotonic_ns()}",
             **settings,
         ),
         clock,

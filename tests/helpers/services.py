@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -37,7 +38,15 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
 class Mosquitto:
     """A real Mosquitto process (Debian's binary) on its own port, stoppable and restartable."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_config: str = ""):
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra_config: str = "",
+        persistence_dir: Path | None = None,
+    ):
+        """`persistence_dir`: keep sessions and queued QoS 1 messages there across a polite
+        stop (Mosquitto writes its database on SIGTERM); None keeps nothing across restarts."""
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(self.binary).exists():
             raise RuntimeError("mosquitto is not installed: run ./scripts/test, which installs it")
@@ -45,9 +54,18 @@ class Mosquitto:
         self.workdir = workdir
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         self.log = workdir / f"mosquitto-{self.port}.log"
+        self.persistence_dir = persistence_dir
+        if persistence_dir is None:
+            persistence = "persistence false\n"
+        else:
+            persistence_dir.mkdir(parents=True, exist_ok=True)
+            # The trailing slash: Mosquitto joins the location and the file name as strings.
+            persistence = f"persistence true\npersistence_location {persistence_dir}/\n"
+        # Started as root, Mosquitto drops to the `mosquitto` user, which may not write in the
+        # test's private tmp dir: its log and persistence file would silently go missing.
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\n{extra_config}"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}"
+            f"user {getpass.getuser()}\nlog_dest file {self.log}\n{extra_config}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -210,3 +210,51 @@ async def test_batches_keep_arrival_order_and_are_acknowledged_only_after_the_ha
     finally:
         await pub.stop()
         await sub.stop()
+
+
+async def test_a_message_of_a_lost_connection_is_not_acknowledged_on_the_next_one(
+    mosquitto: Mosquitto,
+) -> None:
+    """A handler still busy when the broker dies must not acknowledge its message on the new
+    connection. Message ids start again with a new session (a broker restarted without
+    persistence), so that PUBACK would acknowledge the new message that has the same id before
+    its handler ran, and the broker would drop it even if its handler then fails: acknowledged
+    without being stored, which is what the aggregator promises never happens."""
+    busy = asyncio.Event()
+    release = asyncio.Event()
+    handled: list[bytes] = []
+    failed: list[bytes] = []
+
+    async def handler(_topic: str, payload: bytes) -> None:
+        if payload == b"A":
+            busy.set()
+            await release.wait()  # still storing A while the broker dies and comes back
+        elif not failed:
+            failed.append(payload)
+            raise RuntimeError("storage is down")  # B is not stored: it must come again
+        handled.append(payload)
+
+    addr = BrokerAddress.parse(mosquitto.url)
+    sub = MqttLink(
+        addr, "epoch-sub", subscriptions=[Subscription("e/#", handler)], redeliver_min_s=0.1
+    )
+    pub = MqttLink(addr, "epoch-pub", clean_session=True)
+    await sub.start()
+    await pub.start()
+    try:
+        assert await sub.wait_ready(10)
+        assert await pub.wait_ready(10)
+        assert await pub.publish("e/x", b"A", qos=1)  # message id 1 of the subscriber's session
+        await asyncio.wait_for(busy.wait(), 10)
+        mosquitto.kill()  # no persistence: the sessions are gone
+        await _wait(lambda: not sub.connected.is_set() and not pub.connected.is_set())
+        mosquitto.start()
+        await _wait(lambda: sub.ready.is_set() and pub.connected.is_set(), 20)
+        assert await pub.publish("e/x", b"B", qos=1)  # message id 1 of the new session
+        await _wait(lambda: sub._inbox.qsize() >= 1)  # B waits behind A's handler
+        release.set()
+        await _wait(lambda: b"B" in handled, 20)
+        assert failed == [b"B"]
+    finally:
+        await pub.stop()
+        await sub.stop()
