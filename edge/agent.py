@@ -369,6 +369,10 @@ class EdgeAgent:
                 if is_storage_error(exc):
                     self._storage_failed("saving the accounting state", exc)
                     await self._reload_state()
+                    # The status still goes out (reading needs no room): the alarm must be
+                    # seen while the disk is full, not once it is fixed.
+                    with contextlib.suppress(Exception):
+                        await self._publish_status()
                 else:
                     log.error("telemetry failed: %s", exc)
             await asyncio.sleep(self.settings.telemetry_interval_s)
@@ -431,6 +435,12 @@ class EdgeAgent:
         now_ms = int(self.clock.now() * 1000)
         payload = {"ts_ms": now_ms, "meters": values, "soc_permille": self._soc}
         self.link.publish_nowait(self.telemetry_topic, json.dumps(payload).encode(), qos=0)
+        await self._publish_status()
+
+    async def _publish_status(self) -> None:
+        """The retained status, when it changed."""
+        if not self.link.connected.is_set():
+            return
         status = self.status((await self.outbox.counters())["waiting"])
         text = json.dumps(status, sort_keys=True)
         if text != self._last_status:

@@ -445,18 +445,15 @@ class SmallDisk:
 
     def fill(self) -> None:
         """Write until the file system refuses another byte."""
-        with self.filler.open("wb") as f:
+        with self.filler.open("wb", buffering=0) as f:
             for chunk in (1 << 20, 4096, 512, 1):
                 with contextlib.suppress(OSError):
                     while True:
                         f.write(b"\0" * chunk)
-                        f.flush()
-                        os.fsync(f.fileno())
-        probe = self.mount / "probe"
-        with pytest.raises(OSError) as full, probe.open("wb") as f:
-            f.write(b"\0" * 4096)
-            f.flush()
             os.fsync(f.fileno())
+        probe = self.mount / "probe"
+        with pytest.raises(OSError) as full, probe.open("wb", buffering=0) as f:
+            f.write(b"\0" * 4096)
         probe.unlink(missing_ok=True)
         assert full.value.errno == errno.ENOSPC
 
@@ -577,11 +574,11 @@ async def _waiting_at_least(edge: Edge, n: int) -> bool:
     return edge.counts()[1] >= n
 
 
-def _status_with_alarm(statuses: list[dict[str, object]]) -> bool:
+async def _status_with_alarm(statuses: list[dict[str, object]]) -> bool:
     return any("disk is full" in str(s.get("storage", "")) for s in statuses)
 
 
-def _status_clear(statuses: list[dict[str, object]]) -> bool:
+async def _status_clear(statuses: list[dict[str, object]]) -> bool:
     return bool(statuses) and statuses[-1].get("storage") == ""
 
 
