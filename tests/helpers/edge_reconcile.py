@@ -45,8 +45,12 @@ def read_edge_outbox(path: Path, device_id: str) -> EdgeTokens:
     """The tokens of an edge outbox database (the agent must not be writing it)."""
     db = sqlite3.connect(path)
     try:
-        confirmed = {str(t): bytes(h) for t, h in db.execute("SELECT token_id, record_hash FROM proofs")}
-        waiting = {str(t): bytes(h) for t, h in db.execute("SELECT token_id, record_hash FROM outbox")}
+        confirmed = {
+            str(t): bytes(h) for t, h in db.execute("SELECT token_id, record_hash FROM proofs")
+        }
+        waiting = {
+            str(t): bytes(h) for t, h in db.execute("SELECT token_id, record_hash FROM outbox")
+        }
         kv = dict(db.execute("SELECT key, value FROM kv"))
     finally:
         db.close()

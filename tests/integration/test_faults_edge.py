@@ -45,7 +45,7 @@ from protocol.clock import SimClock
 from simulators.modbus_meter import MeterServer, SimulatedMeter, start_meter_server
 from tests.helpers.aggregator import aggregator_runtime
 from tests.helpers.edge_reconcile import assert_reconciled, reconcile_edges
-from tests.helpers.services import Mosquitto
+from tests.helpers.services import Mosquitto, free_port
 from tests.helpers.waiting import until
 
 pytestmark = [pytest.mark.fault, pytest.mark.broker, pytest.mark.modbus, pytest.mark.slow]
@@ -91,6 +91,24 @@ class Timeline:
         """Real seconds to the next interval boundary on the simulated clock."""
         now = self.clock.now()
         return ((now // 300 + 1) * 300 - now) / SPEED
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mosquitto]:
+    """The broker; for the partition test also listening on the host end of its veth pair,
+    from the start (restarting it later could drop a device's first token before the
+    aggregator subscribed again, and the cloud anchors a chain at the first record it hears)."""
+    extra = ""
+    if "partition" in request.fixturenames:
+        p: Partition = request.getfixturevalue("partition")
+        p.edge_port = free_port()
+        extra = f"listener {p.edge_port} {p.host_ip}\n"
+    broker = Mosquitto(tmp_path, extra_config=extra)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @pytest.fixture
@@ -599,6 +617,7 @@ class Partition:
         self.ns = f"gmf-edge-{os.getpid()}-{n}"
         self.host_dev, self.edge_dev = f"gmfh{os.getpid() % 100000}", f"gmfe{os.getpid() % 100000}"
         self.host_ip, self.edge_ip = f"10.250.{n}.1", f"10.250.{n}.2"
+        self.edge_port = 0  # the broker's listener on host_ip, set by the mosquitto fixture
 
     def setup(self) -> None:
         _run("ip", "netns", "add", self.ns)
@@ -650,14 +669,9 @@ async def test_partition_from_the_broker_keeps_minting_and_drains_after(
     partition: Partition,
 ) -> None:  # fmt: skip
     assert cloud.store is not None
-    # A second broker listener on the host end of the veth; the aggregator stays on loopback.
-    edge_port = mosquitto.port + 1 if mosquitto.port < 65000 else mosquitto.port - 1
-    mosquitto.stop()
-    mosquitto.conf.write_text(
-        mosquitto.conf.read_text() + f"listener {edge_port} {partition.host_ip}\n"
-    )
-    mosquitto.start()
-    meter_port = 15020
+    # The aggregator is on the broker's loopback listener, the edge on the veth's host end.
+    edge_port = partition.edge_port
+    meter_port = 15020  # in the edge's namespace: its own port space
     meter = await asyncio.create_subprocess_exec(
         *partition.prefix, sys.executable, "-m", "gridmint", "sim", "meter",
         "--port", str(meter_port), "--capacity-w", "5000", "--seed", "8", *timeline.args,
