@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,20 @@ class AgentStats:
     meters_unavailable: dict[str, str] = field(default_factory=dict)
     proofs_verified: int = 0
     proof_failures: int = 0
+    # Storage alarm: failed writes of the outbox (disk full, SD card read-only, I/O errors),
+    # counted, and what the last one said while it lasts ("" once a write succeeded again).
+    storage_failures: int = 0
+    storage_alarm: str = ""
+
+
+# Storage errors are logged at error level when an episode starts, then at most this often, so
+# a full disk does not flood the journal (which may live on the same full disk).
+STORAGE_LOG_EVERY_S = 60.0
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """A failure to read or write the agent's own state (SQLite or the file system)."""
+    return isinstance(exc, sqlite3.Error | OSError)
 
 
 class EdgeAgent:
@@ -127,6 +142,7 @@ class EdgeAgent:
         self._accountant = IntervalAccountant(settings.interval_s, settings.capacity_w)
         self._soc: int | None = None
         self._last_status = ""
+        self._storage_logged_at = 0.0
         self.started = asyncio.Event()
         site, dev = settings.site_id, settings.device_id
         self.token_topic = topics.topic(site, dev, topics.Channel.TOKENS)
@@ -295,6 +311,7 @@ class EdgeAgent:
                 # slightly older total, which books the same energy later, never more.
                 if not all_values or self._accountant.state.flags:
                     await self.outbox.save_accountant(self._accountant.state)
+                    self._storage_ok()
                 return values
             token = mint(
                 closed,
@@ -307,6 +324,7 @@ class EdgeAgent:
                 self._soc,
             )
             await self.outbox.commit_mint(token, self._accountant.state, int(time.time() * 1000))
+            self._storage_ok()
             self._chain = token.next_chain
             self._wake.set()
             return values
@@ -322,7 +340,10 @@ class EdgeAgent:
                 # Storage trouble (full disk, locked file) is reported, never a crash; the
                 # accounting state was not saved, so the next reading books the energy again.
                 self.stats.last_error = f"sampling failed: {exc}"
-                log.error("sampling failed: %s", exc)
+                if is_storage_error(exc):
+                    self._storage_failed("minting", exc)
+                else:
+                    log.error("sampling failed: %s", exc)
                 saved = await self._reload_state()
                 if not saved:
                     await asyncio.sleep(1.0)
@@ -345,14 +366,24 @@ class EdgeAgent:
                 await self._publish_telemetry(values)
             except Exception as exc:
                 self.stats.last_error = f"telemetry failed: {exc}"
-                log.error("telemetry failed: %s", exc)
+                if is_storage_error(exc):
+                    self._storage_failed("saving the accounting state", exc)
+                    await self._reload_state()
+                    # The status still goes out (reading needs no room): the alarm must be
+                    # seen while the disk is full, not once it is fixed.
+                    with contextlib.suppress(Exception):
+                        await self._publish_status()
+                else:
+                    log.error("telemetry failed: %s", exc)
             await asyncio.sleep(self.settings.telemetry_interval_s)
 
     # MQTT
 
     def status(self, waiting: int) -> dict[str, object]:
         """The retained status: online, buffering (tokens waiting) or fault (meters down)."""
-        if self.meters and len(self.stats.meters_unavailable) == len(self.meters):
+        if self.stats.storage_alarm or (
+            self.meters and len(self.stats.meters_unavailable) == len(self.meters)
+        ):
             state = "fault"
         elif waiting > 0 or self._time_quality()[0] is TimeQuality.UNKNOWN:
             state = "buffering"
@@ -364,7 +395,39 @@ class EdgeAgent:
             "unavailable": dict(self.stats.meters_unavailable),
             "seq": self._chain.seq,
             "boot": self._chain.boot,
+            "storage": self.stats.storage_alarm,
+            "storage_failures": self.stats.storage_failures,
         }
+
+    def _storage_failed(self, doing: str, exc: BaseException) -> None:
+        """Raise the storage alarm: counted, logged at error level (once an episode starts,
+        then every STORAGE_LOG_EVERY_S), shown in the MQTT status and the systemd status. Every
+        stored token stays where it is; an interval that could not be minted is booked on the
+        first one minted after (flagged GAP), so nothing is dropped, only delayed."""
+        self.stats.storage_failures += 1
+        first = not self.stats.storage_alarm
+        self.stats.storage_alarm = f"{doing}: {exc}"
+        now = time.monotonic()
+        if first or now - self._storage_logged_at >= STORAGE_LOG_EVERY_S:
+            self._storage_logged_at = now
+            log.error(
+                "STORAGE ALARM: %s failed: %s (%d failure(s)); stored tokens are kept, "
+                "minting resumes when the state database can be written",
+                doing,
+                exc,
+                self.stats.storage_failures,
+            )
+            systemd.status(f"STORAGE ALARM: {doing} failed: {exc}")
+
+    def _storage_ok(self) -> None:
+        """A write went through: clear the alarm (the count stays)."""
+        if self.stats.storage_alarm:
+            log.warning(
+                "storage alarm cleared after %d failure(s): the state database is writable",
+                self.stats.storage_failures,
+            )
+            self.stats.storage_alarm = ""
+            systemd.status(f"minting for {self.settings.device_id}")
 
     async def _publish_telemetry(self, values: dict[str, dict[str, float]]) -> None:
         if not self.link.connected.is_set():
@@ -372,6 +435,12 @@ class EdgeAgent:
         now_ms = int(self.clock.now() * 1000)
         payload = {"ts_ms": now_ms, "meters": values, "soc_permille": self._soc}
         self.link.publish_nowait(self.telemetry_topic, json.dumps(payload).encode(), qos=0)
+        await self._publish_status()
+
+    async def _publish_status(self) -> None:
+        """The retained status, when it changed."""
+        if not self.link.connected.is_set():
+            return
         status = self.status((await self.outbox.counters())["waiting"])
         text = json.dumps(status, sort_keys=True)
         if text != self._last_status:
@@ -385,8 +454,19 @@ class EdgeAgent:
             if not self.link.connected.is_set():
                 await self.link.wait_connected(5.0)
                 continue
-            rows = await self.outbox.due(int(time.time() * 1000), resend_ms)
-            await self._publish_rows(rows)
+            try:
+                rows = await self.outbox.due(int(time.time() * 1000), resend_ms)
+                await self._publish_rows(rows)
+            except Exception as exc:
+                if not is_storage_error(exc):
+                    raise
+                # A PUBACK that could not be written leaves its token due: it is sent again
+                # and the cloud answers "duplicate". The publisher must outlive a full disk,
+                # or nothing would be sent once there is room again.
+                self._storage_failed("recording what was sent", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -407,6 +487,7 @@ class EdgeAgent:
             sent = [row.record_hash for row, ok in zip(chunk, acked, strict=True) if ok]
             if sent:
                 await self.outbox.mark_sent_many(sent, int(time.time() * 1000))
+                self._storage_ok()
             if len(sent) < len(chunk):
                 return
 

@@ -33,7 +33,22 @@ def create_key_file(path: Path) -> Ed25519PrivateKey:
         raise KeyFileError(f"key file {path} already exists; not overwriting it") from None
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
+        # Durable before anyone learns the public key: without the syncs a power cut in the
+        # next half minute left an empty key file (ext4 writes the name before the data), and
+        # the agent refused to start until the device was provisioned again.
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(path.parent)
     return key
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a new directory entry durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_key_file(path: Path) -> Ed25519PrivateKey:

@@ -8,6 +8,7 @@ it. Counters (minted, delivered, confirmed, rejected) live beside them for statu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 from collections.abc import Awaitable, Callable
@@ -76,7 +77,15 @@ def _serialized(
     @functools.wraps(fn)
     async def run(self: Outbox, /, *args: P.args, **kwargs: P.kwargs) -> R:
         async with self._lock:
-            return await fn(self, *args, **kwargs)
+            try:
+                return await fn(self, *args, **kwargs)
+            except Exception:
+                # A write that failed half way (a full disk fails the statement, not always
+                # the transaction) must not stay open for the next operation to commit.
+                with contextlib.suppress(Exception):
+                    if self._db.in_transaction:
+                        await self._db.rollback()
+                raise
 
     return run
 

@@ -182,6 +182,8 @@ def edge_run(
 ) -> None:
     """Run the edge agent: read meters, mint signed interval tokens, publish them."""
     _setup_logging(verbose)
+    import sqlite3
+
     from edge.agent import EdgeAgent
     from edge.drivers.register_map import RegisterMapError
     from edge.keys import KeyFileError, load_or_create_key
@@ -203,7 +205,13 @@ def edge_run(
             readers = [make_reader(m) for m in settings.meters]
         except (RegisterMapError, ValueError, OSError) as exc:
             raise fail(str(exc)) from None
-        outbox = await Outbox.open(settings.state_db)
+        try:
+            outbox = await Outbox.open(settings.state_db)
+            await outbox.counters()
+        except (sqlite3.Error, OSError) as exc:
+            # A full or read-only SD card: a plain message and exit code 1 (systemd restarts
+            # the agent), not a traceback.
+            raise fail(f"cannot open the state database {settings.state_db}: {exc}") from None
         panel = None
         if settings.gpio is not None:
             from edge.gpio import StatusPanel
@@ -233,6 +241,12 @@ def edge_run(
         )
         try:
             await agent.run(stop)
+        except (sqlite3.Error, OSError) as exc:
+            if agent.started.is_set():
+                raise
+            # resume() writes the boot counter before anything is minted; a disk with no room
+            # for it stops the agent with a plain message (systemd restarts it).
+            raise fail(f"cannot write the state database {settings.state_db}: {exc}") from None
         finally:
             await outbox.close()
 

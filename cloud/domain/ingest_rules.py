@@ -101,9 +101,29 @@ def check_chain(
     return None
 
 
-def check_plausible(rec: IntervalRecord, capacity_w: int, limits: IngestLimits) -> Refusal | None:
-    """Energy must be possible for the device's rated capacity in the interval."""
-    bound = int(capacity_w * rec.interval_s / 3600 * limits.capacity_margin) + 1
+def check_plausible(
+    rec: IntervalRecord,
+    capacity_w: int,
+    limits: IngestLimits,
+    prev_interval_start: int | None = None,
+) -> Refusal | None:
+    """Energy must be possible for the device's rated capacity in the time the record covers.
+
+    A record covers its interval, and, when the device missed boundaries (an agent restarted
+    or a meter silent across them, flagged GAP), everything since the end of the record before
+    it in the chain (`prev_interval_start`, that record's start): edge.accounting books the
+    missed intervals' energy on the next one rather than inventing a split. Bounding that by one
+    interval refused a sunny restart for good and blocked the device's chain behind it.
+    """
+    span_s: float = rec.interval_s
+    if prev_interval_start is not None:
+        # The energy rose between the reading that closed the record before (at or after its
+        # end) and this record's reading, which a device takes before the next boundary (a
+        # later one would have closed the next interval): a restart that read late books more
+        # than one interval's worth on a consecutive record too.
+        read_s = min(rec.reading_ms / 1000, rec.interval_end + rec.interval_s)
+        span_s = max(span_s, read_s - (prev_interval_start + rec.interval_s))
+    bound = int(capacity_w * span_s / 3600 * limits.capacity_margin) + 1
     for name, v in (
         ("generated", rec.energy.generated_wh),
         ("charged", rec.energy.charged_wh),
@@ -113,7 +133,7 @@ def check_plausible(rec: IntervalRecord, capacity_w: int, limits: IngestLimits) 
             return Refusal(
                 RejectReason.IMPLAUSIBLE_ENERGY,
                 f"{name} {v} Wh exceeds {bound} Wh possible at {capacity_w} W in "
-                f"{rec.interval_s} s",
+                f"{span_s} s",
             )
     return None
 

@@ -257,7 +257,9 @@ class IngestService:
                     head.record_hash if head else None,
                     conflict,
                 )
-                or check_plausible(rec, device.capacity_w, self.limits)
+                or check_plausible(
+                    rec, device.capacity_w, self.limits, head.interval_start if head else None
+                )
             )
             if m.refusal is not None:
                 continue

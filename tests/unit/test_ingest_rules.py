@@ -63,6 +63,17 @@ def test_plausibility_bound_follows_capacity() -> None:
     assert check_plausible(REC, 5000, LIMITS) is None
 
 
+def test_a_record_after_missed_intervals_is_bounded_over_the_time_it_covers() -> None:
+    # The agent was down across two boundaries: the record after it books 15 minutes of sun
+    # (flagged GAP), which is plausible over 900 s at 4 kW, not over one interval.
+    gap = replace(REC, energy=Energy(1000, 0, 0, 0, 0), status="G,GAP")
+    assert check_plausible(gap, 4000, LIMITS, prev_interval_start=T0 - 900) is None
+    r = check_plausible(gap, 4000, LIMITS, prev_interval_start=T0 - 300)  # consecutive
+    assert r is not None and r.reason is RejectReason.IMPLAUSIBLE_ENERGY
+    r = check_plausible(replace(gap, energy=Energy(1200, 0, 0, 0, 0)), 4000, LIMITS, T0 - 900)
+    assert r is not None  # 1100 Wh is the bound over 900 s
+
+
 def test_values_beyond_signed_64_bit_are_refused_before_storage() -> None:
     r = check_storable(replace(REC, seq=2**63))
     assert r is not None and r.reason is RejectReason.BAD_FIELD
