@@ -69,12 +69,24 @@ def check_interval(rec: IntervalRecord, received_s: float, limits: IngestLimits)
 
 
 def check_chain(
-    rec: IntervalRecord, head_seq: int | None, head_hash: bytes | None, conflict: bool
+    rec: IntervalRecord,
+    head_seq: int | None,
+    head_hash: bytes | None,
+    conflict: bool,
+    tail: tuple[int, bytes] | None = None,
+    record_hash: bytes = b"",
 ) -> Refusal | None:
-    """The record must extend the device's chain by exactly one.
+    """The record must extend the device's chain by exactly one, at its newest end or, for a
+    record that arrives after the chain was anchored above it, at its oldest end.
 
     `conflict` says whether a different record is stored for the same seq or interval: signing two
     different records for one slot is equivocation, evidence of a faulty or dishonest device.
+    `tail` is the oldest stored record's (seq, prev hash) and `record_hash` this record's hash.
+
+    The first record heard anchors the chain. If an earlier one was lost on its way (a broker
+    that restarted without its sessions drops what it holds for the aggregator) and the device
+    resends it, it is accepted when it is exactly the record the anchor names as its
+    predecessor; refusing it as equivocation would lose a genuine token for good.
     """
     if conflict:
         return Refusal(
@@ -83,6 +95,20 @@ def check_chain(
         )
     if head_seq is None or head_hash is None:
         return None  # the first record we hear of anchors the chain
+    if tail is not None and rec.seq < tail[0]:
+        tail_seq, tail_prev = tail
+        if rec.seq < tail_seq - 1:
+            return Refusal(
+                RejectReason.SEQUENCE_GAP,
+                f"seq {rec.seq} is older than the oldest stored seq {tail_seq} by more than "
+                "one; waiting for the records in between",
+            )
+        if record_hash != tail_prev:
+            return Refusal(
+                RejectReason.CHAIN_BROKEN,
+                f"seq {rec.seq} is not the record the stored seq {tail_seq} follows",
+            )
+        return None
     if rec.seq <= head_seq:
         return Refusal(
             RejectReason.EQUIVOCATION,

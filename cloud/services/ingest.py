@@ -29,6 +29,7 @@ from cloud.domain.ingest_rules import (
 )
 from cloud.storage.store import (
     ChainHead,
+    ChainTail,
     DuplicateTokenError,
     IngestKey,
     IngestLookup,
@@ -210,6 +211,7 @@ class IngestService:
         record of that device in the same batch is judged as if the earlier one were stored.
         """
         heads = dict(lookup.heads)
+        tails = dict(lookup.tails)
         stored = set(lookup.stored_hashes)
         taken_seqs = set(lookup.taken_seqs)
         taken_intervals = set(lookup.taken_intervals)
@@ -244,6 +246,8 @@ class IngestService:
                 m.status = ReceiptStatus.DUPLICATE
                 continue
             head = heads.get(rec.device_id)
+            tail = tails.get(rec.device_id)
+            below_tail = tail is not None and rec.seq < tail.seq
             conflict = (rec.device_id, rec.seq) in taken_seqs or (
                 rec.device_id,
                 rec.interval_start,
@@ -256,9 +260,14 @@ class IngestService:
                     head.seq if head else None,
                     head.record_hash if head else None,
                     conflict,
+                    None if tail is None else (tail.seq, tail.prev_hash),
+                    m.record_hash,
                 )
                 or check_plausible(
-                    rec, device.capacity_w, self.limits, head.interval_start if head else None
+                    rec,
+                    device.capacity_w,
+                    self.limits,
+                    head.interval_start if head and not below_tail else None,
                 )
             )
             if m.refusal is not None:
@@ -266,7 +275,12 @@ class IngestService:
             m.status = ReceiptStatus.ACCEPTED
             m.row = _token_row(rec, m.record_hash, m.payload, m.received)
             stored.add(m.record_hash)
-            heads[rec.device_id] = ChainHead(rec.seq, m.record_hash, rec.interval_start)
+            if below_tail:
+                tails[rec.device_id] = ChainTail(rec.seq, rec.prev_hash)
+            else:
+                heads[rec.device_id] = ChainHead(rec.seq, m.record_hash, rec.interval_start)
+                if tail is None:
+                    tails[rec.device_id] = ChainTail(rec.seq, rec.prev_hash)
             taken_seqs.add((rec.device_id, rec.seq))
             taken_intervals.add((rec.device_id, rec.interval_start))
 

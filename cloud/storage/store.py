@@ -81,6 +81,15 @@ class IngestKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainTail:
+    """The oldest accepted record of a device: the record before it is the one whose hash is
+    `prev_hash`, should it arrive after the chain was anchored above it."""
+
+    seq: int
+    prev_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class IngestLookup:
     """What storage knows about a batch of records' devices, keys and chains (one round trip)."""
 
@@ -88,6 +97,7 @@ class IngestLookup:
     keys: dict[bytes, DeviceKey]
     stored_hashes: set[bytes]
     heads: dict[str, ChainHead]
+    tails: dict[str, ChainTail]
     # (device, seq) and (device, interval start) slots that already hold a stored record.
     taken_seqs: set[tuple[str, int]]
     taken_intervals: set[tuple[str, int]]
@@ -446,9 +456,9 @@ class Store:
     async def ingest_lookup(self, keys: list[IngestKey]) -> IngestLookup:
         """Everything ingest needs about a batch of records, read on one connection.
 
-        Devices and keys by id, which record hashes are stored, each device's chain head, and
-        which (device, seq) and (device, interval) slots hold a record: five queries whatever
-        the batch's size.
+        Devices and keys by id, which record hashes are stored, each device's chain head and
+        tail, and which (device, seq) and (device, interval) slots hold a record: six queries
+        whatever the batch's size.
         """
         device_ids = sorted({k.device_id for k in keys})
         kids = sorted({k.kid for k in keys})
@@ -457,6 +467,12 @@ class Store:
         starts = sorted({k.interval_start for k in keys})
         newest = (
             select(tokens.c.device_id, func.max(tokens.c.seq).label("seq"))
+            .where(tokens.c.device_id.in_(device_ids))
+            .group_by(tokens.c.device_id)
+            .subquery()
+        )
+        oldest = (
+            select(tokens.c.device_id, func.min(tokens.c.seq).label("seq"))
             .where(tokens.c.device_id.in_(device_ids))
             .group_by(tokens.c.device_id)
             .subquery()
@@ -486,6 +502,14 @@ class Store:
                     )
                 )
             ).all()
+            tails = (
+                await conn.execute(
+                    select(tokens.c.device_id, tokens.c.seq, tokens.c.prev_hash).join(
+                        oldest,
+                        (tokens.c.device_id == oldest.c.device_id) & (tokens.c.seq == oldest.c.seq),
+                    )
+                )
+            ).all()
             taken = (
                 await conn.execute(
                     select(tokens.c.device_id, tokens.c.seq, tokens.c.interval_start).where(
@@ -501,6 +525,7 @@ class Store:
             heads={
                 h.device_id: ChainHead(h.seq, bytes(h.record_hash), h.interval_start) for h in heads
             },
+            tails={t.device_id: ChainTail(t.seq, bytes(t.prev_hash)) for t in tails},
             taken_seqs={(t.device_id, t.seq) for t in taken},
             taken_intervals={(t.device_id, t.interval_start) for t in taken},
         )

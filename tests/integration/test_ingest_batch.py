@@ -116,3 +116,29 @@ async def test_a_batch_that_lost_a_race_is_judged_again_one_by_one(store) -> Non
     assert len(await store.list_tokens(device_id="pi-race-a")) == 1
     assert ours.counters.accepted == 2
     assert dict(ours.counters.rejected) == {"replayed": 1}
+
+
+async def test_records_lost_before_the_anchor_are_taken_when_resent_in_chain_order(store) -> None:  # type: ignore[no-untyped-def]
+    # A broker that restarted without its sessions dropped seq 1 and 2; seq 3 arrived first
+    # and anchored the chain. The resends must be stored, not refused as equivocation, but only
+    # as the exact records the chain names, from the anchor down.
+    dev = FakeDevice("pi-lost")
+    await _register(store, dev)
+    ingest = IngestService(store, DEPLOYMENT, time.time)
+    r1, r2, r3, r4 = (dev.next_token(generated_wh=100 + i) for i in range(4))
+    impostor = FakeDevice("pi-lost", key=dev.key, next_start=r1.record.interval_start)
+    other_seq2 = [impostor.next_token(generated_wh=7) for _ in range(2)][1]  # seq 2, other bytes
+
+    async def judge(*tokens) -> list[tuple[ReceiptStatus, str]]:  # type: ignore[no-untyped-def]
+        outcomes = await ingest.handle_batch([(_topic(dev), t.envelope) for t in tokens])
+        return [(o.receipt.status, o.receipt.reason) for o in outcomes]
+
+    assert await judge(r3) == [(ReceiptStatus.ACCEPTED, "")]
+    assert await judge(r1, other_seq2) == [
+        (ReceiptStatus.REJECTED, "sequence_gap"),  # retryable: seq 2 must come first
+        (ReceiptStatus.REJECTED, "chain_broken"),  # not the record seq 3 follows
+    ]
+    # In one batch, in the order an outbox resends them: 2 links below 3, then 1 below 2.
+    assert await judge(r2, r1, r4) == [(ReceiptStatus.ACCEPTED, "")] * 3
+    assert sorted(t.seq for t in await store.list_tokens(device_id="pi-lost")) == [1, 2, 3, 4]
+    assert await judge(r1) == [(ReceiptStatus.DUPLICATE, "replayed")]
