@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
 from cloud.domain.market_checks import MarketConfig
+from cloud.domain.rate_limit import BucketLimit
 from cloud.gc_policy import LongLivedFreezer
 from cloud.ingest_workers import IngestWorkers
 from cloud.mqtt_ingest import MqttIngest
@@ -105,6 +106,7 @@ class CloudRuntime:
             self.clock.now,
             IngestLimits(future_skew_s=s.future_skew_s, backfill_window_s=s.backfill_window_s),
             s.max_message_bytes,
+            BucketLimit(s.ingest_device_rate_per_s, s.ingest_device_burst),
         )
         if s.device_ca_dir is not None:
             try:
@@ -186,6 +188,7 @@ class CloudRuntime:
                     self.clock,
                     self.ingest.limits,
                     s.max_message_bytes,
+                    self.ingest.device_rate,
                 )
                 await self.workers.start()
                 handler = self.workers
