@@ -43,6 +43,7 @@ from cloud.storage.store import Store
 from mqttlink import client_tls_context
 from protocol import topics
 from protocol.clock import Clock, SimClock, SystemClock
+from protocol.reasons import RejectReason
 from rules.ledger import BatteryParams
 from rules.market import MatchingMode
 
@@ -216,6 +217,9 @@ class CloudRuntime:
                 market=self.market,
                 key_overlap_s=s.key_overlap_s,
                 now=self.clock.now,
+                http_rate=BucketLimit(s.http_rate_per_s, s.http_burst),
+                max_body_bytes=s.http_max_body_bytes,
+                ingest_rate_limited=self._rate_limited,
             )
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))
             self._server_task = asyncio.create_task(self._server.serve())
@@ -228,6 +232,11 @@ class CloudRuntime:
     def _storage_errors(self) -> int:
         here = self.ingest.counters.storage_errors if self.ingest else 0
         return here + (self.workers.counters.storage_errors if self.workers else 0)
+
+    def _rate_limited(self) -> int:
+        reason = RejectReason.RATE_LIMITED
+        here = self.ingest.counters.rejected[reason] if self.ingest else 0
+        return here + (self.workers.counters.rejected[reason] if self.workers else 0)
 
     def _ledger_key(self) -> Ed25519PrivateKey:
         path = default_ledger_key_path(self.settings.database_url, self.settings.ledger_key_file)
