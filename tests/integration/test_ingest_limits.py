@@ -18,7 +18,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from cloud.broker_config import AGGREGATOR_INFLIGHT
+from cloud.broker_config import AGGREGATOR_INFLIGHT, PACKET_OVERHEAD, input_limit_lines
 from edge.minting import MintedToken
 from mqttlink import BatchSubscription, BrokerAddress, MqttLink
 from protocol import topics
@@ -35,6 +35,7 @@ DEPLOYMENT = "gridmint-test"
 RATE_PER_S, BURST = 10.0, 10  # the test's limit; honest devices send 5 tokens/s each
 HONEST, PER_PHASE, GAP_S = 3, 10, 0.2
 FLOOD_CHAIN = 40  # distinct tokens the flooder cycles through
+MAX_MESSAGE = 4096
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -86,8 +87,10 @@ def p95(samples: list[float]) -> float:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """Mosquitto as cloud.broker_config sets it up for the aggregator (its batch in flight)."""
-    m = Mosquitto(tmp_path, extra_config=f"max_inflight_messages {AGGREGATOR_INFLIGHT}\n")
+    """Mosquitto as cloud.broker_config sets it up: the aggregator's batch in flight, the
+    packet size limit."""
+    conf = [f"max_inflight_messages {AGGREGATOR_INFLIGHT}", *input_limit_lines(MAX_MESSAGE)]
+    m = Mosquitto(tmp_path, extra_config="\n".join(conf) + "\n")
     m.start()
     try:
         yield m
@@ -177,7 +180,7 @@ async def test_a_flooding_device_is_rate_limited_and_the_others_are_not_delayed(
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
-        flood_sent = report["sent"]
+        flood_sent = int(report["sent"])
 
         # Every message the flooder sent got exactly one outcome (none dropped silently).
         total = HONEST * PER_PHASE * 2 + flood_sent
@@ -210,6 +213,7 @@ async def test_a_flooding_device_is_rate_limited_and_the_others_are_not_delayed(
         # the retryable receipts, and every token is held, each stored once.
         await flooder.link.start()
         assert await flooder.link.wait_ready(10)
+
         def missing() -> list[MintedToken]:
             return [t for t in chain if t.record_hash.hex() not in flooder.held()]
 
@@ -229,4 +233,39 @@ async def test_a_flooding_device_is_rate_limited_and_the_others_are_not_delayed(
     finally:
         for c in [*honest, flooder]:
             await c.link.stop()  # (stopping a link never started is harmless)
+        await runtime.stop()
+
+
+async def test_an_oversized_message_is_refused_by_ingest_or_cut_off_by_the_broker(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    runtime = aggregator_runtime(
+        f"sqlite:///{tmp_path / 'cloud.sqlite'}",
+        broker.url,
+        DEPLOYMENT,
+        max_message_bytes=MAX_MESSAGE,
+    )
+    await runtime.start(serve_http=False)
+    assert runtime.store is not None and runtime.mqtt is not None and runtime.ingest is not None
+    counters = runtime.ingest.counters
+    c = Client(FakeDevice("pi-big"))
+    c.connect(broker.url)
+    await c.link.start()
+    try:
+        assert await runtime.mqtt.wait_ready(10) and await c.link.wait_ready(10)
+        # Over the ingest limit but inside the packet limit: refused by ingest, and counted.
+        await c.send(b"x" * (MAX_MESSAGE + 1), "big")
+
+        async def too_large() -> bool:
+            return counters.rejected[RejectReason.TOO_LARGE] == 1
+
+        await until(too_large, 10)
+        assert [r.reason for r in c.receipts] == ["too_large"]
+        # A packet over the broker's limit: the broker drops the client before anything is
+        # delivered (no PUBACK), and ingest never sees it.
+        ok = await c.link.publish(c.topic, b"x" * (MAX_MESSAGE + PACKET_OVERHEAD + 1), timeout_s=2)
+        assert not ok
+        assert counters.accepted + sum(counters.rejected.values()) == 1
+    finally:
+        await c.link.stop()
         await runtime.stop()
