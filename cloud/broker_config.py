@@ -46,6 +46,21 @@ def _line_safe(value: str, what: str) -> str:
 # Messages the broker sends a client before it waits for their PUBACKs; the aggregator's
 # ingest batches (cloud.mqtt_ingest) are at most this long.
 AGGREGATOR_INFLIGHT = 256
+# Room in an MQTT PUBLISH packet besides its payload: fixed header, topic (gridmint/v1/sites/
+# {site}/devices/{device}/tokens, segments of at most 64 characters), packet id.
+PACKET_OVERHEAD = 1024
+
+
+def input_limit_lines(max_message_bytes: int = 65536) -> list[str]:
+    """The broker's share of the input limits (docs/operations.md, "Input limits").
+
+    `max_packet_size`: a client that sends a bigger packet is disconnected, so a flood of big
+    messages never reaches the aggregator or fills the broker's memory. It is the ingest limit
+    (CloudSettings.max_message_bytes) plus the packet's overhead, not the ingest limit itself:
+    a payload just over `max_message_bytes` still reaches ingest, which refuses it as
+    `too_large` and counts it, where the broker's `message_size_limit` would drop it unseen.
+    """
+    return [f"max_packet_size {max_message_bytes + PACKET_OVERHEAD}"]
 
 
 def render_mosquitto(
@@ -64,6 +79,7 @@ def render_mosquitto(
     log_file: Path | None = None,
     run_as_user: str | None = None,
     pid_file: Path | None = None,
+    max_message_bytes: int = 65536,
 ) -> str:
     """mosquitto.conf text: a mutual-TLS listener on `port` and, optionally, a loopback one.
 
@@ -96,6 +112,7 @@ def render_mosquitto(
         # The aggregator acknowledges tokens a batch at a time, after one transaction: the broker
         # must let it hold a batch's worth unacknowledged (Mosquitto's default is 20 in flight).
         f"max_inflight_messages {AGGREGATOR_INFLIGHT}",
+        *input_limit_lines(max_message_bytes),
     ]
     if run_as_user is not None:
         lines.append(f"user {_line_safe(run_as_user, 'run_as_user')}")

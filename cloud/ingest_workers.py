@@ -2,7 +2,8 @@
 
 Owns: N child processes, each with its own database connections and `IngestService`, and the
 routing of every message to the worker of its device (a stable hash of the device id in the
-topic), so one device's records are always judged, in arrival order, by the same worker. A batch
+topic), so one device's records are always judged, in arrival order, by the same worker (and
+its rate limit bucket lives there). A batch
 from the broker is split by worker, the parts are handled at the same time on separate cores,
 and the outcomes come back in the batch's order; only then does the MQTT side acknowledge it.
 
@@ -24,6 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from cloud.domain.ingest_rules import IngestLimits
+from cloud.domain.rate_limit import BucketLimit
 from cloud.services.ingest import IngestCounters, IngestService, Outcome, storage_error_outcome
 from cloud.storage.store import Store
 from protocol import topics
@@ -59,12 +61,18 @@ class IngestWorkers:
         clock: SystemClock | SimClock,
         limits: IngestLimits | None = None,
         max_message_bytes: int = 65536,
+        device_rate: BucketLimit | None = None,
     ):
         if count < 1:
             raise ValueError("ingest workers: at least one")
         self.count = count
         self._setup = _WorkerSetup(
-            database_url, deployment, clock, limits or IngestLimits(), max_message_bytes
+            database_url,
+            deployment,
+            clock,
+            limits or IngestLimits(),
+            max_message_bytes,
+            device_rate,
         )
         self._ctx = mp.get_context("spawn")  # no fork of a process with threads and a loop
         self._workers: list[tuple[BaseProcess, Connection] | None] = [None] * count
@@ -160,6 +168,7 @@ class _WorkerSetup:
     clock: SystemClock | SimClock
     limits: IngestLimits
     max_message_bytes: int
+    device_rate: BucketLimit | None
 
 
 def _worker_main(conn: Connection, setup: _WorkerSetup) -> None:
@@ -173,7 +182,12 @@ async def _serve(conn: Connection, setup: _WorkerSetup) -> None:
         conn.send(f"{type(exc).__name__}: {exc}")
         return
     service = IngestService(
-        store, setup.deployment, setup.clock.now, setup.limits, setup.max_message_bytes
+        store,
+        setup.deployment,
+        setup.clock.now,
+        setup.limits,
+        setup.max_message_bytes,
+        setup.device_rate,
     )
     conn.send("ready")
     try:

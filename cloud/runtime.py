@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
 from cloud.domain.market_checks import MarketConfig
+from cloud.domain.rate_limit import BucketLimit
 from cloud.gc_policy import LongLivedFreezer
 from cloud.ingest_workers import IngestWorkers
 from cloud.mqtt_ingest import MqttIngest
@@ -44,6 +45,7 @@ from cloud.storage.store import Store
 from mqttlink import client_tls_context
 from protocol import topics
 from protocol.clock import Clock, SimClock, SystemClock
+from protocol.reasons import RejectReason
 from rules.ledger import BatteryParams
 from rules.market import MatchingMode
 
@@ -110,6 +112,7 @@ class CloudRuntime:
             self.clock.now,
             IngestLimits(future_skew_s=s.future_skew_s, backfill_window_s=s.backfill_window_s),
             s.max_message_bytes,
+            BucketLimit(s.ingest_device_rate_per_s, s.ingest_device_burst),
         )
         if s.device_ca_dir is not None:
             try:
@@ -197,6 +200,7 @@ class CloudRuntime:
                     self.clock,
                     self.ingest.limits,
                     s.max_message_bytes,
+                    self.ingest.device_rate,
                 )
                 await self.workers.start()
                 handler = self.workers
@@ -230,6 +234,9 @@ class CloudRuntime:
                 market=self.market,
                 key_overlap_s=s.key_overlap_s,
                 now=self.clock.now,
+                http_rate=BucketLimit(s.http_rate_per_s, s.http_burst),
+                max_body_bytes=s.http_max_body_bytes,
+                ingest_rate_limited=self._rate_limited,
             )
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))
             self._server_task = asyncio.create_task(self._server.serve())
@@ -242,6 +249,11 @@ class CloudRuntime:
     def _storage_errors(self) -> int:
         here = self.ingest.counters.storage_errors if self.ingest else 0
         return here + (self.workers.counters.storage_errors if self.workers else 0)
+
+    def _rate_limited(self) -> int:
+        reason = RejectReason.RATE_LIMITED
+        here = self.ingest.counters.rejected[reason] if self.ingest else 0
+        return here + (self.workers.counters.rejected[reason] if self.workers else 0)
 
     def _ledger_key(self) -> Ed25519PrivateKey:
         path = default_ledger_key_path(self.settings.database_url, self.settings.ledger_key_file)

@@ -23,7 +23,36 @@ class CloudSettings(BaseSettings):
     admin_token: str = Field("", description="bearer token for admin calls; empty disables them")
     http_host: str = "127.0.0.1"
     http_port: int = 8000
-    max_message_bytes: int = 65536
+    max_message_bytes: int = Field(
+        65536,
+        gt=0,
+        description="largest token message ingest reads (bigger: refused too_large); the broker "
+        "config (cloud.broker_config) disconnects a client whose packet is much bigger",
+    )
+    # Limits that keep one flooding device or HTTP client from starving the others
+    # (docs/operations.md, "Input limits"). A rate of 0 turns that limit off.
+    ingest_device_rate_per_s: float = Field(
+        5.0,
+        ge=0,
+        description="token messages per second each device may send, sustained (an edge sends "
+        "one per interval: 1/300 s); over it, rate_limited (retryable, nothing stored)",
+    )
+    ingest_device_burst: int = Field(
+        4096,
+        ge=1,
+        description="token messages a device may send at once: a backlog drain after an outage "
+        "(7 days of 5-minute intervals = 2016) fits without a refusal",
+    )
+    http_rate_per_s: float = Field(
+        50.0,
+        ge=0,
+        description="HTTP requests per second per client (its credential, else its address); "
+        "over it, 429 with Retry-After",
+    )
+    http_burst: int = Field(200, ge=1, description="HTTP requests a client may make at once")
+    http_max_body_bytes: int = Field(
+        1 << 20, gt=0, description="largest HTTP request body (bigger: 413)"
+    )
     future_skew_s: int = 120
     backfill_window_s: int = 7 * 24 * 3600
     client_id: str = "gridmint-aggregator"

@@ -20,6 +20,9 @@ import aiosqlite
 
 from edge.accounting import AccountantState
 from edge.minting import ChainState, MintedToken
+from protocol.reasons import RejectReason
+
+RATE_LIMITED = RejectReason.RATE_LIMITED.value
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -268,9 +271,17 @@ class Outbox:
 
         A permanent refusal keeps the token, marked, for inspection. A retryable one (an earlier
         record has not arrived) queues every earlier unconfirmed token for sending again at once,
-        and this one after the usual resend delay, so the chain is replayed in order.
+        and this one after the usual resend delay, so the chain is replayed in order. A
+        `rate_limited` one (the device sent faster than the cloud's limit for it) only waits the
+        resend delay: hurrying the earlier tokens would keep the device over its limit.
         """
-        if retry:
+        if retry and reason == RATE_LIMITED:
+            await self._db.execute(
+                "UPDATE outbox SET status = 'sent', sent_ms = ?, reason = ? "
+                "WHERE record_hash = ? AND status IN ('pending', 'sent')",
+                (now_ms, reason, record_hash),
+            )
+        elif retry:
             async with self._db.execute(
                 "SELECT seq FROM outbox WHERE record_hash = ?", (record_hash,)
             ) as cur:

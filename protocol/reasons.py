@@ -32,6 +32,7 @@ class RejectReason(StrEnum):
     CHAIN_BROKEN = "chain_broken"
     IMPLAUSIBLE_ENERGY = "implausible_energy"
     STORAGE_ERROR = "storage_error"
+    RATE_LIMITED = "rate_limited"
 
     @property
     def retryable(self) -> bool:
@@ -39,5 +40,9 @@ class RejectReason(StrEnum):
         return self in _RETRYABLE
 
 
-# A gap means an earlier record has not arrived yet; a storage error is ours, not the sender's.
-_RETRYABLE = frozenset({RejectReason.SEQUENCE_GAP, RejectReason.STORAGE_ERROR})
+# A gap means an earlier record has not arrived yet; a storage error is ours, not the sender's;
+# a rate-limited record was not looked at (its device sent faster than its limit): all three
+# say "send it again later".
+_RETRYABLE = frozenset(
+    {RejectReason.SEQUENCE_GAP, RejectReason.STORAGE_ERROR, RejectReason.RATE_LIMITED}
+)

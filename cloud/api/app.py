@@ -29,8 +29,10 @@ from cloud.api import (
     tokens_routes,
 )
 from cloud.api.deps import ApiContext
+from cloud.api.limits import HttpLimitCounters, InputLimits
 from cloud.api.templating import STATIC_DIR, make_templates
 from cloud.auth import make_auth
+from cloud.domain.rate_limit import BucketLimit
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.ledger import LedgerService, NotSequencerError
@@ -74,11 +76,16 @@ def create_app(
     market: MarketService | None = None,
     key_overlap_s: int = 24 * 3600,
     now: Callable[[], float] = time.time,
+    http_rate: BucketLimit | None = None,
+    max_body_bytes: int | None = None,
+    ingest_rate_limited: Callable[[], int] = lambda: 0,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
     Every endpoint but /healthz, login and sign-up needs a principal (bearer token, session
     cookie or API key); the role each endpoint allows is in its `require(...)` (cloud.api.deps).
+    With `http_rate` or `max_body_bytes`, requests over them are answered 429 or 413
+    (cloud.api.limits); without them (tests, benchmarks) nothing is limited.
     """
     accounts = accounts or AccountStore(store.engine)
     ctx = ApiContext(
@@ -102,6 +109,8 @@ def create_app(
         broker_connected=broker_connected,
         storage_errors=storage_errors,
         now=now,
+        ingest_rate_limited=ingest_rate_limited,
+        http_limits=HttpLimitCounters(),
     )
     app = FastAPI(
         title="gridmint aggregator",
@@ -119,4 +128,11 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     for router in ROUTERS:
         app.include_router(router)
+    if http_rate is not None or max_body_bytes is not None:
+        app.add_middleware(
+            InputLimits,
+            rate=http_rate or BucketLimit(0, 1),
+            max_body_bytes=max_body_bytes or 1 << 62,
+            counters=ctx.http_limits,
+        )
     return app

@@ -18,7 +18,7 @@ and their `Annotated[..., Depends(...)]` metadata must be real objects.
 """
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -27,6 +27,7 @@ from fastapi.templating import Jinja2Templates
 
 # The two security schemes Auth's own dependencies use: declaring the same objects keeps the
 # OpenAPI document's "HTTPBearer" and "APIKeyCookie" schemes (cloud.auth keeps them private).
+from cloud.api.limits import HttpLimitCounters
 from cloud.auth import Auth, Principal, Role, bearer_scheme, session_cookie
 from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH
 from cloud.services.certificates import CertificateService
@@ -92,6 +93,9 @@ class ApiContext:
     storage_errors: Callable[[], int]
     now: Callable[[], float]
     co2_factor: int = DEFAULT_GRID_G_CO2_PER_KWH
+    # Messages ingest refused as rate_limited since start (all workers), and the HTTP limits'.
+    ingest_rate_limited: Callable[[], int] = lambda: 0
+    http_limits: HttpLimitCounters = field(default_factory=HttpLimitCounters)
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

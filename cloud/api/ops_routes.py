@@ -46,6 +46,15 @@ async def metrics(ctx: CtxDep) -> PlainTextResponse:
         "redelivery because storage failed (since the process started).",
         "# TYPE gridmint_ingest_storage_errors_total counter",
         f"gridmint_ingest_storage_errors_total {ctx.storage_errors()}",
+        "# HELP gridmint_ingest_rate_limited_total Token messages refused unread because "
+        "their device was over its rate limit (retryable; nothing stored; since start).",
+        "# TYPE gridmint_ingest_rate_limited_total counter",
+        f"gridmint_ingest_rate_limited_total {ctx.ingest_rate_limited()}",
+        "# HELP gridmint_http_rejected_total HTTP requests refused by the input limits "
+        "(rate_limited: 429, too_large: 413; since start).",
+        "# TYPE gridmint_http_rejected_total counter",
+        f'gridmint_http_rejected_total{{reason="rate_limited"}} {ctx.http_limits.rate_limited}',
+        f'gridmint_http_rejected_total{{reason="too_large"}} {ctx.http_limits.too_large}',
         "# HELP gridmint_tokens_accepted_total Generation tokens accepted and stored.",
         "# TYPE gridmint_tokens_accepted_total counter",
         f"gridmint_tokens_accepted_total {s.accepted}",

@@ -1,7 +1,9 @@
 """Ingest service: verify incoming records, store them or their rejections, answer with receipts.
 
-Owns: the order of checks and the counters. Every message ends in exactly one of: stored as a
-token, refused as a replay of a stored token, stored as a rejection with its reason, or, when
+Owns: the order of checks, the per-device rate limit and the counters. Every message ends in
+exactly one of: stored as a token, refused as a replay of a stored token, stored as a rejection
+with its reason, refused unread because its device is over its rate limit (retryable
+`rate_limited`: nothing stored, counted in memory, the device sends it again later), or, when
 storage fails, nothing stored and `Outcome.stored` False so the message is not acknowledged.
 Messages are handled in batches (one is a batch of one): a pure pass decodes each, one storage
 read fetches what the batch's checks need, the rules run in arrival order with the chain heads the
@@ -13,6 +15,7 @@ rule. Nothing here raises on bad input.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from cloud.domain.ingest_rules import (
     check_plausible,
     check_storable,
 )
+from cloud.domain.rate_limit import BucketLimit, RateLimiter
 from cloud.storage.store import (
     ChainHead,
     ChainTail,
@@ -71,7 +75,9 @@ class Outcome:
     """What happened to one message, and where to send the receipt (if anywhere).
 
     `stored` is False when storage failed: neither the token nor a rejection was written, so the
-    message must not be acknowledged to the broker.
+    message must not be acknowledged to the broker. A `rate_limited` refusal is acknowledged
+    (`stored` True) though nothing of it is written: its retryable receipt tells the device to
+    keep the token and send it again later, so the broker need not hold it.
     """
 
     receipt: Receipt
@@ -96,6 +102,7 @@ class _Message:
     refusal: Refusal | None = None
     status: ReceiptStatus = ReceiptStatus.REJECTED
     row: TokenRow | None = None
+    limited: bool = False  # refused by the rate limit: not judged, not stored
 
 
 class _StorageFailure(Exception):
@@ -122,12 +129,26 @@ class IngestService:
         now: Callable[[], float],
         limits: IngestLimits | None = None,
         max_message_bytes: int = 65536,
+        device_rate: BucketLimit | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.store = store
         self.deployment = deployment
         self.now = now
         self.limits = limits or IngestLimits()
         self.max_message_bytes = max_message_bytes
+        # One bucket per device id (of the topic), in this process: with ingest workers each
+        # device always reaches the same worker (cloud.ingest_workers), so its bucket is there.
+        self.device_rate = device_rate
+        on = device_rate is not None and device_rate.enabled
+        self.rate_limiter = RateLimiter(device_rate) if device_rate and on else None
+        # The refusals' receipts have the same budget: a flooding device gets at most its rate
+        # limit's worth of `rate_limited` receipts; past that a refusal is counted and
+        # acknowledged without a receipt (each receipt costs the aggregator's MQTT link as much
+        # as the message), and the edge resends an unanswered token after `resend_after_s`,
+        # exactly as it resends one answered `rate_limited`.
+        self.receipt_limiter = RateLimiter(device_rate) if device_rate and on else None
+        self.monotonic = monotonic
         self.counters = IngestCounters()
 
     async def handle(self, topic: str, payload: bytes) -> Outcome:
@@ -142,39 +163,63 @@ class IngestService:
         receipt with `stored=False` and nothing of the batch written. Records of one device may
         follow each other in a batch: each is checked against the chain head the one before it
         made.
+
+        A device over its rate limit has its excess refused here, before any decoding, storage
+        read or signature check (`rate_limited`, retryable, nothing stored), so a flooding device
+        costs the batch little and the other devices' records are judged and stored at once.
         """
-        batch = [self._decode(topic, payload) for topic, payload in messages]
+        return await self._handle([self._decode(topic, payload) for topic, payload in messages])
+
+    async def _handle(self, batch: list[_Message]) -> list[Outcome]:
+        limited = [m for m in batch if m.limited]
+        if limited:
+            by_device = Counter(m.device_id for m in limited)
+            log.info(
+                "rate limited %d message(s): %s",
+                len(limited),
+                ", ".join(f"{d} x{n}" for d, n in by_device.most_common(5)),
+            )
         try:
             decoded = [m for m in batch if m.rec is not None and m.refusal is None]
             if decoded:
                 keys = [_lookup_key(m) for m in decoded]
                 lookup = await _stored(self.store.ingest_lookup(keys))
                 self._judge(decoded, lookup)
-            await _stored(
-                self.store.store_ingested(
-                    [m.row for m in batch if m.row is not None],
-                    [self._rejection(m) for m in batch if m.refusal is not None],
-                )
-            )
+            rows = [m.row for m in batch if m.row is not None]
+            refused = [self._rejection(m) for m in batch if m.refusal is not None and not m.limited]
+            if rows or refused:  # a batch the rate limit refused whole writes nothing
+                await _stored(self.store.store_ingested(rows, refused))
         except DuplicateTokenError:
             # Another worker stored one of these slots since the read: nothing of the batch was
-            # written. One by one, each message is judged against what is stored now.
+            # written. One by one, each message is judged against what is stored now (a message
+            # the rate limit refused stays refused, and no message is charged to it twice).
             if len(batch) > 1:
-                return [(await self.handle_batch([(m.topic, m.payload)]))[0] for m in batch]
+                return [
+                    (
+                        await self._handle(
+                            [m if m.limited else self._decode(m.topic, m.payload, False)]
+                        )
+                    )[0]
+                    for m in batch
+                ]
             outcome = await self._lost_race(batch[0])
             self.counters.count(outcome)
             return [outcome]
         except _StorageFailure as exc:
             log.error("storage failed for %d message(s), left for redelivery: %s", len(batch), exc)
-            outcomes = [storage_error_outcome(m.topic, m.payload) for m in batch]
+            outcomes = [
+                self._outcome(m) if m.limited else storage_error_outcome(m.topic, m.payload)
+                for m in batch
+            ]
         else:
             outcomes = [self._outcome(m) for m in batch]
         for o in outcomes:
             self.counters.count(o)
         return outcomes
 
-    def _decode(self, topic: str, payload: bytes) -> _Message:
-        """The pure pass: topic, size and the record's decoding (no storage, no signature)."""
+    def _decode(self, topic: str, payload: bytes, charge: bool = True) -> _Message:
+        """The pure pass: topic, rate limit (when `charge`), size and the record's decoding (no
+        storage, no signature)."""
         record_hash = cose.record_hash(payload)  # SHA-256 of the bytes; the receipt's digest
         m = _Message(topic, payload, self.now(), record_hash.hex(), record_hash=record_hash)
         try:
@@ -184,6 +229,19 @@ class IngestService:
             return m
         m.device_id = t.device_id
         m.reply = topics.topic(t.site_id, t.device_id, topics.Channel.RECEIPTS)
+        if charge and self.rate_limiter is not None:
+            wait_s = self.rate_limiter.take(t.device_id, self.monotonic())
+            if wait_s > 0:
+                m.refusal = Refusal(
+                    RejectReason.RATE_LIMITED,
+                    f"device {t.device_id!r} is over its rate limit; send again in {wait_s:.1f} s",
+                )
+                m.limited = True
+                if self.receipt_limiter is not None and self.receipt_limiter.take(
+                    t.device_id, self.monotonic()
+                ):
+                    m.reply = None
+                return m
         if len(payload) > self.max_message_bytes:
             m.refusal = Refusal(
                 RejectReason.TOO_LARGE,
@@ -315,7 +373,8 @@ class IngestService:
         """The receipt of a stored message."""
         if m.refusal is None:
             return Outcome(Receipt(m.digest, ReceiptStatus.ACCEPTED), m.reply, m.device_id)
-        log.info("refused record on %s: %s (%s)", m.topic, m.refusal.reason, m.refusal.detail)
+        if not m.limited:  # rate-limited ones are logged a batch at a time
+            log.info("refused record on %s: %s (%s)", m.topic, m.refusal.reason, m.refusal.detail)
         receipt = Receipt(m.digest, m.status, m.refusal.reason.value, m.refusal.reason.retryable)
         return Outcome(receipt, m.reply, m.device_id)
 

@@ -69,6 +69,26 @@ async def test_sequence_gap_receipt_resends_earlier_tokens_first(tmp_path: Path)
     await ob.close()
 
 
+async def test_rate_limited_receipt_waits_the_resend_delay_and_hurries_nothing(
+    tmp_path: Path,
+) -> None:
+    dev = FakeDevice("pi-1")
+    ob = await Outbox.open(tmp_path / "edge.sqlite")
+    toks = [dev.next_token() for _ in range(3)]
+    for t in toks:
+        await ob.commit_mint(t, AccountantState(), 0)
+        await ob.mark_sent(t.record_hash, now_ms=1000)
+    await ob.reject(toks[2].record_hash, "rate_limited", retry=True, now_ms=2000)
+    # Nothing is due at once (the earlier tokens are not hurried); the refused one is kept and
+    # goes again after the resend delay, counted as neither rejected nor confirmed.
+    assert await ob.due(now_ms=2100, resend_after_ms=5000) == []
+    assert [r.seq for r in await ob.due(now_ms=6500, resend_after_ms=5000)] == [1, 2]
+    assert [r.seq for r in await ob.due(now_ms=7100, resend_after_ms=5000)] == [1, 2, 3]
+    c = await ob.counters()
+    assert c["rejected"] == 0 and c["waiting"] == 3
+    await ob.close()
+
+
 def test_key_file_is_private_and_refused_when_readable_by_others(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "device.key"
     key = create_key_file(path)
