@@ -291,20 +291,33 @@ class CloudRuntime:
         assert self.ledger is not None
         assert self.sequencer_lock is not None
         was = self.ledger.writable
-        if not await self.sequencer_lock.hold():
+        lock = self.sequencer_lock
+        if not await lock.hold():
             if was:
                 log.error("ledger: no longer the sequencer; standing by")
             self.ledger.writable = False
-            if self._mqtt_running and self.mqtt is not None and self._new_mqtt is not None:
+            # Ingest stops only once another process is known to hold the lock (it takes over
+            # the broker session under the same client id; two would keep kicking each other
+            # off). While the database is unreachable nobody can store anything: ingest stays
+            # and answers storage_error, leaving the messages with the broker.
+            if (
+                not lock.unreachable
+                and self._mqtt_running
+                and self.mqtt is not None
+                and self._new_mqtt is not None
+            ):
                 self._mqtt_running = False
                 await self.mqtt.stop()
                 self.mqtt = self._new_mqtt()  # a link starts once: a fresh one for next time
             return False
         if not was:
-            # Another process wrote the ledger (and the market) until now: read them again.
-            await self.ledger.load()
-            if self.market is not None:
-                await self.market.load()
+            # Another process may have written the ledger (and the market, whose events are
+            # ledger entries) meanwhile: read them again if the stored log grew. After a
+            # database blip with nobody else writing, the sizes match and nothing is reread.
+            if await self.ledger.store.size() != self.ledger.log.size:
+                await self.ledger.load()
+                if self.market is not None:
+                    await self.market.load()
             self.ledger.writable = True
             log.warning("ledger: this process is now the ledger sequencer")
         if not self._mqtt_running and self.mqtt is not None:

@@ -100,6 +100,12 @@ class LedgerStore:
             for r in rows
         ]
 
+    async def size(self) -> int:
+        """How many entries the stored log has (its sequence numbers are 0..size-1)."""
+        async with self.engine.connect() as conn:
+            top = (await conn.execute(select(func.max(ledger_entries.c.seq)))).scalar()
+        return 0 if top is None else int(top) + 1
+
     async def open_intervals(self, ends_by: int, since: int = 0) -> list[OpenInterval]:
         """(site, interval) pairs with approved devices' records, ended by `ends_by`, not closed
         yet, oldest first, with how many devices delivered; only intervals starting at or after

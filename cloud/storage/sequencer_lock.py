@@ -49,6 +49,9 @@ class SequencerLock:
         if self.backend == "sqlite" and url.database and url.database != ":memory:":
             self._path = Path(f"{url.database}.sequencer.lock")
         self.held = False
+        # The last `hold()` could not reach the database: nobody can write the ledger now, and
+        # nobody is known to have taken the lock either.
+        self.unreachable = False
 
     async def hold(self) -> bool:
         """Take the lock if it is free, or confirm this process still has it.
@@ -61,11 +64,13 @@ class SequencerLock:
                 self.held = await self._hold_advisory()
             else:
                 self.held = self._hold_file()
+            self.unreachable = False
         except Exception as exc:  # database down: not the sequencer until it is back
             if self.held:
                 log.error("lost the ledger sequencer lock: %s", exc)
             await self._drop_connection()
             self.held = False
+            self.unreachable = True
         return self.held
 
     async def release(self) -> None:

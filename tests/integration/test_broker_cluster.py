@@ -25,7 +25,7 @@ from tests.helpers.aggregator import aggregator_runtime
 from tests.helpers.nats_cluster import NatsCluster
 from tests.helpers.waiting import until
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.fault, pytest.mark.broker, pytest.mark.slow, pytest.mark.postgres]
 
 DEPLOYMENT = "gridmint-test"
 
