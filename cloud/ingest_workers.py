@@ -76,6 +76,10 @@ class IngestWorkers:
         )
         self._ctx = mp.get_context("spawn")  # no fork of a process with threads and a loop
         self._workers: list[tuple[BaseProcess, Connection] | None] = [None] * count
+        # One exchange at a time per worker, taken in call order (asyncio.Lock is first come,
+        # first served): overlapping batches reach each worker, and so each device, in the
+        # order they came from the broker.
+        self._turns = [asyncio.Lock() for _ in range(count)]
         self.counters = IngestCounters()
         self.restarts = 0
 
@@ -132,6 +136,10 @@ class IngestWorkers:
         self._workers[k] = (proc, parent)
 
     async def _run(self, k: int, part: list[Message]) -> list[Outcome]:
+        async with self._turns[k]:
+            return await self._run_now(k, part)
+
+    async def _run_now(self, k: int, part: list[Message]) -> list[Outcome]:
         w = self._workers[k]
         try:
             if w is None:

@@ -40,7 +40,11 @@ class MqttIngest:
         client_id: str,
         tls_context: ssl.SSLContext | None = None,
         max_batch: int = 256,
+        pipeline: int = 1,
     ):
+        """`pipeline` > 1 only for a service that keeps each device's order across overlapping
+        batches (IngestWorkers queues each worker's parts in call order): the link then gathers,
+        acknowledges and answers while the workers judge the next batch."""
         self.service = service
         self.link = MqttLink(
             # A comma-separated list is a cluster: the link moves on to the next node when
@@ -54,6 +58,7 @@ class MqttIngest:
                     self._on_tokens,
                     qos=1,
                     max_batch=max_batch,
+                    pipeline=pipeline,
                 )
             ],
             tls_context=tls_context,

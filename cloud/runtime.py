@@ -204,7 +204,12 @@ class CloudRuntime:
                 )
                 await self.workers.start()
                 handler = self.workers
-            self._new_mqtt = lambda: MqttIngest(handler, s.broker_url, s.client_id, tls)
+            # With workers, two batches overlap: the link gathers, acknowledges and answers one
+            # while the workers judge the next (each worker takes its parts in order).
+            pipeline = 2 if self.workers is not None else 1
+            self._new_mqtt = lambda: MqttIngest(
+                handler, s.broker_url, s.client_id, tls, pipeline=pipeline
+            )
             self.mqtt = self._new_mqtt()
             # Ingest follows the sequencer lock: every candidate process uses the same client
             # id and persistent session, so the one that takes over resumes the session (and

@@ -140,6 +140,11 @@ class BatchSubscription:
     A batch is what is queued when the handler is free, up to `max_batch` messages, waiting at
     most `linger_s` after its first message for more. The handler sees each message once per
     delivery; every message of the batch is acknowledged after it returns, none if it raises.
+
+    `pipeline` > 1 lets the next batch's handler start before the last one has returned (up to
+    that many calls in flight; acknowledgements still go in arrival order). Only for a handler
+    that keeps order itself across overlapping calls, such as one that queues each batch to
+    worker processes in order: the link then gathers and acknowledges while the handler works.
     """
 
     topic_filter: str
@@ -147,6 +152,7 @@ class BatchSubscription:
     qos: int = 1
     max_batch: int = 256
     linger_s: float = 0.002
+    pipeline: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +217,10 @@ class MqttLink:
         self._arrived: collections.deque[_Delivery] = collections.deque()
         self._moving = False  # a move to `_inbox` is scheduled on the loop
         self._worker: asyncio.Task[None] | None = None
+        # Handler calls started and not yet acknowledged, oldest first (see `pipeline`).
+        self._in_flight: collections.deque[tuple[asyncio.Task[None], list[_Delivery]]] = (
+            collections.deque()
+        )
         # Each connection has an epoch (counted on paho's thread); after a handler failed, the
         # worker drops the failed connection's remaining messages: the broker resends them.
         self._epoch = 0
@@ -281,6 +291,8 @@ class MqttLink:
         await asyncio.to_thread(self._shut)
         self.connected.clear()
         self.ready.clear()
+        for task, _batch in self._in_flight:
+            task.cancel()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -504,52 +516,75 @@ class MqttLink:
         # One worker keeps each connection's messages in arrival order (records of one device
         # arrive in sequence), and acknowledges each only after its handler has finished.
         held: _Delivery | None = None  # taken from the queue but not of the batch before it
+        in_flight = self._in_flight
         while True:
-            first = held if held is not None else await self._inbox.get()
-            held = None
+            if held is None:
+                # Nothing queued: settle (acknowledge) finished calls rather than wait.
+                while in_flight and self._inbox.empty():
+                    await self._settle_oldest()
+                first = await self._inbox.get()
+            else:
+                first, held = held, None
             if first.epoch <= self._abandoned_epoch:
                 continue  # unacknowledged on a connection we dropped: the broker resends it
+            # Room in the pipeline for this one's handler (1: every earlier call settled).
+            while in_flight and len(in_flight) >= _pipeline(first.sub):
+                if not await self._settle_oldest():
+                    break
+            if first.epoch <= self._abandoned_epoch:
+                continue
             batch = [first]
             sub = first.sub
-            try:
-                if isinstance(sub, BatchSubscription):
-                    held = await self._gather(batch, sub)
-                    await sub.handler([(d.topic, d.payload) for d in batch])
-                else:
-                    await sub.handler(first.topic, first.payload)
-            except Exception as exc:
-                # Not acknowledged: the handler could not keep the message. Later messages of
-                # this connection are dropped too (so order holds), and a new connection
-                # brings them all again.
-                self.handler_failures += 1
-                self._abandoned_epoch = first.epoch
-                if held is not None and held.epoch <= self._abandoned_epoch:
-                    held = None
-                delay = min(self._redeliver_max_s, self._redeliver_min_s * 2**self._failure_streak)
-                self._failure_streak += 1
-                log.warning(
-                    "handler for %s failed (%s); %d message(s) not acknowledged, reconnecting "
-                    "in %.1f s for redelivery",
-                    first.topic,
-                    exc,
-                    len(batch),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                await asyncio.to_thread(self._reconnect)
-                continue
-            self._failure_streak = 0
-            with self._epoch_lock:
-                # Only on the connection the messages came by. A message id means nothing on
-                # the next connection: after a broker restart without persistence the ids start
-                # again, and this PUBACK would acknowledge a new message with the same id
-                # before its handler ran (the broker would drop it even if that handler
-                # failed). Left unacknowledged, a message whose session survived comes again
-                # and is handled as a copy; one whose session was lost is the publisher's to
-                # resend, as for any message the broker lost.
-                if batch[0].epoch == self._epoch:
-                    for d in batch:
-                        self._client.ack(d.mid, d.qos)
+            if isinstance(sub, BatchSubscription):
+                held = await self._gather(batch, sub)
+                call = sub.handler([(d.topic, d.payload) for d in batch])
+            else:
+                call = sub.handler(first.topic, first.payload)
+            in_flight.append((asyncio.ensure_future(call), batch))
+
+    async def _settle_oldest(self) -> bool:
+        """Wait for the oldest handler call and acknowledge its batch; False if it failed (then
+        nothing in flight is acknowledged and the link reconnects for redelivery)."""
+        task, batch = self._in_flight[0]
+        try:
+            await task
+        except Exception as exc:
+            # Not acknowledged: the handler could not keep the message. Later messages of
+            # this connection are dropped too (so order holds), and a new connection
+            # brings them all again.
+            self.handler_failures += 1
+            self._abandoned_epoch = max(self._abandoned_epoch, batch[0].epoch)
+            for later, _batch in self._in_flight:  # started after it: left for redelivery too
+                with contextlib.suppress(Exception):
+                    await later
+            self._in_flight.clear()
+            delay = min(self._redeliver_max_s, self._redeliver_min_s * 2**self._failure_streak)
+            self._failure_streak += 1
+            log.warning(
+                "handler for %s failed (%s); %d message(s) not acknowledged, reconnecting "
+                "in %.1f s for redelivery",
+                batch[0].topic,
+                exc,
+                len(batch),
+                delay,
+            )
+            await asyncio.sleep(delay)
+            await asyncio.to_thread(self._reconnect)
+            return False
+        self._in_flight.popleft()
+        self._failure_streak = 0
+        with self._epoch_lock:
+            # Only on the connection the messages came by. A message id means nothing on
+            # the next connection: after a broker restart without persistence the ids start
+            # again, and this PUBACK would acknowledge a new message with the same id
+            # before its handler ran (the broker would drop it even if that handler
+            # failed). Left unacknowledged, a message whose session survived comes again
+            # and is handled as a copy; one whose session was lost is the publisher's to
+            # resend, as for any message the broker lost.
+            if batch[0].epoch == self._epoch:
+                for d in batch:
+                    self._client.ack(d.mid, d.qos)
+        return True
 
     async def _gather(self, batch: list[_Delivery], sub: BatchSubscription) -> _Delivery | None:
         """Add to `batch` the queued messages of the same subscription and connection.
@@ -583,6 +618,11 @@ class MqttLink:
             if paho.topic_matches_sub(_strip_share(sub.topic_filter), topic):
                 return sub
         return None
+
+
+def _pipeline(sub: Subscription | BatchSubscription | None) -> int:
+    """How many handler calls may be in flight when one for `sub` is next (1: none other)."""
+    return sub.pipeline if isinstance(sub, BatchSubscription) else 1
 
 
 def _strip_share(topic_filter: str) -> str:

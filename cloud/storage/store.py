@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import ARRAY, any_, event, func, insert, literal, select, text, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -179,6 +179,64 @@ class Stats:
     def rejected(self) -> int:
         """All refusals."""
         return sum(self.rejected_by_reason.values())
+
+
+# PostgreSQL: each device's newest and oldest record through its (device_id, seq) index, and
+# exactly the batch's (device, seq) and (device, interval) slots: index lookups whatever the
+# table's size (a GROUP BY over the devices' rows read every row of them, per batch).
+_PG_HEADS = text(
+    "SELECT d.device_id, t.seq, t.record_hash, t.interval_start "
+    "FROM unnest(CAST(:ids AS varchar[])) AS d(device_id) CROSS JOIN LATERAL ("
+    " SELECT seq, record_hash, interval_start FROM tokens"
+    " WHERE tokens.device_id = d.device_id ORDER BY seq DESC LIMIT 1) AS t"
+)
+_PG_TAILS = text(
+    "SELECT d.device_id, t.seq, t.prev_hash "
+    "FROM unnest(CAST(:ids AS varchar[])) AS d(device_id) CROSS JOIN LATERAL ("
+    " SELECT seq, prev_hash FROM tokens"
+    " WHERE tokens.device_id = d.device_id ORDER BY seq ASC LIMIT 1) AS t"
+)
+_PG_TAKEN = text(
+    "SELECT t.device_id, t.seq, t.interval_start FROM tokens t"
+    " JOIN unnest(CAST(:devs AS varchar[]), CAST(:seqs AS bigint[])) AS k(device_id, seq)"
+    " ON t.device_id = k.device_id AND t.seq = k.seq "
+    "UNION "
+    "SELECT t.device_id, t.seq, t.interval_start FROM tokens t"
+    " JOIN unnest(CAST(:devs AS varchar[]), CAST(:starts AS bigint[]))"
+    " AS k(device_id, interval_start)"
+    " ON t.device_id = k.device_id AND t.interval_start = k.interval_start"
+)
+
+
+async def _pg_chain_lookup(
+    conn: AsyncConnection, keys: Sequence[IngestKey], device_ids: list[str]
+) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any]]:
+    heads = (await conn.execute(_PG_HEADS, {"ids": device_ids})).all()
+    tails = (await conn.execute(_PG_TAILS, {"ids": device_ids})).all()
+    taken = (
+        await conn.execute(
+            _PG_TAKEN,
+            {
+                "devs": [k.device_id for k in keys],
+                "seqs": [k.seq for k in keys],
+                "starts": [k.interval_start for k in keys],
+            },
+        )
+    ).all()
+    return heads, tails, taken
+
+
+def _in_list(column: Any, values: Sequence[Any]) -> Any:
+    """`column IN (...)`: one bound parameter per value."""
+    return column.in_(values)
+
+
+def _any_of(column: Any, values: Sequence[Any]) -> Any:
+    """`column = ANY(:array)` on PostgreSQL: one array parameter, so the statement's text is the
+    same whatever the batch's size and asyncpg's prepared statement is reused (an IN list of a
+    new length is a new statement for the server to parse and plan; that was most of the
+    server's work per ingest batch)."""
+    return column == any_(literal(list(values), ARRAY(column.type)))
 
 
 def normalise_url(url: str) -> str:
@@ -460,6 +518,8 @@ class Store:
         tail, and which (device, seq) and (device, interval) slots hold a record: six queries
         whatever the batch's size.
         """
+        pg = self.engine.dialect.name == "postgresql"
+        isin = _any_of if pg else _in_list
         device_ids = sorted({k.device_id for k in keys})
         kids = sorted({k.kid for k in keys})
         hashes = sorted({k.record_hash for k in keys})
@@ -467,57 +527,62 @@ class Store:
         starts = sorted({k.interval_start for k in keys})
         newest = (
             select(tokens.c.device_id, func.max(tokens.c.seq).label("seq"))
-            .where(tokens.c.device_id.in_(device_ids))
+            .where(isin(tokens.c.device_id, device_ids))
             .group_by(tokens.c.device_id)
             .subquery()
         )
         oldest = (
             select(tokens.c.device_id, func.min(tokens.c.seq).label("seq"))
-            .where(tokens.c.device_id.in_(device_ids))
+            .where(isin(tokens.c.device_id, device_ids))
             .group_by(tokens.c.device_id)
             .subquery()
         )
         async with self.engine.connect() as conn:
             devs = (
-                await conn.execute(select(devices).where(devices.c.device_id.in_(device_ids)))
+                await conn.execute(select(devices).where(isin(devices.c.device_id, device_ids)))
             ).all()
             key_rows = (
-                await conn.execute(select(device_keys).where(device_keys.c.kid.in_(kids)))
+                await conn.execute(select(device_keys).where(isin(device_keys.c.kid, kids)))
             ).all()
             stored = (
                 await conn.execute(
-                    select(tokens.c.record_hash).where(tokens.c.record_hash.in_(hashes))
+                    select(tokens.c.record_hash).where(isin(tokens.c.record_hash, hashes))
                 )
             ).all()
-            heads = (
-                await conn.execute(
-                    select(
-                        tokens.c.device_id,
-                        tokens.c.seq,
-                        tokens.c.record_hash,
-                        tokens.c.interval_start,
-                    ).join(
-                        newest,
-                        (tokens.c.device_id == newest.c.device_id) & (tokens.c.seq == newest.c.seq),
+            if pg:
+                heads, tails, taken = await _pg_chain_lookup(conn, keys, device_ids)
+            else:
+                heads = (
+                    await conn.execute(
+                        select(
+                            tokens.c.device_id,
+                            tokens.c.seq,
+                            tokens.c.record_hash,
+                            tokens.c.interval_start,
+                        ).join(
+                            newest,
+                            (tokens.c.device_id == newest.c.device_id)
+                            & (tokens.c.seq == newest.c.seq),
+                        )
                     )
-                )
-            ).all()
-            tails = (
-                await conn.execute(
-                    select(tokens.c.device_id, tokens.c.seq, tokens.c.prev_hash).join(
-                        oldest,
-                        (tokens.c.device_id == oldest.c.device_id) & (tokens.c.seq == oldest.c.seq),
+                ).all()
+                tails = (
+                    await conn.execute(
+                        select(tokens.c.device_id, tokens.c.seq, tokens.c.prev_hash).join(
+                            oldest,
+                            (tokens.c.device_id == oldest.c.device_id)
+                            & (tokens.c.seq == oldest.c.seq),
+                        )
                     )
-                )
-            ).all()
-            taken = (
-                await conn.execute(
-                    select(tokens.c.device_id, tokens.c.seq, tokens.c.interval_start).where(
-                        tokens.c.device_id.in_(device_ids),
-                        tokens.c.seq.in_(seqs) | tokens.c.interval_start.in_(starts),
+                ).all()
+                taken = (
+                    await conn.execute(
+                        select(tokens.c.device_id, tokens.c.seq, tokens.c.interval_start).where(
+                            isin(tokens.c.device_id, device_ids),
+                            isin(tokens.c.seq, seqs) | isin(tokens.c.interval_start, starts),
+                        )
                     )
-                )
-            ).all()
+                ).all()
         return IngestLookup(
             devices={d.device_id: _device(d) for d in devs},
             keys={bytes(k.kid): _key(k) for k in key_rows},
