@@ -7,8 +7,9 @@ Owns: building and parsing topic names. Imports nothing of ours.
     tokens     edge -> cloud, QoS 1, signed interval records
     telemetry  edge -> cloud, QoS 0, live readings
     status     edge -> cloud, retained, last-will "offline"
-    commands   cloud -> edge, QoS 1
+    commands   cloud -> edge, QoS 1, signed dispatch commands (protocol/dispatch.py)
     receipts   cloud -> edge, QoS 1, "stored" or "refused, because" per record
+    acks       edge -> cloud, QoS 1, signed dispatch acknowledgements (protocol/dispatch.py)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Channel(StrEnum):
     STATUS = "status"
     COMMANDS = "commands"
     RECEIPTS = "receipts"
+    ACKS = "acks"
 
 
 def check_segment(value: str, what: str) -> str:
