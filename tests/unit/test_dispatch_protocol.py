@@ -294,6 +294,7 @@ def test_unknown_or_unsupported_control_is_252() -> None:
         (dp.C_VALUE, True),
         (dp.C_MODIFICATION, 2**32),
         (dp.C_MODIFICATION, -1),
+        (dp.C_MODIFICATION, True),
         (dp.C_STATUS, 5),
         (dp.C_START, "soon"),
         (dp.C_EVENT, ""),
@@ -306,6 +307,9 @@ def test_authentic_but_malformed_commands_are_253(key: int, value: object) -> No
     m[key] = value
     result = _check(_signed_map(dict(sorted(m.items()))))
     assert _status(result) is ResponseStatus.REJECTED_INVALID
+    # Refused by that field's check (a clear reason), not only by the canonical re-encoding.
+    assert isinstance(result, Rejected)
+    assert "canonical" not in result.detail, result.detail
 
 
 def test_non_canonical_commands_are_refused() -> None:

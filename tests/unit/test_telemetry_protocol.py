@@ -110,6 +110,7 @@ def _map() -> dict[int, Any]:
     [
         (tm.K_PV_W, 2450.0),  # a float, even an integral one
         (tm.K_GRID_W, True),  # a bool is not an integer on the wire
+        (tm.K_SEQ, True),
         (tm.K_SEQ, -1),
         (tm.K_SEQ, 2**64),  # a bignum
         (tm.K_PV_W, -1),  # PV does not flow out of the bus
@@ -128,8 +129,11 @@ def _map() -> dict[int, Any]:
 def test_bad_fields_are_refused(key: int, value: object) -> None:
     m = _map()
     m[key] = value
-    with pytest.raises(TelemetryFormatError):
+    with pytest.raises(TelemetryFormatError) as caught:
         tm.decode(cbor2.dumps(dict(sorted(m.items()))))
+    # Refused by the field's own check, with a message naming it, not only because the
+    # re-encoding differs.
+    assert not caught.value.non_canonical, caught.value
 
 
 @pytest.mark.parametrize("key", [tm.K_DEVICE, tm.K_BOOT, tm.K_SEQ, tm.K_AT_MS, tm.K_HEALTH])
@@ -162,6 +166,13 @@ def test_non_canonical_encodings_are_refused() -> None:
             tm.decode(variant)
         if name != "trailing byte":  # cbor2 itself refuses extra data
             assert caught.value.non_canonical, name
+
+
+def test_oversized_payload_is_refused_before_parsing() -> None:
+    m = _map()
+    m[tm.K_DEVICE] = "x" * tm.MAX_TELEMETRY_BYTES
+    with pytest.raises(TelemetryFormatError, match="over"):
+        tm.decode(cbor2.dumps(m))
 
 
 @pytest.mark.parametrize(
