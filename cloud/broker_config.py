@@ -33,7 +33,7 @@ from pathlib import Path
 from protocol.topics import LEDGER_CHECKPOINT, ROOT, Channel, check_segment
 
 DEFAULT_AGGREGATOR = "gridmint-aggregator"
-DEVICE_WRITES = (Channel.TOKENS, Channel.TELEMETRY, Channel.STATUS)
+DEVICE_WRITES = (Channel.TOKENS, Channel.TELEMETRY, Channel.STATUS, Channel.ACKS)
 DEVICE_READS = (Channel.COMMANDS, Channel.RECEIPTS)
 
 
@@ -170,9 +170,10 @@ def render_acl(aggregator_identity: str, devices: Iterable[tuple[str, str]] | No
     """The ACL file: the aggregator's rights and each device's own topics.
 
     `devices` is (site_id, device_id) for every approved device: each gets a `user` block
-    that allows writing its tokens, telemetry and status and reading its commands and
-    receipts, under its own site only. With `devices=None` one `pattern` block does the same
-    for every certificate CN but with `+` for the site (see the module docstring).
+    that allows writing its tokens, telemetry, status and command acknowledgements and
+    reading its commands and receipts, under its own site only. With `devices=None` one
+    `pattern` block does the same for every certificate CN but with `+` for the site (see the
+    module docstring).
     Everything not listed is denied, including `$SYS`.
     """
     check_segment(aggregator_identity, "aggregator identity")
