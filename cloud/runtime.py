@@ -35,6 +35,7 @@ from cloud.services.ledger import (
 from cloud.services.market import MarketService
 from cloud.services.policies import PolicyEngine
 from cloud.services.settlement import SettlementService
+from cloud.services.timeseries import InfluxSink
 from cloud.settings import CloudSettings
 from cloud.storage.batteries import BatteryStore
 from cloud.storage.certificates_store import CertificateStore
@@ -92,6 +93,8 @@ class CloudRuntime:
         self._crl_task: asyncio.Task[None] | None = None
         self._rec_task: asyncio.Task[None] | None = None
         self._gc_task: asyncio.Task[None] | None = None
+        self.influx: InfluxSink | None = None
+        self._influx_task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
@@ -222,6 +225,16 @@ class CloudRuntime:
         self._rec_task = asyncio.create_task(self._issue_recs())
         if s.gc_freeze_s > 0:
             self._gc_task = asyncio.create_task(LongLivedFreezer(s.gc_freeze_s).run())
+        if s.influx_url:
+            self.influx = InfluxSink(
+                self.ledger.store,
+                url=s.influx_url,
+                token=s.influx_token,
+                org=s.influx_org,
+                bucket=s.influx_bucket,
+                deployment=s.deployment,
+            )
+            self._influx_task = asyncio.create_task(self._write_timeseries())
         if self.credentials is not None:
             self._crl_task = asyncio.create_task(self._refresh_broker_files())
         if serve_http:
@@ -366,6 +379,21 @@ class CloudRuntime:
             except Exception as exc:  # try again next round
                 log.error("issuing renewable energy certificates failed: %s", exc)
 
+    async def _write_timeseries(self) -> None:
+        # Only the sequencer writes, so a standby does not send the same points twice. A failed
+        # write is logged and retried next round from the same watermark; ingest and the ledger
+        # never wait on it (it runs in its own task, the HTTP call in a thread).
+        assert self.influx is not None
+        assert self.ledger is not None
+        while True:
+            await asyncio.sleep(self.settings.influx_every_s)
+            if not self.ledger.writable:
+                continue
+            try:
+                await self.influx.run_once()
+            except Exception as exc:
+                log.error("time series: writing to InfluxDB failed (retried next round): %s", exc)
+
     async def _refresh_broker_files(self) -> None:
         # Mosquitto refuses every client once the CRL's nextUpdate passes (valid 24 h), so a
         # fresh one is written and loaded well before, even on days without decisions.
@@ -379,7 +407,14 @@ class CloudRuntime:
 
     async def stop(self) -> None:
         """Stop serving, disconnect, close storage."""
-        for task in (self._ledger_task, self._crl_task, self._rec_task, self._gc_task):
+        tasks = (
+            self._ledger_task,
+            self._crl_task,
+            self._rec_task,
+            self._gc_task,
+            self._influx_task,
+        )
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -392,6 +427,8 @@ class CloudRuntime:
             await self.mqtt.stop()
         if self.workers is not None:
             await self.workers.stop()
+        if self.influx is not None:
+            self.influx.close()
         if self.sequencer_lock is not None:
             await self.sequencer_lock.release()
         if self.store is not None:

@@ -128,3 +128,13 @@ class CloudSettings(BaseSettings):
     )
     market_latitude: float = Field(48.0, ge=-90, le=90, description="for the PV forecast shape")
     market_longitude: float = Field(0.0, ge=-180, le=180)
+    # Time series out (cloud/services/timeseries.py; docs/operations.md, "Time series").
+    influx_url: str | None = Field(
+        None, description="InfluxDB v2 base URL (http://host:8086); None: no time series out"
+    )
+    influx_token: str = Field("", description="InfluxDB API token with write access")
+    influx_org: str = Field("gridmint", description="InfluxDB organisation")
+    influx_bucket: str = Field("gridmint", description="InfluxDB bucket")
+    influx_every_s: float = Field(
+        30.0, gt=0, description="real seconds between writes of newly closed intervals"
+    )

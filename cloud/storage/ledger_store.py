@@ -72,6 +72,21 @@ class StoredRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class IntervalEnergy:
+    """A closed (site, interval): the energy of the records the ledger accounted for in it (Wh,
+    summed over the site's devices), and the highest log index its close wrote."""
+
+    site_id: str
+    interval_start: int
+    last_seq: int
+    generated_wh: int
+    imported_wh: int
+    exported_wh: int
+    charged_wh: int
+    discharged_wh: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoredCheckpoint:
     """A signed checkpoint."""
 
@@ -276,6 +291,58 @@ class LedgerStore:
             [(r.seq, r.site_id, r.interval_start, r.kind, r.leaf, r.leaf_hash, ms) for r in leaves],
         )
         await insert_rows(conn, ledger_refs, ("record_hash", "token_id", "seq"), refs)
+
+    async def closed_energy(self, after_seq: int, limit: int = 5000) -> list[IntervalEnergy]:
+        """Closed intervals whose close wrote log entries past `after_seq`, in close order, with
+        their energy per site. Only records the ledger accounted for (ledger_refs) count: a late
+        record of an already closed interval is not in the ledger, so not in the series either.
+        `last_seq` grows with every close, so it serves as the caller's watermark."""
+        energy = [
+            func.sum(getattr(tokens.c, f)).label(f)
+            for f in ("generated_wh", "imported_wh", "exported_wh", "charged_wh", "discharged_wh")
+        ]
+        q = (
+            select(
+                ledger_intervals.c.site_id,
+                ledger_intervals.c.interval_start,
+                ledger_intervals.c.last_seq,
+                *energy,
+            )
+            .select_from(
+                ledger_intervals.join(devices, devices.c.site_id == ledger_intervals.c.site_id)
+                .join(
+                    tokens,
+                    and_(
+                        tokens.c.device_id == devices.c.device_id,
+                        tokens.c.interval_start == ledger_intervals.c.interval_start,
+                    ),
+                )
+                .join(ledger_refs, ledger_refs.c.record_hash == tokens.c.record_hash)
+            )
+            .where(ledger_intervals.c.last_seq > after_seq)
+            .group_by(
+                ledger_intervals.c.site_id,
+                ledger_intervals.c.interval_start,
+                ledger_intervals.c.last_seq,
+            )
+            .order_by(ledger_intervals.c.last_seq)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            IntervalEnergy(
+                r.site_id,
+                int(r.interval_start),
+                int(r.last_seq),
+                int(r.generated_wh),
+                int(r.imported_wh),
+                int(r.exported_wh),
+                int(r.charged_wh),
+                int(r.discharged_wh),
+            )
+            for r in rows
+        ]
 
     async def late_records(self) -> int:
         """Approved devices' records that arrived after their interval was closed."""
