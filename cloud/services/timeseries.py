@@ -74,6 +74,7 @@ class InfluxSink:
         self.batch = batch
         self.watermark = -1  # highest ledger log index whose interval has been written
         self.written = 0  # points written since start (a counter for the logs and tests)
+        self.rounds = 0  # rounds that completed (wrote everything closed, maybe nothing)
         # The client's own retries stay off: a failed round is retried as a whole next round
         # (the watermark only moves on success), and a hanging server costs one timeout, not
         # a retry storm on the worker thread.
@@ -87,6 +88,7 @@ class InfluxSink:
         while True:
             rows = await self.store.closed_energy(self.watermark, self.batch)
             if not rows:
+                self.rounds += 1
                 return total
             lines = [interval_line(r, self.deployment) for r in rows]
             # The client is synchronous (urllib3): in a thread, so a slow server never stalls
@@ -96,6 +98,7 @@ class InfluxSink:
             self.written += len(lines)
             total += len(lines)
             if len(rows) < self.batch:
+                self.rounds += 1
                 return total
 
     def _write(self, lines: list[str]) -> None:

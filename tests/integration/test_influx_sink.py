@@ -18,9 +18,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
+from cloud.runtime import CloudRuntime
 from cloud.services.ingest import IngestService
 from cloud.services.ledger import LedgerService
 from cloud.services.timeseries import FIELDS, MEASUREMENT, InfluxSink
+from cloud.settings import CloudSettings
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.store import Store
 from cloud.storage.tables import ledger_intervals
@@ -217,3 +219,25 @@ async def test_closed_intervals_reach_the_time_series(store: Store, victoria: st
             )
             r.raise_for_status()
             assert r.json()["data"]["result"], f"{title}: {q} found nothing"
+
+
+async def test_runtime_runs_the_sink_only_when_configured(tmp_path: Path, victoria: str) -> None:
+    base = {"database_url": f"sqlite:///{tmp_path / 'c.sqlite'}", "market_enabled": False}
+    off = CloudRuntime(CloudSettings(**base))
+    await off.start(serve_http=False, connect_mqtt=False)
+    try:
+        assert off.influx is None
+    finally:
+        await off.stop()
+    on = CloudRuntime(CloudSettings(**base, influx_url=victoria, influx_every_s=0.05))
+    await on.start(serve_http=False, connect_mqtt=False)
+    try:
+        assert on.influx is not None and on.is_sequencer
+        sink = on.influx
+
+        async def rounds_ran() -> bool:  # nothing closed yet: rounds that write nothing
+            return sink.rounds >= 2
+
+        await until(rounds_ran, 10)
+    finally:
+        await on.stop()
