@@ -772,6 +772,7 @@ EXTRAS: dict[str, frozenset[str]] = {
             "jinja2",
             "argon2-cffi",
             "python-multipart",
+            "influxdb-client",
         }
     ),
 }
@@ -784,6 +785,7 @@ DISTRIBUTION_OF_MODULE = {
     "argon2": "argon2-cffi",
     "multipart": "python-multipart",
     "python_multipart": "python-multipart",
+    "influxdb_client": "influxdb-client",
 }
 
 #: The extra each command group runs on, when a module is in several extras (paho, aiosqlite).
