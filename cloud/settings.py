@@ -138,3 +138,9 @@ class CloudSettings(BaseSettings):
     influx_every_s: float = Field(
         30.0, gt=0, description="real seconds between writes of newly closed intervals"
     )
+    # The OpenADR 3.0.1 VTN (docs/openadr.md): its OAuth2 clients, as a JSON list of
+    # {"client_id", "client_secret" (8+ characters), "scopes": [read_all, write_programs,
+    # write_events, write_reports, write_subscriptions, write_vens]}. Empty: no VTN.
+    openadr_clients: str = Field(
+        "[]", description="OpenADR 3 VTN clients (JSON list of client_id, client_secret, scopes)"
+    )

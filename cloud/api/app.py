@@ -23,6 +23,7 @@ from cloud.api import (
     ledger_routes,
     market_page_routes,
     market_routes,
+    openadr_routes,
     ops_routes,
     pages_routes,
     sites_routes,
@@ -37,6 +38,7 @@ from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
+from cloud.services.openadr import OpenAdrService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.claims import ClaimStore
@@ -57,6 +59,7 @@ ROUTERS = (
     market_page_routes.router,
     accounts_routes.router,
     sites_routes.router,
+    openadr_routes.router,
 )
 
 
@@ -79,6 +82,7 @@ def create_app(
     http_rate: BucketLimit | None = None,
     max_body_bytes: int | None = None,
     ingest_rate_limited: Callable[[], int] = lambda: 0,
+    openadr: OpenAdrService | None = None,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -86,6 +90,7 @@ def create_app(
     cookie or API key); the role each endpoint allows is in its `require(...)` (cloud.api.deps).
     With `http_rate` or `max_body_bytes`, requests over them are answered 429 or 413
     (cloud.api.limits); without them (tests, benchmarks) nothing is limited.
+    With `openadr`, the OpenADR 3.0.1 VTN answers under /openadr3/3.0.1 (docs/openadr.md).
     """
     accounts = accounts or AccountStore(store.engine)
     ctx = ApiContext(
@@ -111,6 +116,7 @@ def create_app(
         now=now,
         ingest_rate_limited=ingest_rate_limited,
         http_limits=HttpLimitCounters(),
+        openadr=openadr,
     )
     app = FastAPI(
         title="gridmint aggregator",
@@ -124,6 +130,8 @@ def create_app(
         # A standby's ledger is not the one being written: the client retries at the
         # sequencer (or here, once this process has taken over).
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "2"})
+
+    openadr_routes.install_error_handlers(app)
 
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     for router in ROUTERS:

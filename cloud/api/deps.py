@@ -34,6 +34,7 @@ from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService
+from cloud.services.openadr import OpenAdrService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
@@ -96,6 +97,8 @@ class ApiContext:
     # Messages ingest refused as rate_limited since start (all workers), and the HTTP limits'.
     ingest_rate_limited: Callable[[], int] = lambda: 0
     http_limits: HttpLimitCounters = field(default_factory=HttpLimitCounters)
+    # The OpenADR 3 VTN (cloud/api/openadr_routes.py); None: its routes answer 404.
+    openadr: OpenAdrService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

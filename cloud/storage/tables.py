@@ -400,3 +400,42 @@ market_events = Table(
     Column("interval_start", BigInteger, nullable=False),
     Column("kind", String(8), nullable=False),  # place | amend | cancel | close
 )
+
+# OpenADR 3 VTN objects (cloud/services/openadr.py): the spec's JSON as sent (less id and the
+# server's fields), with the columns the VTN filters on. An event keeps the dispatch event it
+# became; a deleted event is kept (deleted_ms) so its reports stay readable.
+openadr_programs = Table(
+    "openadr_programs",
+    metadata,
+    Column("program_id", String(64), primary_key=True),
+    Column("program_name", String(128), nullable=False, unique=True),
+    Column("body", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("modified_ms", BigInteger, nullable=False),
+)
+
+openadr_events = Table(
+    "openadr_events",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("program_id", String(64), nullable=False, index=True),
+    Column("dispatch_event_id", String(64), nullable=True),
+    Column("start_s", BigInteger, nullable=False),
+    Column("end_s", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("modified_ms", BigInteger, nullable=False),
+    Column("deleted_ms", BigInteger, nullable=True),
+)
+
+openadr_reports = Table(
+    "openadr_reports",
+    metadata,
+    Column("report_id", String(64), primary_key=True),
+    Column("program_id", String(64), nullable=False, index=True),
+    Column("event_id", String(64), nullable=False, index=True),
+    Column("client_name", String(128), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("modified_ms", BigInteger, nullable=False),
+)
