@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -71,7 +72,7 @@ async def derms(mosquitto: Mosquitto, db_url: str) -> AsyncIterator[Derms]:
         await runtime.stop()
 
 
-async def _devices(d: Derms, event_id: str) -> list[dict[str, object]]:
+async def _devices(d: Derms, event_id: str) -> list[dict[str, Any]]:
     r = await d.http.get(f"/api/v1/dispatch/events/{event_id}/devices")
     assert r.status_code == 200, r.text
     return list(r.json())
