@@ -41,10 +41,12 @@ class MqttIngest:
         tls_context: ssl.SSLContext | None = None,
         max_batch: int = 256,
         pipeline: int = 1,
+        extra: Sequence[BatchSubscription] = (),
     ):
         """`pipeline` > 1 only for a service that keeps each device's order across overlapping
         batches (IngestWorkers queues each worker's parts in call order): the link then gathers,
-        acknowledges and answers while the workers judge the next batch."""
+        acknowledges and answers while the workers judge the next batch. `extra`: more
+        subscriptions on the same session (the DERMS's telemetry, status and acks)."""
         self.service = service
         self.link = MqttLink(
             # A comma-separated list is a cluster: the link moves on to the next node when
@@ -59,7 +61,8 @@ class MqttIngest:
                     qos=1,
                     max_batch=max_batch,
                     pipeline=pipeline,
-                )
+                ),
+                *extra,
             ],
             tls_context=tls_context,
         )

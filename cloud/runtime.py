@@ -25,6 +25,8 @@ from cloud.mqtt_ingest import MqttIngest
 from cloud.pki import DeviceCA
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials, sighup_pid_file
+from cloud.services.dispatch import DispatchService
+from cloud.services.fleet import FleetService
 from cloud.services.ingest import IngestService
 from cloud.services.ledger import (
     LedgerService,
@@ -39,11 +41,12 @@ from cloud.services.timeseries import InfluxSink
 from cloud.settings import CloudSettings
 from cloud.storage.batteries import BatteryStore
 from cloud.storage.certificates_store import CertificateStore
+from cloud.storage.dispatch_store import DispatchStore
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.market_store import MarketStore
 from cloud.storage.sequencer_lock import SequencerLock
 from cloud.storage.store import Store
-from mqttlink import client_tls_context
+from mqttlink import BatchSubscription, client_tls_context
 from protocol import topics
 from protocol.clock import Clock, SimClock, SystemClock
 from protocol.reasons import RejectReason
@@ -94,6 +97,10 @@ class CloudRuntime:
         self._rec_task: asyncio.Task[None] | None = None
         self._gc_task: asyncio.Task[None] | None = None
         self.influx: InfluxSink | None = None
+        # The DERMS (settings.derms_enabled): live fleet and alarms, dispatch events.
+        self.fleet: FleetService | None = None
+        self.dispatch: DispatchService | None = None
+        self._derms_task: asyncio.Task[None] | None = None
         self._influx_task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
@@ -188,6 +195,26 @@ class CloudRuntime:
                 self.ledger, self.market, market_store, self.clock.now
             )
             self.policies = PolicyEngine(self.market, market_store)
+        if s.derms_enabled:
+            dstore = DispatchStore(self.store.engine)
+            self.fleet = FleetService(
+                dstore,
+                self.clock.now,
+                battery_wh=s.battery_usable_wh,
+                battery_max_w=s.battery_max_w,
+                stale_ms=int(s.fleet_stale_s * 1000),
+            )
+            await self.fleet.load()
+            self.dispatch = DispatchService(
+                dstore,
+                self.fleet,
+                self._dispatch_key(),
+                s.deployment.encode(),
+                self._publish_command,
+                self.clock.now,
+                resend_after_s=s.dispatch_resend_s,
+            )
+            await self.dispatch.load()
         if connect_mqtt:
             tls = None
             if s.broker_ca_file is not None:
@@ -210,8 +237,9 @@ class CloudRuntime:
             # With workers, two batches overlap: the link gathers, acknowledges and answers one
             # while the workers judge the next (each worker takes its parts in order).
             pipeline = 2 if self.workers is not None else 1
+            extra = self._derms_subscriptions()
             self._new_mqtt = lambda: MqttIngest(
-                handler, s.broker_url, s.client_id, tls, pipeline=pipeline
+                handler, s.broker_url, s.client_id, tls, pipeline=pipeline, extra=extra
             )
             self.mqtt = self._new_mqtt()
             # Ingest follows the sequencer lock: every candidate process uses the same client
@@ -223,6 +251,8 @@ class CloudRuntime:
                 self._mqtt_running = True
         self._ledger_task = asyncio.create_task(self._close_intervals())
         self._rec_task = asyncio.create_task(self._issue_recs())
+        if self.fleet is not None:
+            self._derms_task = asyncio.create_task(self._run_derms())
         if s.gc_freeze_s > 0:
             self._gc_task = asyncio.create_task(LongLivedFreezer(s.gc_freeze_s).run())
         if s.influx_url:
@@ -255,6 +285,8 @@ class CloudRuntime:
                 http_rate=BucketLimit(s.http_rate_per_s, s.http_burst),
                 max_body_bytes=s.http_max_body_bytes,
                 ingest_rate_limited=self._rate_limited,
+                fleet=self.fleet,
+                dispatch=self.dispatch,
             )
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))
             self._server_task = asyncio.create_task(self._server.serve())
@@ -263,6 +295,69 @@ class CloudRuntime:
                     await self._server_task
                     raise RuntimeError(f"HTTP server could not start on port {self.http_port}")
                 await asyncio.sleep(0.02)
+
+    def _derms_subscriptions(self) -> list[BatchSubscription]:
+        if self.fleet is None or self.dispatch is None:
+            return []
+        return [
+            # Telemetry is QoS 0 (live values; a lost one is replaced within seconds).
+            BatchSubscription(
+                topics.subscription(topics.Channel.TELEMETRY),
+                self.fleet.handle_telemetry,
+                qos=0,
+                max_batch=2048,
+            ),
+            BatchSubscription(
+                topics.subscription(topics.Channel.STATUS), self.fleet.handle_status, qos=1
+            ),
+            BatchSubscription(
+                topics.subscription(topics.Channel.ACKS),
+                self.dispatch.handle_acks,
+                qos=1,
+                max_batch=2048,
+            ),
+        ]
+
+    def _publish_command(self, topic: str, payload: bytes) -> bool:
+        # QoS 1 into the device's persistent session: an offline Pi gets it when back.
+        if self.mqtt is None or not self._mqtt_running:
+            return False
+        return self.mqtt.link.publish_nowait(topic, payload, qos=1)
+
+    def _dispatch_key(self) -> Ed25519PrivateKey:
+        s = self.settings
+        path = s.dispatch_key_file
+        if path is None:
+            ledger_path = default_ledger_key_path(s.database_url, None)
+            if ledger_path is not None:
+                path = ledger_path.with_name(ledger_path.name.replace("ledger-key", "dispatch-key"))
+        if path is None:
+            log.warning(
+                "no dispatch_key_file: commands are signed with a key that lives only as long "
+                "as this process (the Pis pin it at enrollment)"
+            )
+            return Ed25519PrivateKey.generate()
+        return load_or_create_ledger_key(path)  # the same PKCS#8 file handling
+
+    async def _run_derms(self) -> None:
+        # The fleet's periodic checks (silent devices, new token rejections, newly approved
+        # devices) and the dispatch tick (board samples, resends). Errors are logged and the
+        # next round tries again: the database may be down for a while.
+        assert self.fleet is not None
+        assert self.dispatch is not None
+        s = self.settings
+        rounds = 0
+        while True:
+            await asyncio.sleep(s.dispatch_tick_s)
+            rounds += 1
+            try:
+                await self.dispatch.tick()
+                if rounds % 5 == 0:
+                    await self.fleet.check()
+                if rounds % 30 == 0:
+                    await self.fleet.load()
+            except Exception as exc:
+                log.error("fleet/dispatch: periodic work failed: %s", exc)
 
     def _storage_errors(self) -> int:
         here = self.ingest.counters.storage_errors if self.ingest else 0
@@ -413,6 +508,7 @@ class CloudRuntime:
             self._rec_task,
             self._gc_task,
             self._influx_task,
+            self._derms_task,
         )
         for task in tasks:
             if task is not None:

@@ -138,6 +138,23 @@ class CloudSettings(BaseSettings):
     influx_every_s: float = Field(
         30.0, gt=0, description="real seconds between writes of newly closed intervals"
     )
+    # The DERMS: live fleet, alarms and dispatch (docs/operations.md, "Fleet and dispatch").
+    derms_enabled: bool = Field(True, description="follow telemetry and status; dispatch events")
+    dispatch_key_file: Path | None = Field(
+        None, description="command signing key; default: next to a SQLite database file"
+    )
+    battery_max_w: int = Field(
+        5_000, ge=0, description="per-site battery charge/discharge limit until registered"
+    )
+    fleet_stale_s: float = Field(
+        60.0, gt=0, description="a device silent this long (clock s) is shown offline"
+    )
+    dispatch_tick_s: float = Field(
+        1.0, gt=0, description="real seconds between event board samples and resends"
+    )
+    dispatch_resend_s: float = Field(
+        30.0, gt=0, description="an unanswered command is sent again after this (clock s)"
+    )
     # The OpenADR 3.0.1 VTN (docs/openadr.md): its OAuth2 clients, as a JSON list of
     # {"client_id", "client_secret" (8+ characters), "scopes": [read_all, write_programs,
     # write_events, write_reports, write_subscriptions, write_vens]}. Empty: no VTN.

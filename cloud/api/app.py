@@ -18,6 +18,8 @@ from cloud.api import (
     accounts_routes,
     certificates_routes,
     device_routes,
+    dispatch_routes,
+    fleet_live_routes,
     fleet_routes,
     home_routes,
     ledger_routes,
@@ -36,6 +38,8 @@ from cloud.auth import make_auth
 from cloud.domain.rate_limit import BucketLimit
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
+from cloud.services.dispatch import DispatchService
+from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
@@ -59,6 +63,8 @@ ROUTERS = (
     market_page_routes.router,
     accounts_routes.router,
     sites_routes.router,
+    fleet_live_routes.router,
+    dispatch_routes.router,
     openadr_routes.router,
 )
 
@@ -82,6 +88,8 @@ def create_app(
     http_rate: BucketLimit | None = None,
     max_body_bytes: int | None = None,
     ingest_rate_limited: Callable[[], int] = lambda: 0,
+    fleet: FleetService | None = None,
+    dispatch: DispatchService | None = None,
     openadr: OpenAdrService | None = None,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
@@ -116,6 +124,8 @@ def create_app(
         now=now,
         ingest_rate_limited=ingest_rate_limited,
         http_limits=HttpLimitCounters(),
+        fleet=fleet,
+        dispatch=dispatch,
         openadr=openadr,
     )
     app = FastAPI(

@@ -32,6 +32,8 @@ from cloud.auth import Auth, Principal, Role, bearer_scheme, session_cookie
 from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
+from cloud.services.dispatch import DispatchService
+from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
@@ -50,6 +52,8 @@ __all__ = [
     "CredentialsDep",
     "CtxDep",
     "DeviceViewsDep",
+    "DispatchDep",
+    "FleetDep",
     "LedgerDep",
     "MarketDep",
     "OptionalPrincipalDep",
@@ -97,6 +101,9 @@ class ApiContext:
     # Messages ingest refused as rate_limited since start (all workers), and the HTTP limits'.
     ingest_rate_limited: Callable[[], int] = lambda: 0
     http_limits: HttpLimitCounters = field(default_factory=HttpLimitCounters)
+    # The DERMS (None without it: its routes answer 503).
+    fleet: FleetService | None = None
+    dispatch: DispatchService | None = None
     # The OpenADR 3 VTN (cloud/api/openadr_routes.py); None: its routes answer 404.
     openadr: OpenAdrService | None = None
 
@@ -151,6 +158,14 @@ async def _market(ctx: CtxDep) -> MarketService | None:
     return ctx.market
 
 
+async def _fleet(ctx: CtxDep) -> FleetService | None:
+    return ctx.fleet
+
+
+async def _dispatch(ctx: CtxDep) -> DispatchService | None:
+    return ctx.dispatch
+
+
 StoreDep = Annotated[Store, Depends(_store)]
 AccountsDep = Annotated[AccountStore, Depends(_accounts)]
 TemplatesDep = Annotated[Jinja2Templates, Depends(_templates)]
@@ -161,6 +176,8 @@ CredentialsDep = Annotated[DeviceCredentials | None, Depends(_credentials)]
 LedgerDep = Annotated[LedgerService | None, Depends(_ledger)]
 CertificatesDep = Annotated[CertificateService | None, Depends(_certificates)]
 MarketDep = Annotated[MarketService | None, Depends(_market)]
+FleetDep = Annotated[FleetService | None, Depends(_fleet)]
+DispatchDep = Annotated[DispatchService | None, Depends(_dispatch)]
 
 
 # Who is calling: the app's Auth (cloud.auth) decides; these only find it at request time.

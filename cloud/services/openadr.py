@@ -40,7 +40,6 @@ from cloud.domain.openadr import (
     matches_targets,
 )
 from cloud.storage.openadr_store import NameTaken, OpenAdrStore, StoredObject, dump_body
-from protocol.dispatch import ControlMode
 
 TOKEN_LIFETIME_S = 3600
 REPORT_CLIENT = "gridmint"
@@ -371,14 +370,6 @@ def _report_json(r: StoredObject) -> dict[str, Any]:
     }
 
 
-def _measured_w(control: ControlMode, baseline_w: int, delivered_w: int) -> int:
-    # Delivered is measured minus baseline, except for a generation limit (baseline minus
-    # measured: less PV), as cloud.domain.dispatch_events defines it.
-    if control is ControlMode.OP_MOD_MAX_LIM_W:
-        return baseline_w - delivered_w
-    return baseline_w + delivered_w
-
-
 _REPORT_DESCRIPTORS = [
     {"payloadType": "SETPOINT", "readingType": "DIRECT_READ", "units": "KW"},
     {"payloadType": "BASELINE", "readingType": "ESTIMATED", "units": "KW"},
@@ -393,9 +384,11 @@ def performance_report(
     """gridmint's report on one event: a resource per site (requested, baseline, measured
     power and state of charge over the event) and AGGREGATED_REPORT with the group's series.
 
-    SETPOINT is the requested change from the baseline, DEMAND the measured flow the control
-    acts on (so delivered = DEMAND - BASELINE; for a generation limit BASELINE - DEMAND), both
-    in kW with + = out of the devices into the home's bus (discharge, generation)."""
+    All in kW, as the dispatch service measures them (cloud.domain.dispatch_events): SETPOINT
+    the flow requested while the event runs, BASELINE the flow before it, DEMAND the flow
+    measured, of the flow the control steers (battery for DISPATCH_SETPOINT, the grid connection
+    for the capacity limits and SIMPLE; + = discharge / into the home's bus, grid + = import).
+    The response is DEMAND - BASELINE."""
     req = view.request
     period = {"start": format_datetime_s(req.start), "duration": format_duration(req.duration_s)}
     sites = []
@@ -403,10 +396,7 @@ def performance_report(
         payloads: list[dict[str, Any]] = [
             {"type": "SETPOINT", "values": [_kw(s.requested_w)]},
             {"type": "BASELINE", "values": [_kw(s.baseline_w)]},
-            {
-                "type": "DEMAND",
-                "values": [_kw(_measured_w(req.control, s.baseline_w, s.delivered_w))],
-            },
+            {"type": "DEMAND", "values": [_kw(s.delivered_w)]},
         ]
         if s.soc_permille is not None:
             payloads.append({"type": "STORAGE_CHARGE_LEVEL", "values": [s.soc_permille / 10]})
@@ -431,10 +421,7 @@ def performance_report(
                 "payloads": [
                     {"type": "SETPOINT", "values": [_kw(requested_w)]},
                     {"type": "BASELINE", "values": [_kw(perf.baseline_w)]},
-                    {
-                        "type": "DEMAND",
-                        "values": [_kw(_measured_w(req.control, perf.baseline_w, delivered_w))],
-                    },
+                    {"type": "DEMAND", "values": [_kw(delivered_w)]},
                 ],
             }
         )

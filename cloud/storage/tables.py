@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -128,6 +129,9 @@ sites = Table(
     Column("name", String(200), nullable=False),
     Column("zone", String(64), nullable=False, server_default=""),
     Column("created_ms", BigInteger, nullable=False),
+    # where the site is, for the operator's map (migration 0012); null: not given
+    Column("latitude", Float, nullable=True),
+    Column("longitude", Float, nullable=True),
 )
 
 auth_tokens = Table(
@@ -399,6 +403,89 @@ market_events = Table(
     Column("order_id", String(40), nullable=True, index=True),  # null for a gate closure
     Column("interval_start", BigInteger, nullable=False),
     Column("kind", String(8), nullable=False),  # place | amend | cancel | close
+)
+
+# DERMS dispatch (migration 0012): an operator's events, the command each targeted device was
+# sent for the event's latest modification, every response a device signed, the event board's
+# samples of requested versus measured power, and the operator's alarms.
+dispatch_events = Table(
+    "dispatch_events",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("modification", Integer, nullable=False),
+    Column("group_name", String(80), nullable=False),
+    Column("control", Integer, nullable=False),
+    Column("value", BigInteger, nullable=False),
+    Column("start_s", BigInteger, nullable=False),
+    Column("duration_s", Integer, nullable=False),
+    Column("ramp_s", Integer, nullable=False),
+    Column("randomize_s", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("cancelled", Integer, nullable=False, server_default="0"),
+    Column("created_ms", BigInteger, nullable=False, index=True),
+    Column("created_by", String(64), nullable=False),
+    Column("modified_ms", BigInteger, nullable=False),
+)
+
+dispatch_commands = Table(
+    "dispatch_commands",
+    metadata,
+    Column("event_id", String(64), ForeignKey("dispatch_events.event_id"), primary_key=True),
+    Column("device_id", String(64), primary_key=True),
+    Column("site_id", String(64), nullable=False),
+    Column("modification", Integer, nullable=False),
+    Column("value", BigInteger, nullable=False),
+    Column("expected_w", BigInteger, nullable=False),
+    Column("baseline_w", BigInteger, nullable=True),  # null until measured
+    Column("sent_ms", BigInteger, nullable=False),
+    Column("status", Integer, nullable=True),  # latest 2030.5 response status; null: none yet
+    Column("status_ms", BigInteger, nullable=True),
+    Column("first_ack_ms", BigInteger, nullable=True),  # when the first response arrived
+    Column("measured_w", BigInteger, nullable=True),
+    Column("detail", String(128), nullable=False, server_default=""),
+    Column("envelope", LargeBinary, nullable=False),  # the signed command, for resending
+)
+
+dispatch_responses = Table(
+    "dispatch_responses",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, index=True),
+    Column("device_id", String(64), nullable=False),
+    Column("modification", Integer, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("at_ms", BigInteger, nullable=False),  # the device's time
+    Column("received_ms", BigInteger, nullable=False),
+    Column("measured_w", BigInteger, nullable=True),
+    Column("detail", String(128), nullable=False),
+    Column("envelope", LargeBinary, nullable=False),  # the signed acknowledgement, kept
+)
+
+dispatch_samples = Table(
+    "dispatch_samples",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("at_s", BigInteger, primary_key=True),
+    Column("requested_w", BigInteger, nullable=False),
+    Column("measured_w", BigInteger, nullable=False),
+    Column("baseline_w", BigInteger, nullable=False),
+    Column("reporting", Integer, nullable=False),  # devices with a reading in the sample
+)
+
+alarms = Table(
+    "alarms",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("site_id", String(64), nullable=False),
+    Column("detail", String(500), nullable=False),
+    Column("raised_ms", BigInteger, nullable=False),
+    Column("cleared_ms", BigInteger, nullable=True),  # the condition ended
+    Column("acked_by", String(64), nullable=True),
+    Column("acked_ms", BigInteger, nullable=True),
+    Index("ix_alarms_open", "kind", "device_id", "cleared_ms"),
 )
 
 # OpenADR 3 VTN objects (cloud/services/openadr.py): the spec's JSON as sent (less id and the

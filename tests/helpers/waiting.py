@@ -8,11 +8,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 60.0) -> None:
-    """Poll `predicate` every 50 ms until it is true; AssertionError after `timeout_s`."""
+async def until(
+    predicate: Callable[[], Awaitable[object] | object], timeout_s: float = 60.0
+) -> None:
+    """Poll `predicate` (a coroutine function or a plain one) every 50 ms until it is truthy;
+    AssertionError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if await predicate():
+        got = predicate()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")

@@ -1,14 +1,14 @@
 """OpenADR 3 VTN objects: programs, events (with the dispatch event each became) and reports.
 
 Revision ID: 0013
-Revises: 0011 (to be re-chained after 0012, the dispatch tables, once they are on main)
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

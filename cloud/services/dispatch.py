@@ -1,0 +1,546 @@
+"""Dispatch events: create, modify and cancel; sign and send commands; track responses.
+
+Owns: an event's life in the aggregator. Creating one checks the request, allocates the
+group's target across its live devices (cloud/domain/dispatch_events.py), stores the event and
+every device's signed command in one transaction, then publishes the commands (QoS 1 on each
+device's commands topic; the broker keeps them in an offline Pi's persistent session). A
+modification or a cancellation is a new modification number sent the same way. Signed
+acknowledgements are verified against the device's registered keys, stored with the command
+row they answer, and a FAILED (251) answer raises an alarm. A sampler records requested versus
+measured power for the event board.
+
+The commands are signed with the dispatch key, a separate Ed25519 key from the ledger's
+(protocol/dispatch.py explains why); the Pis pin its public half at enrollment.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud.domain.dispatch_events import (
+    Allocation,
+    DeviceCapability,
+    EventPerformance,
+    EventRequest,
+    EventRequestError,
+    EventView,
+    SitePerformance,
+    allocate,
+    check_request,
+    event_status,
+    measured_flow,
+    ramped,
+    requested_flow_w,
+)
+from cloud.domain.fleet_state import DeviceLive
+from cloud.services.fleet import FleetService
+from cloud.storage.dispatch_store import CommandRow, DispatchStore, EventRow, ResponseRow
+from protocol import cose, dispatch, topics
+from protocol.dispatch import ControlMode, DispatchCommand, EventStatus, ResponseStatus
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], bool]
+# After the end, the board keeps sampling this long (the devices' way back to normal).
+TAIL_S = 60
+
+
+@dataclass(slots=True)
+class DispatchCounters:
+    """Since the process started."""
+
+    events: int = 0
+    commands_sent: int = 0
+    responses: Counter[str] = field(default_factory=Counter)  # status name -> acks
+    acks_refused: int = 0
+    ack_latency_ms: list[int] = field(default_factory=list)  # first answers, newest 10,000
+
+
+@dataclass(slots=True)
+class _Live:
+    """An event the sampler follows, cached with its commands."""
+
+    row: EventRow
+    commands: list[CommandRow]
+    baselined_at_start: bool = False
+    resent_at: float = 0.0
+
+
+def status_name(status: int | None) -> str:
+    if status is None:
+        return "sent"
+    try:
+        return ResponseStatus(status).name.lower()
+    except ValueError:
+        return str(status)
+
+
+class DispatchService:
+    """Dispatch events for the operator's page, the API and the OpenADR 3 VTN."""
+
+    def __init__(
+        self,
+        store: DispatchStore,
+        fleet: FleetService,
+        key: Ed25519PrivateKey,
+        deployment: bytes,
+        publish: Publish,
+        now: Callable[[], float] = time.time,
+        resend_after_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.fleet = fleet
+        self.key = key
+        self.deployment = deployment
+        self.publish = publish
+        self._keys: dict[str, list[bytes]] = {}
+        self.now = now
+        self.resend_after_s = resend_after_s
+        self.counters = DispatchCounters()
+        self._live: dict[str, _Live] = {}
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw Ed25519 key the Pis pin."""
+        return cose.public_bytes(self.key.public_key())
+
+    async def load(self) -> None:
+        """Follow the events still running (after a restart)."""
+        self._keys = await self.store.device_public_keys()
+        now_s = int(self.now())
+        for row in await self.store.live_events(now_s - TAIL_S):
+            self._live[row.event_id] = _Live(row, await self.store.commands(row.event_id))
+
+    # operator actions
+
+    def _capability(self, d: DeviceLive) -> DeviceCapability:
+        t = d.telemetry
+        return DeviceCapability(
+            d.device_id,
+            d.site_id,
+            d.rating_w,
+            d.battery_max_w if t is not None and t.battery_w is not None else 0,
+            t.soc_permille if t is not None else None,
+            online=d.connected,
+        )
+
+    def _commands(
+        self,
+        row: EventRow,
+        req: EventRequest,
+        status: EventStatus,
+        old: Sequence[CommandRow],
+    ) -> list[CommandRow]:
+        """Allocate and sign; devices of an older modification left out now get a cancel."""
+        members = list(self.fleet.state.members(req.group))
+        now_ms = int(self.now() * 1000)
+        if status.runs:
+            shares = allocate(req, [self._capability(d) for d in members])
+            if not shares:
+                raise EventRequestError(
+                    f"no device in {req.group} can take a share now (offline, no battery, or "
+                    "its battery is at its limit)"
+                )
+        else:
+            shares = []
+        by_device = {d.device_id: d for d in members}
+        baselines = {c.device_id: c.baseline_w for c in old}
+        rows = []
+        plan = [(a.device_id, a.site_id, a.value, a.expected_w, status) for a in shares]
+        taken = {a.device_id for a in shares}
+        # Everyone who had a command and has none now is told the event is off for them.
+        plan += [
+            (c.device_id, c.site_id, c.value, 0, EventStatus.CANCELLED)
+            for c in old
+            if c.device_id not in taken
+        ]
+        for device_id, site_id, value, expected, st in plan:
+            cmd = DispatchCommand(
+                event_id=row.event_id,
+                modification=row.modification,
+                device_id=device_id,
+                site_id=site_id,
+                control=req.control,
+                value=value,
+                start=req.start,
+                duration_s=req.duration_s,
+                expiry=req.start + req.duration_s,
+                issued_ms=now_ms,
+                status=st,
+                ramp_s=req.ramp_s,
+                randomize_start_s=req.randomize_start_s,
+            )
+            baseline = baselines.get(device_id)
+            if baseline is None and device_id in by_device:
+                t = by_device[device_id].telemetry
+                if t is not None:
+                    baseline = measured_flow(req.control, t.pv_w, t.battery_w, t.grid_w)
+            rows.append(
+                CommandRow(
+                    row.event_id,
+                    device_id,
+                    site_id,
+                    row.modification,
+                    value,
+                    expected,
+                    baseline,
+                    now_ms,
+                    envelope=dispatch.sign_command(cmd, self.key, self.deployment),
+                )
+            )
+        return rows
+
+    def _send(self, commands: Sequence[CommandRow]) -> int:
+        sent = 0
+        for c in commands:
+            topic = topics.topic(c.site_id, c.device_id, topics.Channel.COMMANDS)
+            sent += bool(self.publish(topic, c.envelope))
+        self.counters.commands_sent += sent
+        return sent
+
+    async def create_event(self, req: EventRequest, *, by: str) -> EventView:
+        """Check, allocate, store and send; raises EventRequestError with a plain message."""
+        now = self.now()
+        check_request(req, int(now))
+        ms = int(now * 1000)
+        row = EventRow(
+            event_id=f"ev-{secrets.token_hex(6)}",
+            modification=1,
+            group=req.group,
+            control=int(req.control),
+            value=req.value,
+            start=req.start,
+            duration_s=req.duration_s,
+            ramp_s=req.ramp_s,
+            randomize_s=req.randomize_start_s,
+            name=req.name,
+            source=req.source,
+            cancelled=False,
+            created_ms=ms,
+            created_by=by,
+            modified_ms=ms,
+        )
+        commands = self._commands(row, req, EventStatus.SCHEDULED, [])
+        await self.store.save_event(row, commands)  # stored before anything is sent
+        self._live[row.event_id] = _Live(row, commands)
+        self._send(commands)
+        self.counters.events += 1
+        log.info("dispatch event %s for %s: %d device(s)", row.event_id, req.group, len(commands))
+        return await self._view(row, commands)
+
+    async def _current(self, event_id: str) -> tuple[EventRow, list[CommandRow]]:
+        live = self._live.get(event_id)
+        if live is not None:
+            return live.row, live.commands
+        row = await self.store.event(event_id)
+        if row is None:
+            raise KeyError(event_id)
+        return row, await self.store.commands(event_id)
+
+    async def modify_event(self, event_id: str, req: EventRequest, *, by: str) -> EventView:
+        """A new modification: re-allocated and sent to the group as it is now.
+        Raises KeyError (no such event) or EventRequestError."""
+        row, old = await self._current(event_id)
+        now = self.now()
+        if (
+            row.cancelled
+            or event_status(row.start, row.start + row.duration_s, False, int(now)) == "completed"
+        ):
+            raise EventRequestError(f"event {event_id} is over; create a new one")
+        check_request(req, int(now))
+        new = replace(
+            row,
+            modification=row.modification + 1,
+            group=req.group,
+            control=int(req.control),
+            value=req.value,
+            start=req.start,
+            duration_s=req.duration_s,
+            ramp_s=req.ramp_s,
+            randomize_s=req.randomize_start_s,
+            name=req.name or row.name,
+            modified_ms=int(now * 1000),
+        )
+        commands = self._commands(new, req, EventStatus.SCHEDULED, old)
+        await self.store.save_event(new, commands)
+        self._live[event_id] = _Live(new, commands)
+        self._send(commands)
+        log.info(
+            "dispatch event %s modified by %s (modification %d)", event_id, by, new.modification
+        )
+        return await self._view(new, commands)
+
+    async def cancel_event(self, event_id: str, *, by: str) -> EventView:
+        """Send every device of the event a cancellation (a new modification)."""
+        row, old = await self._current(event_id)
+        if row.cancelled:
+            return await self._view(row, old)
+        new = replace(
+            row,
+            modification=row.modification + 1,
+            cancelled=True,
+            modified_ms=int(self.now() * 1000),
+        )
+        commands = self._commands(new, _request(new), EventStatus.CANCELLED, old)
+        await self.store.save_event(new, commands)
+        self._live.pop(event_id, None)
+        self._send(commands)
+        log.info("dispatch event %s cancelled by %s", event_id, by)
+        return await self._view(new, commands)
+
+    # views
+
+    async def _view(self, row: EventRow, commands: Sequence[CommandRow]) -> EventView:
+        counts = Counter(status_name(c.status) for c in commands)
+        return EventView(
+            event_id=row.event_id,
+            modification=row.modification,
+            status=event_status(
+                row.start, row.start + row.duration_s, row.cancelled, int(self.now())
+            ),
+            request=_request(row),
+            devices=len(commands),
+            responses=dict(counts),
+            created_ms=row.created_ms,
+            created_by=row.created_by,
+        )
+
+    async def get_event(self, event_id: str) -> EventView | None:
+        row = await self.store.event(event_id)
+        if row is None:
+            return None
+        counts = await self.store.status_counts(event_id)
+        return EventView(
+            event_id=row.event_id,
+            modification=row.modification,
+            status=event_status(
+                row.start, row.start + row.duration_s, row.cancelled, int(self.now())
+            ),
+            request=_request(row),
+            devices=sum(counts.values()),
+            responses={status_name(s): n for s, n in counts.items()},
+            created_ms=row.created_ms,
+            created_by=row.created_by,
+        )
+
+    async def list_events(self, limit: int = 100) -> list[EventView]:
+        out = []
+        for row in await self.store.events(limit):
+            view = await self.get_event(row.event_id)
+            if view is not None:
+                out.append(view)
+        return out
+
+    async def device_responses(self, event_id: str) -> list[CommandRow]:
+        return await self.store.commands(event_id)
+
+    async def performance(self, event_id: str) -> EventPerformance | None:
+        """Requested versus delivered now (from live telemetry) and over time (samples)."""
+        row = await self.store.event(event_id)
+        if row is None:
+            return None
+        commands = await self.store.commands(event_id)
+        control = ControlMode(row.control)
+        now = int(self.now())
+        running = not row.cancelled and row.start <= now < row.start + row.duration_s
+        sites: dict[str, list[int]] = {}
+        socs: dict[str, int | None] = {}
+        for c in commands:
+            d = self.fleet.state.devices.get(c.device_id)
+            t = d.telemetry if d is not None else None
+            measured = measured_flow(control, t.pv_w, t.battery_w, t.grid_w) if t else None
+            base = c.baseline_w if c.baseline_w is not None else (measured or 0)
+            req = requested_flow_w(control, _allocation(c), base) if running else base
+            acc = sites.setdefault(c.site_id, [0, 0, 0])
+            acc[0] += req
+            acc[1] += measured if measured is not None else base
+            acc[2] += base
+            socs[c.site_id] = t.soc_permille if t is not None else None
+        per_site = [
+            SitePerformance(s, v[0], v[1], v[2], socs.get(s)) for s, v in sorted(sites.items())
+        ]
+        series = [(at, req, meas) for at, req, meas, _b in await self.store.samples(event_id)]
+        return EventPerformance(
+            event_id=event_id,
+            requested_w=sum(p.requested_w for p in per_site),
+            delivered_w=sum(p.delivered_w for p in per_site),
+            baseline_w=sum(p.baseline_w for p in per_site),
+            sites=per_site,
+            series=series,
+        )
+
+    # acknowledgements
+
+    async def handle_acks(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Verify and store a batch of acknowledgements (stored before the broker gets its
+        PUBACK: mqttlink acks the batch when this returns)."""
+        received_ms = int(self.now() * 1000)
+        rows: list[ResponseRow] = []
+        for topic, payload in messages:
+            try:
+                device_id = topics.parse(topic).device_id
+            except topics.TopicError:
+                self.counters.acks_refused += 1
+                continue
+            ack, error = self._verify(payload, device_id)
+            if ack is None:  # a key registered or rotated since they were loaded?
+                self._keys.update(await self.store.device_public_keys(device_id))
+                ack, error = self._verify(payload, device_id)
+            if ack is None:
+                self.counters.acks_refused += 1
+                log.warning("acknowledgement from %s refused: %s", device_id, error)
+                continue
+            rows.append(
+                ResponseRow(
+                    ack.event_id,
+                    device_id,
+                    ack.modification,
+                    int(ack.status),
+                    ack.at_ms,
+                    received_ms,
+                    ack.measured_w,
+                    ack.detail,
+                    payload,
+                )
+            )
+        await self.store.record_responses(rows)
+        for r in rows:
+            status = ResponseStatus(r.status)
+            self.counters.responses[status.name.lower()] += 1
+            if status is ResponseStatus.FAILED or status.is_rejection:
+                self.fleet.raise_alarm(
+                    "failed_command",
+                    r.device_id,
+                    f"event {r.event_id} modification {r.modification}: "
+                    f"{status.name.lower()} {r.detail}".strip(),
+                )
+            live = self._live.get(r.event_id)
+            if live is None:
+                continue
+            for i, c in enumerate(live.commands):
+                if c.device_id == r.device_id and c.modification == r.modification:
+                    if c.first_ack_ms is None:
+                        self._latency(received_ms - c.sent_ms)
+                    live.commands[i] = replace(
+                        c,
+                        status=r.status,
+                        status_ms=received_ms,
+                        first_ack_ms=c.first_ack_ms or received_ms,
+                        measured_w=r.measured_w if r.measured_w is not None else c.measured_w,
+                        detail=r.detail,
+                    )
+                    break
+        await self.fleet.flush_alarms()
+
+    def _verify(self, payload: bytes, device_id: str) -> tuple[dispatch.DispatchAck | None, str]:
+        error = "no registered key"
+        for key in self._keys.get(device_id, []):
+            try:
+                return dispatch.check_ack(payload, key, self.deployment, device_id), ""
+            except dispatch.AckRejected as exc:
+                error = str(exc)
+        return None, error
+
+    def _latency(self, ms: int) -> None:
+        lat = self.counters.ack_latency_ms
+        lat.append(ms)
+        if len(lat) > 10_000:
+            del lat[: len(lat) - 10_000]
+
+    # periodic work
+
+    async def tick(self) -> None:
+        """Sample the live events for the board; resend unanswered commands; forget ended
+        events. Called every second or so."""
+        now = self.now()
+        now_s = int(now)
+        samples = []
+        for event_id, live in list(self._live.items()):
+            row = live.row
+            end = row.start + row.duration_s
+            if now_s > end + TAIL_S:
+                self._live.pop(event_id, None)
+                continue
+            control = ControlMode(row.control)
+            if now_s >= row.start and not live.baselined_at_start:
+                # The baseline is the last reading before the start ("the last intervals
+                # before the event"); commands created ahead of time are re-baselined here.
+                live.baselined_at_start = True
+                fresh = self._measured(control, live.commands)
+                if row.start > row.created_ms // 1000 and fresh:
+                    live.commands = [
+                        replace(c, baseline_w=fresh.get(c.device_id, c.baseline_w))
+                        for c in live.commands
+                    ]
+                    await self.store.set_baselines(event_id, fresh)
+            measured = self._measured(control, live.commands)
+            req_total = meas_total = base_total = 0
+            for c in live.commands:
+                base = c.baseline_w if c.baseline_w is not None else measured.get(c.device_id, 0)
+                want = base
+                if row.start <= now_s < end:
+                    want = ramped(
+                        requested_flow_w(control, _allocation(c), base),
+                        base,
+                        now_s,
+                        row.start,
+                        row.ramp_s,
+                    )
+                req_total += want
+                meas_total += measured.get(c.device_id, base)
+                base_total += base
+            samples.append((event_id, now_s, req_total, meas_total, base_total, len(measured)))
+            if now_s < end and now - live.resent_at > self.resend_after_s:
+                live.resent_at = now
+                self._resend(live)
+        await self.store.add_samples(samples)
+
+    def _measured(self, control: ControlMode, commands: Sequence[CommandRow]) -> dict[str, int]:
+        out = {}
+        for c in commands:
+            d = self.fleet.state.devices.get(c.device_id)
+            if d is None or d.telemetry is None or not d.connected:
+                continue
+            t = d.telemetry
+            m = measured_flow(control, t.pv_w, t.battery_w, t.grid_w)
+            if m is not None:
+                out[c.device_id] = m
+        return out
+
+    def _resend(self, live: _Live) -> None:
+        """Send unanswered commands again (at most every resend_after_s): covers a command
+        published while the aggregator's broker link was down. A Pi that got it already
+        answers the duplicate with its current status."""
+        due = [
+            c
+            for c in live.commands
+            if c.status is None and self.now() * 1000 - c.sent_ms > self.resend_after_s * 1000
+        ]
+        if not due:
+            return
+        self._send(due)
+
+
+def _request(row: EventRow) -> EventRequest:
+    return EventRequest(
+        group=row.group,
+        control=ControlMode(row.control),
+        value=row.value,
+        start=row.start,
+        duration_s=row.duration_s,
+        ramp_s=row.ramp_s,
+        randomize_start_s=row.randomize_s,
+        name=row.name,
+        source=row.source,
+    )
+
+
+def _allocation(c: CommandRow) -> Allocation:
+    return Allocation(c.device_id, c.site_id, c.value, c.expected_w)

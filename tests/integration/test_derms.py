@@ -1,0 +1,251 @@
+"""The DERMS end to end over real parts: Mosquitto, the aggregator (SQLite and PostgreSQL), its
+HTTP API, and simulated Pis that run the protocol's own command checks and sign their answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud.runtime import CloudRuntime
+from protocol import dispatch, topics
+from protocol.dispatch import ControlMode, DispatchAck, ResponseStatus
+from simulators.fleet import FleetDevice, make_fleet
+from simulators.fleet_derms import DermsFleet
+from tests.helpers.aggregator import aggregator_runtime
+from tests.helpers.services import Mosquitto
+from tests.helpers.waiting import at_least, until
+
+pytestmark = [pytest.mark.broker]
+
+DEPLOYMENT = "gridmint-test"
+ADMIN = "derms-admin"
+N = 12
+
+
+@dataclass
+class Derms:
+    runtime: CloudRuntime
+    http: httpx.AsyncClient
+    fleet: DermsFleet
+    devices: list[FleetDevice]
+
+
+@pytest.fixture(name="d")
+async def derms(mosquitto: Mosquitto, db_url: str) -> AsyncIterator[Derms]:
+    runtime = aggregator_runtime(
+        db_url, mosquitto.url, DEPLOYMENT, admin_token=ADMIN, dispatch_tick_s=0.2
+    )
+    await runtime.start()
+    assert runtime.store is not None and runtime.fleet is not None
+    assert runtime.dispatch is not None and runtime.mqtt is not None
+    devices = make_fleet(N, prefix="derms")
+    for i, d in enumerate(devices):
+        zone = "north" if i < N // 2 else "south"
+        await runtime.store.add_device(
+            d.device_id, d.site_id, d.public_key, d.kid, d.capacity_w, zone=zone
+        )
+    assert await runtime.fleet.load() == N
+    assert await runtime.mqtt.wait_ready(10)
+    fleet = DermsFleet(
+        devices,
+        mosquitto.url,
+        DEPLOYMENT.encode(),
+        runtime.dispatch.public_key,
+        telemetry_every_s=0.2,
+    )
+    await fleet.start()
+    http = httpx.AsyncClient(base_url=runtime.url, headers={"Authorization": f"Bearer {ADMIN}"})
+    try:
+        await until(
+            lambda: runtime.fleet is not None and runtime.fleet.state.totals["all"].online == N,
+            timeout_s=20,
+        )
+        yield Derms(runtime, http, fleet, devices)
+    finally:
+        await http.aclose()
+        await fleet.stop()
+        await runtime.stop()
+
+
+async def _devices(d: Derms, event_id: str) -> list[dict[str, Any]]:
+    r = await d.http.get(f"/api/v1/dispatch/events/{event_id}/devices")
+    assert r.status_code == 200, r.text
+    return list(r.json())
+
+
+async def _all_say(d: Derms, event_id: str, status: str) -> bool:
+    rows = await _devices(d, event_id)
+    return len(rows) > 0 and all(row["status"] == status for row in rows)
+
+
+async def test_a_battery_event_reaches_every_device_and_the_batteries_deliver(d: Derms) -> None:
+    live = (await d.http.get("/api/v1/fleet/live", params={"group": "zone:north"})).json()
+    assert live["total"] == N // 2
+    assert all(x["state"] == "online" and x["soc_permille"] == 600 for x in live["devices"])
+
+    # 6 devices x 5000 W max: 12 kW is 40 % of each one's rate
+    body = {"group": "zone:north", "control": "opModFixedW", "value": 12_000, "duration_s": 60}
+    r = await d.http.post("/api/v1/dispatch/events", json=body)
+    assert r.status_code == 201, r.text
+    event = r.json()
+    assert (event["devices"], event["modification"], event["status"]) == (N // 2, 1, "active")
+
+    await until(lambda: _all_say(d, event["event_id"], "started"), timeout_s=20)
+    rows = await _devices(d, event["event_id"])
+    assert {row["value"] for row in rows} == {4000}  # hundredths of a percent
+    assert all(row["latency_ms"] is not None and row["latency_ms"] >= 0 for row in rows)
+    north = {x.device_id for x in d.devices[: N // 2]}
+    assert {row["device_id"] for row in rows} == north
+
+    # The simulated batteries discharge: the zone's measured battery power follows.
+    async def zone_delivers() -> bool:
+        t = (await d.http.get("/api/v1/fleet/totals", params={"group": "zone:north"})).json()
+        return bool(t["battery_w"] == 12_000)
+
+    await until(zone_delivers, timeout_s=20)
+    south = (await d.http.get("/api/v1/fleet/totals", params={"group": "zone:south"})).json()
+    assert south["battery_w"] == 0
+
+    async def board_shows_it() -> bool:
+        p = (await d.http.get(f"/api/v1/dispatch/events/{event['event_id']}/performance")).json()
+        return bool(
+            p["requested_w"] == 12_000
+            and p["delivered_w"] == 12_000
+            and any(req == 12_000 and got == 12_000 for _t, req, got in p["series"])
+        )
+
+    await until(board_shows_it, timeout_s=20)
+
+    r = await d.http.post(f"/api/v1/dispatch/events/{event['event_id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.json()["modification"] == 2
+    await until(lambda: _all_say(d, event["event_id"], "cancelled"), timeout_s=20)
+    await until(
+        lambda: (
+            d.runtime.fleet is not None
+            and d.runtime.fleet.state.group_totals("zone:north").battery_w == 0
+        ),
+        timeout_s=20,
+    )
+
+
+async def test_a_curtailment_lowers_pv_and_a_modification_supersedes(d: Derms) -> None:
+    body = {"group": "all", "control": "opModMaxLimW", "value": 3000, "duration_s": 120}
+    event = (await d.http.post("/api/v1/dispatch/events", json=body)).json()
+    await until(lambda: _all_say(d, event["event_id"], "started"), timeout_s=20)
+    # 30 % of a 5000 W rating: 1500 W from 3000 W available
+    await until(
+        lambda: (
+            d.runtime.fleet is not None
+            and d.runtime.fleet.state.group_totals("all").pv_w == 1500 * N
+        ),
+        timeout_s=20,
+    )
+    body["value"] = 5000
+    r = await d.http.put(f"/api/v1/dispatch/events/{event['event_id']}", json=body)
+    assert r.status_code == 200 and r.json()["modification"] == 2
+    await until(
+        lambda: (
+            d.runtime.fleet is not None
+            and d.runtime.fleet.state.group_totals("all").pv_w == 2500 * N
+        ),
+        timeout_s=20,
+    )
+    assert d.fleet.report.acks["superseded"] == N
+
+
+async def test_bad_requests_and_forged_acks_are_refused_and_counted(d: Derms) -> None:
+    r = await d.http.post(
+        "/api/v1/dispatch/events",
+        json={"group": "zone:nowhere", "control": "opModFixedW", "value": 1000, "duration_s": 60},
+    )
+    assert r.status_code == 422 and "no device" in r.json()["detail"]
+    r = await d.http.post(
+        "/api/v1/dispatch/events",
+        json={"group": "all", "control": "opModWarp", "value": 1, "duration_s": 60},
+    )
+    assert r.status_code == 422 and "unknown control" in r.json()["detail"]
+    r = await d.http.post(
+        "/api/v1/dispatch/events",
+        json={"group": "all", "control": "opModMaxLimW", "value": 20_000, "duration_s": 60},
+    )
+    assert r.status_code == 422 and "0..10000" in r.json()["detail"]
+    assert (
+        await d.http.get("/api/v1/dispatch/events", headers={"Authorization": ""})
+    ).status_code == 401
+
+    # An acknowledgement signed by another device's key is refused, not stored.
+    assert d.runtime.dispatch is not None and d.runtime.mqtt is not None
+    victim, forger = d.devices[0], d.devices[1]
+    forged = dispatch.sign_ack(
+        DispatchAck("ev-x", 1, victim.device_id, ResponseStatus.COMPLETED, int(time.time() * 1000)),
+        forger.key,
+        DEPLOYMENT.encode(),
+    )
+    before = d.runtime.dispatch.counters.acks_refused
+    d.runtime.mqtt.link.publish_nowait(
+        topics.topic(victim.site_id, victim.device_id, topics.Channel.ACKS), forged, qos=1
+    )
+    await until(
+        lambda: (
+            d.runtime.dispatch is not None
+            and d.runtime.dispatch.counters.acks_refused == before + 1
+        ),
+        timeout_s=10,
+    )
+
+
+async def test_failed_and_rejected_answers_raise_alarms_the_operator_acknowledges(d: Derms) -> None:
+    assert d.runtime.mqtt is not None
+    dev = d.devices[2]
+    failed = dispatch.sign_ack(
+        DispatchAck(
+            "ev-y",
+            1,
+            dev.device_id,
+            ResponseStatus.FAILED,
+            int(time.time() * 1000),
+            detail="inverter refused the write",
+        ),
+        dev.key,
+        DEPLOYMENT.encode(),
+    )
+    d.runtime.mqtt.link.publish_nowait(
+        topics.topic(dev.site_id, dev.device_id, topics.Channel.ACKS), failed, qos=1
+    )
+
+    async def alarm() -> dict[str, object] | None:
+        rows = (await d.http.get("/api/v1/alarms", params={"open": "true"})).json()
+        return next((a for a in rows if a["kind"] == "failed_command"), None)
+
+    await until(alarm, timeout_s=10)
+    found = await alarm()
+    assert found is not None and "inverter refused the write" in str(found["detail"])
+    r = await d.http.post(f"/api/v1/alarms/{found['alarm_id']}/ack")
+    assert r.status_code == 200 and r.json()["acked_by"]
+
+    # Devices that go quiet are shown offline, each with an alarm.
+    d.runtime.fleet.stale_ms = 500  # type: ignore[union-attr]
+    await d.fleet.stop()
+    await until(
+        lambda: d.runtime.fleet is not None and d.runtime.fleet.state.totals["all"].online == 0,
+        timeout_s=20,
+    )
+
+    async def offline_alarms() -> int:
+        rows = (await d.http.get("/api/v1/alarms", params={"open": "true"})).json()
+        return sum(a["kind"] == "offline" for a in rows)
+
+    await until(lambda: at_least(offline_alarms, N), timeout_s=10)
+    assert await offline_alarms() == N
+
+
+def test_control_names_match_the_protocol() -> None:
+    from cloud.api.dispatch_routes import CONTROLS
+
+    assert CONTROLS["opModFixedW"] is ControlMode.OP_MOD_FIXED_W
