@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from cloud.api.app import create_app
 from cloud.domain.ingest_rules import IngestLimits
 from cloud.domain.market_checks import MarketConfig
+from cloud.domain.openadr import parse_clients
 from cloud.domain.rate_limit import BucketLimit
 from cloud.gc_policy import LongLivedFreezer
 from cloud.ingest_workers import IngestWorkers
@@ -35,6 +36,7 @@ from cloud.services.ledger import (
     load_or_create_ledger_key,
 )
 from cloud.services.market import MarketService
+from cloud.services.openadr import OpenAdrService
 from cloud.services.policies import PolicyEngine
 from cloud.services.settlement import SettlementService
 from cloud.services.timeseries import InfluxSink
@@ -44,6 +46,7 @@ from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.dispatch_store import DispatchStore
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.market_store import MarketStore
+from cloud.storage.openadr_store import OpenAdrStore
 from cloud.storage.sequencer_lock import SequencerLock
 from cloud.storage.store import Store
 from mqttlink import BatchSubscription, client_tls_context
@@ -100,6 +103,8 @@ class CloudRuntime:
         # The DERMS (settings.derms_enabled): live fleet and alarms, dispatch events.
         self.fleet: FleetService | None = None
         self.dispatch: DispatchService | None = None
+        # The OpenADR 3.0.1 VTN (settings.openadr_clients; docs/openadr.md).
+        self.openadr: OpenAdrService | None = None
         self._derms_task: asyncio.Task[None] | None = None
         self._influx_task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
@@ -215,6 +220,11 @@ class CloudRuntime:
                 resend_after_s=s.dispatch_resend_s,
             )
             await self.dispatch.load()
+        openadr_clients = parse_clients(s.openadr_clients)
+        if openadr_clients:
+            self.openadr = OpenAdrService(
+                OpenAdrStore(self.store.engine), self.dispatch, openadr_clients, self.clock.now
+            )
         if connect_mqtt:
             tls = None
             if s.broker_ca_file is not None:
@@ -287,6 +297,7 @@ class CloudRuntime:
                 ingest_rate_limited=self._rate_limited,
                 fleet=self.fleet,
                 dispatch=self.dispatch,
+                openadr=self.openadr,
             )
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))
             self._server_task = asyncio.create_task(self._server.serve())
