@@ -14,10 +14,14 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud.api.deps import CtxDep
 from cloud.domain.openadr import BASE_PATH, OpenAdrError
@@ -352,7 +356,8 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer OpenAdrError, and validation errors under the VTN's prefix, as problem+json 400."""
+    """Answer OpenAdrError, and validation and HTTP errors (unknown path, method not allowed)
+    under the VTN's prefix, as problem+json."""
 
     @app.exception_handler(OpenAdrError)
     async def _openadr_error(_request: Request, exc: OpenAdrError) -> JSONResponse:
@@ -364,3 +369,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if request.url.path.startswith(BASE_PATH + "/"):
             return problem(400, _validation_detail(exc))
         return await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith(BASE_PATH + "/"):
+            return problem(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+        return await http_exception_handler(request, exc)

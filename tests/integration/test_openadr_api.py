@@ -157,6 +157,8 @@ async def test_programs_crud_and_bad_input(
                                            "targetValues": "zone:other"}, headers=bl)
     assert got.json() == []
     assert_problem(await c.get("/programs/nope", headers=bl), 404, "no program")
+    assert_problem(await c.get("/subscriptions", headers=bl), 404, "Not Found")
+    assert_problem(await c.patch(f"/programs/{p['id']}", headers=bl), 405, "Not Allowed")
     r = await c.delete(f"/programs/{p['id']}", headers=bl)
     assert r.status_code == 200 and r.json()["id"] == p["id"]
     assert (await c.get("/programs", headers=bl)).json() == []
