@@ -44,6 +44,9 @@ from cloud.storage.openadr_store import NameTaken, OpenAdrStore, StoredObject, d
 TOKEN_LIFETIME_S = 3600
 REPORT_CLIENT = "gridmint"
 MAX_LIMIT = 50  # the spec's largest page
+# gridmint's report on an event is made again on each read until this long after the event's
+# end (the board samples a while after it), then once more, and then left as it is.
+REPORT_SETTLE_S = 300
 
 
 class DispatchEvents(Protocol):
@@ -338,19 +341,30 @@ class OpenAdrService:
 
     async def _refresh_reports(self, program_id: str | None, event_id: str | None) -> None:
         dispatch = self._dispatch()
+        now = int(self._clock())
         events = await self.store.list_events(
             program_id=program_id, event_id=event_id, deleted=True
         )
+        made = {
+            r.event_id: r.modified_ms
+            for r in await self.store.list_reports(
+                program_id=program_id, event_id=event_id, client_name=REPORT_CLIENT
+            )
+        }
         for e in events:
             if e.dispatch_event_id is None:
                 continue
+            settled_ms = (e.end_s + REPORT_SETTLE_S) * 1000
+            final = now * 1000 >= settled_ms
+            if final and made.get(e.object_id, 0) >= settled_ms:
+                continue  # made after the event settled: it no longer changes
             view = await dispatch.get_event(e.dispatch_event_id)
             perf = await dispatch.performance(e.dispatch_event_id)
             if view is None or perf is None:
                 continue
             body = performance_report(e, view, perf)
             report_id = f"{e.object_id}-gm"
-            if await self.store.get_report_body(report_id) != dump_body(body):
+            if final or await self.store.get_report_body(report_id) != dump_body(body):
                 await self.store.put_report(
                     report_id, e.program_id, e.object_id, REPORT_CLIENT, body, self._now_ms()
                 )

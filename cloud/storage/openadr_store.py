@@ -34,6 +34,7 @@ class StoredObject:
     event_id: str = ""
     dispatch_event_id: str | None = None
     deleted_ms: int | None = None
+    end_s: int = 0  # events: when the event's interval ends (Unix s)
 
 
 def _dump(body: dict[str, Any]) -> str:
@@ -298,6 +299,7 @@ def _event(r: Any) -> StoredObject:
         event_id=r.event_id,
         dispatch_event_id=r.dispatch_event_id,
         deleted_ms=r.deleted_ms,
+        end_s=r.end_s,
     )
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from cloud.api.app import create_app
+from cloud.domain.dispatch_events import SitePerformance
 from cloud.domain.openadr import BASE_PATH, parse_clients
 from cloud.services.openadr import OpenAdrService
 from cloud.storage.openadr_store import OpenAdrStore
@@ -286,7 +287,7 @@ async def test_bad_events_are_400_with_a_plain_detail(
 
 
 async def test_reports(vtn: tuple[httpx.AsyncClient, DispatchDouble, Clock]) -> None:
-    c, _, _ = vtn
+    c, dispatch, clock = vtn
     bl = await bearer(c, "bl", "bl-secret-1")
     p = (await c.post("/programs", json=program(), headers=bl)).json()
     e = (await c.post("/events", json=event(p["id"]), headers=bl)).json()
@@ -325,6 +326,20 @@ async def test_reports(vtn: tuple[httpx.AsyncClient, DispatchDouble, Clock]) -> 
                                              "clientName": "gridmint"}, headers=bl)).json()
     assert [x["id"] for x in after] == [rep["id"]]
     assert "cancelled" in after[0]["reportName"]
+
+    # Until the event has settled, a read brings the report up to date ...
+    gridmint = {"eventID": e["id"], "clientName": "gridmint"}
+    dispatch.sites = [SitePerformance("site-c", 700, 650, 0, 500)]
+    [now] = (await c.get("/reports", params=gridmint, headers=bl)).json()
+    assert {x["resourceName"] for x in now["resources"]} == {"AGGREGATED_REPORT", "site-c"}
+    # ... it is made once more after, then left as it is.
+    clock.now = T0 + 600 + 3600 + 300
+    bl = await bearer(c, "bl", "bl-secret-1")
+    [settled] = (await c.get("/reports", params=gridmint, headers=bl)).json()
+    dispatch.sites = [SitePerformance("site-d", 1, 1, 1, None)]
+    [later] = (await c.get("/reports", params=gridmint, headers=bl)).json()
+    assert later == settled
+    assert {x["resourceName"] for x in later["resources"]} == {"AGGREGATED_REPORT", "site-c"}
 
 
 async def test_no_vtn_configured_is_404(store: Store) -> None:
