@@ -317,6 +317,9 @@ class OpenAdrClient:
     scopes: frozenset[str]
 
 
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,48}$")
+
+
 def parse_clients(text: str) -> dict[str, OpenAdrClient]:
     """`[{"client_id": "...", "client_secret": "...", "scopes": ["read_all", ...]}, ...]`."""
     try:
@@ -330,8 +333,10 @@ def parse_clients(text: str) -> dict[str, OpenAdrClient]:
         if not isinstance(c, dict):
             raise ValueError("each openadr_clients entry is an object")
         cid, secret, scopes = c.get("client_id"), c.get("client_secret"), c.get("scopes", [])
-        if not isinstance(cid, str) or not cid or not isinstance(secret, str) or len(secret) < 8:
-            raise ValueError("each OpenADR client has a client_id and a client_secret of 8+ chars")
+        if not isinstance(cid, str) or not _CLIENT_ID.match(cid):
+            raise ValueError("each OpenADR client_id is 1..48 of A-Z a-z 0-9 . _ -")
+        if not isinstance(secret, str) or len(secret) < 8:
+            raise ValueError(f"OpenADR client {cid}: client_secret needs 8+ characters")
         unknown = set(scopes) - set(SCOPES)
         if unknown:
             raise ValueError(f"OpenADR client {cid}: unknown scopes {sorted(unknown)}")

@@ -157,6 +157,8 @@ def test_tokens() -> None:
         "{}",
         "not json",
         '[{"client_id": "x", "client_secret": "short"}]',
+        '[{"client_id": "has space", "client_secret": "long-enough"}]',
+        '[{"client_id": "' + "x" * 49 + '", "client_secret": "long-enough"}]',
         '[{"client_id": "x", "client_secret": "long-enough", "scopes": ["admin"]}]',
     ],
 )
