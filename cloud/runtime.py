@@ -213,6 +213,8 @@ class CloudRuntime:
                 self._publish_command,
                 self.clock.now,
                 resend_after_s=s.dispatch_resend_s,
+                ledger=self.ledger,
+                reward_minor_per_kwh=s.dispatch_reward_per_kwh,
             )
             await self.dispatch.load()
         if connect_mqtt:
