@@ -55,7 +55,7 @@ def test_groups_parse_and_bad_ones_are_refused() -> None:
 )
 def test_requests_are_checked(change: dict[str, object], message: str) -> None:
     with pytest.raises(EventRequestError, match=message):
-        check_request(req(**change), NOW)
+        check_request(req(**change), NOW)  # type: ignore[arg-type]
     with pytest.raises(EventRequestError, match="0..10000"):
         check_request(req(ControlMode.OP_MOD_MAX_LIM_W, 10_001), NOW)
     check_request(req(), NOW)
