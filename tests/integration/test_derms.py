@@ -164,6 +164,10 @@ async def test_a_curtailment_lowers_pv_and_a_modification_supersedes(d: Derms) -
         timeout_s=20,
     )
     assert d.fleet.report.acks["superseded"] == N
+    metrics = (await d.http.get("/metrics")).text
+    assert 'gridmint_fleet_devices{state="online"} 12' in metrics
+    assert 'gridmint_dispatch_responses_total{status="superseded"} 12' in metrics
+    assert "gridmint_dispatch_ack_latency_ms_count" in metrics
 
 
 async def test_delivered_flexibility_earns_reward_credits_in_the_ledger(d: Derms) -> None:
