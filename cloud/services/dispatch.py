@@ -103,7 +103,11 @@ class DispatchService:
         resend_after_s: float = 30.0,
         ledger: LedgerService | None = None,
         reward_minor_per_kwh: int = 0,
+        max_gap_s: float = 5.0,
     ) -> None:
+        """`max_gap_s`: the longest clock span one tick may count as delivered (a stalled
+        loop earns nothing for the time nobody measured); on a faster-than-real clock, scale it
+        with the clock's speed."""
         self.store = store
         self.fleet = fleet
         self.key = key
@@ -114,6 +118,7 @@ class DispatchService:
         self.resend_after_s = resend_after_s
         self.ledger = ledger
         self.reward_minor_per_kwh = reward_minor_per_kwh
+        self.max_gap_s = max_gap_s
         self.counters = DispatchCounters()
         self._live: dict[str, _Live] = {}
 
@@ -501,9 +506,11 @@ class DispatchService:
             running = row.start <= now_s < end
             dt = 0.0
             if running:
-                # At most a few seconds per step: a stalled loop or a long outage earns
-                # nothing for the time nobody measured.
-                dt = min(now - live.accounted_at, 5.0) if live.accounted_at is not None else 0.0
+                dt = (
+                    min(now - live.accounted_at, self.max_gap_s)
+                    if live.accounted_at is not None
+                    else 0.0
+                )
                 live.accounted_at = now
             req_total = meas_total = base_total = 0
             for c in live.commands:
