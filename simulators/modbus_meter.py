@@ -108,7 +108,7 @@ class SimulatedMeter(ActionHook):
         """Smooth power through this meter at `ts` (W; > 0 import, < 0 export)."""
         if self.role == "pv":
             return -self.home.pv_w(ts)
-        return self.home.load_w(ts) - self.home.pv_w(ts)
+        return self.home.grid_w(ts)
 
     def _advance(self, ts: float) -> None:
         """Integrate energy up to `ts`; a clock that steps back is ignored (totals never fall)."""
@@ -134,7 +134,9 @@ class SimulatedMeter(ActionHook):
             phase_power = [-pv / self.phases] * self.phases
         else:
             load = self.home.load_w(ts, rng)
-            phase_power = [load * s - pv / self.phases for s in _LOAD_SHARES[self.phases]]
+            # The battery inverter feeds all phases alike, like the PV inverter.
+            own = (pv + self.home.battery_w(ts)) / self.phases
+            phase_power = [load * s - own for s in _LOAD_SHARES[self.phases]]
         voltages = [230.0 + _VOLTAGE_OFFSETS[i] + rng.gauss(0.0, 0.3) for i in range(self.phases)]
         imported = self._energy.import_wh / 1000.0
         exported = self._energy.export_wh / 1000.0

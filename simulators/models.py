@@ -1,8 +1,11 @@
-"""Physical models behind the simulated meters: PV output, household load, energy integration.
+"""Physical models behind the simulated meters: PV output, household load, a home battery,
+energy integration.
 
-Owns: a simple clear-sky PV model with smooth random clouds, a household load profile, and an
-integrator that turns power over time into import/export energy. Pure: no I/O, and never the
-wall clock; every function takes the (possibly simulated) timestamp it should evaluate.
+Owns: a simple clear-sky PV model with smooth random clouds, a household load profile, a
+battery driven by a power setpoint (`BatteryModel`), the home that combines them with an
+optional generation limit (`HomeModel`), and an integrator that turns power over time into
+import/export energy. Pure: no I/O, and never the wall clock; every function takes the (possibly
+simulated) timestamp it should evaluate.
 
 The random parts are functions of (seed, timestamp) rather than of how often they are called.
 That way two meters of one home, an edge agent polling at any rate and a test that recomputes
@@ -164,9 +167,111 @@ class CloudCover:
         return max(0.0, min(1.0, self.mean + self.variability * swing))
 
 
+class BatteryModel:
+    """A home battery that follows a power setpoint (W, + discharge, - charge).
+
+    The setpoint is clipped to `max_discharge_w` / `max_charge_w` and held until the next
+    `set_setpoint`; the battery then delivers exactly that power until it is empty (state of
+    charge down to `min_soc`, the reserve) or full (soc 1.0), and 0 W from that moment on.
+    Default setpoint: idle (0 W); the model never decides on its own, so a test can predict it.
+
+    Energy: charging stores `efficiency` of the AC energy taken in, discharging takes the AC
+    energy from the store 1:1 (so `efficiency` is the round-trip efficiency).
+
+    Because the power is constant between setpoint changes, the state at any later time is a
+    closed-form function of the last change (`soc_at`, `power_w`): reading at any rate, or not
+    at all, gives the same answers. Only `set_setpoint` moves the model's own time on; a
+    timestamp before it is answered with the state at that change.
+    """
+
+    def __init__(
+        self,
+        capacity_wh: float,
+        max_charge_w: float,
+        max_discharge_w: float,
+        soc: float = 0.5,
+        *,
+        efficiency: float = 1.0,
+        min_soc: float = 0.0,
+        start_ts: float | None = None,
+    ) -> None:
+        if capacity_wh <= 0:
+            raise ValueError("capacity_wh must be positive")
+        if max_charge_w < 0 or max_discharge_w < 0:
+            raise ValueError("max_charge_w and max_discharge_w must be >= 0")
+        if not 0.0 < efficiency <= 1.0:
+            raise ValueError("efficiency must be in (0, 1]")
+        if not 0.0 <= min_soc < 1.0:
+            raise ValueError("min_soc must be in [0, 1)")
+        if not 0.0 <= soc <= 1.0:
+            raise ValueError("soc must be in [0, 1]")
+        self.capacity_wh = capacity_wh
+        self.max_charge_w = max_charge_w
+        self.max_discharge_w = max_discharge_w
+        self.efficiency = efficiency
+        self.min_soc = min_soc
+        self.setpoint_w = 0.0
+        self._soc = soc
+        self._since: float | None = start_ts
+
+    def _span(self, ts: float) -> float:
+        return 0.0 if self._since is None else max(0.0, ts - self._since)
+
+    def _seconds_left(self) -> float:
+        """Seconds the current setpoint can be held from the last change (inf if forever)."""
+        p = self.setpoint_w
+        if p > 0:
+            stored = max(0.0, self._soc - self.min_soc) * self.capacity_wh
+            return stored * 3600.0 / p
+        if p < 0:
+            room = max(0.0, 1.0 - self._soc) * self.capacity_wh
+            return room * 3600.0 / (-p * self.efficiency)
+        return math.inf
+
+    def soc_at(self, ts: float) -> float:
+        """State of charge (0..1) at `ts`."""
+        dt = min(self._span(ts), self._seconds_left())
+        p = self.setpoint_w
+        if p > 0:
+            floor = min(self._soc, self.min_soc)  # already below a newly raised reserve
+            return max(floor, self._soc - p * dt / 3600.0 / self.capacity_wh)
+        if p < 0:
+            return min(1.0, self._soc - p * self.efficiency * dt / 3600.0 / self.capacity_wh)
+        return self._soc
+
+    def power_w(self, ts: float) -> float:
+        """AC power at `ts` (W, + discharge, - charge): the setpoint until empty or full."""
+        if self.setpoint_w == 0.0 or self._span(ts) >= self._seconds_left():
+            return 0.0
+        return self.setpoint_w
+
+    def set_reserve(self, ts: float, min_soc: float) -> None:
+        """From `ts` on, keep `min_soc` (0..1) in reserve: discharging stops there."""
+        if not 0.0 <= min_soc < 1.0:
+            raise ValueError("min_soc must be in [0, 1)")
+        self.set_setpoint(ts, self.setpoint_w)
+        self.min_soc = min_soc
+
+    def set_setpoint(self, ts: float, power_w: float) -> None:
+        """From `ts` on, deliver `power_w` (+ discharge, - charge), clipped to the limits."""
+        if not math.isfinite(power_w):
+            raise ValueError("power_w must be finite")
+        self._soc = self.soc_at(ts)
+        if self._since is None or ts > self._since:
+            self._since = ts
+        self.setpoint_w = max(-self.max_charge_w, min(self.max_discharge_w, power_w))
+
+
 @dataclass
 class HomeModel:
-    """One home's PV system and consumption; shared by that home's meters so they agree."""
+    """One home's PV system, consumption and (optionally) battery; shared by that home's meters
+    so they agree.
+
+    `generation_limit` (fraction of `capacity_w`, None = no limit) curtails the PV output, as an
+    inverter's power limit does: `pv_w` = min(available, limit * capacity). It is state, not a
+    function of time: a meter that integrates energy should do so up to the moment of a change
+    before the change is made (the simulated devices do).
+    """
 
     capacity_w: int
     latitude_deg: float
@@ -174,13 +279,22 @@ class HomeModel:
     base_load_w: float
     seed: int
     mean_cloudiness: float = 0.3
+    generation_limit: float | None = None
+    battery: BatteryModel | None = None
     clouds: CloudCover = field(init=False)
 
     def __post_init__(self) -> None:
         self.clouds = CloudCover(self.seed, mean=self.mean_cloudiness)
+        self.set_generation_limit(self.generation_limit)
 
-    def pv_w(self, ts: float, rng: random.Random | None = None) -> float:
-        """PV output at `ts` (W, >= 0); deterministic unless `rng` adds jitter."""
+    def set_generation_limit(self, fraction: float | None) -> None:
+        """Cap PV output at `fraction` (0..1) of the capacity; None removes the cap."""
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError("the generation limit must be a fraction in 0..1 (or None)")
+        self.generation_limit = fraction
+
+    def pv_available_w(self, ts: float, rng: random.Random | None = None) -> float:
+        """What the sun would give at `ts` without a limit (W, >= 0)."""
         return pv_power_w(
             ts,
             self.latitude_deg,
@@ -190,9 +304,25 @@ class HomeModel:
             rng,
         )
 
+    def pv_w(self, ts: float, rng: random.Random | None = None) -> float:
+        """PV output at `ts` (W, >= 0), after the generation limit; deterministic unless `rng`
+        adds jitter."""
+        available = self.pv_available_w(ts, rng)
+        if self.generation_limit is None:
+            return available
+        return min(available, self.generation_limit * self.capacity_w)
+
     def load_w(self, ts: float, rng: random.Random | None = None) -> float:
         """Household consumption at `ts` (W, >= 0); deterministic unless `rng` adds jitter."""
         return household_load_w(ts, self.base_load_w, rng, longitude_deg=self.longitude_deg)
+
+    def battery_w(self, ts: float) -> float:
+        """Battery AC power at `ts` (W, + discharge, - charge); 0 without a battery."""
+        return 0.0 if self.battery is None else self.battery.power_w(ts)
+
+    def grid_w(self, ts: float) -> float:
+        """Smooth power at the grid connection (W; > 0 import): load - pv - battery."""
+        return self.load_w(ts) - self.pv_w(ts) - self.battery_w(ts)
 
 
 class EnergyIntegrator:
