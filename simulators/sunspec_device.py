@@ -21,7 +21,7 @@ The register offsets below were typed from the SunSpec Alliance json model defin
 model_203.json), independently of firmware-configs/sunspec/models.toml, so the driver's tables
 and this simulator check each other.
 
-Controls (writable over FC06/FC16; every other function code on a write answers exception 1):
+Controls (writable over FC06/FC16; a coil write answers exception 1 inside the map, 2 outside):
 - `controls=True` adds model 123 (immediate controls) after a PV inverter. WMaxLimPct (at
   WMaxLimPct_SF, `limit_pct_sf`, default -2 as Fronius) with WMaxLim_Ena = 1 caps the home's PV
   output at that percentage of `capacity_w` (`HomeModel.set_generation_limit`); WMaxLim_Ena = 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymodbus.client import AsyncModbusTcpClient
 
 from edge.actuators import (
     SunSpecInverterControl,
@@ -308,3 +309,21 @@ async def test_an_unreachable_device_is_a_plain_actuator_error(site_factory: Sta
 
 async def _past(clock: SimClock, when: float) -> bool:
     return clock.now() >= when
+
+
+async def test_the_simulator_takes_single_register_writes(site_factory: StartSite) -> None:
+    site: Site = await site_factory(60.0)
+    controls = site.sims[PV].controls_address
+    assert controls is not None
+    client = AsyncModbusTcpClient("127.0.0.1", port=site.server.port, timeout=1, retries=0)
+    assert await client.connect()
+    try:
+        ok = await client.write_register(controls + CTL["WMaxLimPct"], 4000, device_id=PV)  # FC06
+        assert not ok.isError()
+        ok = await client.write_register(controls + CTL["WMaxLim_Ena"], 1, device_id=PV)
+        assert not ok.isError()
+        assert site.home.generation_limit == pytest.approx(0.40)
+        bad = await client.write_coil(0, True, device_id=PV)  # FC05: SunSpec has no coils
+        assert bad.isError() and bad.exception_code in (1, 2)
+    finally:
+        client.close()
