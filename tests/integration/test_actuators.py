@@ -33,11 +33,13 @@ from edge.transports.modbus_bus import bus_for, close_buses
 from protocol.clock import SimClock
 from protocol.dispatch import ControlMode
 from simulators.models import BatteryModel, HomeModel
+from simulators.pty import PtyPair
 from simulators.sunspec_device import (
     CTL,
     STO,
     SimulatedSunSpec,
     SunSpecServer,
+    start_sunspec_rtu_server,
     start_sunspec_tcp_server,
 )
 from tests.helpers.waiting import until
@@ -327,3 +329,39 @@ async def test_the_simulator_takes_single_register_writes(site_factory: StartSit
         assert bad.isError() and bad.exception_code in (1, 2)
     finally:
         client.close()
+
+
+@pytest.mark.serial
+async def test_battery_setpoint_over_rtu_on_a_pty_pair(tmp_path: Path) -> None:
+    clock = SimClock.starting_at(MIDDAY, 60.0)
+    battery = BatteryModel(BATTERY_WH, MAX_CHARGE_W, MAX_DISCHARGE_W, soc=0.5)
+    home = HomeModel(CAPACITY_W, 48.14, 11.58, 400.0, 7, battery=battery)
+    sim = SimulatedSunSpec(clock, home=home, inverter_model=101, inverter_role="battery")
+    with PtyPair(tmp_path, "rs485") as pty:
+        server = await start_sunspec_rtu_server({7: sim}, str(pty.sim_path))
+        settings = MeterSettings(
+            name="bat",
+            driver="sunspec",
+            transport="rtu",
+            serial_port=str(pty.device_path),
+            unit_id=7,
+            controls=["opModFixedW"],
+        )
+        edge = EdgeSettings(
+            device_id="dev-1",
+            site_id="site-1",
+            key_file=tmp_path / "k",
+            state_db=tmp_path / "s",
+            meters=[settings],
+        )
+        try:
+            reader = make_reader(settings)
+            (actuator,) = await prepare_actuators(make_actuators(edge, [reader]))
+            await actuator.apply(FIXED, -10000)  # charge at the full 3 kW
+            assert await actuator.measure_w(FIXED) == -3000
+            assert battery.setpoint_w == -3000.0
+            await actuator.release(FIXED)
+            assert await actuator.measure_w(FIXED) == 0
+        finally:
+            await close_buses()
+            await server.stop()
