@@ -11,9 +11,11 @@ deprecated datastore: the hook runs on every request, so each read sees the stat
 Sign convention (same as the register map): power > 0 = import through the meter, < 0 = export.
 - role "pv": the meter sits on the PV inverter output. It reports generation as negative power
   and its export_energy grows with the PV yield; import_energy stays put.
-- role "grid": the meter sits at the grid connection. Net power = load - pv; import_energy grows
-  while the home draws from the grid, export_energy while it feeds in.
-Two meters of one home share one `HomeModel`, so grid = load - pv holds between them.
+- role "grid": the meter sits at the grid connection. Net power = load - pv - battery (the
+  home's battery, + discharging, if it has one); import_energy grows while the home draws from
+  the grid, export_energy while it feeds in.
+Two meters of one home share one `HomeModel`, so grid = load - pv - battery holds between them;
+a generation limit on the home (`HomeModel.set_generation_limit`) lowers the PV meter too.
 """
 
 from __future__ import annotations

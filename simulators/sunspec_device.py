@@ -2,8 +2,9 @@
 Modbus TCP or RTU.
 
 Owns: `SimulatedSunSpec` (one unit's SunSpec map: "SunS" marker at a chosen base, common model,
-inverter and/or meter model, end marker; live values from a `HomeModel` on a clock, computed in
-the pymodbus action hook on every request), `start_sunspec_tcp_server` and
+inverter and/or meter model, optional controls, end marker; live values from a `HomeModel` on a
+clock, computed in the pymodbus action hook on every request; writes to the controls drive the
+home's PV limit and battery), `start_sunspec_tcp_server` and
 `start_sunspec_rtu_server` (the latter on the simulator end of a `PtyPair`).
 
 Layout quirks of real devices are options, because the driver must survive them:
@@ -17,9 +18,9 @@ Layout quirks of real devices are options, because the driver must survive them:
 - `silent_addresses`: requests starting there get no answer (a timeout, not an exception).
 
 The register offsets below were typed from the SunSpec Alliance json model definitions
-(sunspec/models: json/model_1.json, model_101.json, model_103.json, model_201.json,
-model_203.json), independently of firmware-configs/sunspec/models.toml, so the driver's tables
-and this simulator check each other.
+(sunspec/models: json/model_1.json, model_101.json, model_103.json, model_123.json,
+model_124.json, model_201.json, model_203.json), independently of
+firmware-configs/sunspec/models.toml, so the driver's tables and this simulator check each other.
 
 Controls (writable over FC06/FC16; a coil write answers exception 1 inside the map, 2 outside):
 - `controls=True` adds model 123 (immediate controls) after a PV inverter. WMaxLimPct (at
@@ -34,15 +35,16 @@ Controls (writable over FC06/FC16; a coil write answers exception 1 inside the m
 - The *_WinTms, *_RvrtTms and *_RmpTms points and the power-factor / VAr points are stored and
   read back but have no effect: changes are immediate and never revert on their own.
 - A write to a read-only point (scale factors, ChaState, StorAval, InBatV, ChaSt, the
-  inverter and meter models, the header) answers exception 2 (illegal data address), as a
-  register that is not writable is "not a valid address for a write" on SMA and Fronius; a
-  value out of range (a percentage over 100, Conn or WMaxLim_Ena not 0/1, StorCtl_Mod > 3)
+  inverter and meter models, the header) answers exception 2 (illegal data address): for a
+  write, a register that cannot be written is not a valid address (our choice; SunSpec leaves
+  the code to the device, and the driver treats 2 and 3 alike as a refusal); a value out of
+  range (a percentage over 100, Conn or WMaxLim_Ena not 0/1, StorCtl_Mod > 3)
   answers exception 3 (illegal data value). Nothing of a refused write is applied. Without
   controls or storage the whole map is read-only (exception 2), as before.
 
 Sign convention of the meter (as simulators/modbus_meter.py): W > 0 = import through the meter.
-Role "grid": the meter is at the grid connection (W = load - pv); role "pv": on the PV output
-(W = -pv, the PV yield lands in TotWhExp).
+Role "grid": the meter is at the grid connection (W = load - pv - battery); role "pv": on the PV
+output (W = -pv, the PV yield lands in TotWhExp).
 """
 
 from __future__ import annotations
