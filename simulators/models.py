@@ -14,6 +14,7 @@ the expected energy all see the same sky.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Callable
@@ -167,6 +168,21 @@ class CloudCover:
         return max(0.0, min(1.0, self.mean + self.variability * swing))
 
 
+#: Changes a model remembers (older ones are forgotten: times before them read the oldest kept).
+HISTORY: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """A battery from `since` on: state of charge then, setpoint and reserve held until the
+    next segment."""
+
+    since: float
+    soc: float
+    setpoint_w: float
+    min_soc: float
+
+
 class BatteryModel:
     """A home battery that follows a power setpoint (W, + discharge, - charge).
 
@@ -178,10 +194,12 @@ class BatteryModel:
     Energy: charging stores `efficiency` of the AC energy taken in, discharging takes the AC
     energy from the store 1:1 (so `efficiency` is the round-trip efficiency).
 
-    Because the power is constant between setpoint changes, the state at any later time is a
-    closed-form function of the last change (`soc_at`, `power_w`): reading at any rate, or not
-    at all, gives the same answers. Only `set_setpoint` moves the model's own time on; a
-    timestamp before it is answered with the state at that change.
+    Because the power is constant between setpoint changes, the state at any time is a closed
+    form of the change in force then: `soc_at` and `power_w` are functions of the timestamp,
+    not of how often they are called, and a meter that integrates up to a time before the last
+    change still sees the setpoint that was in force (the last `HISTORY` changes are kept). A
+    change dated before the previous one (a clock that stepped back) takes effect at the
+    previous one's time.
     """
 
     def __init__(
@@ -209,57 +227,75 @@ class BatteryModel:
         self.max_charge_w = max_charge_w
         self.max_discharge_w = max_discharge_w
         self.efficiency = efficiency
-        self.min_soc = min_soc
-        self.setpoint_w = 0.0
-        self._soc = soc
-        self._since: float | None = start_ts
+        since = -math.inf if start_ts is None else start_ts
+        self._segments: list[_Segment] = [_Segment(since, soc, 0.0, min_soc)]
 
-    def _span(self, ts: float) -> float:
-        return 0.0 if self._since is None else max(0.0, ts - self._since)
+    @property
+    def setpoint_w(self) -> float:
+        """The setpoint in force since the last change (W, clipped)."""
+        return self._segments[-1].setpoint_w
 
-    def _seconds_left(self) -> float:
-        """Seconds the current setpoint can be held from the last change (inf if forever)."""
-        p = self.setpoint_w
+    @property
+    def min_soc(self) -> float:
+        """The reserve in force since the last change (0..1)."""
+        return self._segments[-1].min_soc
+
+    def _segment(self, ts: float) -> _Segment:
+        i = bisect.bisect_right([seg.since for seg in self._segments], ts) - 1
+        return self._segments[max(0, i)]
+
+    def _seconds_left(self, seg: _Segment) -> float:
+        """Seconds `seg`'s setpoint can be held from its start (inf if forever)."""
+        p = seg.setpoint_w
         if p > 0:
-            stored = max(0.0, self._soc - self.min_soc) * self.capacity_wh
+            stored = max(0.0, seg.soc - seg.min_soc) * self.capacity_wh
             return stored * 3600.0 / p
         if p < 0:
-            room = max(0.0, 1.0 - self._soc) * self.capacity_wh
+            room = max(0.0, 1.0 - seg.soc) * self.capacity_wh
             return room * 3600.0 / (-p * self.efficiency)
         return math.inf
 
     def soc_at(self, ts: float) -> float:
         """State of charge (0..1) at `ts`."""
-        dt = min(self._span(ts), self._seconds_left())
-        p = self.setpoint_w
+        seg = self._segment(ts)
+        p = seg.setpoint_w
+        if p == 0.0:
+            return seg.soc
+        dt = min(max(0.0, ts - seg.since), self._seconds_left(seg))
         if p > 0:
-            floor = min(self._soc, self.min_soc)  # already below a newly raised reserve
-            return max(floor, self._soc - p * dt / 3600.0 / self.capacity_wh)
-        if p < 0:
-            return min(1.0, self._soc - p * self.efficiency * dt / 3600.0 / self.capacity_wh)
-        return self._soc
+            floor = min(seg.soc, seg.min_soc)  # already below a newly raised reserve
+            return max(floor, seg.soc - p * dt / 3600.0 / self.capacity_wh)
+        return min(1.0, seg.soc - p * self.efficiency * dt / 3600.0 / self.capacity_wh)
 
     def power_w(self, ts: float) -> float:
         """AC power at `ts` (W, + discharge, - charge): the setpoint until empty or full."""
-        if self.setpoint_w == 0.0 or self._span(ts) >= self._seconds_left():
+        seg = self._segment(ts)
+        if seg.setpoint_w == 0.0 or ts - seg.since >= self._seconds_left(seg):
             return 0.0
-        return self.setpoint_w
+        return seg.setpoint_w
 
     def set_reserve(self, ts: float, min_soc: float) -> None:
         """From `ts` on, keep `min_soc` (0..1) in reserve: discharging stops there."""
         if not 0.0 <= min_soc < 1.0:
             raise ValueError("min_soc must be in [0, 1)")
-        self.set_setpoint(ts, self.setpoint_w)
-        self.min_soc = min_soc
+        self._change(ts, self.setpoint_w, min_soc)
 
     def set_setpoint(self, ts: float, power_w: float) -> None:
         """From `ts` on, deliver `power_w` (+ discharge, - charge), clipped to the limits."""
         if not math.isfinite(power_w):
             raise ValueError("power_w must be finite")
-        self._soc = self.soc_at(ts)
-        if self._since is None or ts > self._since:
-            self._since = ts
-        self.setpoint_w = max(-self.max_charge_w, min(self.max_discharge_w, power_w))
+        clipped = max(-self.max_charge_w, min(self.max_discharge_w, power_w))
+        self._change(ts, clipped, self.min_soc)
+
+    def _change(self, ts: float, setpoint_w: float, min_soc: float) -> None:
+        last = self._segments[-1]
+        ts = max(ts, last.since)
+        segment = _Segment(ts, self.soc_at(ts), setpoint_w, min_soc)
+        if ts == last.since:
+            self._segments[-1] = segment  # two changes at one instant: the later one holds
+        else:
+            self._segments.append(segment)
+        del self._segments[:-HISTORY]
 
 
 @dataclass
@@ -268,9 +304,11 @@ class HomeModel:
     so they agree.
 
     `generation_limit` (fraction of `capacity_w`, None = no limit) curtails the PV output, as an
-    inverter's power limit does: `pv_w` = min(available, limit * capacity). It is state, not a
-    function of time: a meter that integrates energy should do so up to the moment of a change
-    before the change is made (the simulated devices do).
+    inverter's power limit does: `pv_w` = min(available, limit * capacity). Set with a
+    timestamp (`set_generation_limit(f, ts)`, what the simulated inverter does), a change takes
+    effect from `ts` on and earlier times keep the limit they had, so every meter of the home
+    integrates the same energy whenever it gets round to it; set without one, the limit holds
+    for all times. `generation_limit` itself is the latest value.
     """
 
     capacity_w: int
@@ -282,16 +320,34 @@ class HomeModel:
     generation_limit: float | None = None
     battery: BatteryModel | None = None
     clouds: CloudCover = field(init=False)
+    #: (from, limit) changes dated by `set_generation_limit(..., ts)`, oldest first.
+    _limits: list[tuple[float, float | None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.clouds = CloudCover(self.seed, mean=self.mean_cloudiness)
         self.set_generation_limit(self.generation_limit)
 
-    def set_generation_limit(self, fraction: float | None) -> None:
-        """Cap PV output at `fraction` (0..1) of the capacity; None removes the cap."""
+    def set_generation_limit(self, fraction: float | None, ts: float | None = None) -> None:
+        """Cap PV output at `fraction` (0..1) of the capacity from `ts` on (None: for all
+        times); `fraction` None removes the cap. A `ts` before the previous change counts as
+        that change's time."""
         if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise ValueError("the generation limit must be a fraction in 0..1 (or None)")
+        if ts is None:
+            self._limits = [(-math.inf, fraction)]
+        else:
+            ts = max(ts, self._limits[-1][0])
+            if ts == self._limits[-1][0]:
+                self._limits[-1] = (ts, fraction)
+            else:
+                self._limits.append((ts, fraction))
+            del self._limits[:-HISTORY]
         self.generation_limit = fraction
+
+    def limit_at(self, ts: float) -> float | None:
+        """The generation limit in force at `ts` (fraction of capacity, None = no limit)."""
+        i = bisect.bisect_right([since for since, _ in self._limits], ts) - 1
+        return self._limits[max(0, i)][1]
 
     def pv_available_w(self, ts: float, rng: random.Random | None = None) -> float:
         """What the sun would give at `ts` without a limit (W, >= 0)."""
@@ -308,9 +364,10 @@ class HomeModel:
         """PV output at `ts` (W, >= 0), after the generation limit; deterministic unless `rng`
         adds jitter."""
         available = self.pv_available_w(ts, rng)
-        if self.generation_limit is None:
+        limit = self.limit_at(ts)
+        if limit is None:
             return available
-        return min(available, self.generation_limit * self.capacity_w)
+        return min(available, limit * self.capacity_w)
 
     def load_w(self, ts: float, rng: random.Random | None = None) -> float:
         """Household consumption at `ts` (W, >= 0); deterministic unless `rng` adds jitter."""

@@ -582,7 +582,7 @@ class SimulatedSunSpec(ActionHook):
                 limit = 0.0
             elif self._ctl["WMaxLim_Ena"] == 1:
                 limit = self._ctl["WMaxLimPct"] * 10.0**self.limit_pct_sf / 100.0
-            self.home.set_generation_limit(limit)
+            self.home.set_generation_limit(limit, ts)
         battery = self.home.battery
         if self._sto and battery is not None:
             battery.set_reserve(ts, self._sto["MinRsvPct"] / 100.0)

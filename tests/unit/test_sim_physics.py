@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from simulators.models import BatteryModel, HomeModel
+from simulators.models import BatteryModel, EnergyIntegrator, HomeModel
 
 MIDDAY = datetime(2025, 6, 21, 10, 0, tzinfo=UTC).timestamp()
 
@@ -112,3 +112,39 @@ def test_battery_parameters_are_checked(kwargs: dict[str, float]) -> None:
     }
     with pytest.raises(ValueError):
         BatteryModel(**args)  # type: ignore[arg-type]
+
+
+def test_a_dated_limit_keeps_the_past_as_it_was() -> None:
+    home = _home()
+    free = _home()
+    home.set_generation_limit(0.2, MIDDAY)
+    assert home.limit_at(MIDDAY - 1) is None and home.limit_at(MIDDAY) == 0.2
+    assert home.pv_w(MIDDAY - 60) == free.pv_w(MIDDAY - 60)
+    assert home.pv_w(MIDDAY + 60) == pytest.approx(1000.0)
+    home.set_generation_limit(None, MIDDAY + 600)
+    assert home.pv_w(MIDDAY + 300) == pytest.approx(1000.0)
+    assert home.pv_w(MIDDAY + 900) == free.pv_w(MIDDAY + 900)
+    # A meter that integrates only afterwards books the curtailed energy all the same.
+    late, reference = EnergyIntegrator(), EnergyIntegrator()
+    late.integrate(home.pv_w, MIDDAY - 600, MIDDAY + 1200, max_step_s=10.0)
+    reference.integrate(free.pv_w, MIDDAY - 600, MIDDAY, max_step_s=10.0)
+    reference.integrate(lambda t: 1000.0, MIDDAY, MIDDAY + 600, max_step_s=10.0)
+    reference.integrate(free.pv_w, MIDDAY + 600, MIDDAY + 1200, max_step_s=10.0)
+    assert late.import_wh == pytest.approx(reference.import_wh, abs=2.0)
+    # An undated limit holds for all times.
+    home.set_generation_limit(0.1)
+    assert home.pv_w(MIDDAY - 3600) == pytest.approx(500.0)
+
+
+def test_battery_answers_past_times_with_the_setpoint_then_in_force() -> None:
+    battery = BatteryModel(10_000.0, 3000.0, 3000.0, soc=0.5, start_ts=0.0)
+    battery.set_setpoint(3600.0, 1000.0)
+    battery.set_setpoint(7200.0, -2000.0)
+    assert battery.power_w(1800.0) == 0.0
+    assert battery.power_w(5400.0) == 1000.0
+    assert battery.power_w(9000.0) == -2000.0
+    assert battery.soc_at(3600.0) == pytest.approx(0.5)
+    assert battery.soc_at(7200.0) == pytest.approx(0.4)
+    assert battery.soc_at(9000.0) == pytest.approx(0.5)  # 2 kW for half an hour = +10 %
+    battery.set_setpoint(100.0, 0.0)  # dated before the last change: takes effect then
+    assert battery.power_w(7300.0) == 0.0 and battery.power_w(5400.0) == 1000.0
