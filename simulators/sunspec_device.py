@@ -32,8 +32,12 @@ Controls (writable over FC06/FC16; a coil write answers exception 1 inside the m
   StorCtl_Mod bit 1 (DISCHARGE) discharges at OutWRte % of the battery's max discharge power,
   bit 0 (CHARGE) charges at InWRte % of WChaMax; both bits add up, 0 holds (idle). MinRsvPct
   sets the battery's reserve. ChaState is the state of charge (%), ChaSt its status.
-- The *_WinTms, *_RvrtTms and *_RmpTms points and the power-factor / VAr points are stored and
-  read back but have no effect: changes are immediate and never revert on their own.
+- Revert timeouts: with WMaxLimPct_RvrtTms > 0 an enabled limit switches itself off (WMaxLim_Ena
+  = 0) that many simulated seconds after it was written; Conn_RvrtTms reconnects after a
+  disconnect; InOutWRte_RvrtTms sets StorCtl_Mod back to 0. The reverts are dated, so energy
+  is integrated under the old setting up to the revert. The *_WinTms and *_RmpTms points and
+  the power-factor / VAr points are stored and read back but have no effect: changes are
+  immediate.
 - A write to a read-only point (scale factors, ChaState, StorAval, InBatV, ChaSt, the
   inverter and meter models, the header) answers exception 2 (illegal data address): for a
   write, a register that cannot be written is not a valid address (our choice; SunSpec leaves
@@ -148,6 +152,8 @@ _STO_SF: Final = {
     "WChaMax_SF": 0, "WChaDisChaGra_SF": 0, "MinRsvPct_SF": 0, "ChaState_SF": -1,
     "StorAval_SF": -1, "InBatV_SF": -1, "InOutWRte_SF": -2,
 }  # fmt: skip
+#: What a point returns to when its *_RvrtTms runs out: limit off, connected, storage released.
+_REVERTED: Final = {"WMaxLim_Ena": 0, "Conn": 1, "StorCtl_Mod": 0}
 #: StorCtl_Mod bits (json/model_124.json symbols): bit 0 CHARGE, bit 1 DISCHARGE.
 STOR_CHARGE: Final = 1
 STOR_DISCHARGE: Final = 2
@@ -358,6 +364,8 @@ class SimulatedSunSpec(ActionHook):
                 ChaGriSet=1,
             )
         self._request_address = -1
+        #: point -> simulated time at which it reverts to its default (`_REVERTED`)
+        self._reverts: dict[str, float] = {}
 
     @classmethod
     def solaredge_like(cls, clock: Clock, **kwargs: Any) -> SimulatedSunSpec:
@@ -382,7 +390,18 @@ class SimulatedSunSpec(ActionHook):
         return self.home.pv_w(ts)
 
     def _advance(self, ts: float) -> None:
-        """Integrate energy up to `ts`; a clock that steps back is ignored."""
+        """Integrate energy up to `ts`, applying the reverts that fall due on the way; a clock
+        that steps back is ignored."""
+        for point, due in sorted(self._reverts.items(), key=lambda item: item[1]):
+            if due > ts:
+                break
+            self._integrate(due)
+            del self._reverts[point]
+            (self._sto if point == "StorCtl_Mod" else self._ctl)[point] = _REVERTED[point]
+            self._apply_controls(due)
+        self._integrate(ts)
+
+    def _integrate(self, ts: float) -> None:
         if ts > self._last_ts:
             # A battery inverter's WH counts the energy it delivered (discharge) only.
             self._pv_energy.integrate(self.inverter_power_w, self._last_ts, ts)
@@ -571,8 +590,24 @@ class SimulatedSunSpec(ActionHook):
         self._advance(now)  # energy so far was made under the old settings
         for model, name, word in changes:
             (self._ctl if model == 123 else self._sto)[name] = word
+        written = {name for _model, name, _word in changes}
+        if written & {"WMaxLimPct", "WMaxLim_Ena", "WMaxLimPct_RvrtTms"}:
+            self._arm("WMaxLim_Ena", self._ctl["WMaxLim_Ena"] == 1, "WMaxLimPct_RvrtTms", now)
+        if written & {"Conn", "Conn_RvrtTms"}:
+            self._arm("Conn", self._ctl["Conn"] == 0, "Conn_RvrtTms", now)
+        if written & {"OutWRte", "InWRte", "StorCtl_Mod", "InOutWRte_RvrtTms"}:
+            self._arm("StorCtl_Mod", self._sto["StorCtl_Mod"] != 0, "InOutWRte_RvrtTms", now)
         self._apply_controls(now)
         return None
+
+    def _arm(self, point: str, active: bool, timeout_point: str, now: float) -> None:
+        """Start (or stop) the revert timer of `point` from `now`: a setting with a nonzero
+        *_RvrtTms goes back to its default that many seconds after it was written."""
+        seconds = (self._sto if point == "StorCtl_Mod" else self._ctl)[timeout_point]
+        if active and seconds > 0:
+            self._reverts[point] = now + seconds
+        else:
+            self._reverts.pop(point, None)
 
     def _apply_controls(self, ts: float) -> None:
         """Drive the physics from the written points."""

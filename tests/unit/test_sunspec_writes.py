@@ -114,3 +114,31 @@ async def test_refused_writes_name_the_device_and_change_nothing() -> None:
     with pytest.raises(ActuatorError, match="^bat: "):
         await storage.apply(ControlMode.OP_MOD_FIXED_W, -10001)
     assert battery.setpoint_w == 0.0
+
+
+async def test_revert_timeouts_end_a_setting_on_their_own() -> None:
+    clock = ManualClock(MIDDAY)
+    battery = BatteryModel(10_000.0, 3000.0, 4000.0, soc=0.5, start_ts=MIDDAY)
+    home = _home(battery)
+    inverter = sim.SimulatedSunSpec(clock, home=home, controls=True)
+    storage_unit = sim.SimulatedSunSpec(clock, home=home, inverter_role="battery")
+    inv, bat = SunSpecDevice(SimBus(inverter), 1), SunSpecDevice(SimBus(storage_unit), 2)
+    await inv.write_points(123, {"WMaxLimPct_RvrtTms": 600})
+    await bat.write_points(124, {"InOutWRte_RvrtTms": 900})
+    await SunSpecInverterControl("inv", inv, frozenset({ControlMode.OP_MOD_MAX_LIM_W})).apply(
+        ControlMode.OP_MOD_MAX_LIM_W, 1000
+    )
+    await SunSpecStorageControl("bat", bat, frozenset({ControlMode.OP_MOD_FIXED_W})).apply(
+        ControlMode.OP_MOD_FIXED_W, 5000
+    )
+    clock.advance(599)
+    assert (await inv.read(["ac_power_w"]))["ac_power_w"] == 500
+    clock.advance(2)
+    assert (await inv.read_points(123, ["WMaxLim_Ena"]))["WMaxLim_Ena"] == 0
+    assert home.generation_limit is None and (await inv.read(["ac_power_w"]))["ac_power_w"] > 500
+    assert home.limit_at(MIDDAY + 300) == pytest.approx(0.1)  # the past keeps its limit
+    clock.advance(600)
+    assert (await bat.read_points(124, ["StorCtl_Mod"]))["StorCtl_Mod"] == 0
+    assert (await bat.read(["ac_power_w"]))["ac_power_w"] == 0
+    # 2 kW for exactly the 900 s before the revert: 0.5 kWh of 10 kWh
+    assert battery.soc_at(clock.now()) == pytest.approx(0.45)
