@@ -325,7 +325,11 @@ async def test_a_newer_modification_with_another_control_releases_the_old_one() 
     await rig.send(cmd(modification=2, control=LIMIT, value=5000, start=T0 + 300))
     assert rig.act.calls[-1] == ("release", FIXED, None)
     await rig.at(T0 + 300)
-    assert rig.act.calls[-1] == ("apply", LIMIT, 5000)
+    assert rig.act.calls == [
+        ("apply", FIXED, 5000),
+        ("release", FIXED, None),
+        ("apply", LIMIT, 5000),
+    ]
 
 
 async def test_a_second_event_on_the_same_control_supersedes_the_first() -> None:
