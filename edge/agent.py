@@ -519,13 +519,15 @@ class EdgeAgent:
         waiting = (await self.outbox.counters())["waiting"]
         sample = self.telemetry(values, int(self.clock.now() * 1000), waiting)
         self.link.publish_nowait(self.telemetry_topic, tele.encode(sample), qos=0)
-        await self._publish_status()
+        await self._publish_status(waiting)
 
-    async def _publish_status(self) -> None:
-        """The retained status, when it changed."""
+    async def _publish_status(self, waiting: int | None = None) -> None:
+        """The retained status, when it changed (`waiting`: the outbox count, if just read)."""
         if not self.link.connected.is_set():
             return
-        status = self.status((await self.outbox.counters())["waiting"])
+        if waiting is None:
+            waiting = (await self.outbox.counters())["waiting"]
+        status = self.status(waiting)
         text = json.dumps(status, sort_keys=True)
         if text != self._last_status:
             self._last_status = text

@@ -654,8 +654,18 @@ class CommandRunner:
                 await self._ack_ready.wait()
                 continue
             ack = self._unsent[0]
-            payload = sign_ack(ack, self.device_key, self.deployment)
-            if await self.link.publish(self.acks_topic, payload, qos=1):
+            try:
+                payload = sign_ack(ack, self.device_key, self.deployment)
+            except ValueError as exc:  # cannot happen for what the book answers; never stall
+                log.error("dispatch: dropping an ack that cannot be encoded: %s", exc)
+                self._unsent.popleft()
+                continue
+            try:
+                sent = await self.link.publish(self.acks_topic, payload, qos=1)
+            except Exception as exc:
+                log.warning("dispatch: publishing an ack failed: %s", exc)
+                sent = False
+            if sent:
                 if self._unsent and self._unsent[0] is ack:
                     self._unsent.popleft()
                 continue
