@@ -499,6 +499,21 @@ async def test_a_restart_reapplies_an_event_still_in_its_window(tmp_path: Path) 
         await outbox.close()
 
 
+async def test_a_restart_sets_a_held_value_again(tmp_path: Path) -> None:
+    outbox = await Outbox.open(tmp_path / "edge.sqlite")
+    try:
+        rig = Rig(outbox=outbox)
+        await rig.send(cmd())
+        await rig.at(T0 + 60)
+        again = Rig(outbox=outbox, start=T0 + 300)  # the inverter may have rebooted too
+        await again.at(T0 + 300)
+        assert again.act.calls == [("apply", FIXED, 5000)]
+        await again.at(T0 + 400)
+        assert again.act.calls == [("apply", FIXED, 5000)]  # once
+    finally:
+        await outbox.close()
+
+
 async def test_a_restart_after_the_end_releases_and_does_not_reapply(tmp_path: Path) -> None:
     outbox = await Outbox.open(tmp_path / "edge.sqlite")
     try:
