@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -481,7 +482,7 @@ class EdgeAgent:
                 continue
             for flow, quantity in m.flows.items():
                 name = quantity.removeprefix("-")
-                if name in got:
+                if name in got and math.isfinite(got[name]):
                     sign = -1.0 if quantity.startswith("-") else 1.0
                     flows[flow] = flows.get(flow, 0.0) + sign * got[name]
 

@@ -80,6 +80,8 @@ async def test_a_flow_nobody_measures_is_none(outbox: Outbox, tmp_path: Path) ->
     agent = _agent(outbox, tmp_path, [_meter("m", {})])
     t = agent.telemetry({"m": {"total_power": 100.0}}, 1, 0)
     assert (t.pv_w, t.battery_w, t.grid_w) == (None, None, None)
+    agent = _agent(outbox, tmp_path, [_meter("m", {"grid": "total_power"})])
+    assert agent.telemetry({"m": {"total_power": float("nan")}}, 1, 0).grid_w is None
 
 
 async def test_health_flags(outbox: Outbox, tmp_path: Path) -> None:
