@@ -54,6 +54,8 @@ class MeterReader:
             self._check(quantity, f"channel {ch.value}", energy=True)
         for ch, quantity in settings.integrate.items():
             self._check(quantity, f"integrated channel {ch.value}", energy=False)
+        for flow, quantity in settings.flows.items():
+            self._check(quantity.removeprefix("-"), f"flow {flow}", energy=False)
         if settings.soc and settings.soc not in units:
             raise ValueError(f"meter {self.name}: no quantity {settings.soc!r} for the SOC")
 

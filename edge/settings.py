@@ -278,6 +278,8 @@ class MeterSettings(_Settings):
     #: dispatch controls this device takes, by 2030.5 name (edge/actuators.py): "opModMaxLimW"
     #: (SunSpec model 123), "opModFixedW" (model 124), "opModConnect" (model 123 Conn)
     controls: list[str] = field(default_factory=list)
+    #: live telemetry flow ("pv", "battery", "grid") -> power quantity (W); "-name" negates
+    flows: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def _check(cls, chk: _Check) -> None:
@@ -294,6 +296,7 @@ class MeterSettings(_Settings):
         chk.number("timeout_s", gt=0)
         chk.mapping("channels", Channel, str)
         chk.mapping("integrate", Channel, str)
+        chk.run("flows", _flows)
 
     def _check_whole(self) -> list[tuple[str, str]]:
         if self.controls and self.driver != "sunspec":
@@ -329,6 +332,20 @@ def _names(v: Any, allowed: tuple[str, ...] | None = None) -> list[str]:
 
 def _control_names(v: Any) -> list[str]:
     return _names(v, METER_CONTROLS)
+
+
+FLOWS = ("pv", "battery", "grid")  # protocol/telemetry.py's pv_w, battery_w, grid_w
+
+
+def _flows(v: Any) -> dict[str, str]:
+    if not isinstance(v, Mapping):
+        raise ValueError("Input should be a valid dictionary")
+    for k, q in v.items():
+        if k not in FLOWS:
+            raise ValueError(f"flow {k!r} should be {_choices(FLOWS)}")
+        if not isinstance(q, str) or not q.removeprefix("-"):
+            raise ValueError(f'flow {k!r} should name a power quantity, e.g. "-total_power"')
+    return dict(v)
 
 
 def _check_meter(m: MeterSettings) -> None:
@@ -377,6 +394,14 @@ def _ledger_key(v: Any) -> str:
     return v
 
 
+def _dispatch_key(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("Input should be a valid string")
+    if v and (len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v)):
+        raise ValueError("dispatch_key should be 64 hex digits (the raw Ed25519 public key)")
+    return v.lower()
+
+
 def _segment(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError("Input should be a valid string")
@@ -397,6 +422,8 @@ class EdgeSettings(_Settings):
     cloud_url: str = ""  # the aggregator's HTTP base URL (probe, proofs)
     ledger_key: str = ""  # the ledger's checkpoint key (C2SP verifier key)
     proof_check_interval_s: float = 300.0  # real seconds between ledger inclusion-proof checks
+    dispatch_key: str = ""  # the aggregator's dispatch key (64 hex); empty: no commands
+    dispatch_silence_revert_s: float = 900.0  # link down this long: release every control
     tls_ca_file: Path | None = None  # CA bundle for an mqtts:// broker
     tls_cert_file: Path | None = None  # client certificate (CN = device id)
     tls_key_file: Path | None = None  # the client certificate's key (0600)
@@ -420,6 +447,8 @@ class EdgeSettings(_Settings):
             chk.text(name)
         chk.run("ledger_key", _ledger_key)
         chk.number("proof_check_interval_s", gt=0)
+        chk.run("dispatch_key", _dispatch_key)
+        chk.number("dispatch_silence_revert_s", gt=0)
         chk.path("key_file")
         chk.path("state_db")
         for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):

@@ -230,7 +230,9 @@ def edge_run(
             except Exception as exc:  # no GPIO on this machine: run without the panel
                 err.print(f"[yellow]warning:[/] GPIO unavailable, running without LED: {exc}")
         try:
-            agent = EdgeAgent(settings, key, clock, readers, outbox, panel=panel)
+            # TODO(integrator): pass actuators=make_actuators(settings, readers) from
+            # edge/actuators.py once it lands; without actuators every command is answered 252.
+            agent = EdgeAgent(settings, key, clock, readers, outbox, panel=panel, actuators=None)
         except OSError as exc:  # ssl.SSLError is an OSError: a missing or bad TLS file
             await outbox.close()
             raise fail(f"cannot set up the broker connection: {exc}") from None

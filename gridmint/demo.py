@@ -119,6 +119,7 @@ async def _make_home(
                 port=server.port,
                 unit_id=PV_UNIT,
                 channels={Channel.GENERATED: "export_energy"},
+                flows={"pv": "-total_power"},
                 serial=f"SIM-PV-{i:03d}",
             ),
             MeterSettings(
@@ -127,6 +128,7 @@ async def _make_home(
                 port=server.port,
                 unit_id=GRID_UNIT,
                 channels={Channel.IMPORTED: "import_energy", Channel.EXPORTED: "export_energy"},
+                flows={"grid": "total_power"},
                 serial=f"SIM-GRID-{i:03d}",
             ),
         ],
