@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from cloud.api import (
     accounts_routes,
     certificates_routes,
+    derms_pages_routes,
     device_routes,
     dispatch_routes,
     fleet_live_routes,
@@ -63,6 +64,7 @@ ROUTERS = (
     sites_routes.router,
     fleet_live_routes.router,
     dispatch_routes.router,
+    derms_pages_routes.router,
 )
 
 
