@@ -28,6 +28,7 @@ from cloud.api import (
     market_routes,
     ops_routes,
     pages_routes,
+    site_live_routes,
     sites_routes,
     tokens_routes,
 )
@@ -65,6 +66,7 @@ ROUTERS = (
     fleet_live_routes.router,
     dispatch_routes.router,
     derms_pages_routes.router,
+    site_live_routes.router,
 )
 
 
