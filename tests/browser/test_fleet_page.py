@@ -64,6 +64,11 @@ async def test_operator_watches_the_fleet_live(
     await page.fill("#search", derms.devices[2].device_id)
     await expect(page.locator("#devices tbody tr[data-device]:visible")).to_have_count(1)
     await page.fill("#search", "")
+    # A dot on the map shows its site's devices.
+    await page.click(f'#map circle[data-device="{derms.devices[4].device_id}"]')
+    await expect(page.locator("#search")).to_have_value(derms.devices[4].site_id)
+    await expect(page.locator("#devices tbody tr[data-device]:visible")).to_have_count(1)
+    await page.fill("#search", "")
     await page.select_option("#state-filter", "offline")
     await expect(page.locator("#devices tbody tr[data-device]:visible")).to_have_count(0)
 

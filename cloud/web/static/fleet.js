@@ -109,12 +109,13 @@
     if (rows.size && empty) empty.remove();
   }
 
-  function applyDevice(d) {
+  function applyDevice(d, append) {
     devices.set(d.device_id, d);
     let tr = rows.get(d.device_id);
     if (!tr) {
       tr = newRow(d);
-      place(tr, d.device_id);
+      if (append) body.append(tr); // the first page comes sorted
+      else place(tr, d.device_id);
     }
     fillRow(tr, d);
     drawDot(d);
@@ -156,6 +157,9 @@
       return;
     }
     for (const d of devices.values()) drawDot(d);
+    const fmt = (v, pos, neg) => Math.abs(v).toFixed(2) + "° " + (v >= 0 ? pos : neg);
+    map.append(svg("text", { x: 6, y: 14, class: "tick" }, fmt(box.lat1, "N", "S") + ", " + fmt(box.lon0, "E", "W")));
+    map.append(svg("text", { x: 594, y: 334, "text-anchor": "end", class: "tick" }, fmt(box.lat0, "N", "S") + ", " + fmt(box.lon1, "E", "W")));
   }
 
   function drawDot(d) {
@@ -169,6 +173,10 @@
     if (!c) {
       c = svg("circle", { r: 7, "data-device": d.device_id });
       c.append(svg("title", {}, ""));
+      c.addEventListener("click", () => { // show this site's devices in the table
+        search.value = d.site_id;
+        refilter();
+      });
       map.append(c);
       dots.set(d.device_id, c);
     }
@@ -254,7 +262,7 @@
       body.textContent = "";
       for (const d of page.devices) devices.set(d.device_id, d);
       redrawMap();
-      for (const d of page.devices) applyDevice(d);
+      for (const d of page.devices) applyDevice(d, true);
       if (!page.devices.length) body.append(node("tr", { class: "empty" }, node("td", { colspan: 9, text: "no approved devices yet" })));
       countShown();
       renderTotals();
