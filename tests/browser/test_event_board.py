@@ -7,6 +7,8 @@ match), a modification supersedes, and cancelling tells every device."""
 from __future__ import annotations
 
 import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,21 @@ async def test_operator_creates_follows_modifies_and_cancels_an_event(
     await expect(row.locator('[data-status="cancelled"]')).to_have_text(f"cancelled {N // 2}")
     await expect(row).to_contain_text("Battery power")
     await page.screenshot(path=str(tmp_path / "events.png"), full_page=True)
+
+    # An event at a set time (UTC): scheduled, and the devices have it ahead of time.
+    at = datetime.fromtimestamp(int(time.time()) + 3600, UTC).replace(microsecond=0)
+    await page.select_option("#ev-group", "zone:south")
+    await page.select_option("#ev-control", label="Generation limit")
+    await page.fill("#ev-value", "5000")
+    await page.check('input[name="when"][value="at"]')
+    await page.fill("#ev-start", at.strftime("%Y-%m-%dT%H:%M:%S"))
+    await page.click("#ev-submit")
+    await expect(page).to_have_url(re.compile(r"/events/ev-[0-9a-f]+$"))
+    await expect(page.locator("#status")).to_have_text("scheduled")
+    await expect(page.locator("#f-window")).to_contain_text(at.strftime("%Y-%m-%d %H:%M:%S") + " –")
+    for d in derms.devices[N // 2 :]:
+        row = page.locator(f'#responses tr[data-device="{d.device_id}"]')
+        await expect(row.locator("td.status")).to_have_text("received", timeout=20_000)
     assert errors == []
 
 
