@@ -110,6 +110,13 @@ function liveField(section, name, value) {
 }
 
 function renderLive(section, s) {
+  if (!s.last_ms) { // nothing measured yet: dashes, not zeros
+    for (const name of ["pv_w", "battery_w", "grid_w", "load_w", "stored_wh", "soc"]) liveField(section, name, "—");
+    for (const name of ["pv_dir", "battery_dir", "grid_dir"]) liveField(section, name, "");
+    liveField(section, "state", s.devices === 0 ? "no devices reporting" : s.online + " of " + s.devices + " devices online");
+    liveField(section, "updated", "waiting for data");
+    return;
+  }
   liveField(section, "pv_w", watts(s.pv_w));
   liveField(section, "pv_dir", s.pv_w > 0 ? "generating" : "idle");
   liveField(section, "battery_w", watts(Math.abs(s.battery_w)));
