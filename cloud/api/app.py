@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from cloud.api import (
     accounts_routes,
     certificates_routes,
+    derms_pages_routes,
     device_routes,
     dispatch_routes,
     fleet_live_routes,
@@ -27,6 +28,7 @@ from cloud.api import (
     market_routes,
     ops_routes,
     pages_routes,
+    site_live_routes,
     sites_routes,
     tokens_routes,
 )
@@ -63,6 +65,8 @@ ROUTERS = (
     sites_routes.router,
     fleet_live_routes.router,
     dispatch_routes.router,
+    derms_pages_routes.router,
+    site_live_routes.router,
 )
 
 
