@@ -26,7 +26,7 @@ from cloud.storage.store import EnergySums
 
 router = APIRouter()
 Reader = Annotated[Principal, Depends(require(*ANYONE, action="read a site"))]
-EVENTS_SCANNED = 50  # the newest events looked through for this site's devices
+EVENTS_SCANNED = 50  # at most this many of the newest events a site took part in
 
 
 async def _visible(accounts: AccountStore, p: Principal, site_id: str) -> None:
@@ -150,6 +150,12 @@ class SiteEvent(BaseModel):
     delivered_w: int | None = Field(
         description="measured now while the event runs, else the devices' last answers"
     )
+    delivered_wh: int | None = Field(
+        None, description="flexibility delivered over the event (Wh), once it has ended"
+    )
+    reward_minor: int | None = Field(
+        None, description="reward credits the site earned for it (minor currency units)"
+    )
     devices: list[SiteDeviceResponse]
 
 
@@ -167,11 +173,7 @@ async def site_events(
     if dispatch is None:
         return []
     out: list[SiteEvent] = []
-    # TODO(lead): a DispatchStore read of one site's command rows would spare this scan.
-    for view in await dispatch.list_events(EVENTS_SCANNED):
-        mine = [c for c in await dispatch.device_responses(view.event_id) if c.site_id == site_id]
-        if not mine:
-            continue
+    for view, mine in await dispatch.site_events(site_id, limit):
         answered = [c.measured_w for c in mine if c.measured_w is not None]
         delivered = sum(answered) if answered else None
         if view.status == "active":
@@ -189,6 +191,8 @@ async def site_events(
                 duration_s=view.request.duration_s,
                 requested_w=sum(c.expected_w for c in mine),
                 delivered_w=delivered,
+                delivered_wh=_sum_known([c.delivered_wh for c in mine]),
+                reward_minor=_sum_known([c.reward_minor for c in mine]),
                 devices=[
                     SiteDeviceResponse(
                         device_id=c.device_id,
@@ -202,6 +206,9 @@ async def site_events(
                 ],
             )
         )
-        if len(out) >= limit:
-            break
     return out
+
+
+def _sum_known(values: list[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None

@@ -360,6 +360,20 @@ class DispatchService:
                 out.append(view)
         return out
 
+    async def site_events(
+        self, site_id: str, limit: int = 20
+    ) -> list[tuple[EventView, list[CommandRow]]]:
+        """The newest events that reached a site's devices, with those devices' rows."""
+        by_event: dict[str, list[CommandRow]] = {}
+        for c in await self.store.site_commands(site_id, limit * 8):
+            by_event.setdefault(c.event_id, []).append(c)
+        out = []
+        for event_id, rows in list(by_event.items())[:limit]:
+            view = await self.get_event(event_id)
+            if view is not None:
+                out.append((view, rows))
+        return out
+
     async def device_responses(self, event_id: str) -> list[CommandRow]:
         return await self.store.commands(event_id)
 

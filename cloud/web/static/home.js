@@ -149,7 +149,7 @@ function renderSiteEvents(section, events) {
   if (!events.length) {
     const td = body.insertRow().insertCell();
     td.parentElement.className = "empty";
-    td.colSpan = 7;
+    td.colSpan = 9;
     td.textContent = "none yet";
     return;
   }
@@ -158,8 +158,12 @@ function renderSiteEvents(section, events) {
     tr.dataset.event = e.event_id;
     const statuses = [...new Set(e.devices.map((d) => d.status))].join(", ");
     const cells = [utcText(e.start), e.name || e.event_id, CONTROL_LABELS[e.control] || e.control,
-      e.status, watts(e.requested_w), watts(e.delivered_w), statuses];
-    const classes = ["", "", "", "status", "num asked", "num delivered", "responses"];
+      e.status, watts(e.requested_w), watts(e.delivered_w),
+      e.delivered_wh === null || e.delivered_wh === undefined ? "—" : String(e.delivered_wh),
+      e.reward_minor === null || e.reward_minor === undefined ? "—" : fixed(e.reward_minor, 100, 2),
+      statuses];
+    const classes = ["", "", "", "status", "num asked", "num delivered", "num delivered-wh",
+      "num earned", "responses"];
     cells.forEach((c, i) => {
       const td = tr.insertCell();
       if (i === 3) {
