@@ -77,6 +77,7 @@ class _Live:
     # asked: over-delivery earns nothing), and when it was last added to
     delivered_ws: dict[str, int] = field(default_factory=dict)
     accounted_at: float | None = None
+    last_flex: dict[str, int] = field(default_factory=dict)  # W, at the last tick
     rewarded: bool = False
 
 
@@ -501,6 +502,15 @@ class DispatchService:
         for event_id, live in list(self._live.items()):
             row = live.row
             end = row.start + row.duration_s
+            if now_s >= end and not live.rewarded:
+                # the stretch from the last tick to the end, at the last measured rate
+                if live.accounted_at is not None and live.accounted_at < end:
+                    dt_end = min(end - live.accounted_at, self.max_gap_s)
+                    for device_id, flex in live.last_flex.items():
+                        acc = live.delivered_ws
+                        acc[device_id] = acc.get(device_id, 0) + int(flex * dt_end)
+                    live.accounted_at = float(end)
+                await self._reward(live)
             if now_s > end + TAIL_S:
                 self._live.pop(event_id, None)
                 continue
@@ -541,17 +551,16 @@ class DispatchService:
                 req_total += want
                 meas_total += measured.get(c.device_id, base)
                 base_total += base
-                if dt > 0 and c.device_id in measured:
+                if running and c.device_id in measured:
                     flex = flex_delivered_w(want, measured[c.device_id], base)
-                    if flex:
+                    live.last_flex[c.device_id] = flex
+                    if flex and dt > 0:
                         acc = live.delivered_ws
                         acc[c.device_id] = acc.get(c.device_id, 0) + int(flex * dt)
             samples.append((event_id, now_s, req_total, meas_total, base_total, len(measured)))
             if now_s < end and now - live.resent_at > self.resend_after_s:
                 live.resent_at = now
                 self._resend(live)
-            if now_s >= end and not live.rewarded:
-                await self._reward(live)
         await self.store.add_samples(samples)
 
     async def _reward(self, live: _Live) -> None:

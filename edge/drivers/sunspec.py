@@ -39,7 +39,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 from edge.drivers.modbus_generic import DeviceUnavailableError
 
 Table = Literal["holding", "input"]
-Family = Literal["inverter", "meter"]
+Family = Literal["inverter", "meter", "storage"]
 
 
 class RegisterReader(Protocol):
@@ -416,7 +416,16 @@ METER_QUANTITIES: Final[dict[str, QuantityInfo]] = {
         "V", False, "meter", ("PhV", "PhVphA"), "line-to-neutral voltage (average, else A-N)"
     ),
 }
-KNOWN_QUANTITIES: Final = frozenset(INVERTER_QUANTITIES) | frozenset(METER_QUANTITIES)
+#: Model 124 (basic storage controls) on a battery inverter.
+STORAGE_MODEL: Final = 124
+STORAGE_QUANTITIES: Final[dict[str, QuantityInfo]] = {
+    "state_of_charge_pct": QuantityInfo(
+        "%", False, "storage", ("ChaState",), "battery state of charge, % of capacity (ChaState)"
+    ),
+}
+KNOWN_QUANTITIES: Final = (
+    frozenset(INVERTER_QUANTITIES) | frozenset(METER_QUANTITIES) | frozenset(STORAGE_QUANTITIES)
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -751,6 +760,8 @@ class SunSpecDevice:
             out.update(METER_QUANTITIES)
         if self.layout.inverter is not None and self.layout.inverter.id in self._defs:
             out.update(INVERTER_QUANTITIES)  # inverter wins for frequency_hz
+        if STORAGE_MODEL in self._defs and self.layout.first([STORAGE_MODEL]) is not None:
+            out.update(STORAGE_QUANTITIES)
         return out
 
     async def read(self, names: list[str] | None = None) -> dict[str, float]:
@@ -783,11 +794,17 @@ class SunSpecDevice:
         available = self.quantities
         wanted = list(available) if names is None else [n for n in names if n in available]
         plans: list[_Plan] = []
-        for block in (layout.inverter, layout.meter):
+        for block in (layout.inverter, layout.meter, layout.first([STORAGE_MODEL])):
             if block is None or block.id not in self._defs:
                 continue
             model = self._defs[block.id]
-            family: Family = "inverter" if block.id in INVERTER_MODELS else "meter"
+            family: Family = (
+                "inverter"
+                if block.id in INVERTER_MODELS
+                else "storage"
+                if block.id == STORAGE_MODEL
+                else "meter"
+            )
             mine = tuple(
                 (n, available[n]) for n in dict.fromkeys(wanted) if available[n].family == family
             )
