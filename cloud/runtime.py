@@ -218,6 +218,9 @@ class CloudRuntime:
                 self._publish_command,
                 self.clock.now,
                 resend_after_s=s.dispatch_resend_s,
+                ledger=self.ledger,
+                reward_minor_per_kwh=s.dispatch_reward_per_kwh,
+                max_gap_s=5 * s.dispatch_tick_s * getattr(self.clock, "speed", 1.0),
             )
             await self.dispatch.load()
         openadr_clients = parse_clients(s.openadr_clients)

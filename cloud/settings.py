@@ -152,6 +152,9 @@ class CloudSettings(BaseSettings):
     dispatch_tick_s: float = Field(
         1.0, gt=0, description="real seconds between event board samples and resends"
     )
+    dispatch_reward_per_kwh: int = Field(
+        20, ge=0, description="reward credits (minor units) per kWh of delivered flexibility"
+    )
     dispatch_resend_s: float = Field(
         30.0, gt=0, description="an unanswered command is sent again after this (clock s)"
     )

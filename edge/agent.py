@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -24,14 +25,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge import systemd
 from edge.accounting import Channel, IntervalAccountant, Reading, align_down
 from edge.cloud_http import CloudHttpError, http_json
+from edge.controls import Actuator
+from edge.dispatch_runner import CommandRunner
 from edge.meters import MeterReader
 from edge.minting import ChainState, DeviceIdentity, mint
 from edge.outbox import Outbox, OutboxRow
 from edge.proofs import ProofCheckError, TreeHead, check_consistency, check_token_proof
 from edge.settings import EdgeSettings
 from edge.systemd import Heartbeat
-from mqttlink import BatchSubscription, MqttLink, Will, client_tls_context, parse_brokers
+from mqttlink import (
+    BatchSubscription,
+    MqttLink,
+    Subscription,
+    Will,
+    client_tls_context,
+    parse_brokers,
+)
 from protocol import statements, topics
+from protocol import telemetry as tele
 from protocol.checkpoint import VerifierKey, parse_verifier_key
 from protocol.clock import Clock, SimClock
 from protocol.receipts import Receipt
@@ -87,6 +98,10 @@ class AgentStats:
     # counted, and what the last one said while it lasts ("" once a write succeeded again).
     storage_failures: int = 0
     storage_alarm: str = ""
+    # Dispatch commands: accepted (new modifications), rejected (252/253/254), failed (251).
+    commands_accepted: int = 0
+    commands_rejected: int = 0
+    commands_failed: int = 0
 
 
 # Storage errors are logged at error level when an episode starts, then at most this often, so
@@ -111,6 +126,7 @@ class EdgeAgent:
         outbox: Outbox,
         clock_check: ClockCheck | None = None,
         panel: StatusPanel | None = None,
+        actuators: list[Actuator] | None = None,
     ):
         self.settings = settings
         self.key = key
@@ -148,17 +164,25 @@ class EdgeAgent:
         self.token_topic = topics.topic(site, dev, topics.Channel.TOKENS)
         self.telemetry_topic = topics.topic(site, dev, topics.Channel.TELEMETRY)
         self.status_topic = topics.topic(site, dev, topics.Channel.STATUS)
+        self.commands_topic = topics.topic(site, dev, topics.Channel.COMMANDS)
+        self.acks_topic = topics.topic(site, dev, topics.Channel.ACKS)
+        self._telemetry_seq = 0
+        subscriptions: list[Subscription | BatchSubscription] = [
+            BatchSubscription(topics.topic(site, dev, topics.Channel.RECEIPTS), self._on_receipts)
+        ]
+        # Without the aggregator's dispatch key no command could be checked: no subscription.
+        self.runner: CommandRunner | None = None
+        if settings.dispatch_key:
+            subscriptions.append(BatchSubscription(self.commands_topic, self._on_commands))
+        else:
+            log.info("no dispatch_key configured: dispatch commands are not subscribed to")
         self.link = MqttLink(
             parse_brokers(settings.broker_url),  # one broker, or a cluster's failover list
             client_id=f"edge-{dev}",
             clean_session=False,
             will=Will(self.status_topic, json.dumps({"state": "offline"}).encode()),
             online=(self.status_topic, json.dumps({"state": "online"}).encode()),
-            subscriptions=[
-                BatchSubscription(
-                    topics.topic(site, dev, topics.Channel.RECEIPTS), self._on_receipts
-                )
-            ],
+            subscriptions=subscriptions,
             max_inflight=settings.publish_window,
             tls_context=client_tls_context(
                 settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file
@@ -166,6 +190,21 @@ class EdgeAgent:
             if settings.tls_ca_file is not None
             else None,
         )
+
+        if settings.dispatch_key:
+            self.runner = CommandRunner(
+                device_id=dev,
+                deployment=settings.deployment.encode(),
+                dispatch_key=bytes.fromhex(settings.dispatch_key),
+                device_key=key,
+                clock=clock,
+                link=self.link,
+                acks_topic=self.acks_topic,
+                actuators=actuators or [],
+                outbox=outbox,
+                silence_revert_s=settings.dispatch_silence_revert_s,
+                stats=self.stats,
+            )
 
     # lifecycle
 
@@ -188,6 +227,8 @@ class EdgeAgent:
             "led": asyncio.create_task(self._led_loop(stop), name="led"),
             "proofs": asyncio.create_task(self._proof_loop(stop), name="proofs"),
         }
+        if self.runner is not None:
+            self._tasks["dispatch"] = asyncio.create_task(self.runner.run(stop), name="dispatch")
         self.started.set()
         systemd.ready(f"minting for {self.settings.device_id}")
         try:
@@ -429,19 +470,65 @@ class EdgeAgent:
             self.stats.storage_alarm = ""
             systemd.status(f"minting for {self.settings.device_id}")
 
+    def telemetry(
+        self, values: dict[str, dict[str, float]], at_ms: int, waiting: int
+    ) -> tele.Telemetry:
+        """The live sample (protocol/telemetry.py) from one poll's values: each flow summed
+        over the meters configured for it (`MeterSettings.flows`), None where none is."""
+        flows: dict[str, float] = {}
+        for m in self.settings.meters:
+            got = values.get(m.name)
+            if got is None:
+                continue
+            for flow, quantity in m.flows.items():
+                name = quantity.removeprefix("-")
+                if name in got and math.isfinite(got[name]):
+                    sign = -1.0 if quantity.startswith("-") else 1.0
+                    flows[flow] = flows.get(flow, 0.0) + sign * got[name]
+
+        def watts(flow: str) -> int | None:
+            if flow not in flows:
+                return None
+            return max(-tele.MAX_ABS_W, min(tele.MAX_ABS_W, round(flows[flow])))
+
+        pv = watts("pv")
+        health = tele.Health.OK
+        if self.stats.storage_alarm or (
+            self.meters and len(self.stats.meters_unavailable) == len(self.meters)
+        ):
+            health |= tele.Health.FAULT
+        if self._time_quality()[0] is TimeQuality.UNKNOWN:
+            health |= tele.Health.CLOCK_UNSYNCHRONISED
+        sample = tele.Telemetry(
+            device_id=self.settings.device_id,
+            boot=self._chain.boot,
+            seq=self._telemetry_seq,
+            at_ms=at_ms,
+            pv_w=None if pv is None else max(0, pv),  # standby draw at night is 0
+            battery_w=watts("battery"),
+            soc_permille=self._soc,
+            grid_w=watts("grid"),
+            health=health,
+            backlog=waiting,
+        )
+        self._telemetry_seq += 1
+        return sample
+
     async def _publish_telemetry(self, values: dict[str, dict[str, float]]) -> None:
         if not self.link.connected.is_set():
             return
-        now_ms = int(self.clock.now() * 1000)
-        payload = {"ts_ms": now_ms, "meters": values, "soc_permille": self._soc}
-        self.link.publish_nowait(self.telemetry_topic, json.dumps(payload).encode(), qos=0)
-        await self._publish_status()
+        waiting = (await self.outbox.counters())["waiting"]
+        sample = self.telemetry(values, int(self.clock.now() * 1000), waiting)
+        self.link.publish_nowait(self.telemetry_topic, tele.encode(sample), qos=0)
+        await self._publish_status(waiting)
 
-    async def _publish_status(self) -> None:
-        """The retained status, when it changed."""
+    async def _publish_status(self, waiting: int | None = None) -> None:
+        """The retained status, when it changed (`waiting`: the outbox count, if just read)."""
         if not self.link.connected.is_set():
             return
-        status = self.status((await self.outbox.counters())["waiting"])
+        if waiting is None:
+            waiting = (await self.outbox.counters())["waiting"]
+        status = self.status(waiting)
         text = json.dumps(status, sort_keys=True)
         if text != self._last_status:
             self._last_status = text
@@ -565,6 +652,13 @@ class EdgeAgent:
                 return
         if saved is None or head.size > saved[0]:
             await self.outbox.save_tree_head(head.size, head.root)
+
+    async def _on_commands(self, messages: list[tuple[str, bytes]]) -> None:
+        """Dispatch commands from the cloud: the runner checks, stores and answers them."""
+        runner = self.runner
+        if runner is None:
+            return
+        await runner.on_commands(messages)
 
     async def _on_receipts(self, messages: list[tuple[str, bytes]]) -> None:
         """The cloud's receipts, a batch at a time: every token it holds is dropped from the

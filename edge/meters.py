@@ -54,6 +54,8 @@ class MeterReader:
             self._check(quantity, f"channel {ch.value}", energy=True)
         for ch, quantity in settings.integrate.items():
             self._check(quantity, f"integrated channel {ch.value}", energy=False)
+        for flow, quantity in settings.flows.items():
+            self._check(quantity.removeprefix("-"), f"flow {flow}", energy=False)
         if settings.soc and settings.soc not in units:
             raise ValueError(f"meter {self.name}: no quantity {settings.soc!r} for the SOC")
 
@@ -140,11 +142,17 @@ def make_reader(settings: MeterSettings) -> MeterReader:
         units = {name: q.unit for name, q in rmap.quantities.items()}
         return MeterReader(settings, device, units)
     if settings.driver == "sunspec":
-        from edge.drivers.sunspec import INVERTER_QUANTITIES, METER_QUANTITIES, SunSpecDevice
+        from edge.drivers.sunspec import (
+            INVERTER_QUANTITIES,
+            METER_QUANTITIES,
+            STORAGE_QUANTITIES,
+            SunSpecDevice,
+        )
 
         bus = _bus(settings, 9600, "N", 1)
         sunspec = SunSpecDevice(bus, settings.unit_id, timeout_s=settings.timeout_s * 5)
-        units = {n: q.unit for n, q in {**INVERTER_QUANTITIES, **METER_QUANTITIES}.items()}
+        known = {**INVERTER_QUANTITIES, **METER_QUANTITIES, **STORAGE_QUANTITIES}
+        units = {n: q.unit for n, q in known.items()}
         return MeterReader(settings, _BusOwned(sunspec, bus), units)
     from edge.drivers.vedirect import QUANTITIES, VeDirectDevice
 

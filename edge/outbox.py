@@ -46,6 +46,13 @@ CREATE TABLE IF NOT EXISTS proofs (
     detail TEXT,
     checked_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS dispatch (
+    event_id TEXT PRIMARY KEY,
+    modification INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    state TEXT,
+    keep_until INTEGER NOT NULL DEFAULT 0
+);
 """
 
 # A confirmed token waits here until the ledger's inclusion proof for it has been checked.
@@ -355,6 +362,33 @@ class Outbox:
     async def save_tree_head(self, size: int, root: bytes) -> None:
         """Remember a verified checkpoint, to check the next one extends it."""
         await self._put("ledger_tree_head", [size, root.hex()])
+        await self._db.commit()
+
+    @_serialized
+    async def load_dispatch(self) -> list[tuple[str, int, bytes, str | None]]:
+        """Every dispatch event the device remembers: (event id, last accepted modification,
+        its payload digest, the runner's state of it as JSON or None)."""
+        async with self._db.execute(
+            "SELECT event_id, modification, digest, state FROM dispatch ORDER BY event_id"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(str(r[0]), int(r[1]), bytes(r[2]), r[3]) for r in rows]
+
+    @_serialized
+    async def save_dispatch(self, rows: list[tuple[str, int, bytes, str | None, int]]) -> None:
+        """Store dispatch events (event id, modification, digest, state, keep until), in one
+        transaction; a row whose keep-until is 0 and state None is forgotten."""
+        for event_id, modification, digest, state, keep_until in rows:
+            if state is None and keep_until == 0:
+                await self._db.execute("DELETE FROM dispatch WHERE event_id = ?", (event_id,))
+                continue
+            await self._db.execute(
+                "INSERT INTO dispatch(event_id, modification, digest, state, keep_until) "
+                "VALUES(?, ?, ?, ?, ?) ON CONFLICT(event_id) DO UPDATE SET "
+                "modification = excluded.modification, digest = excluded.digest, "
+                "state = excluded.state, keep_until = excluded.keep_until",
+                (event_id, modification, digest, state, keep_until),
+            )
         await self._db.commit()
 
     @_serialized

@@ -28,6 +28,7 @@ from typing import Any, Literal, Self, TypeVar
 
 from edge.accounting import Channel
 from protocol.checkpoint import parse_verifier_key
+from protocol.dispatch import ControlMode
 from protocol.topics import check_segment
 
 ENV_PREFIX = "GRIDMINT_EDGE_"
@@ -274,9 +275,15 @@ class MeterSettings(_Settings):
     integrate: dict[Channel, str] = field(default_factory=dict)
     soc: str = ""  # quantity holding the battery state of charge
     serial: str = ""  # meter serial: a change on a channel is a meter swap
+    #: dispatch controls this device takes, by 2030.5 name (edge/actuators.py): "opModMaxLimW"
+    #: (SunSpec model 123), "opModFixedW" (model 124), "opModConnect" (model 123 Conn)
+    controls: list[str] = field(default_factory=list)
+    #: live telemetry flow ("pv", "battery", "grid") -> power quantity (W); "-name" negates
+    flows: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def _check(cls, chk: _Check) -> None:
+        chk.run("controls", _control_names)
         for name in ("name", "register_map", "host", "serial_port", "soc", "serial"):
             chk.text(name)
         chk.choice("driver", ("modbus", "sunspec", "vedirect"))
@@ -289,6 +296,56 @@ class MeterSettings(_Settings):
         chk.number("timeout_s", gt=0)
         chk.mapping("channels", Channel, str)
         chk.mapping("integrate", Channel, str)
+        chk.run("flows", _flows)
+
+    def _check_whole(self) -> list[tuple[str, str]]:
+        if self.controls and self.driver != "sunspec":
+            # The charge controllers' load switches are not in the register maps (yet): only
+            # SunSpec devices describe their controls.
+            return [("controls", f"controls need driver 'sunspec', not {self.driver!r}")]
+        return []
+
+
+#: Dispatch controls a device can be configured for (edge/actuators.py implements them).
+METER_CONTROLS = (
+    ControlMode.OP_MOD_MAX_LIM_W.wire_name,
+    ControlMode.OP_MOD_FIXED_W.wire_name,
+    ControlMode.OP_MOD_CONNECT.wire_name,
+)
+
+
+def _names(v: Any, allowed: tuple[str, ...] | None = None) -> list[str]:
+    """A list of distinct strings (from `allowed` when given); a JSON/TOML list or one string
+    with comma-separated names (environment variables)."""
+    if isinstance(v, str):
+        v = [part.strip() for part in v.split(",") if part.strip()]
+    if not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
+        raise ValueError("Input should be a valid list of strings")
+    if allowed is not None:
+        for x in v:
+            if x not in allowed:
+                raise ValueError(f"{x!r} is not a control; use {_choices(allowed)}")
+    if len(set(v)) != len(v):
+        raise ValueError("names must not repeat")
+    return list(v)
+
+
+def _control_names(v: Any) -> list[str]:
+    return _names(v, METER_CONTROLS)
+
+
+FLOWS = ("pv", "battery", "grid")  # protocol/telemetry.py's pv_w, battery_w, grid_w
+
+
+def _flows(v: Any) -> dict[str, str]:
+    if not isinstance(v, Mapping):
+        raise ValueError("Input should be a valid dictionary")
+    for k, q in v.items():
+        if k not in FLOWS:
+            raise ValueError(f"flow {k!r} should be {_choices(FLOWS)}")
+        if not isinstance(q, str) or not q.removeprefix("-"):
+            raise ValueError(f'flow {k!r} should name a power quantity, e.g. "-total_power"')
+    return dict(v)
 
 
 def _check_meter(m: MeterSettings) -> None:
@@ -307,6 +364,8 @@ class GpioSettings(_Settings):
     relays: dict[str, int] = field(default_factory=dict)  # load name -> pin
     relay_active_high: bool = True
     long_press_s: float = 3.0
+    #: relays dispatch may switch (opModConnect, edge/actuators.py); the others stay local
+    dispatch_relays: list[str] = field(default_factory=list)
 
     @classmethod
     def _check(cls, chk: _Check) -> None:
@@ -315,6 +374,13 @@ class GpioSettings(_Settings):
         chk.mapping("relays", str, int, ge=0, le=27)
         chk.boolean("relay_active_high")
         chk.number("long_press_s", gt=0)
+        chk.run("dispatch_relays", _names)
+
+    def _check_whole(self) -> list[tuple[str, str]]:
+        unknown = [name for name in self.dispatch_relays if name not in self.relays]
+        if unknown:
+            return [("dispatch_relays", f"no relay named {', '.join(map(repr, unknown))}")]
+        return []
 
 
 def _ledger_key(v: Any) -> str:
@@ -326,6 +392,14 @@ def _ledger_key(v: Any) -> str:
         except ValueError as exc:
             raise ValueError(f"ledger_key is not a verifier key: {exc}") from None
     return v
+
+
+def _dispatch_key(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("Input should be a valid string")
+    if v and (len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v)):
+        raise ValueError("dispatch_key should be 64 hex digits (the raw Ed25519 public key)")
+    return v.lower()
 
 
 def _segment(v: Any) -> str:
@@ -348,6 +422,8 @@ class EdgeSettings(_Settings):
     cloud_url: str = ""  # the aggregator's HTTP base URL (probe, proofs)
     ledger_key: str = ""  # the ledger's checkpoint key (C2SP verifier key)
     proof_check_interval_s: float = 300.0  # real seconds between ledger inclusion-proof checks
+    dispatch_key: str = ""  # the aggregator's dispatch key (64 hex); empty: no commands
+    dispatch_silence_revert_s: float = 900.0  # link down this long: release every control
     tls_ca_file: Path | None = None  # CA bundle for an mqtts:// broker
     tls_cert_file: Path | None = None  # client certificate (CN = device id)
     tls_key_file: Path | None = None  # the client certificate's key (0600)
@@ -371,6 +447,8 @@ class EdgeSettings(_Settings):
             chk.text(name)
         chk.run("ledger_key", _ledger_key)
         chk.number("proof_check_interval_s", gt=0)
+        chk.run("dispatch_key", _dispatch_key)
+        chk.number("dispatch_silence_revert_s", gt=0)
         chk.path("key_file")
         chk.path("state_db")
         for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):

@@ -229,8 +229,19 @@ def edge_run(
                 )
             except Exception as exc:  # no GPIO on this machine: run without the panel
                 err.print(f"[yellow]warning:[/] GPIO unavailable, running without LED: {exc}")
+        from edge.actuators import make_actuators, prepare_actuators
+
         try:
-            agent = EdgeAgent(settings, key, clock, readers, outbox, panel=panel)
+            # The meters' `controls` and gpio.dispatch_relays (edge/actuators.py); a device
+            # without the SunSpec model a control needs is dropped with a warning.
+            actuators = await prepare_actuators(make_actuators(settings, readers, panel))
+        except ValueError as exc:
+            await outbox.close()
+            raise fail(f"dispatch controls: {exc}") from None
+        try:
+            agent = EdgeAgent(
+                settings, key, clock, readers, outbox, panel=panel, actuators=actuators
+            )
         except OSError as exc:  # ssl.SSLError is an OSError: a missing or bad TLS file
             await outbox.close()
             raise fail(f"cannot set up the broker connection: {exc}") from None

@@ -15,7 +15,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from cloud.runtime import CloudRuntime, free_port
 from cloud.settings import CloudSettings
 from cloud.storage.accounts import AccountStore
 from edge.accounting import Channel
+from edge.actuators import make_actuators, prepare_actuators
 from edge.agent import EdgeAgent
 from edge.keys import create_key_file
 from edge.meters import make_reader
@@ -37,9 +38,12 @@ from protocol import cose
 from protocol.clock import SimClock
 from rules.ledger import Entry, LedgerEngine
 from simulators.modbus_meter import SimulatedMeter, start_meter_server
+from simulators.models import BatteryModel, HomeModel
+from simulators.sunspec_device import SimulatedSunSpec, start_sunspec_tcp_server
 
 DEPLOYMENT = "gridmint-demo"
-PV_UNIT, GRID_UNIT = 1, 2
+PV_UNIT, GRID_UNIT, INVERTER_UNIT, BATTERY_UNIT = 1, 2, 3, 4
+BATTERY_WH, BATTERY_MAX_W = 10_000, 5_000  # the cloud's defaults for an unregistered battery
 
 
 def default_start() -> datetime:
@@ -72,6 +76,8 @@ class Home:
     agent: EdgeAgent
     outbox: Outbox
     server: Any
+    sunspec: Any = None
+    model: HomeModel | None = None
     task: asyncio.Task[None] | None = None
 
 
@@ -83,19 +89,42 @@ async def _make_home(
     site_id, device_id = _site_ids(i)[-1], f"pi-{i:03d}"
     capacity_w = 4000 + 500 * (i % 4)
     sdm630 = load_register_map(find_register_map("eastron/sdm630"))
-    common: dict[str, Any] = {
-        "clock": clock,
-        "capacity_w": capacity_w,
-        "latitude": 48.0 + i * 0.1,
-        "longitude": 0.0 + i * 0.2,
-        "base_load_w": 350 + 50 * (i % 3),
-        "seed": 1000 + i,
-    }
+    # One home model behind every simulated device of the home: the meters see what the
+    # inverter's generation limit and the battery's setpoint do to the flows.
+    home = HomeModel(capacity_w, 48.0 + i * 0.1, 0.0 + i * 0.2, 350 + 50 * (i % 3), 1000 + i)
+    home.battery = BatteryModel(
+        BATTERY_WH,
+        BATTERY_MAX_W,
+        BATTERY_MAX_W,
+        soc=0.6,
+        efficiency=0.9,
+        min_soc=0.05,
+        start_ts=clock.now(),
+    )
     meters = {
-        PV_UNIT: SimulatedMeter(sdm630, role="pv", **common),
-        GRID_UNIT: SimulatedMeter(sdm630, role="grid", **common),
+        PV_UNIT: SimulatedMeter(sdm630, role="pv", clock=clock, seed=1000 + i, home=home),
+        GRID_UNIT: SimulatedMeter(sdm630, role="grid", clock=clock, seed=1000 + i, home=home),
     }
     server = await start_meter_server(meters, host="127.0.0.1", port=0)
+    # A PV inverter with SunSpec immediate controls (model 123) and a battery inverter with
+    # storage controls (model 124): what dispatch events act on.
+    sunspec = await start_sunspec_tcp_server(
+        {
+            INVERTER_UNIT: SimulatedSunSpec(
+                clock, home=home, controls=True, serial_number=f"SIM-INV-{i:03d}", seed=1000 + i
+            ),
+            BATTERY_UNIT: SimulatedSunSpec(
+                clock,
+                home=home,
+                inverter_role="battery",
+                serial_number=f"SIM-BAT-{i:03d}",
+                model_name="SimBattery 5000",
+                seed=2000 + i,
+            ),
+        },
+        host="127.0.0.1",
+        port=0,
+    )
     settings = EdgeSettings(
         device_id=device_id,
         site_id=site_id,
@@ -119,6 +148,7 @@ async def _make_home(
                 port=server.port,
                 unit_id=PV_UNIT,
                 channels={Channel.GENERATED: "export_energy"},
+                flows={"pv": "-total_power"},
                 serial=f"SIM-PV-{i:03d}",
             ),
             MeterSettings(
@@ -127,9 +157,29 @@ async def _make_home(
                 port=server.port,
                 unit_id=GRID_UNIT,
                 channels={Channel.IMPORTED: "import_energy", Channel.EXPORTED: "export_energy"},
+                flows={"grid": "total_power"},
                 serial=f"SIM-GRID-{i:03d}",
             ),
+            MeterSettings(
+                name="inverter",
+                driver="sunspec",
+                port=sunspec.port,
+                unit_id=INVERTER_UNIT,
+                controls=["opModMaxLimW"],
+                serial=f"SIM-INV-{i:03d}",
+            ),
+            MeterSettings(
+                name="battery",
+                driver="sunspec",
+                port=sunspec.port,
+                unit_id=BATTERY_UNIT,
+                controls=["opModFixedW"],
+                flows={"battery": "ac_power_w"},
+                soc="state_of_charge_pct",
+                serial=f"SIM-BAT-{i:03d}",
+            ),
         ],
+        dispatch_key=cloud.dispatch.public_key.hex() if cloud.dispatch is not None else "",
     )
     key = create_key_file(settings.key_file)
     public = cose.public_bytes(key.public_key())
@@ -139,8 +189,11 @@ async def _make_home(
     )
     outbox = await Outbox.open(settings.state_db)
     readers = [make_reader(m) for m in settings.meters]
-    agent = EdgeAgent(settings, key, clock, readers, outbox)
-    return Home(site_id, device_id, agent, outbox, server)
+    actuators = await prepare_actuators(make_actuators(settings, readers))
+    agent = EdgeAgent(settings, key, clock, readers, outbox, actuators=actuators)
+    if cloud.fleet is not None:
+        await cloud.fleet.store.set_site_location(site_id, home.latitude_deg, home.longitude_deg)
+    return Home(site_id, device_id, agent, outbox, server, sunspec, home)
 
 
 async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> dict[str, Any]:
@@ -172,6 +225,10 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
             http_port=opts.http_port,
             client_id=f"gridmint-aggregator-{int(time.time())}",
             market_interval_s=300 if opts.interval_s == 300 else 900,
+            # The DERMS's clock-second settings scale with the simulated clock's speed: a Pi
+            # sends telemetry every real second, which is `speed` simulated seconds.
+            fleet_stale_s=max(60.0, 10 * opts.speed),
+            dispatch_resend_s=max(30.0, 10 * opts.speed),
         ),
         clock=clock,
     )
@@ -194,14 +251,20 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
                 for i in range(1, opts.homes + 1)
             ]
         )
+        if cloud.fleet is not None:
+            await cloud.fleet.load()  # the homes' devices were registered just now
         agent_stop = asyncio.Event()
         for h in homes:
             h.task = asyncio.create_task(h.agent.run(agent_stop))
+        events = asyncio.create_task(_demo_dispatch(cloud, clock, out, homes))
         out.print(
             f"[bold]homes[/]   {opts.homes} simulated, clock x{opts.speed:g} from "
             f"{opts.start.isoformat()} ({opts.interval_s} s intervals)"
         )
         await _watch(opts, out, stop, homes, cloud)
+        events.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await events
         # Drain: stop minting, let every stored token reach the cloud.
         for h in homes:
             await h.agent.stop_sampling()
@@ -215,6 +278,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
         summary["ledger"] = await _ledger_summary(cloud, data, keep=opts.data_dir is not None)
         summary["proofs"] = await _proof_summary(homes, cloud)
         summary["market"] = await _market_summary(cloud, summary["ledger"])
+        summary["dispatch"] = await _dispatch_summary(cloud, homes)
         agent_stop.set()
         for h in homes:
             if h.task is not None:
@@ -226,6 +290,9 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
                 await h.outbox.close()
             with contextlib.suppress(Exception):
                 await h.server.stop()
+            if h.sunspec is not None:
+                with contextlib.suppress(Exception):
+                    await h.sunspec.stop()
         await cloud.stop()
         if broker is not None:
             with contextlib.suppress(Exception):
@@ -349,6 +416,92 @@ async def _market_summary(cloud: CloudRuntime, ledger: dict[str, Any]) -> dict[s
         "surplus_sold_wh": surplus,
         "replayed": bool(ledger.get("market_replayed", False)),
     }
+
+
+# The demo's grid events, in simulated minutes after the start: the operator asks the zone's
+# batteries for 2 kW each, then caps every inverter at 40 % of its rating.
+BATTERY_EVENT_AT_MIN, BATTERY_EVENT_MIN, BATTERY_W_PER_HOME = 10, 15, 2000
+CURTAIL_AT_MIN, CURTAIL_MIN, CURTAIL_PERMYRIAD = 30, 15, 4000
+
+
+async def _demo_dispatch(
+    cloud: CloudRuntime, clock: SimClock, out: Console, homes: list[Home]
+) -> None:
+    """Create the demo's two dispatch events when the simulated clock reaches them (the same
+    call the event board's form and the API make)."""
+    from cloud.domain.dispatch_events import EventRequest, EventRequestError
+    from protocol.dispatch import ControlMode
+
+    if cloud.dispatch is None or not homes:
+        return
+    t0 = clock.now()
+    plan = [
+        (
+            BATTERY_EVENT_AT_MIN,
+            EventRequest(
+                group="zone:demo-zone-1",
+                control=ControlMode.OP_MOD_FIXED_W,
+                value=BATTERY_W_PER_HOME * len(homes),
+                start=0,
+                duration_s=BATTERY_EVENT_MIN * 60,
+                name="demo: evening peak, discharge the batteries",
+            ),
+        ),
+        (
+            CURTAIL_AT_MIN,
+            EventRequest(
+                group="all",
+                control=ControlMode.OP_MOD_MAX_LIM_W,
+                value=CURTAIL_PERMYRIAD,
+                start=0,
+                duration_s=CURTAIL_MIN * 60,
+                name="demo: midday surplus, cap PV at 40 %",
+            ),
+        ),
+    ]
+    for at_min, req in plan:
+        await clock.sleep_until(t0 + at_min * 60)
+        start = int(clock.now())
+        try:
+            view = await cloud.dispatch.create_event(replace(req, start=start), by="demo-operator")
+        except EventRequestError as exc:
+            out.print(f"[yellow]dispatch[/] {req.name}: not sent: {exc}")
+            continue
+        out.print(
+            f"[bold]dispatch[/] {view.request.name} ({view.event_id}): {view.devices} device(s); "
+            f"board {cloud.url}/events/{view.event_id}"
+        )
+
+
+async def _dispatch_summary(cloud: CloudRuntime, homes: list[Home]) -> list[dict[str, Any]]:
+    """Each demo event: devices, their responses, the peak of requested and measured power on
+    the board, and the reward credits the homes earned."""
+    if cloud.dispatch is None:
+        return []
+    out = []
+    for view in reversed(await cloud.dispatch.list_events(10)):
+        perf = await cloud.dispatch.performance(view.event_id)
+        rows = await cloud.dispatch.device_responses(view.event_id)
+        start, end = view.request.start, view.request.start + view.request.duration_s
+        during = [(r, m) for t, r, m in (perf.series if perf else []) if start <= t < end]
+        before = [m for t, _r, m in (perf.series if perf else []) if t < start]
+        out.append(
+            {
+                "event_id": view.event_id,
+                "name": view.request.name,
+                "control": view.request.control.wire_name,
+                "devices": view.devices,
+                "responses": view.responses,
+                "baseline_w": perf.baseline_w if perf else None,
+                "requested_w": max((r for r, _m in during), default=None, key=abs),
+                "delivered_w": during[len(during) // 2][1] if during else None,
+                "samples": len(during),
+                "measured_before_w": before[-1] if before else None,
+                "delivered_wh": sum(r.delivered_wh or 0 for r in rows),
+                "reward_minor": sum(r.reward_minor or 0 for r in rows),
+            }
+        )
+    return out
 
 
 async def _watch(
@@ -501,4 +654,12 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
         console.print(
             f"  proofs     {proofs['verified']} tokens proven in the signed log on the Pis, "
             f"{proofs['failed']} failed, {proofs['waiting']} not yet in the log"
+        )
+    for ev in summary.get("dispatch") or []:
+        answers = ", ".join(f"{n} {s}" for s, n in sorted(ev["responses"].items()))
+        console.print(
+            f"  dispatch   {ev['name']}: {ev['devices']} device(s) ({answers}); "
+            f"{ev['control']} asked {ev['requested_w']} W, measured {ev['delivered_w']} W "
+            f"(baseline {ev['baseline_w']} W); {ev['delivered_wh']} Wh of flexibility earned "
+            f"{ev['reward_minor']} in reward credits"
         )

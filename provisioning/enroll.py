@@ -177,6 +177,13 @@ def enroll(
         values["ledger_key"] = str(ledger["verifier_key"])
     except (CloudHttpError, KeyError, TypeError):
         pass  # an aggregator without a ledger: the agent then skips proof checks
+    try:  # and the dispatch key its commands are signed with
+        dispatch = http_json("GET", f"{cloud_url}/api/v1/dispatch/key", None, timeout_s)
+        dispatch_key = str(dispatch["public_key"]).lower()
+        if len(dispatch_key) == 64 and bytes.fromhex(dispatch_key):
+            values["dispatch_key"] = dispatch_key
+    except (CloudHttpError, KeyError, TypeError, ValueError):
+        pass  # an aggregator without dispatch: the agent then takes no commands
     if "state_db" not in doc:
         values["state_db"] = STATE_DB
     written = [key_path]

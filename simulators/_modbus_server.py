@@ -36,9 +36,11 @@ S = TypeVar("S", bound=_ServesUnit)
 # ------------------------------------------------------------------------------ tables
 
 
-def register_block(start: int, count: int) -> SimData:
-    """One read-only block of `count` holding/input registers from `start`, all 0."""
-    return SimData(start, count=count, values=0, datatype=DataType.REGISTERS, readonly=True)
+def register_block(start: int, count: int, readonly: bool = True) -> SimData:
+    """One block of `count` holding/input registers from `start`, all 0. Read-only blocks
+    answer writes with exception 2 before the action hook sees them; a writable block leaves
+    the decision (and the exception code) to the hook."""
+    return SimData(start, count=count, values=0, datatype=DataType.REGISTERS, readonly=readonly)
 
 
 def table_simdata(quantities: list[Quantity], strict_holes: bool = False) -> list[SimData]:

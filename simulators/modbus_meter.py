@@ -11,9 +11,11 @@ deprecated datastore: the hook runs on every request, so each read sees the stat
 Sign convention (same as the register map): power > 0 = import through the meter, < 0 = export.
 - role "pv": the meter sits on the PV inverter output. It reports generation as negative power
   and its export_energy grows with the PV yield; import_energy stays put.
-- role "grid": the meter sits at the grid connection. Net power = load - pv; import_energy grows
-  while the home draws from the grid, export_energy while it feeds in.
-Two meters of one home share one `HomeModel`, so grid = load - pv holds between them.
+- role "grid": the meter sits at the grid connection. Net power = load - pv - battery (the
+  home's battery, + discharging, if it has one); import_energy grows while the home draws from
+  the grid, export_energy while it feeds in.
+Two meters of one home share one `HomeModel`, so grid = load - pv - battery holds between them;
+a generation limit on the home (`HomeModel.set_generation_limit`) lowers the PV meter too.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class SimulatedMeter(ActionHook):
         """Smooth power through this meter at `ts` (W; > 0 import, < 0 export)."""
         if self.role == "pv":
             return -self.home.pv_w(ts)
-        return self.home.load_w(ts) - self.home.pv_w(ts)
+        return self.home.grid_w(ts)
 
     def _advance(self, ts: float) -> None:
         """Integrate energy up to `ts`; a clock that steps back is ignored (totals never fall)."""
@@ -134,7 +136,9 @@ class SimulatedMeter(ActionHook):
             phase_power = [-pv / self.phases] * self.phases
         else:
             load = self.home.load_w(ts, rng)
-            phase_power = [load * s - pv / self.phases for s in _LOAD_SHARES[self.phases]]
+            # The battery inverter feeds all phases alike, like the PV inverter.
+            own = (pv + self.home.battery_w(ts)) / self.phases
+            phase_power = [load * s - own for s in _LOAD_SHARES[self.phases]]
         voltages = [230.0 + _VOLTAGE_OFFSETS[i] + rng.gauss(0.0, 0.3) for i in range(self.phases)]
         imported = self._energy.import_wh / 1000.0
         exported = self._energy.export_wh / 1000.0

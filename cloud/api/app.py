@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from cloud.api import (
     accounts_routes,
     certificates_routes,
+    derms_pages_routes,
     device_routes,
     dispatch_routes,
     fleet_live_routes,
@@ -28,6 +29,7 @@ from cloud.api import (
     openadr_routes,
     ops_routes,
     pages_routes,
+    site_live_routes,
     sites_routes,
     tokens_routes,
 )
@@ -65,6 +67,8 @@ ROUTERS = (
     sites_routes.router,
     fleet_live_routes.router,
     dispatch_routes.router,
+    derms_pages_routes.router,
+    site_live_routes.router,
     openadr_routes.router,
 )
 

@@ -187,6 +187,8 @@ class DeviceResponse(BaseModel):
     latency_ms: int | None = Field(description="first answer after the command was sent")
     measured_w: int | None
     detail: str
+    delivered_wh: int | None = Field(description="flexibility delivered, once the event ended")
+    reward_minor: int | None = Field(description="reward credits it earned (minor units)")
 
 
 @router.get(
@@ -209,6 +211,8 @@ async def devices(event_id: str, dispatch: DispatchDep, _p: Watcher) -> list[Dev
             latency_ms=None if c.first_ack_ms is None else c.first_ack_ms - c.sent_ms,
             measured_w=c.measured_w,
             detail=c.detail,
+            delivered_wh=c.delivered_wh,
+            reward_minor=c.reward_minor,
         )
         for c in rows
     ]

@@ -3,7 +3,9 @@
 Owns: GET /home (homeowners: their own sites; admins: every site). Server-rendered from the
 ledger's replayed state (the same figures as GET /api/v1/ledger/summary) and the device registry;
 home.js then polls the summary every 10 s with the session cookie and updates the numbers in
-place. Without credentials the page sends the browser to /login; another role gets a 403 page.
+place, and polls each site's live power flow, energy today and this month, and the dispatch
+events it took part in (cloud.api.site_live_routes). Without credentials the page sends the
+browser to /login; another role gets a 403 page.
 Numbers are formatted from integers (Wh, grams, milli-acres, minor units) so the server and the
 script print the same digits (the filters are in cloud.api.templating).
 
@@ -16,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cloud.api.deps import ApiContext, CtxDep
+from cloud.api.derms_pages_routes import CONTROL_LABELS
 from cloud.auth import Role, site_owner_filter
 from cloud.domain.certificates import (
     DEFAULT_GRID_G_CO2_PER_KWH,
@@ -29,6 +32,7 @@ from rules.ledger import site_account
 
 HOME_ROLES = frozenset({Role.HOMEOWNER, Role.ADMIN})
 REFRESH_MS = 10_000
+LIVE_MS = 2_000  # the live power flow (GET /api/v1/sites/{id}/live)
 
 # Where the default factor comes from (cloud/domain/certificates.py); shown under the figures.
 FACTOR_SOURCE = (
@@ -132,5 +136,8 @@ async def home_page(request: Request, ctx: CtxDep) -> Response:
             else "the factor configured for this deployment",
             "forest_t_per_acre": f"{FOREST_G_CO2_PER_ACRE_YEAR / 1_000_000:g}",
             "refresh_ms": REFRESH_MS,
+            "live_ms": LIVE_MS,
+            "derms": ctx.fleet is not None,
+            "control_labels": {k: v[0] for k, v in CONTROL_LABELS.items()},
         },
     )

@@ -5,10 +5,12 @@ Owns: those routes.
 No `from __future__ import annotations`: FastAPI reads these signatures (see cloud.api.deps).
 """
 
+from collections import Counter
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
-from cloud.api.deps import CtxDep, require
+from cloud.api.deps import ApiContext, CtxDep, require
 from cloud.api.fleet_views import ledger_status
 from cloud.api.schemas import Health
 from cloud.auth import Role
@@ -93,4 +95,68 @@ async def metrics(ctx: CtxDep) -> PlainTextResponse:
             "# TYPE gridmint_ledger_late_records gauge",
             f"gridmint_ledger_late_records {await ledger.store.late_records()}",
         ]
+    lines += await derms_metrics(ctx)
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+async def derms_metrics(ctx: ApiContext) -> list[str]:
+    """The fleet's devices by state, alarms, dispatch events, commands and responses."""
+    fleet, dispatch = ctx.fleet, ctx.dispatch
+    if fleet is None or dispatch is None:
+        return []
+    states = Counter(d.state for d in fleet.state.devices.values())
+    open_alarms = Counter(a.kind for a in await fleet.store.alarms(open_only=True, limit=100_000))
+    c = dispatch.counters
+    lat = sorted(c.ack_latency_ms)
+    out = [
+        "# HELP gridmint_fleet_devices Registered devices by live state.",
+        "# TYPE gridmint_fleet_devices gauge",
+        *(
+            f'gridmint_fleet_devices{{state="{st}"}} {states.get(st, 0)}'
+            for st in ("online", "offline", "buffering", "fault", "clock_unsynchronised")
+        ),
+        "# HELP gridmint_fleet_telemetry_total Telemetry messages received (since start).",
+        "# TYPE gridmint_fleet_telemetry_total counter",
+        f"gridmint_fleet_telemetry_total {fleet.counters.telemetry}",
+        "# HELP gridmint_fleet_refused_total Telemetry/status messages refused, by reason.",
+        "# TYPE gridmint_fleet_refused_total counter",
+        *(
+            f'gridmint_fleet_refused_total{{reason="{r}"}} {n}'
+            for r, n in sorted(fleet.counters.refused.items())
+        ),
+        "# HELP gridmint_alarms_open Alarms not yet cleared and acknowledged, by kind.",
+        "# TYPE gridmint_alarms_open gauge",
+        *(f'gridmint_alarms_open{{kind="{k}"}} {n}' for k, n in sorted(open_alarms.items())),
+        "# HELP gridmint_alarms_raised_total Alarms raised by kind (since start).",
+        "# TYPE gridmint_alarms_raised_total counter",
+        *(
+            f'gridmint_alarms_raised_total{{kind="{k}"}} {n}'
+            for k, n in sorted(fleet.counters.alarms_raised.items())
+        ),
+        "# HELP gridmint_dispatch_events_total Dispatch events created (since start).",
+        "# TYPE gridmint_dispatch_events_total counter",
+        f"gridmint_dispatch_events_total {c.events}",
+        "# HELP gridmint_dispatch_commands_sent_total Signed commands published (since start).",
+        "# TYPE gridmint_dispatch_commands_sent_total counter",
+        f"gridmint_dispatch_commands_sent_total {c.commands_sent}",
+        "# HELP gridmint_dispatch_responses_total Verified device responses, by status.",
+        "# TYPE gridmint_dispatch_responses_total counter",
+        *(
+            f'gridmint_dispatch_responses_total{{status="{k}"}} {n}'
+            for k, n in sorted(c.responses.items())
+        ),
+        "# HELP gridmint_dispatch_acks_refused_total Acknowledgements refused (bad signature, "
+        "unknown device, malformed).",
+        "# TYPE gridmint_dispatch_acks_refused_total counter",
+        f"gridmint_dispatch_acks_refused_total {c.acks_refused}",
+    ]
+    if lat:
+        out += [
+            "# HELP gridmint_dispatch_ack_latency_ms First response after a command was sent, "
+            "over the last 10,000 commands.",
+            "# TYPE gridmint_dispatch_ack_latency_ms summary",
+            f'gridmint_dispatch_ack_latency_ms{{quantile="0.5"}} {lat[len(lat) // 2]}',
+            f'gridmint_dispatch_ack_latency_ms{{quantile="0.99"}} {lat[len(lat) * 99 // 100]}',
+            f"gridmint_dispatch_ack_latency_ms_count {len(lat)}",
+        ]
+    return out

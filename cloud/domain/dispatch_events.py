@@ -14,11 +14,11 @@ Units are those of protocol/dispatch.py. A request's `value` is the *group's* wi
 * opModExpLimW / opModImpLimW: W per site; every device of a site gets it.
 * opModConnect: 1 or 0 for every device.
 
-Baseline (a stated method, as the issue asks): the mean of the targeted devices' measured flow
-over the samples taken between the event's creation and its start, or the last sample before
-the start when the event starts at once ("the last readings before the event"). Delivered is
-measured minus baseline for battery and target controls (more discharge), baseline minus
-measured for a generation limit (less PV).
+Baseline (a stated method, as the issue asks): each targeted device's last reading of the
+controlled flow before the event starts ("the last readings before the event"): taken when the
+event is created, and again at its start for an event created ahead of time. Delivered power is
+the measured flow; delivered *flexibility* is its move from the baseline in the direction the
+command asks, capped at what was asked (`flex_delivered_w` in cloud/services/dispatch.py).
 """
 
 from __future__ import annotations
@@ -284,6 +284,5 @@ class EventPerformance:
     sites: list[SitePerformance]
     series: list[tuple[int, int, int]]
     baseline_method: str = (
-        "mean of the measured flow between the event's creation and its start "
-        "(the last reading before the start when it starts at once)"
+        "each device's last reading of the controlled flow before the event started"
     )

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.domain.dispatch_events import (
     Allocation,
@@ -41,6 +42,7 @@ from cloud.domain.dispatch_events import (
 )
 from cloud.domain.fleet_state import DeviceLive
 from cloud.services.fleet import FleetService
+from cloud.services.ledger import LedgerService
 from cloud.storage.dispatch_store import CommandRow, DispatchStore, EventRow, ResponseRow
 from protocol import cose, dispatch, topics
 from protocol.dispatch import ControlMode, DispatchCommand, EventStatus, ResponseStatus
@@ -71,6 +73,12 @@ class _Live:
     commands: list[CommandRow]
     baselined_at_start: bool = False
     resent_at: float = 0.0
+    # flexibility delivered so far per device, W·s against the baseline (capped at what was
+    # asked: over-delivery earns nothing), and when it was last added to
+    delivered_ws: dict[str, int] = field(default_factory=dict)
+    accounted_at: float | None = None
+    last_flex: dict[str, int] = field(default_factory=dict)  # W, at the last tick
+    rewarded: bool = False
 
 
 def status_name(status: int | None) -> str:
@@ -94,7 +102,13 @@ class DispatchService:
         publish: Publish,
         now: Callable[[], float] = time.time,
         resend_after_s: float = 30.0,
+        ledger: LedgerService | None = None,
+        reward_minor_per_kwh: int = 0,
+        max_gap_s: float = 5.0,
     ) -> None:
+        """`max_gap_s`: the longest clock span one tick may count as delivered (a stalled
+        loop earns nothing for the time nobody measured); on a faster-than-real clock, scale it
+        with the clock's speed."""
         self.store = store
         self.fleet = fleet
         self.key = key
@@ -103,6 +117,9 @@ class DispatchService:
         self._keys: dict[str, list[bytes]] = {}
         self.now = now
         self.resend_after_s = resend_after_s
+        self.ledger = ledger
+        self.reward_minor_per_kwh = reward_minor_per_kwh
+        self.max_gap_s = max_gap_s
         self.counters = DispatchCounters()
         self._live: dict[str, _Live] = {}
 
@@ -290,8 +307,14 @@ class DispatchService:
         )
         commands = self._commands(new, _request(new), EventStatus.CANCELLED, old)
         await self.store.save_event(new, commands)
-        self._live.pop(event_id, None)
+        live = self._live.pop(event_id, None)
         self._send(commands)
+        if live is not None and live.delivered_ws:
+            # what was delivered before the cancellation earns its reward
+            try:
+                await self._reward(live)
+            except Exception as exc:
+                log.error("dispatch event %s: rewarding failed: %s", event_id, exc)
         log.info("dispatch event %s cancelled by %s", event_id, by)
         return await self._view(new, commands)
 
@@ -336,6 +359,20 @@ class DispatchService:
             view = await self.get_event(row.event_id)
             if view is not None:
                 out.append(view)
+        return out
+
+    async def site_events(
+        self, site_id: str, limit: int = 20
+    ) -> list[tuple[EventView, list[CommandRow]]]:
+        """The newest events that reached a site's devices, with those devices' rows."""
+        by_event: dict[str, list[CommandRow]] = {}
+        for c in await self.store.site_commands(site_id, limit * 8):
+            by_event.setdefault(c.event_id, []).append(c)
+        out = []
+        for event_id, rows in list(by_event.items())[:limit]:
+            view = await self.get_event(event_id)
+            if view is not None:
+                out.append((view, rows))
         return out
 
     async def device_responses(self, event_id: str) -> list[CommandRow]:
@@ -465,6 +502,15 @@ class DispatchService:
         for event_id, live in list(self._live.items()):
             row = live.row
             end = row.start + row.duration_s
+            if now_s >= end and not live.rewarded:
+                # the stretch from the last tick to the end, at the last measured rate
+                if live.accounted_at is not None and live.accounted_at < end:
+                    dt_end = min(end - live.accounted_at, self.max_gap_s)
+                    for device_id, flex in live.last_flex.items():
+                        acc = live.delivered_ws
+                        acc[device_id] = acc.get(device_id, 0) + int(flex * dt_end)
+                    live.accounted_at = float(end)
+                await self._reward(live)
             if now_s > end + TAIL_S:
                 self._live.pop(event_id, None)
                 continue
@@ -481,6 +527,15 @@ class DispatchService:
                     ]
                     await self.store.set_baselines(event_id, fresh)
             measured = self._measured(control, live.commands)
+            running = row.start <= now_s < end
+            dt = 0.0
+            if running:
+                dt = (
+                    min(now - live.accounted_at, self.max_gap_s)
+                    if live.accounted_at is not None
+                    else 0.0
+                )
+                live.accounted_at = now
             req_total = meas_total = base_total = 0
             for c in live.commands:
                 base = c.baseline_w if c.baseline_w is not None else measured.get(c.device_id, 0)
@@ -496,11 +551,64 @@ class DispatchService:
                 req_total += want
                 meas_total += measured.get(c.device_id, base)
                 base_total += base
+                if running and c.device_id in measured:
+                    flex = flex_delivered_w(want, measured[c.device_id], base)
+                    live.last_flex[c.device_id] = flex
+                    if flex and dt > 0:
+                        acc = live.delivered_ws
+                        acc[c.device_id] = acc.get(c.device_id, 0) + int(flex * dt)
             samples.append((event_id, now_s, req_total, meas_total, base_total, len(measured)))
             if now_s < end and now - live.resent_at > self.resend_after_s:
                 live.resent_at = now
                 self._resend(live)
         await self.store.add_samples(samples)
+
+    async def _reward(self, live: _Live) -> None:
+        """Write each site's reward credits for the flexibility it delivered (FLEX_REWARD
+        ledger entries) and the per-device Wh, once per event, in one unit of work."""
+        row = live.row
+        if self.ledger is None or self.reward_minor_per_kwh <= 0:
+            live.rewarded = True
+            return
+        if not self.ledger.writable:
+            return  # the sequencer does it
+        if await self.store.rewarded(row.event_id):
+            live.rewarded = True
+            return
+        by_site: dict[str, list[tuple[str, int]]] = {}
+        for c in live.commands:
+            by_site.setdefault(c.site_id, []).append(
+                (c.device_id, live.delivered_ws.get(c.device_id, 0) // 3600)
+            )
+        site_wh = {s: sum(wh for _d, wh in devs) for s, devs in by_site.items()}
+        rate = self.reward_minor_per_kwh
+        entries = await self.ledger.append(
+            lambda engine: [
+                engine.flex_reward(site, row.start, row.event_id, wh, rate)
+                for site, wh in sorted(site_wh.items())
+                if wh > 0
+            ],
+            also=lambda conn: self._mark_rewarded(conn, row.event_id, by_site),
+        )
+        paid = {e.site: sum(p.credit for p in e.postings) for e in entries}
+        if paid:  # the per-device split of each site's credits, for the homeowner's page
+            await self.store.set_rewards(row.event_id, _split(by_site, paid))
+        live.rewarded = True
+        log.info(
+            "dispatch event %s: %d Wh of flexibility rewarded to %d site(s)",
+            row.event_id,
+            sum(site_wh.values()),
+            len(paid),
+        )
+
+    async def _mark_rewarded(
+        self,
+        conn: AsyncConnection,
+        event_id: str,
+        by_site: dict[str, list[tuple[str, int]]],
+    ) -> None:
+        rows = [(d, wh, 0) for devs in by_site.values() for d, wh in devs]
+        await self.store.mark_rewarded(conn, event_id, rows, int(self.now() * 1000))
 
     def _measured(self, control: ControlMode, commands: Sequence[CommandRow]) -> dict[str, int]:
         out = {}
@@ -526,6 +634,35 @@ class DispatchService:
         if not due:
             return
         self._send(due)
+
+
+def flex_delivered_w(requested: int, measured: int, baseline: int) -> int:
+    """Flexibility a device delivers now: its move from the baseline in the direction asked,
+    no more than asked (W, >= 0)."""
+    asked = requested - baseline
+    if asked == 0:
+        return 0
+    moved = measured - baseline if asked > 0 else baseline - measured
+    return max(0, min(moved, abs(asked)))
+
+
+def _split(
+    by_site: dict[str, list[tuple[str, int]]], paid: dict[str, int]
+) -> list[tuple[str, int]]:
+    """Each device's share of its site's credits, by its Wh (largest remainder: they add up)."""
+    out = []
+    for site, amount in paid.items():
+        devs = by_site.get(site, [])
+        total = sum(wh for _d, wh in devs)
+        if not devs or total <= 0:
+            continue
+        shares = [amount * wh // total for _d, wh in devs]
+        left = amount - sum(shares)
+        order = sorted(range(len(devs)), key=lambda i: -(amount * devs[i][1] % total))
+        for i in order[:left]:
+            shares[i] += 1
+        out += [(d, s) for (d, _wh), s in zip(devs, shares, strict=True)]
+    return out
 
 
 def _request(row: EventRow) -> EventRequest:

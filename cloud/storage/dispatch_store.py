@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.storage.tables import (
     alarms,
@@ -65,6 +65,8 @@ class CommandRow:
     measured_w: int | None = None
     detail: str = ""
     envelope: bytes = b""
+    delivered_wh: int | None = None
+    reward_minor: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,8 @@ _COMMAND_COLS = (
     dispatch_commands.c.measured_w,
     dispatch_commands.c.detail,
     dispatch_commands.c.envelope,
+    dispatch_commands.c.delivered_wh,
+    dispatch_commands.c.reward_minor,
 )
 
 
@@ -193,6 +197,8 @@ def _command_values(c: CommandRow) -> dict[str, object]:
         "measured_w": c.measured_w,
         "detail": c.detail,
         "envelope": c.envelope,
+        "delivered_wh": c.delivered_wh,
+        "reward_minor": c.reward_minor,
     }
 
 
@@ -279,6 +285,66 @@ class DispatchStore:
                 )
             ).all()
         return {status: int(n) for status, n in rows}
+
+    async def mark_rewarded(
+        self, conn: AsyncConnection, event_id: str, rows: Sequence[tuple[str, int, int]], ms: int
+    ) -> None:
+        """Inside the ledger's unit of work: each device's (device, delivered Wh, reward) and
+        the event's rewarded time, so an event is rewarded once."""
+        await conn.execute(
+            update(dispatch_events)
+            .where(dispatch_events.c.event_id == event_id)
+            .values(rewarded_ms=ms)
+        )
+        if rows:
+            await conn.execute(
+                update(dispatch_commands)
+                .where(
+                    dispatch_commands.c.event_id == bindparam("e"),
+                    dispatch_commands.c.device_id == bindparam("d"),
+                )
+                .values(delivered_wh=bindparam("wh"), reward_minor=bindparam("r")),
+                [{"e": event_id, "d": d, "wh": wh, "r": r} for d, wh, r in rows],
+            )
+
+    async def set_rewards(self, event_id: str, rows: Sequence[tuple[str, int]]) -> None:
+        """Each device's share of its site's reward credits (minor units)."""
+        if not rows:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(dispatch_commands)
+                .where(
+                    dispatch_commands.c.event_id == bindparam("e"),
+                    dispatch_commands.c.device_id == bindparam("d"),
+                )
+                .values(reward_minor=bindparam("r")),
+                [{"e": event_id, "d": d, "r": r} for d, r in rows],
+            )
+
+    async def rewarded(self, event_id: str) -> bool:
+        async with self.engine.connect() as conn:
+            ms = await conn.scalar(
+                select(dispatch_events.c.rewarded_ms).where(dispatch_events.c.event_id == event_id)
+            )
+        return ms is not None
+
+    async def site_commands(self, site_id: str, limit: int = 50) -> list[CommandRow]:
+        """A site's part in events, newest event first (the homeowner's page)."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(*_COMMAND_COLS)
+                    .join(
+                        dispatch_events,
+                        dispatch_events.c.event_id == dispatch_commands.c.event_id,
+                    )
+                    .where(dispatch_commands.c.site_id == site_id)
+                    .order_by(dispatch_events.c.created_ms.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [_command(r) for r in rows]
 
     async def set_baselines(self, event_id: str, baselines: dict[str, int]) -> None:
         if not baselines:

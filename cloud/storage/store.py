@@ -38,6 +38,18 @@ class StorageUrlError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class EnergySums:
+    """Energy in a period, summed over tokens (Wh)."""
+
+    generated_wh: int = 0
+    imported_wh: int = 0
+    exported_wh: int = 0
+    charged_wh: int = 0
+    discharged_wh: int = 0
+    tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """A registered device."""
 
@@ -672,6 +684,28 @@ class Store:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [_token(r) for r in rows]
+
+    async def energy_sums(self, site_ids: Sequence[str], since: int, until: int) -> EnergySums:
+        """Wh summed over the tokens of these sites' devices whose interval starts in
+        [since, until) (one query; a homeowner's "today" and "this month")."""
+        c = tokens.c
+        q = select(
+            func.coalesce(func.sum(c.generated_wh), 0),
+            func.coalesce(func.sum(c.imported_wh), 0),
+            func.coalesce(func.sum(c.exported_wh), 0),
+            func.coalesce(func.sum(c.charged_wh), 0),
+            func.coalesce(func.sum(c.discharged_wh), 0),
+            func.count(),
+        ).where(
+            c.device_id.in_(
+                select(devices.c.device_id).where(devices.c.site_id.in_(list(site_ids)))
+            ),
+            c.interval_start >= since,
+            c.interval_start < until,
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).one()
+        return EnergySums(*(int(v) for v in row))
 
     # rejections and stats
 

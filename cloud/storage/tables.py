@@ -426,6 +426,7 @@ dispatch_events = Table(
     Column("created_ms", BigInteger, nullable=False, index=True),
     Column("created_by", String(64), nullable=False),
     Column("modified_ms", BigInteger, nullable=False),
+    Column("rewarded_ms", BigInteger, nullable=True),  # reward credits written to the ledger
 )
 
 dispatch_commands = Table(
@@ -445,6 +446,9 @@ dispatch_commands = Table(
     Column("measured_w", BigInteger, nullable=True),
     Column("detail", String(128), nullable=False, server_default=""),
     Column("envelope", LargeBinary, nullable=False),  # the signed command, for resending
+    # flexibility delivered over the event (Wh, against the baseline) and its reward credits
+    Column("delivered_wh", BigInteger, nullable=True),
+    Column("reward_minor", BigInteger, nullable=True),
 )
 
 dispatch_responses = Table(

@@ -1,8 +1,10 @@
-"""SunSpec devices (inverters 101-103, meters 201-204): discovery and reading.
+"""SunSpec devices (inverters 101-103, meters 201-204, controls 123, storage 124): discovery,
+reading and writing.
 
 Owns: `discover` (find the "SunS" marker, walk the model chain, read the common model),
-`SunSpecDevice` (read named quantities in plain units), the point tables loaded from
-firmware-configs/sunspec/models.toml, and the pure decoders for SunSpec point types.
+`SunSpecDevice` (read named quantities in plain units, read and write points by name), the
+point tables loaded from firmware-configs/sunspec/models.toml, and the pure decoders and
+encoders for SunSpec point types.
 
 A SunSpec device describes its own register map: a marker at a base address, then a chain of
 models, each a header (ID, L) followed by L registers. The driver therefore needs no per-vendor
@@ -14,6 +16,11 @@ TCP, RTU or a test double. Each model's points are read in one request together 
 scale factors, and a scale factor is never cached: devices change them with the value (Fronius
 changes W_SF/DCW_SF with power; a stale SF is off by a factor of ten, sunspec/pysunspec2#42).
 "Not implemented" sentinels make a quantity missing (left out of the result), never zero.
+
+Writes (`SunSpecDevice.write_points`) need a reader that can also write (`RegisterWriter`, which
+edge/transports/modbus_bus.py's buses are). A value in engineering units is turned into a raw
+count with the scale factor the device announces at that moment (read just before the write),
+and only points marked `access = "RW"` in models.toml are written.
 """
 
 from __future__ import annotations
@@ -27,12 +34,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from edge.drivers.modbus_generic import DeviceUnavailableError
 
 Table = Literal["holding", "input"]
-Family = Literal["inverter", "meter"]
+Family = Literal["inverter", "meter", "storage"]
 
 
 class RegisterReader(Protocol):
@@ -46,6 +53,14 @@ class RegisterReader(Protocol):
     async def read_registers(
         self, table: Table, address: int, count: int, unit_id: int
     ) -> list[int]: ...
+
+
+@runtime_checkable
+class RegisterWriter(Protocol):
+    """What a write needs on top of reading: FC16 to holding registers of `unit_id`; raises
+    DeviceUnavailableError (with `exception_code` for a Modbus exception answer)."""
+
+    async def write_registers(self, address: int, values: Sequence[int], unit_id: int) -> None: ...
 
 
 #: "SunS" as two big-endian registers.
@@ -62,8 +77,10 @@ MAX_MODELS: Final = 100
 #: Scale factors outside this range are treated as invalid (the spec allows -10..10).
 SF_RANGE: Final = range(-10, 11)
 _POW10: Final[dict[int, int]] = {k: 10**k for k in range(11)}
-#: Exception 2 (illegal data address): the register does not exist.
+#: Exception 2 (illegal data address): the register does not exist (or is not writable).
 _ILLEGAL_ADDRESS: Final = 2
+#: Exception 3 (illegal data value): the device refuses the value written.
+_ILLEGAL_VALUE: Final = 3
 
 
 class SunSpecModelError(ValueError):
@@ -104,6 +121,7 @@ class Point:
     size: int
     sf: str | None = None
     units: str = ""
+    writable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +221,7 @@ def _parse_points(file: Path, key: str, raw_points: Any) -> list[Point]:
     for raw in raw_points:
         if not isinstance(raw, dict):
             raise SunSpecModelError(f"{where}: every point must be a table")
-        unknown = set(raw) - {"name", "offset", "type", "size", "sf", "units"}
+        unknown = set(raw) - {"name", "offset", "type", "size", "sf", "units", "access"}
         name, offset, ptype = raw.get("name"), raw.get("offset"), raw.get("type")
         if unknown or not isinstance(name, str) or not isinstance(offset, int):
             raise SunSpecModelError(f"{where}: bad point {raw!r}")
@@ -219,7 +237,10 @@ def _parse_points(file: Path, key: str, raw_points: Any) -> list[Point]:
         sf, units = raw.get("sf"), raw.get("units", "")
         if (sf is not None and not isinstance(sf, str)) or not isinstance(units, str):
             raise SunSpecModelError(f"{where}: {name}: sf and units must be text")
-        points.append(Point(name, offset, ptype, size, sf, units))
+        access = raw.get("access", "R")
+        if access not in ("R", "RW"):
+            raise SunSpecModelError(f'{where}: {name}: access must be "R" or "RW"')
+        points.append(Point(name, offset, ptype, size, sf, units, access == "RW"))
     return points
 
 
@@ -299,6 +320,37 @@ def apply_sf(raw: float, sf: int) -> float:
     return raw / _POW10[-sf] if sf < 0 else raw * _POW10[sf]
 
 
+#: Raw ranges a written value must fit, per type (the "not implemented" patterns excluded).
+_WRITE_RANGES: Final[dict[str, tuple[int, int]]] = {
+    "uint16": (0, 0xFFFE),
+    "enum16": (0, 0xFFFE),
+    "bitfield16": (0, 0x7FFF),
+    "int16": (-0x7FFF, 0x7FFF),
+}
+
+
+def encode_point(point: Point, value: float, sf: int | None) -> list[int]:
+    """The register words that make `point` read `value` (engineering units) at scale factor
+    `sf` (None for a point without one). Raises ValueError with a plain message when the value
+    does not fit the point's type, or the point's type cannot be written here."""
+    limits = _WRITE_RANGES.get(point.type)
+    if limits is None:
+        raise ValueError(f"{point.name}: writing {point.type} points is not supported")
+    if not math.isfinite(value):
+        raise ValueError(f"{point.name}: {value} is not a number")
+    raw = round(value / 10.0**sf) if sf is not None else round(value)
+    low, high = limits
+    if not low <= raw <= high:
+        unit = f" {point.units}" if point.units else ""
+        shown = (
+            f"{apply_sf(low, sf):g}..{apply_sf(high, sf):g}"
+            if sf is not None
+            else (f"{low}..{high}")
+        )
+        raise ValueError(f"{point.name}: {value:g}{unit} is outside {shown}")
+    return [raw & 0xFFFF]
+
+
 def scaled_value(model: ModelDef, point_name: str, body: Sequence[int]) -> float | None:
     """Decode `point_name` (with its scale factor) from the registers of a model read.
 
@@ -364,7 +416,16 @@ METER_QUANTITIES: Final[dict[str, QuantityInfo]] = {
         "V", False, "meter", ("PhV", "PhVphA"), "line-to-neutral voltage (average, else A-N)"
     ),
 }
-KNOWN_QUANTITIES: Final = frozenset(INVERTER_QUANTITIES) | frozenset(METER_QUANTITIES)
+#: Model 124 (basic storage controls) on a battery inverter.
+STORAGE_MODEL: Final = 124
+STORAGE_QUANTITIES: Final[dict[str, QuantityInfo]] = {
+    "state_of_charge_pct": QuantityInfo(
+        "%", False, "storage", ("ChaState",), "battery state of charge, % of capacity (ChaState)"
+    ),
+}
+KNOWN_QUANTITIES: Final = (
+    frozenset(INVERTER_QUANTITIES) | frozenset(METER_QUANTITIES) | frozenset(STORAGE_QUANTITIES)
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,6 +514,31 @@ class _Bus:
                 f"at {address}"
             )
         return words
+
+    async def write(self, address: int, words: Sequence[int], what: str) -> None:
+        writer = self.reader
+        if not isinstance(writer, RegisterWriter):
+            raise DeviceUnavailableError(f"unit {self.unit_id}: this connection cannot write")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await writer.write_registers(address, list(words), self.unit_id)
+        except TimeoutError as exc:
+            raise DeviceUnavailableError(
+                f"no answer from unit {self.unit_id} within {self.timeout_s:g} s (write of {what})"
+            ) from exc
+        except OSError as exc:
+            raise DeviceUnavailableError(
+                f"write of {what} to unit {self.unit_id} failed: {exc}"
+            ) from exc
+        except DeviceUnavailableError as exc:
+            code = _exception_code(exc)
+            if code == _ILLEGAL_ADDRESS:
+                reason = f"unit {self.unit_id} refused the write of {what}: not writable here"
+            elif code == _ILLEGAL_VALUE:
+                reason = f"unit {self.unit_id} refused the write of {what}: value not accepted"
+            else:
+                reason = f"write of {what} to unit {self.unit_id} failed: {exc.reason}"
+            raise DeviceUnavailableError(reason, exception_code=code) from exc
 
     async def read_span(self, address: int, count: int) -> list[int]:
         """Read `count` registers in requests of at most 125."""
@@ -674,6 +760,8 @@ class SunSpecDevice:
             out.update(METER_QUANTITIES)
         if self.layout.inverter is not None and self.layout.inverter.id in self._defs:
             out.update(INVERTER_QUANTITIES)  # inverter wins for frequency_hz
+        if STORAGE_MODEL in self._defs and self.layout.first([STORAGE_MODEL]) is not None:
+            out.update(STORAGE_QUANTITIES)
         return out
 
     async def read(self, names: list[str] | None = None) -> dict[str, float]:
@@ -706,11 +794,17 @@ class SunSpecDevice:
         available = self.quantities
         wanted = list(available) if names is None else [n for n in names if n in available]
         plans: list[_Plan] = []
-        for block in (layout.inverter, layout.meter):
+        for block in (layout.inverter, layout.meter, layout.first([STORAGE_MODEL])):
             if block is None or block.id not in self._defs:
                 continue
             model = self._defs[block.id]
-            family: Family = "inverter" if block.id in INVERTER_MODELS else "meter"
+            family: Family = (
+                "inverter"
+                if block.id in INVERTER_MODELS
+                else "storage"
+                if block.id == STORAGE_MODEL
+                else "meter"
+            )
             mine = tuple(
                 (n, available[n]) for n in dict.fromkeys(wanted) if available[n].family == family
             )
@@ -727,6 +821,110 @@ class SunSpecDevice:
             # needed, but never past what the device says the model holds.
             plans.append(_Plan(block, model, mine, min(end, 2 + block.length)))
         return plans
+
+    # ------------------------------------------------------------------ points by name
+
+    def has_model(self, model_id: int) -> bool:
+        """Whether discovery found `model_id` on this unit (False before discovery)."""
+        return self.layout is not None and self.layout.first([model_id]) is not None
+
+    async def _model_body(
+        self, bus: _Bus, model_id: int, names: Iterable[str]
+    ) -> tuple[ModelDef, ModelBlock, list[int]]:
+        """The model's registers from its ID register up to the last point of `names` and
+        their scale factors (one read; checked to still be `model_id`)."""
+        model = self._defs.get(model_id)
+        if model is None:
+            raise ValueError(f"SunSpec model {model_id} is not defined in models.toml")
+        end = 2
+        for name in names:
+            point = model.points.get(name)
+            if point is None:
+                raise ValueError(f"SunSpec model {model_id} has no point {name!r}")
+            end = max(end, point.offset + point.size)
+            if point.sf is not None:
+                end = max(end, model.points[point.sf].offset + 1)
+        layout = self.layout or await self._discover()
+        block = layout.first([model_id])
+        if block is None:
+            raise DeviceUnavailableError(
+                f"unit {self.unit_id} ({layout.describe()}) has no SunSpec model {model_id}"
+            )
+        if end > 2 + block.length:
+            raise DeviceUnavailableError(
+                f"unit {self.unit_id}: model {model_id} is {block.length} registers long, too "
+                f"short for the points asked for"
+            )
+        body = await bus.read_span(block.address, end)
+        if body[0] != model_id:
+            self.layout = None
+            raise DeviceUnavailableError(
+                f"unit {self.unit_id}: expected model {model_id} at {block.address} but found "
+                f"id {body[0]}; the SunSpec map changed, it is rediscovered on the next request"
+            )
+        return model, block, body
+
+    async def read_points(self, model_id: int, names: Sequence[str]) -> dict[str, float]:
+        """Read points of `model_id` by name, scaled to engineering units; a point the device
+        reports as not implemented is left out."""
+        async with self._lock:
+            bus = _Bus(self.reader, self.unit_id, self.timeout_s)
+            model, _block, body = await self._model_body(bus, model_id, names)
+            out: dict[str, float] = {}
+            for name in names:
+                value = scaled_value(model, name, body)
+                if value is not None:
+                    out[name] = value
+            return out
+
+    async def write_point(self, model_id: int, point: str, value: float) -> None:
+        """Write one point of `model_id` in engineering units (see `write_points`)."""
+        await self.write_points(model_id, {point: value})
+
+    async def write_points(self, model_id: int, values: Mapping[str, float]) -> None:
+        """Write points of `model_id` by name, in engineering units, in the mapping's order.
+
+        The scale factors are read right before (devices may change them) and each value is
+        converted with its point's SF; one FC16 request per point, so the order is the
+        caller's (e.g. a limit before its enable flag). Raises ValueError for a point that is
+        not defined or not writable (`access = "RW"` in models.toml) and for a value that does
+        not fit; DeviceUnavailableError when the device lacks the model, has no usable scale
+        factor, or refuses or misses the write. Nothing is written unless every value encodes.
+        """
+        if not values:
+            return
+        model = self._defs.get(model_id)
+        if model is None:
+            raise ValueError(f"SunSpec model {model_id} is not defined in models.toml")
+        for name in values:
+            point = model.points.get(name)
+            if point is None:
+                raise ValueError(f"SunSpec model {model_id} has no point {name!r}")
+            if not point.writable:
+                raise ValueError(f"SunSpec point {model_id}.{name} is read-only")
+        async with self._lock:
+            bus = _Bus(self.reader, self.unit_id, self.timeout_s)
+            model, block, body = await self._model_body(bus, model_id, values)
+            writes: list[tuple[Point, list[int], float]] = []
+            for name, value in values.items():
+                point = model.points[name]
+                sf: int | None = None
+                if point.sf is not None:
+                    sf = decode_sf(body[model.points[point.sf].offset])
+                    if sf is None:
+                        raise DeviceUnavailableError(
+                            f"unit {self.unit_id}: {point.sf} of model {model_id} is not "
+                            f"implemented, so {name} cannot be written in units"
+                        )
+                try:
+                    words = encode_point(point, value, sf)
+                except ValueError as exc:
+                    raise ValueError(f"unit {self.unit_id}: {exc}") from None
+                writes.append((point, words, value))
+            for point, words, value in writes:
+                await bus.write(
+                    block.address + point.offset, words, f"{model_id}.{point.name} = {value:g}"
+                )
 
     @staticmethod
     def _value(model: ModelDef, info: QuantityInfo, body: Sequence[int]) -> float | None:

@@ -1,10 +1,10 @@
 """Modbus buses: one owner per RS-485 port or Modbus TCP endpoint, shared by its devices.
 
-Owns: the `ModbusBus` protocol (read a block of registers from one unit, or raise
-`DeviceUnavailableError` with a plain sentence), `TcpBus` (one persistent Modbus TCP connection
-per host:port), `SerialBus` (one RTU client per serial port), the `bus_for` registry that hands
-every device configured on the same port or host the same bus object, and
-`DeviceUnavailableError` itself (re-exported by `edge.drivers.modbus_generic`).
+Owns: the `ModbusBus` protocol (read a block of registers from one unit, write holding
+registers to one, or raise `DeviceUnavailableError` with a plain sentence), `TcpBus` (one
+persistent Modbus TCP connection per host:port), `SerialBus` (one RTU client per serial port),
+the `bus_for` registry that hands every device configured on the same port or host the same bus
+object, and `DeviceUnavailableError` itself (re-exported by `edge.drivers.modbus_generic`).
 
 Why one object per wire (devices.md, section 4):
 - Two readers on one USB port collide (influxdata/telegraf#7523, jblance/mpp-solar#278): every
@@ -29,6 +29,7 @@ import math
 import os
 import time
 import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol, runtime_checkable
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -52,6 +53,8 @@ EXCEPTION_NAMES: Final[dict[int, str]] = {
 MIN_INTER_FRAME_PAUSE_S: Final = 0.025
 #: Silence before talking to another unit id; mbmd waits this long for Eastron meters.
 DEFAULT_UNIT_SWITCH_PAUSE_S: Final = 0.2
+#: FC16 limit per request (Modbus application protocol: 123 registers).
+MAX_WRITE_REGISTERS: Final = 123
 
 
 class DeviceUnavailableError(Exception):
@@ -86,6 +89,13 @@ class ModbusBus(Protocol):
         self, table: Table, address: int, count: int, unit_id: int
     ) -> list[int]:
         """Read `count` registers from `address` (FC04 for "input", FC03 for "holding").
+
+        Raises DeviceUnavailableError with a plain message on any failure.
+        """
+        ...
+
+    async def write_registers(self, address: int, values: Sequence[int], unit_id: int) -> None:
+        """Write `values` to holding registers from `address` (FC16).
 
         Raises DeviceUnavailableError with a plain message on any failure.
         """
@@ -195,20 +205,70 @@ class ClientBus:
         if not 0 <= unit_id <= 255:
             raise ValueError(f"unit id {unit_id} is outside 0..255")
         function_code = 4 if table == "input" else 3
+
+        def send(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
+            if table == "input":
+                return client.read_input_registers(address, count=count, device_id=unit_id)
+            return client.read_holding_registers(address, count=count, device_id=unit_id)
+
+        response = await self._transact(unit_id, send)
+        return self._registers(response, function_code, address, count, unit_id)
+
+    async def write_registers(self, address: int, values: Sequence[int], unit_id: int) -> None:
+        """Write `values` (16-bit words) to holding registers of `unit_id` from `address`, with
+        FC16 (the function SunSpec requires for writes, also for a single register).
+
+        Same lock, pauses and retries as a read: a write that got no answer is sent again,
+        which is safe for the setpoints this is used for (writing a setpoint twice leaves the
+        same setting). A Modbus exception answer raises at once with `exception_code` set (2:
+        the register is not writable or does not exist; 3: the value is refused).
+        """
+        words = [int(v) for v in values]
+        if not 1 <= len(words) <= MAX_WRITE_REGISTERS:
+            raise ValueError(
+                f"a write carries 1..{MAX_WRITE_REGISTERS} registers, not {len(words)}"
+            )
+        if not all(0 <= w <= 0xFFFF for w in words):
+            raise ValueError("register values must be 16-bit words (0..65535)")
+        if not 0 <= address <= 0xFFFF or address + len(words) > 0x10000:
+            raise ValueError(f"a write of {len(words)} at {address} is outside 0..65535")
+        if not 0 <= unit_id <= 255:
+            raise ValueError(f"unit id {unit_id} is outside 0..255")
+
+        def send(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
+            return client.write_registers(address, words, device_id=unit_id)
+
+        response = await self._transact(unit_id, send)
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            name = EXCEPTION_NAMES.get(code, "unknown")
+            raise DeviceUnavailableError(
+                f"Modbus exception {code} ({name}) for a write of {len(words)} registers at "
+                f"address 0x{address:04X} (FC16) to {self._endpoint(unit_id)}",
+                exception_code=code,
+            )
+
+    async def _transact(
+        self, unit_id: int, send: Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
+        """One request under the bus lock: open, pause, send, retry on no or garbled answers.
+
+        A request that gets no answer, or a garbled one, is retried `retries` times on the same
+        connection (after the inter-frame pause); when every attempt failed, the connection is
+        closed and DeviceUnavailableError raised. Returns the response PDU (which may be a
+        Modbus exception answer: the caller decides what that means).
+        """
         async with self._lock:
             await self._ensure_open()
             client = self._client
             assert client is not None
-            reader = (
-                client.read_input_registers if table == "input" else client.read_holding_registers
-            )
             reason = ""
             for _attempt in range(self.retries + 1):
                 await self._pause(unit_id)
                 self.requests += 1
                 self._rx_seen = False
                 try:
-                    response: ModbusPDU = await reader(address, count=count, device_id=unit_id)
+                    response: ModbusPDU = await send(client)
                 except ModbusIOException as exc:
                     if "No response" in str(exc) and self._rx_seen:
                         reason = (
@@ -241,7 +301,7 @@ class ClientBus:
                 finally:
                     self._quiet_since = time.monotonic()
                     self._last_unit = unit_id
-                return self._registers(response, function_code, address, count, unit_id)
+                return response
             self._drop()
             self._check_openable()  # a vanished adapter looks like a timeout: say what it is
             raise DeviceUnavailableError(reason)

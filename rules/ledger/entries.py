@@ -61,6 +61,9 @@ class EntryKind(IntEnum):
     # replayed by rules.market; a matched trade settles later as a P2P_TRADE naming its id.
     ORDER_EVENT = 15
     TRADE_MATCH = 16
+    # The DERMS: reward credits for flexibility a site delivered in a dispatch event (`ref`
+    # names the event, `requested_wh` the Wh delivered), paid by the grid settlement account.
+    FLEX_REWARD = 17
 
 
 MARKET_KINDS = frozenset({EntryKind.ORDER_EVENT, EntryKind.TRADE_MATCH})

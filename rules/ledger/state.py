@@ -489,6 +489,15 @@ def _check_kind(st: LedgerState, e: Entry, index: int) -> _IntervalContext | Non
         postings_are({site_account(site): (c.out, 0), GRID_ACCOUNT: (0, c.out)})
         return None
 
+    if k is EntryKind.FLEX_REWARD:
+        c = one_conv(f"reward:{site}", den=WH_PER_KWH)
+        if e.burns or e.mints or e.gen_wh or e.exit_wh or c.in_ != e.requested_wh or not e.ref:
+            raise _fail(index, "a flexibility reward moves payment only, for its event's Wh")
+        if c.in_ <= 0:
+            raise _fail(index, "a flexibility reward needs delivered Wh")
+        postings_are({GRID_ACCOUNT: (c.out, 0), site_account(site): (0, c.out)})
+        return None
+
     if k is EntryKind.DEPOSIT:
         if e.burns or e.mints or e.convs or e.gen_wh or e.exit_wh:
             raise _fail(index, "deposit moves payment only")

@@ -52,8 +52,6 @@ class TradeTerms:
             raise ValueError("trade terms must be non-negative, losses at most 1e6 ppm")
 
 
-
-
 class TradingRules(EntryWriter):
     """The engine's trade and grid-settlement entries (mixed into LedgerEngine)."""
 
@@ -180,6 +178,38 @@ class TradingRules(EntryWriter):
                 for p in (
                     Posting(site_account(site), debit=c.out),
                     Posting(GRID_ACCOUNT, credit=c.out),
+                )
+                if c.out
+            ),
+        )
+
+    def flex_reward(
+        self,
+        site: str,
+        interval_start: int,
+        event_id: str,
+        delivered_wh: int,
+        reward_minor_per_kwh: int,
+    ) -> Entry:
+        """Reward credits for `delivered_wh` of flexibility in dispatch event `event_id`:
+        payment only (the energy was already tokenised by the site's interval records), from
+        the grid settlement account, at the reward rate per kWh with the remainder carried."""
+        if delivered_wh <= 0 or not event_id:
+            raise LedgerRuleError("a reward needs delivered Wh and its event")
+        key = f"reward:{site}"
+        c = convert(key, delivered_wh, reward_minor_per_kwh, WH_PER_KWH, self._carry(key))
+        return self._emit(
+            kind=EntryKind.FLEX_REWARD,
+            site=site,
+            interval_start=interval_start,
+            convs=(c,),
+            requested_wh=delivered_wh,
+            ref=event_id,
+            postings=tuple(
+                p
+                for p in (
+                    Posting(GRID_ACCOUNT, debit=c.out),
+                    Posting(site_account(site), credit=c.out),
                 )
                 if c.out
             ),

@@ -60,3 +60,7 @@ async def cloud(tmp_path: Path, cloud_settings: dict[str, Any]) -> AsyncIterator
         yield rt
     finally:
         await rt.stop()
+
+
+# The DERMS aggregator with simulated Pis on a real Mosquitto (tests/browser/derms.py).
+from tests.browser.derms import derms as derms  # noqa: E402

@@ -92,10 +92,44 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("PUT", "/api/v1/market/policies/{site_id}"): (D, A, D, D, D, A),
     ("GET", "/login"): (A, A, A, A, A, A),
     ("POST", "/login"): (A, A, A, A, A, A),
+    # The DERMS (503 here: no fleet or dispatch in this app): fleet roles watch the live fleet
+    # and the events; the grid operator handles alarms and dispatches; the dispatch key is
+    # public (devices pin it).
+    ("GET", "/api/v1/fleet/live"): (D, D, A, A, A, A),
+    ("GET", "/api/v1/fleet/groups"): (D, D, A, A, A, A),
+    ("GET", "/api/v1/fleet/totals"): (D, D, A, A, A, A),
+    ("GET", "/api/v1/fleet/stream"): (D, D, A, A, A, A),
+    ("GET", "/api/v1/alarms"): (D, D, A, A, A, A),
+    ("POST", "/api/v1/alarms/{alarm_id}/ack"): (D, D, D, D, A, A),
+    ("PUT", "/api/v1/sites/{site_id}/location"): (D, D, A, D, A, A),
+    ("GET", "/api/v1/dispatch/key"): (A, A, A, A, A, A),
+    ("POST", "/api/v1/dispatch/events"): (D, D, D, D, A, A),
+    ("GET", "/api/v1/dispatch/events"): (D, D, A, A, A, A),
+    ("GET", "/api/v1/dispatch/events/{event_id}"): (D, D, A, A, A, A),
+    ("PUT", "/api/v1/dispatch/events/{event_id}"): (D, D, D, D, A, A),
+    ("POST", "/api/v1/dispatch/events/{event_id}/cancel"): (D, D, D, D, A, A),
+    ("GET", "/api/v1/dispatch/events/{event_id}/devices"): (D, D, A, A, A, A),
+    ("GET", "/api/v1/dispatch/events/{event_id}/performance"): (D, D, A, A, A, A),
+    # The DERMS pages, and one site's live power, energy and events (own sites for a homeowner).
+    ("GET", "/fleet"): (D, D, A, A, A, A),
+    ("GET", "/events"): (D, D, A, A, A, A),
+    ("GET", "/events/{event_id}"): (D, D, A, A, A, A),
+    ("GET", "/api/v1/sites/{site_id}/live"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/sites/{site_id}/energy"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/sites/{site_id}/events"): (D, A, A, A, A, A),
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.
-PAGES = {"/", "/approvals", "/devices/{device_id}", "/home", "/market"}
+PAGES = {
+    "/",
+    "/approvals",
+    "/devices/{device_id}",
+    "/home",
+    "/market",
+    "/fleet",
+    "/events",
+    "/events/{event_id}",
+}
 
 BODIES = {
     "/api/v1/login": {"email": "homeowner@example.org", "password": "a long password"},
@@ -148,10 +182,12 @@ async def test_role_table(
         .replace("{site_id}", "site-x")
         .replace("{order_id}", "o-x")
         .replace("{trade_id}", "t-x")
+        .replace("{event_id}", "ev-x")
+        .replace("{alarm_id}", "1")
     )
     for role, decision in zip(ROLES, TABLE[(method, path)], strict=True):
         headers = {} if role == "anonymous" else {"Authorization": f"Bearer {tokens[role]}"}
-        if path == "/api/v1/stream":
+        if path in ("/api/v1/stream", "/api/v1/fleet/stream"):
             r = await client.get(url, params={"events": 1}, headers=headers)
             status = r.status_code
         elif path == "/login" and method == "POST":

@@ -56,6 +56,20 @@ async def test_demo_flow_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     assert market["settled_trades"] > 0 and 0 < market["settled_wh"] <= market["traded_wh"]
     assert market["surplus_sold_wh"] > 0, market  # exports no trade took, sold at feed-in
     assert market["replayed"], summary["ledger"]
+
+    # The DERMS: the operator's battery event reached both Pis, each acknowledged and ran it,
+    # the simulated batteries discharged as asked and the board shows it; the curtailment
+    # lowered the simulated inverters' output.
+    battery, curtail = summary["dispatch"]
+    print(summary["dispatch"])
+    assert battery["control"] == "opModFixedW" and battery["devices"] == 2
+    assert battery["responses"] == {"completed": 2}, battery
+    assert battery["requested_w"] == 4000 and battery["baseline_w"] == 0
+    assert abs(battery["delivered_w"] - 4000) <= 200, battery  # the inverters' 1 % jitter
+    assert battery["delivered_wh"] > 0 and battery["reward_minor"] > 0
+    assert curtail["control"] == "opModMaxLimW" and curtail["responses"] == {"completed": 2}
+    assert curtail["delivered_w"] < 0.8 * curtail["baseline_w"], curtail
+    assert curtail["delivered_w"] <= curtail["requested_w"] + 100, curtail
     for seqs in _chains(tmp_path / "cloud.sqlite").values():
         assert seqs == list(range(1, len(seqs) + 1))
     # A healthy run flags nothing: every interval measured, no resets, jumps or gaps.

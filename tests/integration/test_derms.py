@@ -14,6 +14,8 @@ import pytest
 from cloud.runtime import CloudRuntime
 from protocol import dispatch, topics
 from protocol.dispatch import ControlMode, DispatchAck, ResponseStatus
+from protocol.ledger_leaf import decode_leaf
+from rules.ledger import Entry, EntryKind, replay
 from simulators.fleet import FleetDevice, make_fleet
 from simulators.fleet_derms import DermsFleet
 from tests.helpers.aggregator import aggregator_runtime
@@ -38,7 +40,12 @@ class Derms:
 @pytest.fixture(name="d")
 async def derms(mosquitto: Mosquitto, db_url: str) -> AsyncIterator[Derms]:
     runtime = aggregator_runtime(
-        db_url, mosquitto.url, DEPLOYMENT, admin_token=ADMIN, dispatch_tick_s=0.2
+        db_url,
+        mosquitto.url,
+        DEPLOYMENT,
+        admin_token=ADMIN,
+        dispatch_tick_s=0.2,
+        dispatch_reward_per_kwh=10_000,  # large, so seconds of flexibility earn whole credits
     )
     await runtime.start()
     assert runtime.store is not None and runtime.fleet is not None
@@ -157,6 +164,40 @@ async def test_a_curtailment_lowers_pv_and_a_modification_supersedes(d: Derms) -
         timeout_s=20,
     )
     assert d.fleet.report.acks["superseded"] == N
+    metrics = (await d.http.get("/metrics")).text
+    assert 'gridmint_fleet_devices{state="online"} 12' in metrics
+    assert 'gridmint_dispatch_responses_total{status="superseded"} 12' in metrics
+    assert "gridmint_dispatch_ack_latency_ms_count" in metrics
+
+
+async def test_delivered_flexibility_earns_reward_credits_in_the_ledger(d: Derms) -> None:
+    # every device discharges 2500 W for 8 s: up to 5.5 Wh each (less the start's delay)
+    body = {"group": "all", "control": "opModFixedW", "value": 2500 * N, "duration_s": 8}
+    r = await d.http.post("/api/v1/dispatch/events", json=body)
+    event = r.json()
+    assert event["devices"] == N
+    await until(lambda: _all_say(d, event["event_id"], "completed"), timeout_s=30)
+
+    async def rewarded() -> list[dict[str, Any]]:
+        rows = await _devices(d, event["event_id"])
+        return rows if all(row["reward_minor"] is not None for row in rows) else []
+
+    await until(rewarded, timeout_s=20)
+    rows = await rewarded()
+    assert all(3 <= row["delivered_wh"] <= 5 for row in rows), rows
+    assert d.runtime.ledger is not None
+    log = [
+        Entry.from_bytes(decode_leaf(r.leaf).entry) for r in await d.runtime.ledger.store.leaves()
+    ]
+    entries = [e for e in log if e.kind is EntryKind.FLEX_REWARD]
+    assert {e.site for e in entries} == {row["site_id"] for row in rows}
+    assert all(e.ref == event["event_id"] for e in entries)
+    # each site's credits: its Wh at 10,000 per kWh; the per-device view adds up to them
+    for e in entries:
+        credited = sum(p.credit for p in e.postings)
+        assert credited == e.requested_wh * 10_000 // 1000
+        assert credited == sum(row["reward_minor"] for row in rows if row["site_id"] == e.site)
+    replay(log)  # the ledger's rules (what `gridmint verify` replays) accept them
 
 
 async def test_bad_requests_and_forged_acks_are_refused_and_counted(d: Derms) -> None:

@@ -23,8 +23,9 @@ from edge.meters import make_reader
 from edge.outbox import Outbox
 from edge.settings import EdgeSettings, MeterSettings
 from mqttlink import BrokerAddress, MqttLink, Subscription
+from protocol import telemetry as tele
 from protocol import topics
-from protocol.clock import SimClock, SystemClock
+from protocol.clock import SimClock
 from simulators.modbus_meter import MeterServer, SimulatedMeter, start_meter_server
 from tests.helpers.services import Mosquitto
 
@@ -34,7 +35,8 @@ pytestmark = [pytest.mark.broker, pytest.mark.modbus]
 @pytest.fixture
 async def meters() -> AsyncIterator[MeterServer]:
     rmap = load_register_map(find_register_map("eastron/sdm630"))
-    clock = SystemClock()
+    # Real time, but a June noon's: the PV meter has something to report whatever the hour.
+    clock = SimClock.starting_at(1_782_039_600, 1.0)
     server = await start_meter_server(
         {1: SimulatedMeter(rmap, "pv", clock, seed=3), 2: SimulatedMeter(rmap, "grid", clock)},
         port=0,
@@ -72,6 +74,7 @@ register_map = "eastron/sdm630"
 port = {meters.port}
 unit_id = 1
 channels = {{ generated = "export_energy" }}
+flows = {{ pv = "-total_power" }}
 
 [[meters]]
 name = "grid"
@@ -79,12 +82,13 @@ register_map = "eastron/sdm630"
 port = {meters.port}
 unit_id = 2
 channels = {{ imported = "import_energy", exported = "export_energy" }}
+flows = {{ grid = "total_power" }}
 """)
-    telemetry: list[dict] = []  # type: ignore[type-arg]
+    telemetry: list[tele.Telemetry] = []
     statuses: list[dict] = []  # type: ignore[type-arg]
 
     async def on_tele(_t: str, p: bytes) -> None:
-        telemetry.append(json.loads(p))
+        telemetry.append(tele.decode(p))  # strict: canonical CBOR or it raises
 
     async def on_status(_t: str, p: bytes) -> None:
         statuses.append(json.loads(p))
@@ -110,10 +114,22 @@ channels = {{ imported = "import_energy", exported = "export_energy" }}
     )
     try:
         await _until(lambda: len(telemetry) >= 3)
-        live = telemetry[-1]["meters"]
-        assert set(live) == {"pv", "grid"}
-        assert 200 < live["pv"]["voltage_l1"] < 260
-        assert live["grid"]["frequency"] == pytest.approx(50, abs=0.5)
+        live = telemetry[-1]
+        assert live.device_id == "pi-tele" and live.boot >= 1
+        assert [t.seq for t in telemetry] == list(range(len(telemetry)))  # one run, in order
+        # The simulator's model at the sample's time (its meters add 1 % / 5 % jitter).
+        sim = meters.meters[1].clock
+        assert isinstance(sim, SimClock)
+        ts = live.at_ms / 1000 + sim.origin_sim - sim.origin_real  # the agent's clock is real
+        pv_model = meters.meters[1].home.pv_w(ts)
+        grid_model = meters.meters[2].net_power_w(ts)  # load - pv of the grid meter's home
+        assert live.pv_w is not None and live.pv_w > 1000  # noon: generating, sign right
+        assert live.pv_w == pytest.approx(pv_model, rel=0.1, abs=20)
+        assert live.grid_w is not None
+        assert live.grid_w == pytest.approx(grid_model, rel=0.25, abs=50)
+        assert live.battery_w is None and live.soc_permille is None  # no meter measures them
+        assert not live.health & tele.Health.FAULT
+        assert live.backlog >= 0
         await _until(lambda: any(s["state"] == "online" for s in statuses))
         agent.send_signal(signal.SIGKILL)  # power cut: no goodbye, the broker sends the will
         agent.wait(10)

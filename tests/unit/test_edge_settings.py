@@ -128,3 +128,34 @@ def test_the_agent_modules_do_not_import_pydantic() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)
     assert done.stdout.strip() == "False"
+
+
+def test_dispatch_settings_and_telemetry_flows(tmp_path: Path) -> None:
+    s = _load(tmp_path, BASE + METER)
+    assert s.dispatch_key == "" and s.dispatch_silence_revert_s == 900.0
+    assert s.meters[0].flows == {}
+    key = "AB" * 32
+    s = _load(
+        tmp_path,
+        BASE
+        + f'dispatch_key = "{key}"\ndispatch_silence_revert_s = "600"\n'
+        + METER
+        + 'flows = { pv = "-total_power", grid = "total_power" }\n',
+    )
+    assert s.dispatch_key == key.lower() and s.dispatch_silence_revert_s == 600.0
+    assert s.meters[0].flows == {"pv": "-total_power", "grid": "total_power"}
+    assert "dispatch_key: dispatch_key should be 64 hex digits" in _problems(
+        tmp_path, BASE + 'dispatch_key = "abcd"\n' + METER
+    )
+    assert "dispatch_key: dispatch_key should be 64 hex digits" in _problems(
+        tmp_path, BASE + f'dispatch_key = "{"zz" * 32}"\n' + METER
+    )
+    assert "dispatch_silence_revert_s: Input should be greater than 0" in _problems(
+        tmp_path, BASE + "dispatch_silence_revert_s = 0\n" + METER
+    )
+    assert "meters.0.flows: flow 'load' should be 'pv', 'battery' or 'grid'" in _problems(
+        tmp_path, BASE + METER + 'flows = { load = "total_power" }\n'
+    )
+    assert "meters.0.flows: flow 'pv' should name a power quantity" in _problems(
+        tmp_path, BASE + METER + 'flows = { pv = "-" }\n'
+    )

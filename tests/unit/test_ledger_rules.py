@@ -298,6 +298,35 @@ def test_grid_purchase_is_payment_only() -> None:
     assert eng.state.balance(site_account("h")) == 1000 - 450
 
 
+def test_a_flexibility_reward_is_payment_from_the_grid_account_and_replays() -> None:
+    eng = LedgerEngine()
+    e = eng.flex_reward("h", T0, "ev-1", 1500, reward_minor_per_kwh=25)
+    assert e.kind is EntryKind.FLEX_REWARD and not e.burns and not e.mints
+    assert (e.ref, e.requested_wh) == ("ev-1", 1500)
+    eng.flex_reward("h", T0 + 300, "ev-2", 1500, reward_minor_per_kwh=25)
+    # 1.5 kWh at 25 = 37.5: 37 now, the half carried into the next reward (38)
+    assert eng.state.balance(site_account("h")) == 37 + 38
+    assert eng.state.balance(GRID_ACCOUNT) == -(37 + 38)
+    assert replay(eng.entries).snapshot() == eng.state.snapshot()
+    with pytest.raises(LedgerRuleError):
+        eng.flex_reward("h", T0, "", 100, 25)
+    with pytest.raises(LedgerRuleError):
+        eng.flex_reward("h", T0, "ev-3", 0, 25)
+
+
+def test_a_reward_paying_more_than_its_rule_is_refused_on_replay() -> None:
+    eng = LedgerEngine()
+    e = eng.flex_reward("h", T0, "ev-1", 2000, reward_minor_per_kwh=25)  # 50
+    richer = dataclasses.replace(
+        e, postings=(Posting(GRID_ACCOUNT, debit=500), Posting(site_account("h"), credit=500))
+    )
+    with pytest.raises(LedgerRuleError, match="postings"):
+        replay([richer])
+    anonymous = dataclasses.replace(e, ref="")
+    with pytest.raises(LedgerRuleError, match="reward"):
+        replay([anonymous])
+
+
 def test_conversion_carries() -> None:
     c = convert("k", 7, 3, 10, 0)
     assert (c.out, c.carry_out) == (2, 1)

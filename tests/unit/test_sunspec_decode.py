@@ -163,7 +163,7 @@ def test_rejects_bad_words() -> None:
 
 def test_model_tables_match_the_sunspec_definitions() -> None:
     defs = load_model_defs()
-    assert set(defs) == {1, 101, 102, 103, 201, 202, 203, 204}
+    assert set(defs) == {1, 101, 102, 103, 123, 124, 201, 202, 203, 204}
     assert (defs[1].length, defs[103].length, defs[203].length) == (66, 50, 105)
     inv = defs[103].points
     assert (inv["W"].offset, inv["W_SF"].offset, inv["WH"].offset, inv["WH_SF"].offset) == (

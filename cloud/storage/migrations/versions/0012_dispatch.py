@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("created_ms", sa.BigInteger, nullable=False, index=True),
         sa.Column("created_by", sa.String(64), nullable=False),
         sa.Column("modified_ms", sa.BigInteger, nullable=False),
+        sa.Column("rewarded_ms", sa.BigInteger, nullable=True),
     )
     op.create_table(
         "dispatch_commands",
@@ -60,6 +61,8 @@ def upgrade() -> None:
         sa.Column("measured_w", sa.BigInteger, nullable=True),
         sa.Column("detail", sa.String(128), nullable=False, server_default=""),
         sa.Column("envelope", sa.LargeBinary, nullable=False),
+        sa.Column("delivered_wh", sa.BigInteger, nullable=True),
+        sa.Column("reward_minor", sa.BigInteger, nullable=True),
     )
     op.create_table(
         "dispatch_responses",
