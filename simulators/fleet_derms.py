@@ -90,6 +90,13 @@ class SimDevice:
     seen: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     active: DispatchCommand | None = None
     seq: int = 0
+    telemetry_topic: str = ""
+    acks_topic: str = ""
+
+    def __post_init__(self) -> None:
+        d = self.device
+        self.telemetry_topic = topics.topic(d.site_id, d.device_id, topics.Channel.TELEMETRY)
+        self.acks_topic = topics.topic(d.site_id, d.device_id, topics.Channel.ACKS)
 
 
 @dataclass
@@ -190,8 +197,9 @@ class DermsFleet:
                 soc_permille=h.soc_permille,
                 grid_w=h.grid_w,
             )
-            topic = topics.topic(s.device.site_id, s.device.device_id, topics.Channel.TELEMETRY)
-            sent += self._link(s.device.device_id).publish_nowait(topic, telemetry.encode(t), qos=0)
+            sent += self._link(s.device.device_id).publish_nowait(
+                s.telemetry_topic, telemetry.encode(t), qos=0
+            )
         self.report.telemetry += sent
         return sent
 
@@ -202,9 +210,8 @@ class DermsFleet:
 
     def _ack(self, s: SimDevice, ack: DispatchAck) -> None:
         d = s.device
-        topic = topics.topic(d.site_id, d.device_id, topics.Channel.ACKS)
         self._link(d.device_id).publish_nowait(
-            topic, dispatch.sign_ack(ack, d.key, self.deployment), qos=1
+            s.acks_topic, dispatch.sign_ack(ack, d.key, self.deployment), qos=1
         )
         self.report.acks[ack.status.name.lower()] += 1
 

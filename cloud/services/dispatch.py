@@ -71,6 +71,19 @@ class _Live:
     commands: list[CommandRow]
     baselined_at_start: bool = False
     resent_at: float = 0.0
+    # device id -> its index in `commands` (an ack finds its command without a scan: a scan
+    # per ack made a 10,000-device event's acks cost 10,000 x 10,000 comparisons)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def find(self, device_id: str, modification: int) -> int | None:
+        """Index in `commands` of the device's command of this modification, or None."""
+        i = self.index.get(device_id)
+        if i is None or i >= len(self.commands) or self.commands[i].device_id != device_id:
+            self.index = {c.device_id: k for k, c in enumerate(self.commands)}
+            i = self.index.get(device_id)
+        if i is None or self.commands[i].modification != modification:
+            return None
+        return i
 
 
 def status_name(status: int | None) -> str:
@@ -424,19 +437,19 @@ class DispatchService:
             live = self._live.get(r.event_id)
             if live is None:
                 continue
-            for i, c in enumerate(live.commands):
-                if c.device_id == r.device_id and c.modification == r.modification:
-                    if c.first_ack_ms is None:
-                        self._latency(received_ms - c.sent_ms)
-                    live.commands[i] = replace(
-                        c,
-                        status=r.status,
-                        status_ms=received_ms,
-                        first_ack_ms=c.first_ack_ms or received_ms,
-                        measured_w=r.measured_w if r.measured_w is not None else c.measured_w,
-                        detail=r.detail,
-                    )
-                    break
+            i = live.find(r.device_id, r.modification)
+            if i is not None:
+                c = live.commands[i]
+                if c.first_ack_ms is None:
+                    self._latency(received_ms - c.sent_ms)
+                live.commands[i] = replace(
+                    c,
+                    status=r.status,
+                    status_ms=received_ms,
+                    first_ack_ms=c.first_ack_ms or received_ms,
+                    measured_w=r.measured_w if r.measured_w is not None else c.measured_w,
+                    detail=r.detail,
+                )
         await self.fleet.flush_alarms()
 
     def _verify(self, payload: bytes, device_id: str) -> tuple[dispatch.DispatchAck | None, str]:
