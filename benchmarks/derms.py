@@ -60,6 +60,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import insert
 
+from benchmarks.ingest import _thread_cpu
 from benchmarks.machine import machine_facts
 from cloud.broker_config import AGGREGATOR_INFLIGHT
 from cloud.domain.devices import DeviceStatus
@@ -299,6 +300,7 @@ class RunResult:
     aggregator_cpu: float = math.nan  # share of one core during the latency window
     broker_cpu: float = math.nan
     telemetry_per_s: float = math.nan  # telemetry messages the aggregator took per second
+    cpu_by_thread: dict[str, float] = field(default_factory=dict)  # share of a core, by thread
     totals_delays: list[float] = field(default_factory=list)
     totals_publish_s: list[float] = field(default_factory=list)  # the fleet's publishing
     totals_after_publish: list[float] = field(default_factory=list)  # last publish -> seen
@@ -471,6 +473,7 @@ async def _latency_phase(
         daemon=True,
     )
     tel0 = runtime.fleet.counters.telemetry
+    threads0 = _thread_cpu()
     cpu0, bcpu0, t0 = time.process_time(), _cpu_of(broker.proc.pid), time.perf_counter()
     proc.start()
     got = await asyncio.to_thread(results.get, True, args.latency_s + 120)
@@ -478,6 +481,11 @@ async def _latency_phase(
     res.aggregator_cpu = (time.process_time() - cpu0) / wall
     res.broker_cpu = (_cpu_of(broker.proc.pid) - bcpu0) / wall
     res.telemetry_per_s = (runtime.fleet.counters.telemetry - tel0) / wall
+    res.cpu_by_thread = {
+        name: round((cpu - threads0.get(name, 0.0)) / wall, 3)
+        for name, cpu in sorted(_thread_cpu().items(), key=lambda kv: -kv[1])
+        if cpu - threads0.get(name, 0.0) > 0.005 * wall
+    }
     await asyncio.to_thread(proc.join, 10)
     if "error" in got:
         raise RuntimeError(f"HTTP load: {got['error']}")
@@ -631,6 +639,7 @@ def summary(res: RunResult, base: RunResult | None, args: Any) -> str:
         f"aggregator CPU {res.aggregator_cpu:.0%} of a core, broker {res.broker_cpu:.0%}, "
         f"telemetry taken {res.telemetry_per_s:,.0f}/s"
     )
+    lines.append(f"aggregator CPU by thread (share of a core): {res.cpu_by_thread}")
     hz99 = res.p("key", 99)
     lines.append(
         f"{'endpoint':<10}{'n':>7}{'err':>5}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes], bool]
 # After the end, the board keeps sampling this long (the devices' way back to normal).
 TAIL_S = 60
+# Unanswered commands are resent only once an event's answers have paused this long.
+ANSWERS_QUIET_S = 5.0
 
 
 @dataclass(slots=True)
@@ -71,6 +73,7 @@ class _Live:
     commands: list[CommandRow]
     baselined_at_start: bool = False
     resent_at: float = 0.0
+    answered_at: float = 0.0  # when the last acknowledgement for it came (clock s)
     # device id -> its index in `commands` (an ack finds its command without a scan: a scan
     # per ack made a 10,000-device event's acks cost 10,000 x 10,000 comparisons)
     index: dict[str, int] = field(default_factory=dict)
@@ -437,6 +440,7 @@ class DispatchService:
             live = self._live.get(r.event_id)
             if live is None:
                 continue
+            live.answered_at = received_ms / 1000
             i = live.find(r.device_id, r.modification)
             if i is not None:
                 c = live.commands[i]
@@ -510,7 +514,14 @@ class DispatchService:
                 meas_total += measured.get(c.device_id, base)
                 base_total += base
             samples.append((event_id, now_s, req_total, meas_total, base_total, len(measured)))
-            if now_s < end and now - live.resent_at > self.resend_after_s:
+            # Not while answers are still coming in: a big event's first answers can take
+            # longer than resend_after_s, and resending then only doubles the work on both
+            # sides (every copy is verified and answered again).
+            if (
+                now_s < end
+                and now - live.resent_at > self.resend_after_s
+                and now - live.answered_at > ANSWERS_QUIET_S
+            ):
                 live.resent_at = now
                 self._resend(live)
         await self.store.add_samples(samples)
