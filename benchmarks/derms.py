@@ -304,6 +304,7 @@ class RunResult:
     totals_delays: list[float] = field(default_factory=list)
     totals_publish_s: list[float] = field(default_factory=list)  # the fleet's publishing
     totals_after_publish: list[float] = field(default_factory=list)  # last publish -> seen
+    totals_first: list[float] = field(default_factory=list)  # change -> first sample counted
     totals_missed: int = 0
     post_s: float = math.nan
     targeted: int = 0
@@ -503,10 +504,13 @@ async def _totals_phase(
         expected = n * (load - PV_W)
         for pipe in fleet.pipes:
             pipe.send(("load", load))
-        seen_at = None
+        seen_at = first_at = None
+        before = (await http.get("/api/v1/fleet/totals")).json()["grid_w"]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             t = (await http.get("/api/v1/fleet/totals")).json()
+            if first_at is None and t["grid_w"] != before:
+                first_at = time.time()  # the round's first sample is in the totals
             if t["grid_w"] == expected:
                 seen_at = time.time()
                 break
@@ -522,6 +526,7 @@ async def _totals_phase(
         else:
             res.totals_delays.append(seen_at - changed_at)
             res.totals_after_publish.append(seen_at - published_at)
+            res.totals_first.append((first_at or seen_at) - changed_at)
 
 
 async def _dispatch_phase(
@@ -661,7 +666,8 @@ def summary(res: RunResult, base: RunResult | None, args: Any) -> str:
         f"median {_ms(pct(d, 50))} ms, max {_ms(max(d) if d else math.nan)} ms; "
         f"the fleet's publishing took up to {_ms(max(res.totals_publish_s, default=math.nan))} "
         f"ms; after its last publish: median {_ms(pct(res.totals_after_publish, 50))} ms, max "
-        f"{_ms(max(res.totals_after_publish, default=math.nan))} ms"
+        f"{_ms(max(res.totals_after_publish, default=math.nan))} ms; the round's first sample "
+        f"counted after median {_ms(pct(res.totals_first, 50))} ms"
         + (
             f"; x{pct(d, 50) / pct(base.totals_delays, 50):.1f} the baseline's median"
             if base and base.totals_delays
@@ -727,12 +733,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {facts}")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
     print(f"command: {' '.join(sys.argv)}")
+    print(f"load average at the start: {os.getloadavg()}")
     base = None
     if args.baseline_devices:
         base = run_size(args.baseline_devices, args)
         print(summary(base, None, args), flush=True)
     res = run_size(args.devices, args)
     print(summary(res, base, args))
+    print(f"load average at the end: {os.getloadavg()}")
     return 0 if res.ok and (base is None or base.ok) else 1
 
 
