@@ -10,7 +10,8 @@ Parts, all real: Mosquitto on a free port (configured as cloud/broker_config.py 
 docs/operations.md say: 256 in flight, a queue above the fleet's burst); the aggregator
 (`CloudRuntime` with its HTTP API, SQLite in a temp dir by default, or a fresh database on the
 PostgreSQL server of `--database-url`, dropped afterwards) in this process; the simulated Pis
-(`simulators.fleet_derms.DermsFleet`: CBOR telemetry every `--telemetry-s`, commands checked
+(`simulators.fleet_derms.DermsFleet`: CBOR telemetry every `--telemetry-s`, by default over
+`RawTelemetryPublisher` (`--fleet-telemetry`), commands checked
 with the protocol's own code, signed acknowledgements) in `--fleet-processes` separate
 processes; the HTTP load (httpx, keep-alive, `--concurrency` requests in flight) in another
 process, so that neither shares the aggregator's GIL.
@@ -114,12 +115,24 @@ def _fleet_process(
     telemetry_s: float,
     connections: int,
     pipe: Any,
+    profile: str = "",
+    raw_telemetry: bool = True,
 ) -> None:
     logging.basicConfig(level=logging.WARNING)
+    main = _fleet_main(
+        n, first, count, broker_url, dispatch_key, telemetry_s, connections, pipe, raw_telemetry
+    )
     try:
-        asyncio.run(
-            _fleet_main(n, first, count, broker_url, dispatch_key, telemetry_s, connections, pipe)
-        )
+        if not profile:
+            asyncio.run(main)
+            return
+        import cProfile
+
+        prof = cProfile.Profile()
+        try:
+            prof.runcall(asyncio.run, main)
+        finally:
+            prof.dump_stats(f"{profile}.{n}.fleet-{first}")
     except BaseException as exc:  # tell the parent rather than die silently
         with contextlib.suppress(Exception):
             pipe.send(("error", repr(exc)))
@@ -134,6 +147,7 @@ async def _fleet_main(
     telemetry_s: float,
     connections: int,
     pipe: Any,
+    raw_telemetry: bool,
 ) -> None:
     devices = bench_devices(n, first, count)
     fleet = DermsFleet(
@@ -143,6 +157,7 @@ async def _fleet_main(
         dispatch_key,
         connections=connections,
         telemetry_every_s=telemetry_s,
+        raw_telemetry=raw_telemetry,
     )
     await fleet.start()
     pipe.send(("ready", count))
@@ -189,6 +204,8 @@ class FleetProcs:
                     args.telemetry_s,
                     args.connections,
                     theirs,
+                    args.profile,
+                    args.fleet_telemetry == "raw",
                 ),
                 daemon=True,
             )
@@ -716,9 +733,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fleet-processes", type=int, default=2)
     p.add_argument("--connections", type=int, default=4, help="MQTT connections per process")
     p.add_argument(
+        "--fleet-telemetry",
+        choices=("raw", "paho"),
+        default="raw",
+        help="how the simulated fleet sends its samples: pre-framed QoS 0 packets over a socket "
+        "(raw) or its MQTT links (paho: a socket write per sample to wake paho's thread, which "
+        "took most of the fleet's CPU on the machine the aggregator shares)",
+    )
+    p.add_argument(
         "--profile",
         default="",
-        help="cProfile the aggregator's process; stats to PROFILE.<devices> (slows it down)",
+        help="cProfile the aggregator's process and the fleet's; stats to PROFILE.<devices> and "
+        "PROFILE.<devices>.fleet-<first device> (slows everything down)",
     )
     args = p.parse_args(argv)
     if args.devices < 1 or args.fleet_processes < 1 or args.connections < 1:
