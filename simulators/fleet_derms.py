@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mqttlink import BatchSubscription, MqttLink, parse_brokers, rotated
+from mqttlink import BatchSubscription, BrokerAddress, MqttLink, parse_brokers, rotated
 from protocol import dispatch, telemetry, topics
 from protocol.dispatch import (
     FULL_SCALE,
@@ -33,6 +33,65 @@ from protocol.dispatch import (
 from simulators.fleet import FleetDevice
 
 SUPPORTED = frozenset({ControlMode.OP_MOD_FIXED_W, ControlMode.OP_MOD_MAX_LIM_W})
+
+
+def _mqtt_packet(first_byte: int, body: bytes) -> bytes:
+    """An MQTT 3.1.1 packet: fixed header (type and flags, remaining length) and body."""
+    n, length = len(body), bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        length.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes([first_byte]) + bytes(length) + body
+
+
+def _mqtt_str(b: bytes) -> bytes:
+    return len(b).to_bytes(2, "big") + b
+
+
+class RawTelemetryPublisher:
+    """QoS 0 PUBLISH packets written straight to a plain socket: a real MQTT 3.1.1 exchange with
+    the broker without a client library. paho wakes its network thread with a socket write for
+    every publish, which made a simulated fleet of 10,000 spend most of its CPU (shared with
+    the aggregator it loads) on those wake-ups; a Pi publishes one sample, not 10,000."""
+
+    def __init__(self, address: BrokerAddress, client_id: str) -> None:
+        if address.tls:
+            raise ValueError("raw telemetry needs a plain (mqtt://) broker")
+        self.address = address
+        self.client_id = client_id
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def start(self, timeout_s: float) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.address.host, self.address.port), timeout_s
+        )
+        # protocol "MQTT" level 4, clean session, keep-alive off (the broker never pings it)
+        writer.write(
+            _mqtt_packet(
+                0x10, _mqtt_str(b"MQTT") + b"\x04\x02\x00\x00" + _mqtt_str(self.client_id.encode())
+            )
+        )
+        connack = await asyncio.wait_for(reader.readexactly(4), timeout_s)
+        if connack[0] != 0x20 or connack[3] != 0:
+            writer.close()
+            raise ConnectionError(f"the broker refused the telemetry publisher: {connack.hex()}")
+        self._writer = writer
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        w = self._writer
+        if w is None or w.is_closing():
+            return False
+        w.write(_mqtt_packet(0x30, _mqtt_str(topic.encode()) + payload))
+        return True
+
+    async def stop(self) -> None:
+        w, self._writer = self._writer, None
+        if w is not None and not w.is_closing():
+            w.write(b"\xe0\x00")  # DISCONNECT
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
 
 
 @dataclass
@@ -90,6 +149,13 @@ class SimDevice:
     seen: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     active: DispatchCommand | None = None
     seq: int = 0
+    telemetry_topic: str = ""
+    acks_topic: str = ""
+
+    def __post_init__(self) -> None:
+        d = self.device
+        self.telemetry_topic = topics.topic(d.site_id, d.device_id, topics.Channel.TELEMETRY)
+        self.acks_topic = topics.topic(d.site_id, d.device_id, topics.Channel.ACKS)
 
 
 @dataclass
@@ -116,7 +182,10 @@ class DermsFleet:
         telemetry_every_s: float = 1.0,
         now: Callable[[], float] = time.time,
         homes: Callable[[int], SimHome] | None = None,
+        raw_telemetry: bool = False,
     ) -> None:
+        """`raw_telemetry`: send the samples with `RawTelemetryPublisher` (plain brokers only)
+        instead of the MQTT links, for fleets of thousands in one process."""
         self.deployment = deployment
         self.dispatch_key = dispatch_key
         self.now = now
@@ -145,6 +214,14 @@ class DermsFleet:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
+        self.raw = (
+            [
+                RawTelemetryPublisher(rotated(addresses, c)[0], f"derms-{stamp}-{c}-telemetry")
+                for c in range(connections)
+            ]
+            if raw_telemetry
+            else []
+        )
 
     async def start(self, timeout_s: float = 30.0) -> None:
         await self.receiver.start()
@@ -154,6 +231,8 @@ class DermsFleet:
         ready += [await link.wait_ready(timeout_s) for link in self.links]
         if not all(ready):
             raise ConnectionError("the DERMS fleet could not connect to its broker")
+        for pub in self.raw:
+            await pub.start(timeout_s)
         self._tasks.append(asyncio.create_task(self._telemetry_loop()))
 
     async def stop(self) -> None:
@@ -165,6 +244,8 @@ class DermsFleet:
                 await t
         for h in self._timers:
             h.cancel()
+        for pub in self.raw:
+            await pub.stop()
         for link in self.links:
             await link.stop()
         await self.receiver.stop()
@@ -190,8 +271,14 @@ class DermsFleet:
                 soc_permille=h.soc_permille,
                 grid_w=h.grid_w,
             )
-            topic = topics.topic(s.device.site_id, s.device.device_id, topics.Channel.TELEMETRY)
-            sent += self._link(s.device.device_id).publish_nowait(topic, telemetry.encode(t), qos=0)
+            payload = telemetry.encode(t)
+            if self.raw:
+                k = self._index[s.device.device_id] % len(self.raw)
+                sent += self.raw[k].publish(s.telemetry_topic, payload)
+            else:
+                sent += self._link(s.device.device_id).publish_nowait(
+                    s.telemetry_topic, payload, qos=0
+                )
         self.report.telemetry += sent
         return sent
 
@@ -202,9 +289,8 @@ class DermsFleet:
 
     def _ack(self, s: SimDevice, ack: DispatchAck) -> None:
         d = s.device
-        topic = topics.topic(d.site_id, d.device_id, topics.Channel.ACKS)
         self._link(d.device_id).publish_nowait(
-            topic, dispatch.sign_ack(ack, d.key, self.deployment), qos=1
+            s.acks_topic, dispatch.sign_ack(ack, d.key, self.deployment), qos=1
         )
         self.report.acks[ack.status.name.lower()] += 1
 

@@ -21,6 +21,8 @@ from protocol.telemetry import Health, Telemetry
 # A device that sent nothing for this long is shown offline even without a last-will message
 # (a Pi whose broker session is up but whose agent hangs).
 STALE_MS = 60_000
+_FAULT = int(Health.FAULT)
+_CLOCK_UNSYNCHRONISED = int(Health.CLOCK_UNSYNCHRONISED)
 
 
 @dataclass(slots=True)
@@ -54,6 +56,21 @@ class Totals:
         self.capacity_wh += sign * c.capacity_wh
         self.up_flex_w += sign * c.up_flex_w
         self.down_flex_w += sign * c.down_flex_w
+
+    def shift(self, old: Contribution, new: Contribution) -> None:
+        """Replace one device's contribution `old` by `new` (as add(old, -1) then add(new, 1),
+        in one pass: this runs for every telemetry sample)."""
+        self.online += new.online - old.online
+        self.pv_w += new.pv_w - old.pv_w
+        self.battery_w += new.battery_w - old.battery_w
+        self.grid_w += new.grid_w - old.grid_w
+        self.import_w += max(new.grid_w, 0) - max(old.grid_w, 0)
+        self.export_w += max(-new.grid_w, 0) - max(-old.grid_w, 0)
+        self.load_w += new.load_w - old.load_w
+        self.stored_wh += new.stored_wh - old.stored_wh
+        self.capacity_wh += new.capacity_wh - old.capacity_wh
+        self.up_flex_w += new.up_flex_w - old.up_flex_w
+        self.down_flex_w += new.down_flex_w - old.down_flex_w
 
     @property
     def soc_permille(self) -> int | None:
@@ -121,9 +138,12 @@ class DeviceLive:
         if not self.connected:
             return "offline"
         t = self.telemetry
-        if self.status == "fault" or (t is not None and t.health & Health.FAULT):
+        # plain int bits: IntFlag's & builds a flag object, and this runs several times for
+        # every telemetry sample
+        health = int(t.health) if t is not None else 0
+        if self.status == "fault" or health & _FAULT:
             return "fault"
-        if t is not None and t.health & Health.CLOCK_UNSYNCHRONISED:
+        if health & _CLOCK_UNSYNCHRONISED:
             return "clock_unsynchronised"
         if self.backlog > 0 or self.status == "buffering":
             return "buffering"
@@ -191,11 +211,14 @@ class FleetState:
 
     def _restate(self, d: DeviceLive, now_ms: int, before: str) -> None:
         new = contribution(d)
-        for g in self._groups(d):
-            tot = self.totals.setdefault(g, Totals())
-            tot.add(d.contribution, -1)
-            tot.add(new, 1)
-        d.contribution = new
+        old = d.contribution
+        if new != old:
+            for g in self._groups(d):
+                tot = self.totals.get(g)
+                if tot is None:
+                    tot = self.totals[g] = Totals()
+                tot.shift(old, new)
+            d.contribution = new
         if d.state != before:
             d.since_ms = now_ms
         self.version += 1

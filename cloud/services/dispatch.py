@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes], bool]
 # After the end, the board keeps sampling this long (the devices' way back to normal).
 TAIL_S = 60
+# Unanswered commands are resent only once an event's answers have paused this long.
+ANSWERS_QUIET_S = 5.0
 
 
 @dataclass(slots=True)
@@ -79,6 +81,20 @@ class _Live:
     accounted_at: float | None = None
     last_flex: dict[str, int] = field(default_factory=dict)  # W, at the last tick
     rewarded: bool = False
+    answered_at: float = 0.0  # when the last acknowledgement for it came (clock s)
+    # device id -> its index in `commands` (an ack finds its command without a scan: a scan
+    # per ack made a 10,000-device event's acks cost 10,000 x 10,000 comparisons)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def find(self, device_id: str, modification: int) -> int | None:
+        """Index in `commands` of the device's command of this modification, or None."""
+        i = self.index.get(device_id)
+        if i is None or i >= len(self.commands) or self.commands[i].device_id != device_id:
+            self.index = {c.device_id: k for k, c in enumerate(self.commands)}
+            i = self.index.get(device_id)
+        if i is None or self.commands[i].modification != modification:
+            return None
+        return i
 
 
 def status_name(status: int | None) -> str:
@@ -461,19 +477,20 @@ class DispatchService:
             live = self._live.get(r.event_id)
             if live is None:
                 continue
-            for i, c in enumerate(live.commands):
-                if c.device_id == r.device_id and c.modification == r.modification:
-                    if c.first_ack_ms is None:
-                        self._latency(received_ms - c.sent_ms)
-                    live.commands[i] = replace(
-                        c,
-                        status=r.status,
-                        status_ms=received_ms,
-                        first_ack_ms=c.first_ack_ms or received_ms,
-                        measured_w=r.measured_w if r.measured_w is not None else c.measured_w,
-                        detail=r.detail,
-                    )
-                    break
+            live.answered_at = received_ms / 1000
+            i = live.find(r.device_id, r.modification)
+            if i is not None:
+                c = live.commands[i]
+                if c.first_ack_ms is None:
+                    self._latency(received_ms - c.sent_ms)
+                live.commands[i] = replace(
+                    c,
+                    status=r.status,
+                    status_ms=received_ms,
+                    first_ack_ms=c.first_ack_ms or received_ms,
+                    measured_w=r.measured_w if r.measured_w is not None else c.measured_w,
+                    detail=r.detail,
+                )
         await self.fleet.flush_alarms()
 
     def _verify(self, payload: bytes, device_id: str) -> tuple[dispatch.DispatchAck | None, str]:
@@ -558,7 +575,14 @@ class DispatchService:
                         acc = live.delivered_ws
                         acc[c.device_id] = acc.get(c.device_id, 0) + int(flex * dt)
             samples.append((event_id, now_s, req_total, meas_total, base_total, len(measured)))
-            if now_s < end and now - live.resent_at > self.resend_after_s:
+            # Not while answers are still coming in: a big event's first answers can take
+            # longer than resend_after_s, and resending then only doubles the work on both
+            # sides (every copy is verified and answered again).
+            if (
+                now_s < end
+                and now - live.resent_at > self.resend_after_s
+                and now - live.answered_at > ANSWERS_QUIET_S
+            ):
                 live.resent_at = now
                 self._resend(live)
         await self.store.add_samples(samples)

@@ -510,6 +510,67 @@ class DispatchStore:
             )
         return True
 
+    async def apply_alarms(
+        self, transitions: Sequence[tuple[str, str, str, str, bool]], now_ms: int
+    ) -> list[str]:
+        """Raise and clear alarms in one transaction: (kind, device, site, detail, up) in order,
+        each as `raise_alarm` (up) or `clear_alarm` would; returns the kinds of the alarms
+        opened. The open alarms of those kinds are read once, so a clear with nothing open (a
+        device coming online for the first time) writes nothing, and the writes go in bulk:
+        a fleet of 10,000 coming online is one read, not 10,000 transactions."""
+        if not transitions:
+            return []
+        c = alarms.c
+        kinds = sorted({t[0] for t in transitions})
+        raised: list[str] = []
+        async with self.engine.begin() as conn:
+            rows = await conn.execute(
+                select(c.kind, c.device_id).where(c.cleared_ms.is_(None), c.kind.in_(kinds))
+            )
+            open_now = {(str(k), str(d)) for k, d in rows.all()}
+            # Segments in which each (kind, device) occurs once keep the order of a raise and
+            # a clear of the same alarm (its inserts go before its updates within a segment).
+            start = 0
+            while start < len(transitions):
+                seen: set[tuple[str, str]] = set()
+                end = start
+                while end < len(transitions) and transitions[end][:2] not in seen:
+                    seen.add(transitions[end][:2])
+                    end += 1
+                inserts, clears = [], []
+                for kind, device_id, site_id, detail, up in transitions[start:end]:
+                    key = (kind, device_id)
+                    if up and key not in open_now:
+                        open_now.add(key)
+                        raised.append(kind)
+                        inserts.append(
+                            {
+                                "kind": kind,
+                                "device_id": device_id,
+                                "site_id": site_id,
+                                "detail": detail[:500],
+                                "raised_ms": now_ms,
+                            }
+                        )
+                    elif not up and key in open_now:
+                        open_now.discard(key)
+                        clears.append({"k": kind, "d": device_id})
+                if inserts:
+                    await conn.execute(insert(alarms), inserts)
+                if clears:
+                    await conn.execute(
+                        update(alarms)
+                        .where(
+                            c.kind == bindparam("k"),
+                            c.device_id == bindparam("d"),
+                            c.cleared_ms.is_(None),
+                        )
+                        .values(cleared_ms=now_ms),
+                        clears,
+                    )
+                start = end
+        return raised
+
     async def clear_alarm(self, kind: str, device_id: str, now_ms: int) -> bool:
         """Mark the open alarm of this kind for the device cleared (the condition ended)."""
         c = alarms.c
