@@ -167,6 +167,9 @@ async def test_every_route_has_a_row(store: Store) -> None:
         if isinstance(getattr(r, "original_route", r), APIRoute)
         for m in r.methods
         if r.path not in ("/docs", "/redoc", "/openapi.json")
+        # The OpenADR 3 VTN answers to its own OAuth2 clients and scopes, not to roles: its
+        # policy is tested in test_openadr_api.py (401 without a token, 403 without the scope).
+        and not r.path.startswith("/openadr3/")
     }
     assert found == set(TABLE)
 
