@@ -150,7 +150,7 @@ def allocate(req: EventRequest, devices: Sequence[DeviceCapability]) -> list[All
         want = min(abs(req.value), total_room)
         if not rooms:
             return []
-        shares = _largest_remainder(want, [r for _, r in rooms])
+        shares = largest_remainder(want, [r for _, r in rooms])
         out = []
         for (d, room), share in zip(rooms, shares, strict=True):
             share = min(share, room)
@@ -171,8 +171,9 @@ def allocate(req: EventRequest, devices: Sequence[DeviceCapability]) -> list[All
     return [Allocation(d.device_id, d.site_id, req.value, req.value) for d in targets]
 
 
-def _largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
-    """Integer shares of `total` in proportion to `weights` (all > 0), adding up to `total`."""
+def largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
+    """Integer shares of `total` in proportion to `weights` (>= 0, not all 0), adding up to
+    `total`: each gets its floor, the rest go to the largest remainders."""
     wsum = sum(weights)
     raw = [total * w for w in weights]
     shares = [r // wsum for r in raw]

@@ -36,6 +36,7 @@ from cloud.domain.dispatch_events import (
     allocate,
     check_request,
     event_status,
+    largest_remainder,
     measured_flow,
     ramped,
     requested_flow_w,
@@ -680,11 +681,7 @@ def _split(
         total = sum(wh for _d, wh in devs)
         if not devs or total <= 0:
             continue
-        shares = [amount * wh // total for _d, wh in devs]
-        left = amount - sum(shares)
-        order = sorted(range(len(devs)), key=lambda i: -(amount * devs[i][1] % total))
-        for i in order[:left]:
-            shares[i] += 1
+        shares = largest_remainder(amount, [wh for _d, wh in devs])
         out += [(d, s) for (d, _wh), s in zip(devs, shares, strict=True)]
     return out
 
