@@ -11,8 +11,8 @@ docs/operations.md say: 256 in flight, a queue above the fleet's burst); the agg
 (`CloudRuntime` with its HTTP API, SQLite in a temp dir by default, or a fresh database on the
 PostgreSQL server of `--database-url`, dropped afterwards) in this process; the simulated Pis
 (`simulators.fleet_derms.DermsFleet`: CBOR telemetry every `--telemetry-s`, by default over
-`RawTelemetryPublisher` (`--fleet-telemetry`), commands checked
-with the protocol's own code, signed acknowledgements) in `--fleet-processes` separate
+`RawPublisher` (`--fleet-publish`), commands checked with the protocol's own code, signed
+acknowledgements, QoS 1, over the same publisher) in `--fleet-processes` separate
 processes; the HTTP load (httpx, keep-alive, `--concurrency` requests in flight) in another
 process, so that neither shares the aggregator's GIL.
 
@@ -116,11 +116,11 @@ def _fleet_process(
     connections: int,
     pipe: Any,
     profile: str = "",
-    raw_telemetry: bool = True,
+    raw_publish: bool = True,
 ) -> None:
     logging.basicConfig(level=logging.WARNING)
     main = _fleet_main(
-        n, first, count, broker_url, dispatch_key, telemetry_s, connections, pipe, raw_telemetry
+        n, first, count, broker_url, dispatch_key, telemetry_s, connections, pipe, raw_publish
     )
     try:
         if not profile:
@@ -147,7 +147,7 @@ async def _fleet_main(
     telemetry_s: float,
     connections: int,
     pipe: Any,
-    raw_telemetry: bool,
+    raw_publish: bool,
 ) -> None:
     devices = bench_devices(n, first, count)
     fleet = DermsFleet(
@@ -157,7 +157,7 @@ async def _fleet_main(
         dispatch_key,
         connections=connections,
         telemetry_every_s=telemetry_s,
-        raw_telemetry=raw_telemetry,
+        raw_publish=raw_publish,
     )
     await fleet.start()
     pipe.send(("ready", count))
@@ -205,7 +205,7 @@ class FleetProcs:
                     args.connections,
                     theirs,
                     args.profile,
-                    args.fleet_telemetry == "raw",
+                    args.fleet_publish == "raw",
                 ),
                 daemon=True,
             )
@@ -733,12 +733,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fleet-processes", type=int, default=2)
     p.add_argument("--connections", type=int, default=4, help="MQTT connections per process")
     p.add_argument(
-        "--fleet-telemetry",
+        "--fleet-publish",
         choices=("raw", "paho"),
         default="raw",
-        help="how the simulated fleet sends its samples: pre-framed QoS 0 packets over a socket "
-        "(raw) or its MQTT links (paho: a socket write per sample to wake paho's thread, which "
-        "took most of the fleet's CPU on the machine the aggregator shares)",
+        help="how the simulated fleet sends its samples and acknowledgements: pre-framed "
+        "PUBLISH packets over a socket (raw) or its MQTT links (paho: a socket write per "
+        "message to wake paho's thread, which took most of the fleet's CPU on the machine the "
+        "aggregator shares)",
     )
     p.add_argument(
         "--profile",

@@ -49,18 +49,29 @@ def _mqtt_str(b: bytes) -> bytes:
     return len(b).to_bytes(2, "big") + b
 
 
-class RawTelemetryPublisher:
-    """QoS 0 PUBLISH packets written straight to a plain socket: a real MQTT 3.1.1 exchange with
-    the broker without a client library. paho wakes its network thread with a socket write for
-    every publish, which made a simulated fleet of 10,000 spend most of its CPU (shared with
-    the aggregator it loads) on those wake-ups; a Pi publishes one sample, not 10,000."""
+class RawPublisher:
+    """PUBLISH packets written straight to a plain socket: a real MQTT 3.1.1 exchange with the
+    broker without a client library. paho wakes its network thread with a socket write for
+    every publish (and sends from the caller's thread), which made a simulated fleet of 10,000
+    spend most of its CPU (shared with the aggregator it loads) on those writes; a Pi publishes
+    one sample, not 10,000. QoS 1 packets get packet ids; the broker's PUBACKs are read and
+    counted (`acked`), not waited for, and nothing is resent: a simulator's loopback
+    connection that drops loses what was in flight, and `unacked` says how much."""
 
     def __init__(self, address: BrokerAddress, client_id: str) -> None:
         if address.tls:
-            raise ValueError("raw telemetry needs a plain (mqtt://) broker")
+            raise ValueError("the raw publisher needs a plain (mqtt://) broker")
         self.address = address
         self.client_id = client_id
         self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._next_id = 0
+        self.sent_qos1 = 0
+        self.acked = 0
+
+    @property
+    def unacked(self) -> int:
+        return self.sent_qos1 - self.acked
 
     async def start(self, timeout_s: float) -> None:
         reader, writer = await asyncio.wait_for(
@@ -75,14 +86,32 @@ class RawTelemetryPublisher:
         connack = await asyncio.wait_for(reader.readexactly(4), timeout_s)
         if connack[0] != 0x20 or connack[3] != 0:
             writer.close()
-            raise ConnectionError(f"the broker refused the telemetry publisher: {connack.hex()}")
+            raise ConnectionError(f"the broker refused the raw publisher: {connack.hex()}")
         self._writer = writer
+        self._reader_task = asyncio.create_task(self._read_acks(reader))
 
-    def publish(self, topic: str, payload: bytes) -> bool:
+    async def _read_acks(self, reader: asyncio.StreamReader) -> None:
+        """PUBACKs (0x40, length 2, packet id): all a publisher-only session receives."""
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readexactly(4)
+                if head[0] == 0x40:
+                    self.acked += 1
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> bool:
         w = self._writer
         if w is None or w.is_closing():
             return False
-        w.write(_mqtt_packet(0x30, _mqtt_str(topic.encode()) + payload))
+        if qos == 0:
+            w.write(_mqtt_packet(0x30, _mqtt_str(topic.encode()) + payload))
+            return True
+        self._next_id = self._next_id % 0xFFFF + 1
+        w.write(
+            _mqtt_packet(
+                0x32, _mqtt_str(topic.encode()) + self._next_id.to_bytes(2, "big") + payload
+            )
+        )
+        self.sent_qos1 += 1
         return True
 
     async def stop(self) -> None:
@@ -92,6 +121,11 @@ class RawTelemetryPublisher:
             w.close()
             with contextlib.suppress(Exception):
                 await w.wait_closed()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+            self._reader_task = None
 
 
 @dataclass
@@ -182,10 +216,10 @@ class DermsFleet:
         telemetry_every_s: float = 1.0,
         now: Callable[[], float] = time.time,
         homes: Callable[[int], SimHome] | None = None,
-        raw_telemetry: bool = False,
+        raw_publish: bool = False,
     ) -> None:
-        """`raw_telemetry`: send the samples with `RawTelemetryPublisher` (plain brokers only)
-        instead of the MQTT links, for fleets of thousands in one process."""
+        """`raw_publish`: send the samples and the acknowledgements with `RawPublisher` (plain
+        brokers only) instead of the MQTT links, for fleets of thousands in one process."""
         self.deployment = deployment
         self.dispatch_key = dispatch_key
         self.now = now
@@ -216,10 +250,10 @@ class DermsFleet:
         self._timers: set[asyncio.TimerHandle] = set()
         self.raw = (
             [
-                RawTelemetryPublisher(rotated(addresses, c)[0], f"derms-{stamp}-{c}-telemetry")
+                RawPublisher(rotated(addresses, c)[0], f"derms-{stamp}-{c}-raw")
                 for c in range(connections)
             ]
-            if raw_telemetry
+            if raw_publish
             else []
         )
 
@@ -289,9 +323,13 @@ class DermsFleet:
 
     def _ack(self, s: SimDevice, ack: DispatchAck) -> None:
         d = s.device
-        self._link(d.device_id).publish_nowait(
-            s.acks_topic, dispatch.sign_ack(ack, d.key, self.deployment), qos=1
-        )
+        envelope = dispatch.sign_ack(ack, d.key, self.deployment)
+        if self.raw:
+            self.raw[self._index[d.device_id] % len(self.raw)].publish(
+                s.acks_topic, envelope, qos=1
+            )
+        else:
+            self._link(d.device_id).publish_nowait(s.acks_topic, envelope, qos=1)
         self.report.acks[ack.status.name.lower()] += 1
 
     def _answer(self, s: SimDevice, cmd: DispatchCommand, status: ResponseStatus) -> None:

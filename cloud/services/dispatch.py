@@ -15,6 +15,7 @@ The commands are signed with the dispatch key, a separate Ed25519 key from the l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -55,6 +56,9 @@ Publish = Callable[[str, bytes], bool]
 TAIL_S = 60
 # Unanswered commands are resent only once an event's answers have paused this long.
 ANSWERS_QUIET_S = 5.0
+# Batches of at least this many signatures to make or check go to a thread (below it, the
+# hop costs more than it frees).
+OFF_LOOP_FROM = 32
 
 
 @dataclass(slots=True)
@@ -139,6 +143,9 @@ class DispatchService:
         self.max_gap_s = max_gap_s
         self.counters = DispatchCounters()
         self._live: dict[str, _Live] = {}
+        # One modification or cancellation at a time: each reads the event's current
+        # modification number and signs in a thread, so two at once could both take N + 1.
+        self._changing = asyncio.Lock()
 
     @property
     def public_key(self) -> bytes:
@@ -171,8 +178,9 @@ class DispatchService:
         req: EventRequest,
         status: EventStatus,
         old: Sequence[CommandRow],
-    ) -> list[CommandRow]:
-        """Allocate and sign; devices of an older modification left out now get a cancel."""
+    ) -> list[tuple[CommandRow, DispatchCommand]]:
+        """Allocate; devices of an older modification left out now get a cancel. The rows'
+        envelopes are signed by `_signed`."""
         members = list(self.fleet.state.members(req.group))
         now_ms = int(self.now() * 1000)
         if status.runs:
@@ -217,19 +225,36 @@ class DispatchService:
                 if t is not None:
                     baseline = measured_flow(req.control, t.pv_w, t.battery_w, t.grid_w)
             rows.append(
-                CommandRow(
-                    row.event_id,
-                    device_id,
-                    site_id,
-                    row.modification,
-                    value,
-                    expected,
-                    baseline,
-                    now_ms,
-                    envelope=dispatch.sign_command(cmd, self.key, self.deployment),
+                (
+                    CommandRow(
+                        row.event_id,
+                        device_id,
+                        site_id,
+                        row.modification,
+                        value,
+                        expected,
+                        baseline,
+                        now_ms,
+                    ),
+                    cmd,
                 )
             )
         return rows
+
+    async def _signed(self, plan: Sequence[tuple[CommandRow, DispatchCommand]]) -> list[CommandRow]:
+        """The rows with their signed envelopes. A big event is signed in a thread: the
+        signatures (OpenSSL, which lets go of the GIL) no longer hold the event loop, so the
+        API and the telemetry go on while 10,000 commands are signed."""
+
+        def sign() -> list[CommandRow]:
+            return [
+                replace(r, envelope=dispatch.sign_command(c, self.key, self.deployment))
+                for r, c in plan
+            ]
+
+        if len(plan) < OFF_LOOP_FROM:
+            return sign()
+        return await asyncio.to_thread(sign)
 
     def _send(self, commands: Sequence[CommandRow]) -> int:
         sent = 0
@@ -261,7 +286,7 @@ class DispatchService:
             created_by=by,
             modified_ms=ms,
         )
-        commands = self._commands(row, req, EventStatus.SCHEDULED, [])
+        commands = await self._signed(self._commands(row, req, EventStatus.SCHEDULED, []))
         await self.store.save_event(row, commands)  # stored before anything is sent
         self._live[row.event_id] = _Live(row, commands)
         self._send(commands)
@@ -281,6 +306,10 @@ class DispatchService:
     async def modify_event(self, event_id: str, req: EventRequest, *, by: str) -> EventView:
         """A new modification: re-allocated and sent to the group as it is now.
         Raises KeyError (no such event) or EventRequestError."""
+        async with self._changing:
+            return await self._modify_event(event_id, req, by=by)
+
+    async def _modify_event(self, event_id: str, req: EventRequest, *, by: str) -> EventView:
         row, old = await self._current(event_id)
         now = self.now()
         if (
@@ -302,7 +331,7 @@ class DispatchService:
             name=req.name or row.name,
             modified_ms=int(now * 1000),
         )
-        commands = self._commands(new, req, EventStatus.SCHEDULED, old)
+        commands = await self._signed(self._commands(new, req, EventStatus.SCHEDULED, old))
         await self.store.save_event(new, commands)
         self._live[event_id] = _Live(new, commands)
         self._send(commands)
@@ -313,6 +342,10 @@ class DispatchService:
 
     async def cancel_event(self, event_id: str, *, by: str) -> EventView:
         """Send every device of the event a cancellation (a new modification)."""
+        async with self._changing:
+            return await self._cancel_event(event_id, by=by)
+
+    async def _cancel_event(self, event_id: str, *, by: str) -> EventView:
         row, old = await self._current(event_id)
         if row.cancelled:
             return await self._view(row, old)
@@ -322,7 +355,9 @@ class DispatchService:
             cancelled=True,
             modified_ms=int(self.now() * 1000),
         )
-        commands = self._commands(new, _request(new), EventStatus.CANCELLED, old)
+        commands = await self._signed(
+            self._commands(new, _request(new), EventStatus.CANCELLED, old)
+        )
         await self.store.save_event(new, commands)
         live = self._live.pop(event_id, None)
         self._send(commands)
@@ -437,13 +472,14 @@ class DispatchService:
         PUBACK: mqttlink acks the batch when this returns)."""
         received_ms = int(self.now() * 1000)
         rows: list[ResponseRow] = []
-        for topic, payload in messages:
-            try:
-                device_id = topics.parse(topic).device_id
-            except topics.TopicError:
+        if len(messages) < OFF_LOOP_FROM:
+            checked = self._verify_all(messages)
+        else:  # the signature checks let go of the GIL: the loop serves the API meanwhile
+            checked = await asyncio.to_thread(self._verify_all, messages)
+        for device_id, payload, ack, error in checked:
+            if device_id is None:
                 self.counters.acks_refused += 1
                 continue
-            ack, error = self._verify(payload, device_id)
             if ack is None:  # a key registered or rotated since they were loaded?
                 self._keys.update(await self.store.device_public_keys(device_id))
                 ack, error = self._verify(payload, device_id)
@@ -493,6 +529,21 @@ class DispatchService:
                     detail=r.detail,
                 )
         await self.fleet.flush_alarms()
+
+    def _verify_all(
+        self, messages: Sequence[tuple[str, bytes]]
+    ) -> list[tuple[str | None, bytes, dispatch.DispatchAck | None, str]]:
+        """(device id or None for a topic naming none, payload, ack or None, why not)."""
+        out: list[tuple[str | None, bytes, dispatch.DispatchAck | None, str]] = []
+        for topic, payload in messages:
+            try:
+                device_id = topics.parse(topic).device_id
+            except topics.TopicError:
+                out.append((None, payload, None, "not a device topic"))
+                continue
+            ack, error = self._verify(payload, device_id)
+            out.append((device_id, payload, ack, error))
+        return out
 
     def _verify(self, payload: bytes, device_id: str) -> tuple[dispatch.DispatchAck | None, str]:
         error = "no registered key"
