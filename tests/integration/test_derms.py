@@ -3,6 +3,7 @@ HTTP API, and simulated Pis that run the protocol's own command checks and sign 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -168,6 +169,25 @@ async def test_a_curtailment_lowers_pv_and_a_modification_supersedes(d: Derms) -
     assert 'gridmint_fleet_devices{state="online"} 12' in metrics
     assert 'gridmint_dispatch_responses_total{status="superseded"} 12' in metrics
     assert "gridmint_dispatch_ack_latency_ms_count" in metrics
+
+
+async def test_modifications_sent_at_once_each_get_their_own_number(d: Derms) -> None:
+    """Two operators change the same event at the same moment: each change is its own
+    modification (2 and 3), and the devices end on the last one."""
+    body = {"group": "all", "control": "opModMaxLimW", "value": 3000, "duration_s": 120}
+    event = (await d.http.post("/api/v1/dispatch/events", json=body)).json()
+    url = f"/api/v1/dispatch/events/{event['event_id']}"
+    a, b = await asyncio.gather(
+        d.http.put(url, json={**body, "value": 4000}),
+        d.http.put(url, json={**body, "value": 5000}),
+    )
+    assert a.status_code == b.status_code == 200, (a.text, b.text)
+    assert sorted([a.json()["modification"], b.json()["modification"]]) == [2, 3]
+    last_value = 4000 if a.json()["modification"] == 3 else 5000
+    rows = await _devices(d, event["event_id"])
+    assert {(row["modification"], row["value"]) for row in rows} == {(3, last_value)}
+    await until(lambda: _all_say(d, event["event_id"], "started"), timeout_s=20)
+    assert {row["modification"] for row in await _devices(d, event["event_id"])} == {3}
 
 
 async def test_delivered_flexibility_earns_reward_credits_in_the_ledger(d: Derms) -> None:
