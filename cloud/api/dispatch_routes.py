@@ -52,7 +52,7 @@ class EventBody(BaseModel):
     inverter's rating (5000 = 50 %), opModExpLimW / opModImpLimW W per site, opModConnect 0/1.
     `start` is Unix seconds UTC (default: now)."""
 
-    group: str = Field("all", max_length=80, examples=["zone:demo-zone-1"])
+    group: str = Field("all", max_length=80, examples=["zone:demo-zone-1", "where:soc>=60"])
     control: str = Field(examples=["opModFixedW"], description=", ".join(CONTROLS))
     value: int
     start: int | None = Field(None, ge=0)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from cloud.api.deps import FLEET, CtxDep, FleetDep, require
 from cloud.auth import Principal, Role
+from cloud.domain.fleet_groups import Group, GroupError, parse_group
 from cloud.domain.fleet_state import DeviceLive
 from cloud.services.fleet import FleetService
 from cloud.storage.dispatch_store import AlarmRow, DispatchStore
@@ -40,6 +41,7 @@ class LiveDevice(BaseModel):
     device_id: str
     site_id: str
     zone: str
+    feeder: str
     state: State | Literal["unknown"]
     since_ms: int
     last_ms: int
@@ -83,8 +85,23 @@ def _live(d: DeviceLive) -> LiveDevice:
     return LiveDevice.model_validate(d.as_dict())
 
 
+def _group(name: str) -> Group:
+    """The parsed group, or a 400 naming the forms that exist."""
+    try:
+        return parse_group(name)
+    except GroupError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
 def _totals(fleet: FleetService, group: str) -> GroupTotals:
+    _group(group)
     return GroupTotals.model_validate({"group": group, **fleet.state.group_totals(group).as_dict()})
+
+
+GROUP_HELP = (
+    "all, zone:<zone>, feeder:<feeder>, site:<site>, device:<device>, or criteria such as "
+    '"where:soc>=60,battery=yes,state=online" (cloud/domain/fleet_groups.py)'
+)
 
 
 @router.get("/api/v1/fleet/live", response_model=FleetPage, tags=["fleet"])
@@ -93,15 +110,16 @@ async def live(
     _p: Watcher,
     q: Annotated[str, Query(max_length=64, description="device or site id contains")] = "",
     state: State | None = None,
-    group: Annotated[str, Query(max_length=80)] = "all",
+    group: Annotated[str, Query(max_length=80, description=GROUP_HELP)] = "all",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> FleetPage:
-    """Devices of a group ("all", "zone:<z>", "site:<s>"), searched and filtered by state."""
+    """Devices of a group (a tag, a site, a device or criteria), searched and filtered by
+    state."""
     f = _fleet(fleet)
     found = [
         d
-        for d in f.state.members(group)
+        for d in f.state.members(_group(group))
         if (not q or q in d.device_id or q in d.site_id) and (state is None or d.state == state)
     ]
     found.sort(key=lambda d: d.device_id)
@@ -114,14 +132,16 @@ async def live(
 
 @router.get("/api/v1/fleet/groups", response_model=list[GroupTotals], tags=["fleet"])
 async def groups(fleet: FleetDep, _p: Watcher) -> list[GroupTotals]:
-    """Every running group ("all" and each zone) with its totals."""
+    """Every running group ("all", each zone and each feeder) with its totals."""
     f = _fleet(fleet)
     return [_totals(f, g) for g in sorted(f.state.totals, key=lambda g: (g != "all", g))]
 
 
 @router.get("/api/v1/fleet/totals", response_model=GroupTotals, tags=["fleet"])
 async def totals(
-    fleet: FleetDep, _p: Watcher, group: Annotated[str, Query(max_length=80)] = "all"
+    fleet: FleetDep,
+    _p: Watcher,
+    group: Annotated[str, Query(max_length=80, description=GROUP_HELP)] = "all",
 ) -> GroupTotals:
     """One group's totals (any group: running ones are read, others summed)."""
     return _totals(_fleet(fleet), group)
@@ -244,6 +264,30 @@ async def set_location(
     """Place a site on the map."""
     f = _fleet(fleet)
     if not await f.store.set_site_location(site_id, body.latitude, body.longitude):
+        raise HTTPException(404, f"no site {site_id}")
+    await f.load()
+    return body
+
+
+class Feeder(BaseModel):
+    """The distribution feeder a site hangs off: a fleet group (feeder:<name>) like the zone."""
+
+    feeder: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+
+
+@router.put("/api/v1/sites/{site_id}/feeder", response_model=Feeder, tags=["fleet"])
+async def set_feeder(
+    site_id: str,
+    body: Feeder,
+    fleet: FleetDep,
+    _p: Annotated[
+        Principal,
+        Depends(require(Role.INSTALLER, Role.GRID_OPERATOR, action="tag sites with feeders")),
+    ],
+) -> Feeder:
+    """Tag a site with its feeder ("" takes the tag off)."""
+    f = _fleet(fleet)
+    if not await f.store.set_site_feeder(site_id, body.feeder):
         raise HTTPException(404, f"no site {site_id}")
     await f.load()
     return body

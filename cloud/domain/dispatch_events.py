@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cloud.domain import fleet_groups
 from protocol.dispatch import FULL_SCALE, MAX_ABS_W, ControlMode
 
 MAX_DURATION_S = 7 * 24 * 3600
@@ -52,19 +53,14 @@ class EventRequest:
     source: str = "operator"
 
 
-GROUP_KINDS = ("all", "zone", "site", "device")
-
-
 def parse_group(group: str) -> tuple[str, str]:
-    """("all", "") or (kind, value) for "zone:..", "site:..", "device:.."."""
-    if group == "all":
-        return "all", ""
-    kind, sep, value = group.partition(":")
-    if not sep or kind not in GROUP_KINDS[1:] or not value or len(value) > 64:
-        raise EventRequestError(
-            f"group {group!r} is not one of all, zone:<zone>, site:<site>, device:<device>"
-        )
-    return kind, value
+    """("all", "") or (kind, value) for the forms cloud/domain/fleet_groups.py knows;
+    raises EventRequestError with those forms."""
+    try:
+        g = fleet_groups.parse_group(group)
+    except fleet_groups.GroupError as exc:
+        raise EventRequestError(str(exc)) from None
+    return g.kind, g.value
 
 
 def check_request(req: EventRequest, now: int) -> None:

@@ -1,8 +1,9 @@
 """The live fleet: every device's latest state and power, and running totals per group.
 
 Owns: applying telemetry samples and status messages to per-device state, keeping the totals of
-"all" and of each zone up to date incrementally (a sample moves the totals by its difference
-from the device's previous sample, so reading a total costs nothing whatever the fleet size),
+"all", of each zone and of each feeder up to date incrementally (a sample moves the totals by
+its difference from the device's previous sample, so reading a total costs nothing whatever the
+fleet size),
 and a change log that live views read from a cursor (only what changed since their last read).
 Pure: no I/O, no clock (callers pass times in ms).
 
@@ -16,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from cloud.domain.fleet_groups import Group, GroupError, parse_group
 from protocol.telemetry import Health, Telemetry
 
 # A device that sent nothing for this long is shown offline even without a last-will message
@@ -131,6 +133,13 @@ class DeviceLive:
     backlog: int = 0
     version: int = 0
     contribution: Contribution = field(default=NOTHING)
+    feeder: str = ""  # the distribution feeder the site hangs off (a tag, like the zone)
+
+    def reading(self, key: str) -> int | None:
+        """A field of the latest sample (pv_w, battery_w, grid_w, soc_permille), None if
+        there is no sample or the device does not report it."""
+        t = self.telemetry
+        return None if t is None else getattr(t, key, None)
 
     @property
     def state(self) -> str:
@@ -155,6 +164,7 @@ class DeviceLive:
             "device_id": self.device_id,
             "site_id": self.site_id,
             "zone": self.zone,
+            "feeder": self.feeder,
             "state": self.state,
             "since_ms": self.since_ms,
             "last_ms": self.last_ms,
@@ -198,7 +208,8 @@ def contribution(d: DeviceLive) -> Contribution:
 
 
 class FleetState:
-    """Devices by id, totals for "all" and each zone, and a change log for live views."""
+    """Devices by id, totals for "all", each zone and each feeder, and a change log for live
+    views."""
 
     def __init__(self) -> None:
         self.devices: dict[str, DeviceLive] = {}
@@ -207,7 +218,13 @@ class FleetState:
         self._changed: OrderedDict[str, int] = OrderedDict()  # device id -> version, oldest first
 
     def _groups(self, d: DeviceLive) -> tuple[str, ...]:
-        return ("all", f"zone:{d.zone}") if d.zone else ("all",)
+        """The running groups a device counts in: all, its zone and its feeder."""
+        tags: tuple[str, ...] = ("all",)
+        if d.zone:
+            tags += (f"zone:{d.zone}",)
+        if d.feeder:
+            tags += (f"feeder:{d.feeder}",)
+        return tags
 
     def _restate(self, d: DeviceLive, now_ms: int, before: str) -> None:
         new = contribution(d)
@@ -237,18 +254,27 @@ class FleetState:
         latitude: float | None = None,
         longitude: float | None = None,
         now_ms: int = 0,
+        feeder: str = "",
     ) -> DeviceLive:
         """Add a device (or update its registry facts, keeping its live state)."""
         d = self.devices.get(device_id)
         if d is not None:
-            self._move(d, zone)
+            self._move(d, zone, feeder)
             d.site_id, d.rating_w = site_id, rating_w
             d.battery_wh, d.battery_max_w = battery_wh, battery_max_w
             d.latitude, d.longitude = latitude, longitude
             self._restate(d, now_ms, d.state)
             return d
         d = DeviceLive(
-            device_id, site_id, zone, rating_w, battery_wh, battery_max_w, latitude, longitude
+            device_id,
+            site_id,
+            zone,
+            rating_w,
+            battery_wh,
+            battery_max_w,
+            latitude,
+            longitude,
+            feeder=feeder,
         )
         d.since_ms = now_ms
         self.devices[device_id] = d
@@ -257,13 +283,13 @@ class FleetState:
         self._restate(d, now_ms, d.state)
         return d
 
-    def _move(self, d: DeviceLive, zone: str) -> None:
-        if zone == d.zone:
+    def _move(self, d: DeviceLive, zone: str, feeder: str) -> None:
+        if (zone, feeder) == (d.zone, d.feeder):
             return
         for g in self._groups(d):
             self.totals[g].add(d.contribution, -1)
         d.contribution = NOTHING
-        d.zone = zone
+        d.zone, d.feeder = zone, feeder
         for g in self._groups(d):
             self.totals.setdefault(g, Totals()).add(NOTHING, 1)
 
@@ -321,22 +347,23 @@ class FleetState:
             newer.append(self.devices[device_id])
         return reversed(newer)
 
-    def members(self, group: str) -> Iterable[DeviceLive]:
-        """Devices of "all", "zone:<z>", "site:<s>" or "device:<d>"."""
-        kind, _, value = group.partition(":")
-        if group == "all":
+    def members(self, group: str | Group) -> Iterable[DeviceLive]:
+        """Devices of a group (cloud/domain/fleet_groups.py); none for a name that means
+        nothing (callers that take names from people parse them first, for the message)."""
+        if isinstance(group, str):
+            try:
+                group = parse_group(group)
+            except GroupError:
+                return []
+        if group.kind == "all":
             return list(self.devices.values())
-        if kind == "zone":
-            return [d for d in self.devices.values() if d.zone == value]
-        if kind == "site":
-            return [d for d in self.devices.values() if d.site_id == value]
-        if kind == "device":
-            d = self.devices.get(value)
+        if group.kind == "device":
+            d = self.devices.get(group.value)
             return [d] if d is not None else []
-        return []
+        return [d for d in self.devices.values() if group.has(d)]
 
     def group_totals(self, group: str) -> Totals:
-        """Totals of a group: kept running for "all" and zones, summed for others."""
+        """Totals of a group: kept running for "all", zones and feeders, summed for others."""
         held = self.totals.get(group)
         if held is not None:
             return held

@@ -98,6 +98,7 @@ class FleetService:
                 f.latitude,
                 f.longitude,
                 now_ms=self._ms(),
+                feeder=f.feeder,
             )
             n += 1
         if not self._rejections_seen:

@@ -110,6 +110,7 @@ class SiteFacts:
     status: str
     latitude: float | None
     longitude: float | None
+    feeder: str
 
 
 _EVENT_COLS = (
@@ -629,10 +630,18 @@ class DispatchStore:
             devices.c.status,
             sites.c.latitude,
             sites.c.longitude,
+            sites.c.feeder,
         ).select_from(devices.outerjoin(sites, sites.c.site_id == devices.c.site_id))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
-        return [SiteFacts(*r) for r in rows]
+        return [SiteFacts(*r[:7], r[7] or "") for r in rows]
+
+    async def set_site_feeder(self, site_id: str, feeder: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(sites).where(sites.c.site_id == site_id).values(feeder=feeder)
+            )
+        return bool(result.rowcount)
 
     async def set_site_location(self, site_id: str, latitude: float, longitude: float) -> bool:
         async with self.engine.begin() as conn:

@@ -132,6 +132,8 @@ sites = Table(
     # where the site is, for the operator's map (migration 0012); null: not given
     Column("latitude", Float, nullable=True),
     Column("longitude", Float, nullable=True),
+    # the distribution feeder, a fleet group like the zone (migration 0014); "": not given
+    Column("feeder", String(64), nullable=False, server_default=""),
 )
 
 auth_tokens = Table(

@@ -102,6 +102,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/alarms"): (D, D, A, A, A, A),
     ("POST", "/api/v1/alarms/{alarm_id}/ack"): (D, D, D, D, A, A),
     ("PUT", "/api/v1/sites/{site_id}/location"): (D, D, A, D, A, A),
+    ("PUT", "/api/v1/sites/{site_id}/feeder"): (D, D, A, D, A, A),
     ("GET", "/api/v1/dispatch/key"): (A, A, A, A, A, A),
     ("POST", "/api/v1/dispatch/events"): (D, D, D, D, A, A),
     ("GET", "/api/v1/dispatch/events"): (D, D, A, A, A, A),

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from cloud.runtime import CloudRuntime
+from cloud.storage.accounts import AccountStore
 from protocol import dispatch, topics
 from protocol.dispatch import ControlMode, DispatchAck, ResponseStatus
 from protocol.ledger_leaf import decode_leaf
@@ -310,3 +311,44 @@ def test_control_names_match_the_protocol() -> None:
     from cloud.api.dispatch_routes import CONTROLS
 
     assert CONTROLS["opModFixedW"] is ControlMode.OP_MOD_FIXED_W
+
+
+async def test_feeder_tags_and_criteria_groups_over_the_api(d: Derms) -> None:
+    """An installer tags sites with their feeder; the operator reads a feeder's totals and
+    dispatches to a group picked by criteria."""
+    tagged = d.devices[:3]
+    assert d.runtime.store is not None
+    accounts = AccountStore(d.runtime.store.engine)
+    owner = await accounts.create_account("hal@example.org", "Hal", "pw-12345678", "homeowner")
+    for dev in tagged:
+        await accounts.create_site(dev.site_id, owner.account_id, "Home", zone="north")
+        r = await d.http.put(f"/api/v1/sites/{dev.site_id}/feeder", json={"feeder": "F7"})
+        assert r.status_code == 200, r.text
+    bad = await d.http.put(f"/api/v1/sites/{tagged[0].site_id}/feeder", json={"feeder": "F 7"})
+    assert bad.status_code == 422
+    nowhere = await d.http.put("/api/v1/sites/nowhere/feeder", json={"feeder": "F7"})
+    assert nowhere.status_code == 404
+
+    groups = {g["group"]: g for g in (await d.http.get("/api/v1/fleet/groups")).json()}
+    assert groups["feeder:F7"]["devices"] == 3
+    live = (await d.http.get("/api/v1/fleet/live", params={"group": "feeder:F7"})).json()
+    assert sorted(x["device_id"] for x in live["devices"]) == sorted(x.device_id for x in tagged)
+    assert {x["feeder"] for x in live["devices"]} == {"F7"}
+
+    r = await d.http.get("/api/v1/fleet/totals", params={"group": "where:colour=red"})
+    assert r.status_code == 400 and "unknown key 'colour'" in r.json()["detail"]
+
+    # every simulated battery starts at 60 %: soc>=60 on feeder F7 is the three tagged sites
+    group = "where:feeder=F7,soc>=60,battery=yes"
+    live = (await d.http.get("/api/v1/fleet/live", params={"group": group})).json()
+    assert live["total"] == 3
+    body = {"group": group, "control": "opModFixedW", "value": 3000, "duration_s": 60}
+    r = await d.http.post("/api/v1/dispatch/events", json=body)
+    assert r.status_code == 201, r.text
+    event = r.json()
+    assert event["devices"] == 3
+    await until(lambda: _all_say(d, event["event_id"], "started"), timeout_s=20)
+    rows = await _devices(d, event["event_id"])
+    assert {row["device_id"] for row in rows} == {x.device_id for x in tagged}
+    bad_event = await d.http.post("/api/v1/dispatch/events", json={**body, "group": "where:soc"})
+    assert bad_event.status_code in (400, 422) and "where:soc" in bad_event.text

@@ -38,7 +38,8 @@ def dev(i: int, max_w: int = 5000, soc: int | None = 500, online: bool = True) -
 def test_groups_parse_and_bad_ones_are_refused() -> None:
     assert parse_group("all") == ("all", "")
     assert parse_group("zone:north") == ("zone", "north")
-    for bad in ("", "zone:", "feeder:7", "north"):
+    assert parse_group("feeder:7") == ("feeder", "7")
+    for bad in ("", "zone:", "feeder:", "north", "where:colour=red"):
         with pytest.raises(EventRequestError):
             parse_group(bad)
 
