@@ -19,6 +19,8 @@ negative multiplier must divide the value exactly. Costs are as written (hundred
 the currency). A reading without ReadingQuality gets the ReadingType's defaultQuality, else None;
 with several, the first one counts.
 
+Titles are read with surrounding whitespace stripped (pretty-printed files indent them).
+
 Malformed input raises GreenButtonError (a ValueError) with a plain message naming the line (XML
 syntax) or the entry and element (content). `validate` checks a file against the vendored
 usage.xsd with xmlschema, compiled once.

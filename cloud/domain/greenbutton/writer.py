@@ -59,6 +59,7 @@ GRIDMINT_GREENBUTTON_NS = uuid.uuid5(uuid.NAMESPACE_URL, "urn:gridmint:greenbutt
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _ATTR_ENTITIES = {'"': "&quot;"}
+_TEXT_ENTITIES = {"\r": "&#13;"}  # a parser would read a raw CR (or CR LF) back as LF
 
 
 def _uuid(*parts: str) -> str:
@@ -69,7 +70,7 @@ def _text(value: str, what: str) -> str:
     """`value` escaped for XML character data; ValueError for characters XML 1.0 cannot carry."""
     if _XML_INVALID.search(value):
         raise ValueError(f"{what} {value!r} holds a character XML 1.0 cannot carry")
-    return escape(value)
+    return escape(value, _TEXT_ENTITIES)
 
 
 def _segment(value: str, what: str) -> str:
