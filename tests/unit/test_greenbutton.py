@@ -451,6 +451,16 @@ T0 = _epoch(NY, 2026, 1, 1)
         (ReadingSpec("i"), [IntervalValue(T0, 900, 1, quality=-1)], "quality"),
         (
             ReadingSpec("i"),
+            [IntervalValue(T0, 900, 1, quality=11), IntervalValue(T0 + 900, 900, 1, quality=11.0)],  # type: ignore[arg-type]
+            "quality 11.0 is not an integer",
+        ),
+        (
+            ReadingSpec("i"),
+            [IntervalValue(T0, 900, 1, quality=1), IntervalValue(T0 + 900, 900, 1, quality=True)],
+            "quality True is not an integer",
+        ),
+        (
+            ReadingSpec("i"),
             [IntervalValue(T0, 900, 1), IntervalValue(T0, 900, 2)],
             "starts must increase",
         ),

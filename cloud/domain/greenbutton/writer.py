@@ -161,26 +161,17 @@ def _reading_type_xml(spec: ReadingSpec) -> str:
     return "".join(parts)
 
 
-def _reading_xml(start: int, duration: int, value: int, v: IntervalValue, spec: ReadingSpec) -> str:
-    """One IntervalReading with a cost or a quality (the writer's loop inlines the plain case)."""
-    parts = ["<IntervalReading>"]
-    if v.cost is not None:
-        cost = v.cost
-        if type(cost) is not int or not INT48_MIN <= cost <= INT48_MAX:
-            where = f"reading {spec.key!r} IntervalValue {v!r} cost"
-            cost = _check_int(cost, INT48_MIN, INT48_MAX, where)
-        parts.append(f"<cost>{cost}</cost>")
-    if v.quality is not None:
-        quality = v.quality
-        if type(quality) is not int or not 0 <= quality <= 65535:
-            where = f"reading {spec.key!r} IntervalValue {v!r} quality"
-            quality = _check_int(quality, 0, 65535, where)
-        parts.append(f"<ReadingQuality><quality>{quality}</quality></ReadingQuality>")
-    parts.append(
-        f"<timePeriod><duration>{duration}</duration><start>{start}</start></timePeriod>"
-        f"<value>{value}</value></IntervalReading>\n"
-    )
-    return "".join(parts)
+def _cost_xml(cost: object, v: IntervalValue, spec: ReadingSpec) -> str:
+    """`<cost>` for a cost the writer's loop did not accept as it is."""
+    where = f"reading {spec.key!r} IntervalValue {v!r} cost"
+    return f"<cost>{_check_int(cost, INT48_MIN, INT48_MAX, where)}</cost>"
+
+
+def _quality_xml(quality: object, v: IntervalValue, spec: ReadingSpec) -> str:
+    """`<ReadingQuality>` for a quality code (QualityOfReading is a UInt16)."""
+    where = f"reading {spec.key!r} IntervalValue {v!r} quality"
+    code = _check_int(quality, 0, 65535, where)
+    return f"<ReadingQuality><quality>{code}</quality></ReadingQuality>"
 
 
 def _checked(
@@ -372,6 +363,7 @@ def _blocks(
     append = parts.append
     day_end = -(2**63)
     previous: int | None = None
+    qualities: dict[tuple[type, object], str] = {}
     for v in values:
         try:
             start = v.start
@@ -421,13 +413,35 @@ def _blocks(
                 f'<IntervalBlock xmlns="{ESPI_NS}"><interval><duration>{day_end - day_start}'
                 f"</duration><start>{day_start}</start></interval>\n"
             )
-        if v.cost is None and v.quality is None:
+        cost = v.cost
+        quality = v.quality
+        if cost is None and quality is None:
             append(
                 f"<IntervalReading><timePeriod><duration>{duration}</duration><start>{start}"
                 f"</start></timePeriod><value>{value}</value></IntervalReading>\n"
             )
+            continue
+        if cost is None:
+            cost_xml = ""
+        elif type(cost) is int and INT48_MIN <= cost <= INT48_MAX:
+            cost_xml = f"<cost>{cost}</cost>"
         else:
-            append(_reading_xml(start, duration, value, v, spec))
+            cost_xml = _cost_xml(cost, v, spec)
+        if quality is None:
+            quality_xml = ""
+        else:
+            # Few distinct codes: each is checked and formatted once. The key holds the type
+            # so that 11.0 or True never finds the entry of 11 or 1.
+            key = (quality.__class__, quality)
+            try:
+                quality_xml = qualities[key]
+            except (KeyError, TypeError):
+                quality_xml = qualities[key] = _quality_xml(quality, v, spec)
+        append(
+            f"<IntervalReading>{cost_xml}{quality_xml}<timePeriod><duration>{duration}"
+            f"</duration><start>{start}</start></timePeriod><value>{value}</value>"
+            "</IntervalReading>\n"
+        )
     if parts:
         append(tail)
         yield "".join(parts).encode()
