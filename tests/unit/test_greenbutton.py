@@ -489,6 +489,11 @@ def test_the_writer_rejects_bad_values_plainly(
         _write([(spec, values)])
 
 
+def test_a_start_beyond_the_calendar_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="not a date"):
+        _write([(ReadingSpec("i"), [IntervalValue(2**62, 900, 1)])])
+
+
 def test_an_int48_edge_value_is_written() -> None:
     values = [IntervalValue(T0, 900, INT48_MAX, cost=INT48_MIN), IntervalValue(T0 + 900, 900, 0)]
     data = _write([(ReadingSpec("i"), values)])
@@ -663,6 +668,15 @@ def test_a_kwh_feed_with_multiplier_3_reads_as_wh() -> None:
     assert [v.value_wh for v in reading.values] == [1000, 2000, 0, 17000]
     assert [v.quality for v in reading.values] == [19, None, None, None]
     assert feed.usage_points == [UsagePointInfo("77", "Meter 77", False, False, 1)]
+
+
+def test_retail_customer_entries_are_skipped() -> None:
+    customer = (
+        "<entry><id>urn:uuid:c</id><title>Customer</title><content>"
+        '<cust:Customer xmlns:cust="http://naesb.org/espi/customer"/></content></entry>\n</feed>'
+    )
+    data = _utility_feed(multiplier=0, values=("4",)).replace(b"</feed>", customer.encode())
+    assert [v.value_wh for v in load_feed(io.BytesIO(data)).readings[0].values] == [4]
 
 
 def test_a_negative_multiplier_divides_exactly() -> None:

@@ -8,6 +8,8 @@ read, and yields what it finds in feed order:
 - Reading (a MeterReading with its ReadingType as a ReadingSpec), before any of its blocks;
 - IntervalBlockValues: one IntervalBlock's IntervalValues, in base units (Wh for uom 72).
 
+Other ESPI resources (usage summaries, power quality) and retail customer entries are skipped.
+
 Entries are linked as Green Button links them: a MeterReading's `related` links name its
 ReadingType and its IntervalBlock collection, and an IntervalBlock's `up` link names that
 collection. Utility feeds order entries in various ways; blocks whose MeterReading or ReadingType
@@ -35,7 +37,7 @@ import io
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
@@ -57,6 +59,7 @@ ATOM = "{http://www.w3.org/2005/Atom}"
 ESPI = "{http://naesb.org/espi}"
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
+_CUSTOMER = "{http://naesb.org/espi/customer}"
 _ENTRY = ATOM + "entry"
 _CHUNK = 1 << 16
 _FEED = ATOM + "feed"
@@ -200,6 +203,8 @@ class _Parser:
         resource = content[0]
         tag = resource.tag
         if not tag.startswith(ESPI):
+            if tag.startswith(_CUSTOMER):  # retail customer data (customer.xsd): not ours
+                return
             raise GreenButtonError(f"{where}: <content> holds <{tag}>, not an ESPI resource")
         name = tag[len(ESPI) :]
         where = f"{where} {name}"
@@ -308,18 +313,7 @@ class _Parser:
             rt = next((self.reading_types[h] for h in mr.related if h in self.reading_types), None)
             if rt is None:
                 return
-            mr.spec = ReadingSpec(
-                key=mr.key,
-                title=mr.title or rt.spec.title,
-                flow_direction=rt.spec.flow_direction,
-                kind=rt.spec.kind,
-                uom=rt.spec.uom,
-                power_of_ten=rt.spec.power_of_ten,
-                accumulation=rt.spec.accumulation,
-                interval_s=rt.spec.interval_s,
-                commodity=rt.spec.commodity,
-                currency=rt.spec.currency,
-            )
+            mr.spec = replace(rt.spec, key=mr.key, title=mr.title or rt.spec.title)
             mr.default_quality = rt.default_quality
             yield Reading(mr.usage_point_id, mr.spec)
         for collection, mr_path in self.collections.items():

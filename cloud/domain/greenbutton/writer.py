@@ -210,7 +210,10 @@ class _Days:
     def day_of(self, epoch_s: int) -> tuple[date, int, int]:
         """(local date, epoch of its 00:00, epoch of the next day's 00:00) for the day holding
         `epoch_s`."""
-        day = datetime.fromtimestamp(epoch_s, self.tz).date()
+        try:
+            day = datetime.fromtimestamp(epoch_s, self.tz).date()
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"start {epoch_s} is not a date this writer can place") from None
         start = self.midnight(day)
         if start > epoch_s:  # a midnight that came twice; the day began at the earlier one
             day -= timedelta(days=1)
@@ -248,6 +251,7 @@ def write_feed(
         ValueError: bad input, found before anything is yielded (the head) or when the offending
             value is reached (an interval out of order, a value or cost outside Int48, a value the
             power of ten multiplier does not divide). Output already yielded is then incomplete.
+        zoneinfo.ZoneInfoNotFoundError: `tz` names no zone.
     """
     zone = ZoneInfo(tz) if isinstance(tz, str) else tz
     stamp = _timestamp(updated)
