@@ -784,6 +784,7 @@ EXTRAS: dict[str, frozenset[str]] = {
             "argon2-cffi",
             "python-multipart",
             "influxdb-client",
+            "xmlschema",
         }
     ),
 }
