@@ -26,6 +26,7 @@ from cloud.api import (
     ledger_routes,
     market_page_routes,
     market_routes,
+    meter_routes,
     openadr_routes,
     ops_routes,
     pages_routes,
@@ -45,10 +46,12 @@ from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
+from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
+from cloud.storage.meter_store import MeterStore
 from cloud.storage.store import Store
 
 # In this order (it is the OpenAPI document's order of paths).
@@ -70,6 +73,7 @@ ROUTERS = (
     derms_pages_routes.router,
     site_live_routes.router,
     openadr_routes.router,
+    meter_routes.router,
 )
 
 
@@ -131,6 +135,7 @@ def create_app(
         fleet=fleet,
         dispatch=dispatch,
         openadr=openadr,
+        meter=MeterService(MeterStore(store.engine), ledger),
     )
     app = FastAPI(
         title="gridmint aggregator",

@@ -37,6 +37,7 @@ from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
+from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
@@ -106,6 +107,8 @@ class ApiContext:
     dispatch: DispatchService | None = None
     # The OpenADR 3 VTN (cloud/api/openadr_routes.py); None: its routes answer 404.
     openadr: OpenAdrService | None = None
+    # The virtual smart meter (cloud/api/meter_routes.py); create_app always builds one.
+    meter: MeterService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

@@ -134,6 +134,8 @@ sites = Table(
     Column("longitude", Float, nullable=True),
     # the distribution feeder, a fleet group like the zone (migration 0014); "": not given
     Column("feeder", String(64), nullable=False, server_default=""),
+    # IANA zone for the virtual meter's days and exports (migration 0014); storage stays UTC
+    Column("time_zone", String(64), nullable=False, server_default="UTC"),
 )
 
 auth_tokens = Table(

@@ -50,8 +50,15 @@ class FakeDevice:
         """Mint the next interval's token (generation and import) and advance the chain."""
         return self.sign({Channel.GENERATED: generated_wh, Channel.IMPORTED: imported_wh})
 
-    def sign(self, energy_wh: dict[Channel, int], soc_permille: int | None = None) -> MintedToken:
-        """Mint the next interval's token with these channels (and a state of charge)."""
+    def sign(
+        self,
+        energy_wh: dict[Channel, int],
+        soc_permille: int | None = None,
+        flags: tuple[str, ...] = (),
+        estimated: bool = False,
+    ) -> MintedToken:
+        """Mint the next interval's token with these channels (and a state of charge, status
+        flags such as "R", an estimated quality)."""
         for ch, wh in energy_wh.items():
             self.totals[ch] = self.totals.get(ch, 0) + wh
         closed = ClosedInterval(
@@ -60,8 +67,8 @@ class FakeDevice:
             energy_wh=dict(energy_wh),
             totals_wh=dict(self.totals),
             reading_ts=self.next_start + self.interval_s + 1,
-            flags=(),
-            estimated=False,
+            flags=flags,
+            estimated=estimated,
         )
         token = mint(
             closed,

@@ -117,6 +117,13 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/events/{event_id}"): (D, D, A, A, A, A),
     ("GET", "/api/v1/sites/{site_id}/live"): (D, A, A, A, A, A),
     ("GET", "/api/v1/sites/{site_id}/energy"): (D, A, A, A, A, A),
+    # The virtual meter: homeowners (own sites, by the data rule) and fleet roles read it.
+    ("GET", "/api/v1/sites/{site_id}/meter"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/sites/{site_id}/meter/intervals"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/sites/{site_id}/meter/registers"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/sites/{site_id}/meter/intervals/{start}/records"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/sites/{site_id}/meter/greenbutton"): (D, A, A, A, A, A),
+    ("PUT", "/api/v1/sites/{site_id}/time-zone"): (D, A, A, D, D, A),
     ("GET", "/api/v1/sites/{site_id}/events"): (D, A, A, A, A, A),
 }
 
