@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -138,9 +139,8 @@ class MeterService:
                     yield from roll.feed(iv)
 
         async for chunk in self.store.intervals(site_id, lo, hi):
-            for iv in chunk:
-                for done in out(gaps.feed(iv)):
-                    yield done
+            for done in out(iter(gaps.feed_all(chunk))):
+                yield done
         for done in out(gaps.close()):
             yield done
         if roll is not None:
@@ -218,26 +218,30 @@ class MeterService:
         loop = asyncio.get_running_loop()
         bridge = _Bridge(loop)
 
-        def values(quantity: str) -> Iterator[gb.IntervalValue]:
-            agen = self.readings(site_id, start, end, estimate=estimate)
-            for iv in bridge.pull(agen):
+        def values(quantity: str, rows: Iterator[MeterInterval]) -> Iterator[gb.IntervalValue]:
+            for iv in rows:
                 v = iv.value(quantity)
                 if v is None:
                     continue  # a missing interval is absent from the feed
                 yield gb.IntervalValue(iv.start, iv.interval_s, v, espi_quality(iv))
 
         def write() -> Iterator[bytes]:
+            # One read of the period: each reading is a view of the same rows, and the writer
+            # interleaves the readings' days, so tee holds about a day of them.
+            rows = bridge.pull(self.readings(site_id, start, end, estimate=estimate))
+            views = itertools.tee(rows, len(specs))
             return gb.write_feed(
                 usage_point,
                 gb.local_time_parameters(tz, year),
                 [
-                    (spec, values(reading[3]))
-                    for spec, reading in zip(specs, GREEN_BUTTON_READINGS, strict=True)
+                    (spec, values(reading[3], view))
+                    for spec, reading, view in zip(specs, GREEN_BUTTON_READINGS, views, strict=True)
                 ],
                 feed_id=f"site-{site.site_id}",
                 updated=updated or datetime.now(UTC),
                 base_url=base_url,
                 tz=tz,
+                interleave=True,
             )
 
         async for piece in bridge.run(write):

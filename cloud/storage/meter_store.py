@@ -165,19 +165,28 @@ class MeterStore:
         return {r[0]: bytes(r[1]) for r in rows}
 
 
+_FLAGS = {
+    (0, 0): frozenset(),
+    (1, 0): frozenset({"R"}),
+    (0, 1): frozenset({"SWAP"}),
+    (1, 1): frozenset({"R", "SWAP"}),
+}
+
+
 def _interval(r: tuple[int, ...]) -> MeterInterval:
+    # int(): PostgreSQL's SUM of a bigint is a numeric (a Decimal in Python)
     start, length, gen, imp, exp, chg, dis, n, quality, reset, swap = r
-    flags = frozenset(f for f, on in (("R", reset), ("SWAP", swap)) if on)
     return MeterInterval(
-        int(start),
-        int(length),
+        start,
+        length,
         int(gen),
         int(imp),
         int(exp),
         int(chg),
         int(dis),
-        state=State.ESTIMATED if quality else State.MEASURED,
-        records=int(n),
-        flags=flags,
-        estimated=int(bool(quality)),
+        State.ESTIMATED if quality else State.MEASURED,
+        n,
+        _FLAGS[bool(reset), bool(swap)],
+        0,
+        1 if quality else 0,
     )

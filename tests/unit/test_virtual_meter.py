@@ -103,3 +103,19 @@ def test_rolling_up_keeps_every_wh(present: list[int], estimate: bool) -> None:
         rolled = list(roll_up(full, length, BERLIN))
         assert sum(r.generated_wh or 0 for r in rolled) == sum(f.generated_wh or 0 for f in full)
         assert sum(r.missing for r in rolled) == sum(f.state is State.MISSING for f in full)
+
+
+@given(st.lists(st.integers(0, 40), max_size=40, unique=True), st.booleans(), st.integers(1, 7))
+def test_feeding_a_chunk_at_once_gives_what_feeding_one_by_one_does(
+    present: list[int], estimate: bool, chunk: int
+) -> None:
+    from cloud.domain.virtual_meter import Gaps
+
+    data = [iv(i, gen=i * 3) for i in sorted(present)]
+    one = list(with_gaps(data, T0, T0 + 41 * 300, 300, estimate=estimate))
+    g = Gaps(T0, T0 + 41 * 300, 300, estimate=estimate)
+    got: list[MeterInterval] = []
+    for k in range(0, len(data), chunk):
+        got += g.feed_all(data[k : k + chunk])
+    got += g.close()
+    assert got == one

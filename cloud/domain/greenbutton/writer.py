@@ -234,6 +234,7 @@ def write_feed(
     updated: datetime,
     base_url: str,
     tz: str | tzinfo,
+    interleave: bool = False,
 ) -> Iterator[bytes]:
     """The Green Button feed for one site, as UTF-8 chunks (one per IntervalBlock after the head).
 
@@ -246,6 +247,10 @@ def write_feed(
         updated: the feed's and its entries' `updated` and `published` time (aware).
         base_url: prefix of every resource URL, e.g. "https://vpp.example"; "" for relative ones.
         tz: the site's zone (IANA name or tzinfo): IntervalBlocks are its local days.
+        interleave: every reading's MeterReading and ReadingType first, then the readings'
+            IntervalBlocks in turn, one local day of each: readings that are views of one
+            stream of rows (itertools.tee) then read it once, holding about a day. Atom
+            entries are linked by URL, not by position, so the feed means the same.
 
     Raises:
         ValueError: bad input, found before anything is yielded (the head) or when the offending
@@ -308,9 +313,21 @@ def write_feed(
     heads = [_reading_head(spec, site, up_url, res, entry) for spec, _ in readings]
     yield "".join(head).encode()
     days = _Days(zone)
-    for (spec, values), reading_head in zip(readings, heads, strict=True):
-        yield reading_head.encode()
-        yield from _blocks(spec, values, site, up_url, entry, days)
+    if not interleave:
+        for (spec, values), reading_head in zip(readings, heads, strict=True):
+            yield reading_head.encode()
+            yield from _blocks(spec, values, site, up_url, entry, days)
+        yield b"</feed>\n"
+        return
+    yield "".join(heads).encode()
+    running = [_blocks(spec, values, site, up_url, entry, days) for spec, values in readings]
+    while running:
+        for blocks in list(running):
+            chunk = next(blocks, None)
+            if chunk is None:
+                running.remove(blocks)
+            else:
+                yield chunk
     yield b"</feed>\n"
 
 
