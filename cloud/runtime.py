@@ -301,6 +301,7 @@ class CloudRuntime:
                 fleet=self.fleet,
                 dispatch=self.dispatch,
                 openadr=self.openadr,
+                meter_tolerance_permille=s.meter_tolerance_permille,
             )
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))
             self._server_task = asyncio.create_task(self._server.serve())

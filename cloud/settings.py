@@ -155,6 +155,12 @@ class CloudSettings(BaseSettings):
     dispatch_reward_per_kwh: int = Field(
         20, ge=0, description="reward credits (minor units) per kWh of delivered flexibility"
     )
+    meter_tolerance_permille: int = Field(
+        10,
+        ge=0,
+        description="a day where the virtual meter and the revenue meter differ by more than "
+        "this (per mille of the revenue reading) raises a meter_mismatch alarm",
+    )
     dispatch_resend_s: float = Field(
         30.0, gt=0, description="an unanswered command is sent again after this (clock s)"
     )

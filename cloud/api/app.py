@@ -46,12 +46,15 @@ from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
+from cloud.services.reconciliation import ReconciliationService
 from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
+from cloud.storage.dispatch_store import DispatchStore
 from cloud.storage.meter_store import MeterStore
+from cloud.storage.revenue_store import RevenueStore
 from cloud.storage.store import Store
 
 # In this order (it is the OpenAPI document's order of paths).
@@ -99,6 +102,7 @@ def create_app(
     fleet: FleetService | None = None,
     dispatch: DispatchService | None = None,
     openadr: OpenAdrService | None = None,
+    meter_tolerance_permille: int = 10,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -109,6 +113,7 @@ def create_app(
     With `openadr`, the OpenADR 3.0.1 VTN answers under /openadr3/3.0.1 (docs/openadr.md).
     """
     accounts = accounts or AccountStore(store.engine)
+    meter = MeterService(MeterStore(store.engine), ledger)
     ctx = ApiContext(
         store=store,
         accounts=accounts,
@@ -135,7 +140,14 @@ def create_app(
         fleet=fleet,
         dispatch=dispatch,
         openadr=openadr,
-        meter=MeterService(MeterStore(store.engine), ledger),
+        meter=meter,
+        reconciliation=ReconciliationService(
+            meter,
+            RevenueStore(store.engine),
+            DispatchStore(store.engine),
+            tolerance_permille=meter_tolerance_permille,
+            now=now,
+        ),
     )
     app = FastAPI(
         title="gridmint aggregator",

@@ -37,6 +37,7 @@ from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
+from cloud.services.reconciliation import ReconciliationService
 from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
@@ -109,6 +110,7 @@ class ApiContext:
     openadr: OpenAdrService | None = None
     # The virtual smart meter (cloud/api/meter_routes.py); create_app always builds one.
     meter: MeterService | None = None
+    reconciliation: ReconciliationService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

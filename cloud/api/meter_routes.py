@@ -24,6 +24,7 @@ from cloud.api.deps import ANYONE, AccountsDep, CtxDep, require
 from cloud.api.ledger_routes import InclusionProof, proof_public
 from cloud.api.site_live_routes import _visible
 from cloud.auth import Principal, Role
+from cloud.domain.reconciliation import Totals
 from cloud.domain.virtual_meter import (
     DAY,
     ESTIMATE_METHOD,
@@ -31,7 +32,9 @@ from cloud.domain.virtual_meter import (
     MeterError,
     MeterInterval,
 )
+from cloud.services.reconciliation import ImportRefused, ReconciliationService
 from cloud.services.virtual_meter import MeterService, NoSuchSite
+from cloud.storage.revenue_store import RevenueImport
 
 router = APIRouter()
 Reader = Annotated[Principal, Depends(require(*ANYONE, action="read a site's meter"))]
@@ -393,6 +396,198 @@ async def set_time_zone(
     except NoSuchSite:
         raise HTTPException(404, f"no site {site_id}") from None
     return body
+
+
+# revenue meter data and reconciliation
+
+
+def _reconciler(ctx: CtxDep) -> ReconciliationService:
+    if ctx.reconciliation is None:
+        raise HTTPException(503, "reconciliation is not running in this process")
+    return ctx.reconciliation
+
+
+class RevenueImportOut(BaseModel):
+    import_id: str
+    source: str
+    sha256: str
+    size: int
+    imported_ms: int
+    imported_by: str
+    status: Literal["accepted", "rejected"]
+    detail: str
+    intervals: int
+    first_start: int | None
+    last_end: int | None
+
+
+def _import_out(r: RevenueImport) -> RevenueImportOut:
+    return RevenueImportOut(
+        import_id=r.import_id,
+        source=r.source,
+        sha256=r.sha256.hex(),
+        size=r.size,
+        imported_ms=r.imported_ms,
+        imported_by=r.imported_by,
+        status="accepted" if r.status == "accepted" else "rejected",
+        detail=r.detail,
+        intervals=r.intervals,
+        first_start=r.first_start,
+        last_end=r.last_end,
+    )
+
+
+@router.post(
+    "/api/v1/sites/{site_id}/meter/revenue",
+    response_model=RevenueImportOut,
+    status_code=201,
+    tags=["meter"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/atom+xml": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def import_revenue(
+    site_id: str,
+    request: Request,
+    ctx: CtxDep,
+    accounts: AccountsDep,
+    p: Reader,
+    source: Annotated[str, Query(max_length=200, description="a label: file name, utility")] = "",
+) -> RevenueImportOut:
+    """A revenue meter's Green Button file for the site (the request body, ESPI XML): its
+    import (flow 1), export (19) and net (4) interval readings are stored for reconciliation,
+    replacing earlier readings over the same period. A file that cannot be read is a 400 with
+    the reason, and is kept as a rejected import."""
+    await _visible(accounts, p, site_id)
+    data = await request.body()
+    try:
+        result = await _reconciler(ctx).import_feed(
+            site_id, data, source=source or "upload", by=p.account_id
+        )
+    except ImportRefused as exc:
+        raise HTTPException(400, str(exc)) from None
+    except NoSuchSite:
+        raise HTTPException(404, f"no site {site_id}") from None
+    return _import_out(result.record)
+
+
+@router.get(
+    "/api/v1/sites/{site_id}/meter/revenue",
+    response_model=list[RevenueImportOut],
+    tags=["meter"],
+)
+async def revenue_imports(
+    site_id: str, ctx: CtxDep, accounts: AccountsDep, p: Reader
+) -> list[RevenueImportOut]:
+    """The site's revenue meter imports, newest first (rejected ones with their reason)."""
+    await _visible(accounts, p, site_id)
+    return [_import_out(r) for r in await _reconciler(ctx).store.imports(site_id)]
+
+
+class DayDifference(BaseModel):
+    label: str = Field(description="YYYY-MM-DD or YYYY-MM in the site's time zone")
+    virtual_wh: int
+    revenue_wh: int
+    difference_wh: int = Field(description="virtual - revenue")
+    relative_permille: int | None = Field(description="|difference| per mille of revenue")
+    over_tolerance: bool
+    compared: int
+    virtual_only: int
+    revenue_only: int
+    explained: int
+
+
+class ExplainingInterval(BaseModel):
+    start: int
+    start_iso: str
+    interval_s: int
+    virtual_wh: int | None
+    revenue_wh: int | None
+    reasons: list[str]
+
+
+class ReconciliationOut(BaseModel):
+    site_id: str
+    flow: str
+    start: int
+    end: int
+    tolerance_permille: int
+    total: DayDifference
+    days: list[DayDifference]
+    months: list[DayDifference]
+    explanations: list[ExplainingInterval]
+    explanations_left_out: int
+
+
+def _diff(t: Totals, tolerance: int) -> DayDifference:
+    return DayDifference(
+        label=t.label,
+        virtual_wh=t.virtual_wh,
+        revenue_wh=t.revenue_wh,
+        difference_wh=t.difference_wh,
+        relative_permille=t.relative_permille,
+        over_tolerance=t.over(tolerance),
+        compared=t.compared,
+        virtual_only=t.virtual_only,
+        revenue_only=t.revenue_only,
+        explained=t.explained,
+    )
+
+
+@router.get(
+    "/api/v1/sites/{site_id}/meter/reconciliation",
+    response_model=ReconciliationOut,
+    tags=["meter"],
+)
+async def reconciliation(
+    site_id: str,
+    ctx: CtxDep,
+    accounts: AccountsDep,
+    p: Reader,
+    start: Annotated[datetime, Query(description="ISO 8601; no offset: UTC")],
+    end: Annotated[datetime, Query(description="ISO 8601, exclusive")],
+    flow: Literal["import", "export", "generation", "net"] = "import",
+) -> ReconciliationOut:
+    """Virtual versus revenue meter per day and month for one flow: absolute and relative
+    difference, the days over the tolerance (which raise a meter_mismatch alarm), and the
+    intervals that explain the difference (readings that differ, gaps, estimates, flagged
+    records, intervals missing on either side)."""
+    await _visible(accounts, p, site_id)
+    lo, hi = _s(start), _s(end)
+    if hi <= lo or hi - lo > 400 * DAY:
+        raise HTTPException(400, "the period must be non-empty and at most 400 days")
+    try:
+        rep = await _reconciler(ctx).report(site_id, lo, hi, flow)
+    except MeterError as exc:
+        raise HTTPException(400, str(exc)) from None
+    except NoSuchSite:
+        raise HTTPException(404, f"no site {site_id}") from None
+    tol = rep.tolerance_permille
+    return ReconciliationOut(
+        site_id=site_id,
+        flow=flow,
+        start=lo,
+        end=hi,
+        tolerance_permille=tol,
+        total=_diff(rep.total, tol),
+        days=[_diff(d, tol) for d in rep.days],
+        months=[_diff(m, tol) for m in rep.months],
+        explanations=[
+            ExplainingInterval(
+                start=e.start,
+                start_iso=_iso(e.start),
+                interval_s=e.interval_s,
+                virtual_wh=e.virtual_wh,
+                revenue_wh=e.revenue_wh,
+                reasons=list(e.reasons),
+            )
+            for e in rep.explanations
+        ],
+        explanations_left_out=rep.explanations_left_out,
+    )
 
 
 __all__ = ["Period", "router"]

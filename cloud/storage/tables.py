@@ -534,3 +534,34 @@ openadr_reports = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("modified_ms", BigInteger, nullable=False),
 )
+
+# Revenue meter data (migration 0015): Green Button files from a utility's meter, for
+# reconciliation with the virtual meter. A refused file is kept as a rejected import.
+revenue_imports = Table(
+    "revenue_imports",
+    metadata,
+    Column("import_id", String(32), primary_key=True),
+    Column("site_id", String(64), nullable=False, index=True),
+    Column("source", String(200), nullable=False),
+    Column("sha256", LargeBinary(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("imported_ms", BigInteger, nullable=False),
+    Column("imported_by", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("intervals", BigInteger, nullable=False),
+    Column("first_start", BigInteger, nullable=True),
+    Column("last_end", BigInteger, nullable=True),
+)
+
+revenue_intervals = Table(
+    "revenue_intervals",
+    metadata,
+    Column("site_id", String(64), primary_key=True),
+    Column("flow", String(16), primary_key=True),  # import | export | generation | net
+    Column("interval_start", BigInteger, primary_key=True),
+    Column("interval_s", Integer, nullable=False),
+    Column("value_wh", BigInteger, nullable=False),
+    Column("quality", Integer, nullable=True),
+    Column("import_id", String(32), nullable=False),
+)

@@ -124,6 +124,9 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/sites/{site_id}/meter/intervals/{start}/records"): (D, A, A, A, A, A),
     ("GET", "/api/v1/sites/{site_id}/meter/greenbutton"): (D, A, A, A, A, A),
     ("PUT", "/api/v1/sites/{site_id}/time-zone"): (D, A, A, D, D, A),
+    ("POST", "/api/v1/sites/{site_id}/meter/revenue"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/sites/{site_id}/meter/revenue"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/sites/{site_id}/meter/reconciliation"): (D, A, A, A, A, A),
     ("GET", "/api/v1/sites/{site_id}/events"): (D, A, A, A, A, A),
 }
 

@@ -10,6 +10,7 @@ import io
 import random
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -322,3 +323,86 @@ async def test_green_button_feeds_validate_and_add_up_to_the_ledger(meter: Meter
                 assert [v.start for v in filled] == [T0 + 10 * 300]
             else:
                 assert filled == []
+
+
+async def test_an_exported_feed_imported_as_revenue_data_reconciles_to_zero(
+    meter: Meter,
+) -> None:
+    """Round trip: our own Green Button imported as revenue meter data differs by nothing;
+    the same feed with one reading changed shows that day and that interval."""
+    w = await _world(meter)
+    period = {"start": _iso(T0), "end": _iso(T0 + 2 * 86400)}
+    async with _client(w) as c:
+        r = await c.get("/api/v1/sites/site-a/meter/greenbutton", params=period, headers=w["hal"])
+        feed = r.content
+        r = await c.post(
+            "/api/v1/sites/site-a/meter/revenue",
+            params={"source": "round-trip.xml"},
+            content=feed,
+            headers={**w["hal"], "Content-Type": "application/atom+xml"},
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["status"] == "accepted" and r.json()["intervals"] > 0
+        for flow in ("import", "export", "generation", "net"):
+            r = await c.get(
+                "/api/v1/sites/site-a/meter/reconciliation",
+                params={**period, "flow": flow},
+                headers=w["hal"],
+            )
+            assert r.status_code == 200, r.text
+            rep = r.json()
+            assert rep["total"]["difference_wh"] == 0, (flow, rep["total"])
+            assert all(d["difference_wh"] == 0 and not d["over_tolerance"] for d in rep["days"])
+            # the only interval that explains anything is the gap: no reading on our side
+            assert [(e["start"], e["revenue_wh"]) for e in rep["explanations"]] == [
+                (T0 + 10 * 300, None)
+            ]
+            assert "missing in the virtual meter" in rep["explanations"][0]["reasons"][0]
+
+        # the utility's meter read 5,000 Wh more in one interval (over the 1 % tolerance)
+        changed_at = T0 + 40 * 300
+        doc = feed.decode()
+        marker = f"<start>{changed_at}</start></timePeriod><value>"
+        k = doc.index(marker) + len(marker)  # the first reading in the feed: import
+        end_value = doc.index("</value>", k)
+        old = int(doc[k:end_value])
+        doc = doc[:k] + str(old + 5000) + doc[end_value:]
+        r = await c.post(
+            "/api/v1/sites/site-a/meter/revenue",
+            content=doc.encode(),
+            headers={**w["hal"], "Content-Type": "application/atom+xml"},
+        )
+        assert r.status_code == 201, r.text
+        r = await c.get(
+            "/api/v1/sites/site-a/meter/reconciliation",
+            params={**period, "flow": "import"},
+            headers=w["hal"],
+        )
+        rep = r.json()
+        assert rep["total"]["difference_wh"] == -5000
+        bad_days = [d["label"] for d in rep["days"] if d["difference_wh"] != 0]
+        local = datetime.fromtimestamp(changed_at, UTC).astimezone(ZoneInfo("UTC"))
+        assert bad_days == [f"{local:%Y-%m-%d}"]  # site-a's zone is UTC in this test
+        assert [d["over_tolerance"] for d in rep["days"] if d["difference_wh"]] == [True]
+        differs = [e for e in rep["explanations"] if e["reasons"][0] == "readings differ"]
+        assert [(e["start"], e["revenue_wh"] - e["virtual_wh"]) for e in differs] == [
+            (changed_at, 5000)
+        ]
+
+        # garbage is refused with a plain reason, and kept as a rejected import
+        r = await c.post(
+            "/api/v1/sites/site-a/meter/revenue",
+            content=b"<not-green-button/>",
+            headers={**w["hal"], "Content-Type": "application/atom+xml"},
+        )
+        assert r.status_code == 400 and "Green Button" in r.json()["detail"]
+        r = await c.get("/api/v1/sites/site-a/meter/revenue", headers=w["hal"])
+        assert sorted(i["status"] for i in r.json()) == ["accepted", "accepted", "rejected"]
+        # someone else's site: 404, nothing stored
+        r = await c.post("/api/v1/sites/site-a/meter/revenue", content=feed, headers=w["nia"])
+        assert r.status_code == 404
+    # the day over the tolerance raised an alarm for the site
+    from cloud.storage.dispatch_store import DispatchStore
+
+    alarms = await DispatchStore(meter.store.engine).alarms(open_only=True)
+    assert [(a.kind, a.site_id) for a in alarms] == [("meter_mismatch", "site-a")]
