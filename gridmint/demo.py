@@ -279,6 +279,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
         summary["proofs"] = await _proof_summary(homes, cloud)
         summary["market"] = await _market_summary(cloud, summary["ledger"])
         summary["dispatch"] = await _dispatch_summary(cloud, homes)
+        summary["meter"] = await _meter_summary(cloud, opts.homes)
         agent_stop.set()
         for h in homes:
             if h.task is not None:
@@ -620,6 +621,65 @@ async def _proof_summary(homes: list[Home], cloud: CloudRuntime) -> dict[str, in
     return totals
 
 
+async def _meter_summary(cloud: CloudRuntime, homes: int) -> dict[str, Any]:
+    """The virtual meter of every demo site: its Green Button export for the whole run,
+    checked against the ESPI schema and against the ledger's accepted records, and read back
+    in as revenue meter data (a round trip that must reconcile to zero)."""
+    import io
+
+    from cloud.domain import greenbutton as gb
+    from cloud.services.reconciliation import ReconciliationService
+    from cloud.services.virtual_meter import MeterService
+    from cloud.storage.meter_store import MeterStore
+    from cloud.storage.revenue_store import RevenueStore
+
+    assert cloud.store is not None
+    meter = MeterService(MeterStore(cloud.store.engine), cloud.ledger)
+    recon = ReconciliationService(meter, RevenueStore(cloud.store.engine))
+    out: dict[str, Any] = {
+        "sites": 0,
+        "intervals": 0,
+        "generated_wh": 0,
+        "imported_wh": 0,
+        "exported_wh": 0,
+        "feeds_valid": True,
+        "feeds_equal_ledger": True,
+        "round_trip_difference_wh": 0,
+        "schema_errors": [],
+        "api": f"{cloud.url}/api/v1/sites/{{site_id}}/meter",
+    }
+    for site_id in _site_ids(homes):
+        span = await meter.span(site_id)
+        if span is None:
+            continue
+        first, last_end, _native = span
+        regs = await meter.registers(site_id, last_end)
+        feed = b"".join([p async for p in meter.green_button(site_id, first, last_end)])
+        errors = gb.validate(feed)
+        loaded = gb.load_feed(io.BytesIO(feed))
+        got = {
+            key: sum(v.value_wh for v in loaded.reading(key).values)
+            for key in ("import", "export", "generation")
+        }
+        want = {
+            "import": regs.imported_wh,
+            "export": regs.exported_wh,
+            "generation": regs.generated_wh,
+        }
+        await recon.import_feed(site_id, feed, source="demo round trip", by="demo")
+        report = await recon.report(site_id, first, last_end, "import")
+        out["sites"] += 1
+        out["intervals"] += regs.intervals
+        out["generated_wh"] += regs.generated_wh
+        out["imported_wh"] += regs.imported_wh
+        out["exported_wh"] += regs.exported_wh
+        out["feeds_valid"] = out["feeds_valid"] and not errors
+        out["schema_errors"] += errors[:3]
+        out["feeds_equal_ledger"] = out["feeds_equal_ledger"] and got == want
+        out["round_trip_difference_wh"] += abs(report.total.difference_wh)
+    return out
+
+
 def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> None:
     """Human table, or one JSON object as the last line on stdout."""
     if as_json:
@@ -655,6 +715,17 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
             f"  proofs     {proofs['verified']} tokens proven in the signed log on the Pis, "
             f"{proofs['failed']} failed, {proofs['waiting']} not yet in the log"
         )
+    m = summary.get("meter")
+    if m and m["sites"]:
+        console.print(
+            f"  meter      {m['sites']} virtual meters, {m['intervals']} intervals: "
+            f"{m['generated_wh']} Wh generated, {m['imported_wh']} Wh imported, "
+            f"{m['exported_wh']} Wh exported; Green Button feeds "
+            f"{'valid' if m['feeds_valid'] else 'INVALID'} against the ESPI schema and "
+            f"{'equal to' if m['feeds_equal_ledger'] else 'DIFFERENT from'} the ledger; "
+            f"re-imported as revenue data they differ by {m['round_trip_difference_wh']} Wh"
+        )
+        console.print(f"             API: {m['api']} (intervals, registers, greenbutton)")
     for ev in summary.get("dispatch") or []:
         answers = ", ".join(f"{n} {s}" for s, n in sorted(ev["responses"].items()))
         console.print(

@@ -60,6 +60,13 @@ async def test_demo_flow_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     # The DERMS: the operator's battery event reached both Pis, each acknowledged and ran it,
     # the simulated batteries discharged as asked and the board shows it; the curtailment
     # lowered the simulated inverters' output.
+    # the virtual meter: every site's Green Button export valid and equal to the ledger
+    meter = summary["meter"]
+    assert meter["sites"] == 2, meter
+    assert meter["feeds_valid"], meter["schema_errors"]
+    assert meter["feeds_equal_ledger"] and meter["round_trip_difference_wh"] == 0, meter
+    assert meter["intervals"] == summary["ledger"]["intervals_closed"]  # one minting device a home
+
     battery, curtail = summary["dispatch"]
     print(summary["dispatch"])
     assert battery["control"] == "opModFixedW" and battery["devices"] == 2
