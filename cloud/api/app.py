@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from cloud.api import (
     accounts_routes,
     certificates_routes,
+    connect_auth_routes,
     derms_pages_routes,
     device_routes,
     dispatch_routes,
@@ -45,11 +46,13 @@ from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
+from cloud.services.utility_access import UtilityAccess
 from cloud.storage.accounts import AccountStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
 from cloud.storage.store import Store
+from cloud.storage.utility_store import UtilityStore
 
 # In this order (it is the OpenAPI document's order of paths).
 ROUTERS = (
@@ -70,6 +73,7 @@ ROUTERS = (
     derms_pages_routes.router,
     site_live_routes.router,
     openadr_routes.router,
+    connect_auth_routes.router,
 )
 
 
@@ -131,6 +135,7 @@ def create_app(
         fleet=fleet,
         dispatch=dispatch,
         openadr=openadr,
+        utility_access=UtilityAccess(UtilityStore(store.engine), now),
     )
     app = FastAPI(
         title="gridmint aggregator",

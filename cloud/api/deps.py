@@ -37,6 +37,7 @@ from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
+from cloud.services.utility_access import UtilityAccess
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
@@ -106,6 +107,9 @@ class ApiContext:
     dispatch: DispatchService | None = None
     # The OpenADR 3 VTN (cloud/api/openadr_routes.py); None: its routes answer 404.
     openadr: OpenAdrService | None = None
+    # Utility clients and homeowners' grants (cloud/api/connect_auth.py); create_app always
+    # builds it, None only in a context made by hand (its routes then answer 503).
+    utility_access: UtilityAccess | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).
