@@ -276,7 +276,9 @@ async def grant(
     try:
         made, created = await access.grant(site_id, body.client_id, p.account_id)
     except UnknownClient:
-        raise HTTPException(404, f"no utility client {body.client_id!r} to grant to") from None
+        raise HTTPException(
+            404, f"utility client {body.client_id!r} does not exist or was revoked"
+        ) from None
     if not created:
         response.status_code = 200
     return _grant(made)

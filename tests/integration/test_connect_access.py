@@ -267,7 +267,7 @@ async def test_only_the_owner_or_an_admin_manages_a_sites_grants(world: World) -
     assert [(e["action"], e["by"]) for e in r.json()["log"]] == [("granted", w.ids["admin"])]
     # Unknown clients and unknown sites.
     r = await grant(w, "hal", "site-b", "uc-0000000000000000")
-    assert r.status_code == 404 and "no utility client" in r.json()["detail"]
+    assert r.status_code == 404 and "does not exist or was revoked" in r.json()["detail"]
     assert (await grant(w, "admin", "no-such-site", client_id)).status_code == 404
     r = await w.http.post(
         "/api/v1/sites/site-b/grants", json={"client": client_id}, headers=w.users["hal"]
