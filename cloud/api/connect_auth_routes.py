@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cloud.api.connect_auth import UtilityAccessDep, check_site, require_client
-from cloud.api.deps import AccountsDep, require
+from cloud.api.deps import AccountsDep, CtxDep, require
 from cloud.auth import Principal, Role, can_see_site
 from cloud.domain.utility_access import METER_READ, ScopeError, UtilityClient, format_scopes
 from cloud.services.utility_access import (
@@ -415,13 +415,14 @@ async def connect_sites(
 @router.get("/api/v1/connect/sites/{site_id}", response_model=ConnectSite, tags=["connect"])
 async def connect_site(
     site_id: str,
-    accounts: AccountsDep,
-    access: UtilityAccessDep,
+    ctx: CtxDep,
     client: Annotated[UtilityClient, Depends(require_client(METER_READ))],
 ) -> ConnectSite:
-    """One site the calling client may read; 404 when it may not (as for an unknown site)."""
-    await check_site(access, client, site_id)
-    site = await accounts.get_site(site_id)
+    """One site the calling client may read; 404 when it may not (as for an unknown site).
+
+    Written as cloud.api.connect_auth's docstring tells the meter routes to be."""
+    await check_site(ctx, client, site_id)
+    site = await ctx.accounts.get_site(site_id)
     if site is None:  # a grant names an existing site (foreign key); kept for the type
         raise HTTPException(404, f"no site {site_id!r} is shared with this client")
     return ConnectSite(site_id=site.site_id, name=site.name)

@@ -209,7 +209,8 @@ class UtilityAccess:
             now = self._now_ms()
             try:
                 async with UnitOfWork(self.store.engine) as conn:
-                    if await self.store.write_client_status(conn, client_id) in (None, True):
+                    status = await self.store.write_client_status(conn, client_id, shared=True)
+                    if status in (None, True):
                         raise UnknownClient(client_id)
                     created = await self.store.write_grant(conn, site_id, client_id, by, now)
                     if created:

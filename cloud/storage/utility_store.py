@@ -150,15 +150,18 @@ class UtilityStore:
             rows = (await conn.execute(query)).all()
         return [_client(r) for r in rows]
 
-    async def write_client_status(self, conn: AsyncConnection, client_id: str) -> bool | None:
-        """Inside a transaction: whether the client is revoked (None: no such client); on
-        PostgreSQL the row is locked until the transaction ends, so a grant and a revocation of
-        the same client do not interleave."""
+    async def write_client_status(
+        self, conn: AsyncConnection, client_id: str, *, shared: bool = False
+    ) -> bool | None:
+        """Inside a transaction: whether the client is revoked (None: no such client). On
+        PostgreSQL the row stays locked until the transaction ends, so a grant (`shared`: grants
+        do not wait for each other, nor token issuing) and the client's revocation (exclusive)
+        never interleave: no live grant is left to a revoked client."""
         row = (
             await conn.execute(
                 select(utility_clients.c.revoked)
                 .where(utility_clients.c.client_id == client_id)
-                .with_for_update()
+                .with_for_update(read=shared)
             )
         ).first()
         return None if row is None else bool(row.revoked)

@@ -182,6 +182,17 @@ async def test_admin_registers_a_client_that_gets_tokens(world: World) -> None:
     oauth_error(r, 400, "unsupported_grant_type")
     r = await w.http.post("/api/v1/connect/token", json=form)
     oauth_error(r, 400, "invalid_request")
+    r = await w.http.post(  # Basic and a secret in the form: one way to authenticate only
+        "/api/v1/connect/token", data=form, headers={"Authorization": f"Basic {basic}"}
+    )
+    oauth_error(r, 400, "invalid_request")
+    r = await w.http.post(
+        "/api/v1/connect/token",
+        content=f"grant_type=client_credentials&client_id={client_id}&client_id=uc-x"
+        f"&client_secret={secret}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    oauth_error(r, 400, "invalid_request")
 
 
 async def test_homeowner_grants_and_revokes_a_site(world: World) -> None:
@@ -403,3 +414,21 @@ async def test_the_grant_log_is_append_only(world: World) -> None:
                 await conn.execute(statement)
     r = await w.http.get("/api/v1/sites/site-a/grants", headers=w.users["hal"])
     assert [(e["action"], e["by"]) for e in r.json()["log"]] == [("granted", w.ids["hal"])]
+
+
+async def test_simultaneous_grants_and_revocations_are_logged_once(world: World) -> None:
+    w = world
+    client_id, secret = await register(w)
+    bearer = await token_of(w, client_id, secret)
+    granted = await asyncio.gather(*(grant(w, "hal", "site-a", client_id) for _ in range(5)))
+    assert sorted(r.status_code for r in granted) == [200, 200, 200, 200, 201]
+    revoked = await asyncio.gather(
+        *(
+            w.http.delete(f"/api/v1/sites/site-a/grants/{client_id}", headers=w.users["hal"])
+            for _ in range(5)
+        )
+    )
+    assert sorted(r.status_code for r in revoked) == [200, 404, 404, 404, 404]
+    r = await w.http.get("/api/v1/sites/site-a/grants", headers=w.users["hal"])
+    assert [e["action"] for e in r.json()["log"]] == ["revoked", "granted"]
+    assert (await w.http.get("/api/v1/connect/sites/site-a", headers=bearer)).status_code == 404
