@@ -23,6 +23,7 @@ from cloud.domain.identity import (
     can_see_site,
     site_owner_filter,
 )
+from cloud.domain.utility_access import is_access_token
 
 if TYPE_CHECKING:
     from cloud.storage.accounts import Account, AccountStore
@@ -146,6 +147,11 @@ class Auth:
             return self._principal(account, "api_key")
         account = await self.accounts.resolve_token(value)
         if account is None:
+            if is_access_token(value):  # never in auth_tokens: say where it does belong
+                raise _invalid_token(
+                    "a utility client's access token is not a user credential: only the "
+                    "Connect API's client endpoints accept it"
+                )
             raise _invalid_token("the bearer token is not valid or has expired; log in again")
         return self._principal(account, "bearer")
 

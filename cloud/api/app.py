@@ -17,6 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from cloud.api import (
     accounts_routes,
     certificates_routes,
+    connect_auth_routes,
+    connect_meter_routes,
     derms_pages_routes,
     device_routes,
     dispatch_routes,
@@ -47,6 +49,7 @@ from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
 from cloud.services.reconciliation import ReconciliationService
+from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.certificates_store import CertificateStore
@@ -56,6 +59,7 @@ from cloud.storage.dispatch_store import DispatchStore
 from cloud.storage.meter_store import MeterStore
 from cloud.storage.revenue_store import RevenueStore
 from cloud.storage.store import Store
+from cloud.storage.utility_store import UtilityStore
 
 # In this order (it is the OpenAPI document's order of paths).
 ROUTERS = (
@@ -77,6 +81,8 @@ ROUTERS = (
     site_live_routes.router,
     openadr_routes.router,
     meter_routes.router,
+    connect_auth_routes.router,
+    connect_meter_routes.router,
 )
 
 
@@ -148,6 +154,7 @@ def create_app(
             tolerance_permille=meter_tolerance_permille,
             now=now,
         ),
+        utility_access=UtilityAccess(UtilityStore(store.engine), now),
     )
     app = FastAPI(
         title="gridmint aggregator",

@@ -38,6 +38,7 @@ from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
 from cloud.services.reconciliation import ReconciliationService
+from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
 from cloud.storage.claims import ClaimStore
@@ -111,6 +112,9 @@ class ApiContext:
     # The virtual smart meter (cloud/api/meter_routes.py); create_app always builds one.
     meter: MeterService | None = None
     reconciliation: ReconciliationService | None = None
+    # Utility clients and homeowners' grants (cloud/api/connect_auth.py); create_app always
+    # builds it, None only in a context made by hand (its routes then answer 503).
+    utility_access: UtilityAccess | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

@@ -27,12 +27,14 @@ from cloud.domain.certificates import (
     forest_milliacres,
 )
 from cloud.services.ledger import LedgerService
+from cloud.services.utility_access import SiteGrants
 from cloud.storage.store import DeviceSummary
 from rules.ledger import site_account
 
 HOME_ROLES = frozenset({Role.HOMEOWNER, Role.ADMIN})
 REFRESH_MS = 10_000
 LIVE_MS = 2_000  # the live power flow (GET /api/v1/sites/{id}/live)
+GRANT_LOG_LINES = 10  # the recent grants and revocations shown per site
 
 # Where the default factor comes from (cloud/domain/certificates.py); shown under the figures.
 FACTOR_SOURCE = (
@@ -113,6 +115,11 @@ async def home_page(request: Request, ctx: CtxDep) -> Response:
     by_site: dict[str, list[DeviceSummary]] = {}
     for d in await ctx.store.list_devices():
         by_site.setdefault(d.device.site_id, []).append(d)
+    # Who may read each site's meter data (cloud/api/connect_auth_routes.py; home_access.js).
+    access = ctx.utility_access
+    meter_access: dict[str, SiteGrants] = {}
+    if access is not None:
+        meter_access = {s.site_id: await access.grants(s.site_id, GRANT_LOG_LINES) for s in sites}
     checkpoint_size = 0
     if ledger is not None:
         cp = await ledger.store.latest_checkpoint()
@@ -139,5 +146,7 @@ async def home_page(request: Request, ctx: CtxDep) -> Response:
             "live_ms": LIVE_MS,
             "derms": ctx.fleet is not None,
             "control_labels": {k: v[0] for k, v in CONTROL_LABELS.items()},
+            "meter_access": meter_access,
+            "utility_directory": await access.directory() if access is not None else [],
         },
     )

@@ -138,6 +138,7 @@ async def _json(
     fill: str,
     first: MeterInterval | None,
     rows: AsyncIterator[MeterInterval],
+    extra: dict[str, object] | None = None,
 ) -> AsyncIterator[bytes]:
     head = {
         "site_id": site_id,
@@ -146,6 +147,7 @@ async def _json(
         "interval": interval,
         "fill": fill,
         "estimate_method": ESTIMATE_METHOD if fill == "estimate" else None,
+        **(extra or {}),
     }
     yield (json.dumps(head)[:-1] + ', "intervals": [').encode()
     if first is not None:

@@ -565,3 +565,55 @@ revenue_intervals = Table(
     Column("quality", Integer, nullable=True),
     Column("import_id", String(32), nullable=False),
 )
+
+# Utility (machine) clients of the Connect API and the homeowners' grants (migration 0016;
+# cloud/services/utility_access.py). Secrets and access tokens are kept as SHA-256 digests.
+# `granted_by` and `by` are account ids, or the legacy admin token's "admin-token": no key.
+utility_clients = Table(
+    "utility_clients",
+    metadata,
+    Column("client_id", String(32), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("scopes", String(200), nullable=False),  # space separated
+    Column("created_ms", BigInteger, nullable=False),
+    Column("revoked", Integer, nullable=False, server_default="0"),
+)
+
+utility_tokens = Table(
+    "utility_tokens",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column(
+        "client_id",
+        String(32),
+        ForeignKey("utility_clients.client_id"),
+        nullable=False,
+        index=True,
+    ),
+    Column("scopes", String(200), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+)
+
+site_grants = Table(
+    "site_grants",
+    metadata,
+    Column("site_id", String(64), ForeignKey("sites.site_id"), primary_key=True),
+    Column("client_id", String(32), ForeignKey("utility_clients.client_id"), primary_key=True),
+    Column("granted_by", String(64), nullable=False),
+    Column("granted_ms", BigInteger, nullable=False),
+    Column("revoked_ms", BigInteger, nullable=True),  # null while the grant lasts
+    Index("ix_site_grants_client", "client_id"),
+)
+
+site_grant_log = Table(
+    "site_grant_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("site_id", String(64), nullable=False, index=True),
+    Column("client_id", String(32), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("by", String(64), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    CheckConstraint("action IN ('granted', 'revoked')", name="ck_site_grant_log_action"),
+)

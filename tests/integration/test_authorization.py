@@ -20,6 +20,9 @@ from cloud.storage.store import Store
 
 ROLES = ("anonymous", "homeowner", "installer", "approver", "grid_operator", "admin")
 A, D = "allow", "deny"  # deny = 401 for anonymous, 403 for a signed-in role
+# For utility (machine) clients only: every user credential is a 401, as no credential is.
+C = "utility client"
+CLIENT = (C,) * len(ROLES)
 
 # (method, path): decision per role in ROLES order
 TABLE: dict[tuple[str, str], tuple[str, ...]] = {
@@ -128,6 +131,24 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/sites/{site_id}/meter/revenue"): (D, A, A, A, A, A),
     ("GET", "/api/v1/sites/{site_id}/meter/reconciliation"): (D, A, A, A, A, A),
     ("GET", "/api/v1/sites/{site_id}/events"): (D, A, A, A, A, A),
+    # Utility access (Connect): the admin registers and revokes utility clients (the grid
+    # operator may read the list); homeowners pick from the directory and manage their own
+    # sites' grants. The token endpoint's credential is the client's secret; the rest of
+    # /api/v1/connect/ takes a utility access token only (test_connect_access.py).
+    ("POST", "/api/v1/utility-clients"): (D, D, D, D, D, A),
+    ("GET", "/api/v1/utility-clients"): (D, D, D, D, A, A),
+    ("GET", "/api/v1/utility-clients/directory"): (D, A, D, D, D, A),
+    ("POST", "/api/v1/utility-clients/{client_id}/revoke"): (D, D, D, D, D, A),
+    ("GET", "/api/v1/sites/{site_id}/grants"): (D, A, D, D, D, A),
+    ("POST", "/api/v1/sites/{site_id}/grants"): (D, A, D, D, D, A),
+    ("DELETE", "/api/v1/sites/{site_id}/grants/{client_id}"): (D, A, D, D, D, A),
+    ("POST", "/api/v1/connect/token"): (A, A, A, A, A, A),
+    ("GET", "/api/v1/connect/sites"): CLIENT,
+    ("GET", "/api/v1/connect/sites/{site_id}"): CLIENT,
+    ("GET", "/api/v1/connect/sites/{site_id}/usage-point"): CLIENT,
+    ("GET", "/api/v1/connect/sites/{site_id}/intervals"): CLIENT,
+    ("GET", "/api/v1/connect/sites/{site_id}/registers"): CLIENT,
+    ("GET", "/api/v1/connect/sites/{site_id}/greenbutton"): CLIENT,
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.
@@ -198,6 +219,7 @@ async def test_role_table(
         .replace("{trade_id}", "t-x")
         .replace("{event_id}", "ev-x")
         .replace("{alarm_id}", "1")
+        .replace("{client_id}", "uc-x")
     )
     for role, decision in zip(ROLES, TABLE[(method, path)], strict=True):
         headers = {} if role == "anonymous" else {"Authorization": f"Bearer {tokens[role]}"}
@@ -226,6 +248,10 @@ async def test_role_table(
             assert status == 403, (role, method, path, status)
             assert r.headers["content-type"].startswith("text/html")
             assert f"role {role} may not" in r.text
+            continue
+        if decision == C:
+            assert status == 401, (role, method, path, status)
+            assert r.headers["www-authenticate"].startswith("Bearer")
             continue
         if decision == A:
             assert status not in (401, 403), (role, method, path, status, r.text)

@@ -35,6 +35,7 @@ ORIGIN = "gridmint/test/meter"
 # 2026-03-28 22:00 UTC: the Berlin DST change (29 March, 02:00 -> 03:00) falls inside the data
 T0 = int(datetime(2026, 3, 28, 22, 0, tzinfo=UTC).timestamp())
 PW = "a long password"
+ADMIN = "meter-admin-token"
 
 
 class Meter:
@@ -108,7 +109,13 @@ async def _world(m: Meter) -> dict[str, Any]:
     )
     await ledger.load()
     assert await ledger.close_due() > 0
-    app = create_app(store, accounts=accounts, ledger=ledger, now=lambda: float(T0 + 2 * 86400))
+    app = create_app(
+        store,
+        accounts=accounts,
+        ledger=ledger,
+        admin_token=ADMIN,
+        now=lambda: float(T0 + 2 * 86400),
+    )
     tokens = {a.email: await accounts.issue_token(a.account_id, 3600) for a in (hal, nia, op)}
     return {
         "app": app,
@@ -406,3 +413,73 @@ async def test_an_exported_feed_imported_as_revenue_data_reconciles_to_zero(
 
     alarms = await DispatchStore(meter.store.engine).alarms(open_only=True)
     assert [(a.kind, a.site_id) for a in alarms] == [("meter_mismatch", "site-a")]
+
+
+async def test_a_utility_client_reads_only_what_the_homeowner_granted(meter: Meter) -> None:
+    """Connect: a utility's system (client credentials) reads the meter data of the sites
+    granted to it, in JSON pages and as Green Button; a revocation holds from the next
+    request; other sites are 404."""
+    w = await _world(meter)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    period = {"start": _iso(T0), "end": _iso(T0 + 86400)}
+    async with _client(w) as c:
+        r = await c.post(
+            "/api/v1/utility-clients",
+            json={"name": "Northgrid Utility", "scopes": "meter:read"},
+            headers=admin,
+        )
+        assert r.status_code == 201, r.text
+        cid, secret = r.json()["client_id"], r.json()["client_secret"]
+        r = await c.post(
+            "/api/v1/connect/token",
+            data={"grant_type": "client_credentials", "client_id": cid, "client_secret": secret},
+        )
+        utility = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        base = "/api/v1/connect/sites"
+        # nothing granted yet
+        assert (await c.get(f"{base}/site-a/usage-point", headers=utility)).status_code == 404
+        r = await c.post("/api/v1/sites/site-a/grants", json={"client_id": cid}, headers=w["hal"])
+        assert r.status_code in (200, 201), r.text
+
+        r = await c.get(f"{base}/site-a/usage-point", headers=utility)
+        assert r.status_code == 200, r.text
+        up = r.json()
+        assert up["is_virtual"] and up["is_der"] and up["native_interval_s"] == 300
+        assert [x["key"] for x in up["readings"]] == ["import", "export", "generation", "net"]
+
+        # JSON pages of at most 31 days: a 40-day request says where the next page starts
+        r = await c.get(
+            f"{base}/site-a/intervals",
+            params={"start": _iso(T0), "end": _iso(T0 + 40 * 86400), "interval": "60min"},
+            headers=utility,
+        )
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert page["end"] == T0 + 31 * 86400 and page["next"] is not None
+        own = await c.get(
+            "/api/v1/sites/site-a/meter/intervals",
+            params={"start": _iso(T0), "end": _iso(T0 + 31 * 86400), "interval": "60min"},
+            headers=w["hal"],
+        )
+        assert page["intervals"] == own.json()["intervals"]  # the same readings
+        r = await c.get(page["next"], headers=utility)
+        assert r.status_code == 200 and r.json()["intervals"] == [] and r.json()["next"] is None
+
+        r = await c.get(f"{base}/site-a/greenbutton", params=period, headers=utility)
+        assert r.status_code == 200 and gb.validate(r.content) == []
+        r = await c.get(f"{base}/site-a/registers", headers=utility)
+        assert r.status_code == 200 and r.json()["intervals"] == w["n"] - 1
+
+        # another homeowner's site was never granted; a user token is no client credential
+        for what in ("usage-point", "registers"):
+            assert (await c.get(f"{base}/site-q/{what}", headers=utility)).status_code == 404
+        assert (await c.get(f"{base}/site-a/usage-point", headers=w["hal"])).status_code == 401
+
+        # revoked: the very next request is refused
+        r = await c.delete(f"/api/v1/sites/site-a/grants/{cid}", headers=w["hal"])
+        assert r.status_code == 200, r.text
+        r = await c.get(f"{base}/site-a/greenbutton", params=period, headers=utility)
+        assert r.status_code == 404
+        assert (
+            await c.get(f"{base}/site-a/intervals", params=period, headers=utility)
+        ).status_code == 404
