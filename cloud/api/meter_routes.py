@@ -20,10 +20,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import ANYONE, AccountsDep, CtxDep, require
+from cloud.api.deps import ANYONE, FLEET, AccountsDep, CtxDep, require
 from cloud.api.ledger_routes import InclusionProof, proof_public
 from cloud.api.site_live_routes import _visible
 from cloud.auth import Principal, Role
+from cloud.domain.fleet_groups import GroupError, parse_group
 from cloud.domain.reconciliation import Totals
 from cloud.domain.virtual_meter import (
     DAY,
@@ -398,6 +399,47 @@ async def set_time_zone(
     except NoSuchSite:
         raise HTTPException(404, f"no site {site_id}") from None
     return body
+
+
+# a group's meter (the operator's analytics)
+
+FleetReader = Annotated[Principal, Depends(require(*FLEET, action="read a group's meter data"))]
+
+
+@router.get("/api/v1/fleet/meter", tags=["meter"])
+async def group_meter(
+    ctx: CtxDep,
+    _p: FleetReader,
+    start: Annotated[datetime, Query(description="ISO 8601; no offset: UTC")],
+    end: Annotated[datetime, Query(description="ISO 8601, exclusive")],
+    group: Annotated[str, Query(max_length=80, description="a fleet group")] = "all",
+    interval: Literal["15min", "30min", "60min", "day"] = "day",
+    tz: Annotated[str, Query(max_length=64, description="IANA zone of the days")] = "UTC",
+    format: Literal["json", "csv"] = "json",
+) -> StreamingResponse:
+    """A fleet group's production, consumption, import, export and battery use per
+    interval or day: its sites' accepted records summed (what they delivered; nothing
+    estimated), for the operator's analytics."""
+    if ctx.fleet is None:
+        raise HTTPException(503, "the fleet view is not running in this process")
+    try:
+        members = ctx.fleet.state.members(parse_group(group))
+    except GroupError as exc:
+        raise HTTPException(400, str(exc)) from None
+    site_ids = sorted({d.site_id for d in members})
+    lo, hi = _s(start), _s(end)
+    rows = _meter(ctx).group_readings(site_ids, lo, hi, LENGTHS[interval] or DAY, tz)
+    first = await _first(rows)
+    if format == "csv":
+        return StreamingResponse(
+            _csv(first, rows),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="group-{interval}.csv"'},
+        )
+    return StreamingResponse(
+        _json(group, lo, hi, interval, "none", first, rows, {"sites": len(site_ids), "tz": tz}),
+        media_type="application/json",
+    )
 
 
 # revenue meter data and reconciliation

@@ -130,6 +130,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/sites/{site_id}/meter/revenue"): (D, A, A, A, A, A),
     ("GET", "/api/v1/sites/{site_id}/meter/revenue"): (D, A, A, A, A, A),
     ("GET", "/api/v1/sites/{site_id}/meter/reconciliation"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/fleet/meter"): (D, D, A, A, A, A),
     ("GET", "/api/v1/sites/{site_id}/events"): (D, A, A, A, A, A),
     # Utility access (Connect): the admin registers and revokes utility clients (the grid
     # operator may read the list); homeowners pick from the directory and manage their own

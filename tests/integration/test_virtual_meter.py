@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.api.app import create_app
 from cloud.domain import greenbutton as gb
+from cloud.services.fleet import FleetService
 from cloud.services.ingest import IngestService
 from cloud.services.ledger import LedgerService
 from cloud.storage.accounts import AccountStore
+from cloud.storage.dispatch_store import DispatchStore
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.store import Store
 from edge.accounting import Channel
@@ -109,10 +111,13 @@ async def _world(m: Meter) -> dict[str, Any]:
     )
     await ledger.load()
     assert await ledger.close_due() > 0
+    fleet = FleetService(DispatchStore(store.engine))
+    await fleet.load()
     app = create_app(
         store,
         accounts=accounts,
         ledger=ledger,
+        fleet=fleet,
         admin_token=ADMIN,
         now=lambda: float(T0 + 2 * 86400),
     )
@@ -483,3 +488,28 @@ async def test_a_utility_client_reads_only_what_the_homeowner_granted(meter: Met
         assert (
             await c.get(f"{base}/site-a/intervals", params=period, headers=utility)
         ).status_code == 404
+
+
+async def test_the_operator_reads_a_groups_meter_by_day(meter: Meter) -> None:
+    w = await _world(meter)
+    q = {"start": _iso(T0), "end": _iso(T0 + 3 * 86400)}
+    async with _client(w) as c:
+        r = await c.get("/api/v1/fleet/meter", params={**q, "group": "all"}, headers=w["op"])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["sites"] == 2
+        days = body["intervals"]
+        assert sum(d["generated_wh"] for d in days) == sum(v["gen"] for v in meter.sent.values())
+        assert sum(d["imported_wh"] for d in days) == sum(v["imp"] for v in meter.sent.values())
+        r = await c.get(
+            "/api/v1/fleet/meter",
+            params={**q, "group": "site:site-q", "interval": "60min", "format": "csv"},
+            headers=w["op"],
+        )
+        assert r.status_code == 200 and len(r.text.strip().splitlines()) == 1 + 26
+        r = await c.get("/api/v1/fleet/meter", params={**q, "group": "where:x=1"}, headers=w["op"])
+        assert r.status_code == 400 and "unknown key" in r.text
+        r = await c.get("/api/v1/fleet/meter", params={**q, "tz": "Mars/Base"}, headers=w["op"])
+        assert r.status_code == 400
+        r = await c.get("/api/v1/fleet/meter", params=q, headers=w["hal"])
+        assert r.status_code == 403  # homeowners see their own sites only
