@@ -130,6 +130,7 @@ async def _world(m: Meter) -> dict[str, Any]:
         "nia": {"Authorization": f"Bearer {tokens['nia@x.org']}"},
         "op": {"Authorization": f"Bearer {tokens['olga@x.org']}"},
         "pv": pv,
+        "grid": grid,
         "n": n,
     }
 
@@ -264,13 +265,18 @@ async def test_an_interval_traces_to_signed_records_with_inclusion_proofs(meter:
     reading = t["reading"]
     assert sum(x["generated_wh"] for x in t["records"]) == reading["generated_wh"]
     assert sum(x["imported_wh"] for x in t["records"]) == reading["imported_wh"]
-    keys = {d.device_id: d.public_key for d in (w["pv"],)}
+    keys = {d.device_id: d.public_key for d in (w["pv"], w["grid"])}
     ledger_key = cose.public_bytes(w["key"].public_key())
     for x in t["records"]:
         envelope = bytes.fromhex(x["envelope_hex"])
-        if x["device_id"] in keys:  # the signature is the device's
-            rec = check_envelope(envelope, keys[x["device_id"]], w["pv"].deployment)
-            assert rec.energy.generated_wh == x["generated_wh"]
+        # the signature is the device's, and the record says what the API says
+        rec = check_envelope(envelope, keys[x["device_id"]], w["pv"].deployment)
+        assert rec.token_id == x["token_id"]
+        assert (rec.energy.generated_wh, rec.energy.imported_wh, rec.energy.exported_wh) == (
+            x["generated_wh"],
+            x["imported_wh"],
+            x["exported_wh"],
+        )
         proof = x["proof"]
         assert proof is not None
         cp = parse_signed_checkpoint(
