@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from cloud.api import (
     accounts_routes,
+    analytics_pages_routes,
     certificates_routes,
     derms_pages_routes,
     device_routes,
@@ -74,6 +75,7 @@ ROUTERS = (
     site_live_routes.router,
     openadr_routes.router,
     meter_routes.router,
+    analytics_pages_routes.router,
 )
 
 
