@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from cloud.api import (
     accounts_routes,
+    analytics_pages_routes,
     certificates_routes,
     connect_auth_routes,
     connect_meter_routes,
@@ -83,6 +84,7 @@ ROUTERS = (
     meter_routes.router,
     connect_auth_routes.router,
     connect_meter_routes.router,
+    analytics_pages_routes.router,
 )
 
 

@@ -39,6 +39,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     # A homeowner's "/" is a 303 to their own page, /home (checked below).
     ("GET", "/"): (D, A, A, A, A, A),
     ("GET", "/home"): (D, A, D, D, D, A),
+    ("GET", "/home/analytics"): (D, A, D, D, D, A),  # meter analytics, like /home
     ("GET", "/market"): (D, A, D, D, A, A),  # the trading desk; read-only but for homeowners
     ("GET", "/approvals"): (D, D, D, A, D, A),
     # A homeowner passes the role check; the data rule then limits them to their own sites'
@@ -158,6 +159,7 @@ PAGES = {
     "/approvals",
     "/devices/{device_id}",
     "/home",
+    "/home/analytics",
     "/market",
     "/fleet",
     "/events",
