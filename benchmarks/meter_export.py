@@ -174,14 +174,16 @@ async def run(args: argparse.Namespace) -> None:
         peak_month = await _peak(lambda: _export(meter, month_end))
         peak_base = await _peak(lambda: _baseline(meter, end))
         print(
-            f"baseline: stream {n:,} intervals from the database: {base_s:.3f} s, peak {peak_base / 2**20:.2f} MiB"
+            f"baseline: stream {n:,} intervals from the database: {base_s:.3f} s, "
+            f"peak {peak_base / 2**20:.2f} MiB"
         )
         print(
             f"export {args.days} days: {exp_s:.3f} s ({exp_s / base_s:.2f}x baseline), "
             f"{size / 2**20:.1f} MiB of XML, peak {peak_year / 2**20:.2f} MiB, sha256 {digest[:16]}"
         )
         print(
-            f"export 30 days: {month_s:.3f} s, {msize / 2**20:.1f} MiB, peak {peak_month / 2**20:.2f} MiB "
+            f"export 30 days: {month_s:.3f} s, {msize / 2**20:.1f} MiB, "
+            f"peak {peak_month / 2**20:.2f} MiB "
             f"(year/month peak {peak_year / peak_month:.2f}x)"
         )
     finally:
