@@ -20,12 +20,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Protocol
 
 import httpx
 
 from cloud.domain.payments import (
     LIVE_STATUSES,
+    FxRate,
     Money,
     PaymentError,
     PaymentEvent,
@@ -290,6 +292,17 @@ class PaymentService:
             assert after is not None
             await self._tell(after)
         return expired
+
+    async def put_rate(self, rate: FxRate) -> None:
+        """Store an exchange rate (an admin's entry: pair, day, source)."""
+        await self.store.put_rate(rate)
+
+    async def rates(self, base: str | None = None, quote: str | None = None) -> list[FxRate]:
+        return await self.store.rates(base, quote)
+
+    async def rate_on(self, base: str, quote: str, day: date) -> FxRate | None:
+        """The newest stored rate for the pair dated on or before `day`."""
+        return await self.store.rate_on(base, quote, day)
 
     async def stripe_webhook(self, payload: bytes, signature: str | None) -> EventResult:
         """A Stripe webhook delivery: verified, then applied. SignatureError or PaymentError
