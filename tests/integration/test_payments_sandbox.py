@@ -5,11 +5,15 @@ stale payments expire as failed, refunds, and a shop that raised is told again l
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import date
 
+import httpx
 import pytest
 
+from cloud.api.app import create_app
 from cloud.domain.payments import Money, PaymentError, PaymentStatus
 from cloud.services.payments import NotFound, PaymentService, SandboxProvider
+from cloud.storage.accounts import AccountStore
 from cloud.storage.payments_store import PaymentStore
 from cloud.storage.store import Store
 from tests.helpers.payment_outcomes import RecordingOutcomes
@@ -120,3 +124,65 @@ async def test_a_shop_that_raised_is_told_again(
     assert await service.resend_outcomes() == 1
     assert outcomes.calls == [("succeeded", "order-1", p.payment_id, "")]
     assert await service.resend_outcomes() == 0
+
+
+async def test_pay_button_and_fx_rates_over_http(store: Store) -> None:
+    accounts = AccountStore(store.engine)
+    users: dict[str, dict[str, str]] = {}
+    ids: dict[str, str] = {}
+    for name, role in (("buyer", "homeowner"), ("other", "homeowner"), ("admin", "admin")):
+        a = await accounts.create_account(
+            f"{name}@example.org", name, "a long password", role, "approved"
+        )
+        ids[name] = a.account_id
+        users[name] = {"Authorization": f"Bearer {await accounts.issue_token(a.account_id, 3600)}"}
+    outcomes = RecordingOutcomes()
+    service = PaymentService(
+        SandboxProvider(),
+        PaymentStore(store.engine),
+        outcomes,
+        owner_of=owners({"order-9": ids["buyer"]}),
+    )
+    app = create_app(store, accounts=accounts, payments=service)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        p = await service.start("order-9", Money(1_234, "SEK"), "x")
+        url = f"/api/v1/payments/sandbox/{p.payment_id}/complete"
+        r = await c.post(url, json={"succeed": True}, headers=users["other"])
+        assert r.status_code == 404 and r.json() == {"detail": "no such payment"}
+        r = await c.post(url, json={"succeed": True}, headers=users["buyer"])
+        assert r.status_code == 200 and r.json()["status"] == "succeeded"
+        r = await c.post(url, json={"succeed": True}, headers=users["admin"])
+        assert r.status_code == 200 and r.json()["status"] == "succeeded"
+        assert outcomes.calls == [("succeeded", "order-9", p.payment_id, "")]
+        # The Stripe webhook is not there when the sandbox takes the payments.
+        r = await c.post("/api/v1/payments/stripe/webhook", content=b"{}")
+        assert r.status_code == 404
+
+        rate = {
+            "base": "EUR",
+            "quote": "USD",
+            "rate_ppm": 1_084_300,
+            "as_of": "2026-03-02",
+            "source": "ECB reference rate",
+        }
+        r = await c.put("/api/v1/fx-rates", json=rate, headers=users["buyer"])
+        assert r.status_code == 403
+        r = await c.put("/api/v1/fx-rates", json=rate, headers=users["admin"])
+        assert r.status_code == 200
+        r = await c.put(
+            "/api/v1/fx-rates",
+            json=dict(rate, as_of="2026-03-01", rate_ppm=1_080_000),
+            headers=users["admin"],
+        )
+        assert r.status_code == 200
+        r = await c.put("/api/v1/fx-rates", json=dict(rate, quote="EUR"), headers=users["admin"])
+        assert r.status_code == 422
+        assert r.json() == {"detail": "a rate converts between two different currencies"}
+        r = await c.get("/api/v1/fx-rates", params={"base": "EUR"}, headers=users["buyer"])
+        assert [(x["as_of"], x["rate_ppm"]) for x in r.json()] == [
+            ("2026-03-02", 1_084_300),
+            ("2026-03-01", 1_080_000),
+        ]
+        got = await service.rate_on("EUR", "USD", date(2026, 3, 1))
+        assert got is not None and got.rate_ppm == 1_080_000
+        assert await service.rate_on("EUR", "USD", date(2026, 2, 28)) is None
