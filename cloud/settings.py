@@ -170,3 +170,22 @@ class CloudSettings(BaseSettings):
     openadr_clients: str = Field(
         "[]", description="OpenADR 3 VTN clients (JSON list of client_id, client_secret, scopes)"
     )
+    # Payments (cloud/services/payments.py; docs/operations.md, "Payments"). Amounts are in minor
+    # units of their currency (ISO 4217).
+    payment_provider: Literal["sandbox", "stripe"] = Field(
+        "sandbox", description="sandbox: embedded, no money moves; stripe: Stripe PaymentIntents"
+    )
+    stripe_api_base: str = Field("https://api.stripe.com", description="Stripe API base URL")
+    stripe_secret_key: str = Field("", description="Stripe secret key (sk_live_... / sk_test_...)")
+    stripe_webhook_secret: str = Field(
+        "", description="the webhook endpoint's signing secret (whsec_...)"
+    )
+    payment_timeout_s: int = Field(
+        1800,
+        gt=0,
+        description="a payment still unpaid this long after it started fails (the shop then "
+        "releases its reservations)",
+    )
+    bank_transfer_fee_minor: int = Field(
+        0, ge=0, description="flat fee per market-credit top-up or redemption by bank transfer"
+    )

@@ -33,6 +33,7 @@ from cloud.api import (
     openadr_routes,
     ops_routes,
     pages_routes,
+    payments_routes,
     site_live_routes,
     sites_routes,
     tokens_routes,
@@ -49,6 +50,7 @@ from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
+from cloud.services.payments import PaymentService
 from cloud.services.reconciliation import ReconciliationService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
@@ -85,6 +87,7 @@ ROUTERS = (
     connect_auth_routes.router,
     connect_meter_routes.router,
     analytics_pages_routes.router,
+    payments_routes.router,
 )
 
 
@@ -111,6 +114,7 @@ def create_app(
     dispatch: DispatchService | None = None,
     openadr: OpenAdrService | None = None,
     meter_tolerance_permille: int = 10,
+    payments: PaymentService | None = None,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -119,6 +123,7 @@ def create_app(
     With `http_rate` or `max_body_bytes`, requests over them are answered 429 or 413
     (cloud.api.limits); without them (tests, benchmarks) nothing is limited.
     With `openadr`, the OpenADR 3.0.1 VTN answers under /openadr3/3.0.1 (docs/openadr.md).
+    With `payments`, the payment routes work (docs/operations.md, "Payments"); else 503.
     """
     accounts = accounts or AccountStore(store.engine)
     meter = MeterService(MeterStore(store.engine), ledger)
@@ -157,6 +162,7 @@ def create_app(
             now=now,
         ),
         utility_access=UtilityAccess(UtilityStore(store.engine), now),
+        payments=payments,
     )
     app = FastAPI(
         title="gridmint aggregator",

@@ -37,6 +37,7 @@ from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
+from cloud.services.payments import PaymentService
 from cloud.services.reconciliation import ReconciliationService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
@@ -115,6 +116,8 @@ class ApiContext:
     # Utility clients and homeowners' grants (cloud/api/connect_auth.py); create_app always
     # builds it, None only in a context made by hand (its routes then answer 503).
     utility_access: UtilityAccess | None = None
+    # Payments (cloud/api/payments_routes.py); None: its routes answer 503.
+    payments: PaymentService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -616,4 +618,64 @@ site_grant_log = Table(
     Column("by", String(64), nullable=False),
     Column("at_ms", BigInteger, nullable=False),
     CheckConstraint("action IN ('granted', 'revoked')", name="ck_site_grant_log_action"),
+)
+
+# Payments behind the port of cloud/services/payments.py (migration 0017). Amounts are integers in
+# minor units of `currency` (ISO 4217). A ref (the shop's order, a credit top-up) has at most one
+# live payment: the partial unique index leaves failed and canceled attempts out, so the buyer
+# may try again. `provider_id` is null until the provider has answered the create call.
+PAYMENT_LIVE = "status IN ('created', 'processing', 'succeeded')"
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("payment_id", String(40), primary_key=True),
+    Column("ref", String(100), nullable=False),
+    Column("provider", String(16), nullable=False),
+    Column("provider_id", String(100), nullable=True, unique=True),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("refunded_minor", BigInteger, nullable=False, server_default="0"),
+    # When the outcome (succeeded/failed) was handed to PaymentOutcomes; null while owed.
+    Column("notified_ms", BigInteger, nullable=True),
+    CheckConstraint(
+        "status IN ('created', 'processing', 'succeeded', 'failed', 'canceled', 'refunded')",
+        name="ck_payments_status",
+    ),
+    Index(
+        "uq_payments_live_ref",
+        "ref",
+        unique=True,
+        sqlite_where=text(PAYMENT_LIVE),
+        postgresql_where=text(PAYMENT_LIVE),
+    ),
+    Index("ix_payments_status_created", "status", "created_ms"),
+)
+
+# Every provider event applied (or refused as out of order): the primary key makes a second
+# delivery of the same event a no-op, in the same transaction as the status change.
+payment_events = Table(
+    "payment_events",
+    metadata,
+    Column("event_id", String(100), primary_key=True),
+    Column("provider", String(16), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("payment_id", String(40), nullable=False, index=True),
+    Column("received_ms", BigInteger, nullable=False),
+    Column("outcome", String(32), nullable=False),
+)
+
+# Exchange rates as entered by an admin: quote per base in millionths, per day and source.
+fx_rates = Table(
+    "fx_rates",
+    metadata,
+    Column("base", String(3), primary_key=True),
+    Column("quote", String(3), primary_key=True),
+    Column("as_of", Date, primary_key=True),
+    Column("source", String(100), nullable=False),
+    Column("rate_ppm", BigInteger, nullable=False),
 )

@@ -151,6 +151,14 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/connect/sites/{site_id}/intervals"): CLIENT,
     ("GET", "/api/v1/connect/sites/{site_id}/registers"): CLIENT,
     ("GET", "/api/v1/connect/sites/{site_id}/greenbutton"): CLIENT,
+    # Payments (503 here: no payments in this app). Stripe's webhook is signed: the signature
+    # is the credential, so no role is needed (test_payments_stripe.py checks it). The
+    # sandbox's pay button takes any signed-in account; the service then allows only the
+    # buyer who owns the payment, or an admin. FX rates: all read, the admin sets them.
+    ("POST", "/api/v1/payments/stripe/webhook"): (A, A, A, A, A, A),
+    ("POST", "/api/v1/payments/sandbox/{payment_id}/complete"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/fx-rates"): (D, A, A, A, A, A),
+    ("PUT", "/api/v1/fx-rates"): (D, D, D, D, D, A),
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.
@@ -223,6 +231,7 @@ async def test_role_table(
         .replace("{event_id}", "ev-x")
         .replace("{alarm_id}", "1")
         .replace("{client_id}", "uc-x")
+        .replace("{payment_id}", "pay-x")
     )
     for role, decision in zip(ROLES, TABLE[(method, path)], strict=True):
         headers = {} if role == "anonymous" else {"Authorization": f"Bearer {tokens[role]}"}
