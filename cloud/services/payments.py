@@ -75,7 +75,12 @@ class PaymentProvider(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def create(self, ref: str, amount: Money, description: str) -> ProviderPayment: ...
+    async def create(
+        self, ref: str, amount: Money, description: str, *, attempt: str = ""
+    ) -> ProviderPayment:
+        """`attempt` names this try (our payment id): a retry of the same try is the same
+        payment at the provider, a new try after a failure is a new one."""
+        ...
 
     async def refund(self, provider_id: str, amount: Money | None) -> ProviderPayment: ...
 
@@ -172,7 +177,7 @@ class PaymentService:
         except RefTaken:
             raise PaymentError(f"{ref} already has a payment in progress or paid") from None
         try:
-            answer = await self.provider.create(ref, amount, description)
+            answer = await self.provider.create(ref, amount, description, attempt=row.payment_id)
         except PaymentError as exc:
             await self.store.set_status(
                 row.payment_id, LIVE_STATUSES, PaymentStatus.FAILED, str(exc), self._now_ms()
@@ -347,7 +352,9 @@ class SandboxProvider:
         self.payments: dict[str, Money] = {}
         self.refunded: dict[str, int] = {}
 
-    async def create(self, ref: str, amount: Money, description: str) -> ProviderPayment:
+    async def create(
+        self, ref: str, amount: Money, description: str, *, attempt: str = ""
+    ) -> ProviderPayment:
         provider_id = "sbx_" + secrets.token_hex(12)
         self.payments[provider_id] = amount
         return ProviderPayment(provider_id, PaymentStatus.PROCESSING, None)
@@ -440,7 +447,9 @@ class StripeProvider:
             raise PaymentError(f"the payment provider refused: {message or r.status_code}")
         return doc
 
-    async def create(self, ref: str, amount: Money, description: str) -> ProviderPayment:
+    async def create(
+        self, ref: str, amount: Money, description: str, *, attempt: str = ""
+    ) -> ProviderPayment:
         doc = await self._post(
             "/v1/payment_intents",
             {
@@ -450,8 +459,10 @@ class StripeProvider:
                 "metadata[ref]": ref,
                 "automatic_payment_methods[enabled]": "true",
             },
-            # Stripe answers a retried create (a timeout on our side) with the same intent.
-            idempotency_key=ref,
+            # Stripe answers a retried create (a timeout on our side) with the same intent; a
+            # new attempt after a failed one (same ref) must not get the old intent back (Stripe
+            # keeps keys for 24 h), so the key names the attempt.
+            idempotency_key=f"{ref}/{attempt}" if attempt else ref,
         )
         provider_id, status = doc.get("id"), doc.get("status")
         secret = doc.get("client_secret")

@@ -86,7 +86,7 @@ async def test_succeeded_webhook_fulfils_once(world: World) -> None:
     assert form["amount"] == "1999" and form["currency"] == "eur"
     assert form["metadata[ref]"] == "order-1"
     assert form["automatic_payment_methods[enabled]"] == "true"
-    assert headers["idempotency-key"] == "order-1"
+    assert headers["idempotency-key"] == f"order-1/{started.payment_id}"  # one key a try
     row = await world.service.get(started.payment_id)
     assert row is not None and row.provider_id in world.fake.intents
     # The client's word is not a payment: the sandbox button does not exist with Stripe.
