@@ -33,6 +33,7 @@ from cloud.api import (
     openadr_routes,
     ops_routes,
     pages_routes,
+    shop_routes,
     site_live_routes,
     sites_routes,
     tokens_routes,
@@ -42,6 +43,7 @@ from cloud.api.limits import HttpLimitCounters, InputLimits
 from cloud.api.templating import STATIC_DIR, make_templates
 from cloud.auth import make_auth
 from cloud.domain.rate_limit import BucketLimit
+from cloud.services.carbon_shop import ShopService, no_payment_provider
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
@@ -53,6 +55,7 @@ from cloud.services.reconciliation import ReconciliationService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
+from cloud.storage.carbon_store import CarbonStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
@@ -85,6 +88,7 @@ ROUTERS = (
     connect_auth_routes.router,
     connect_meter_routes.router,
     analytics_pages_routes.router,
+    shop_routes.router,
 )
 
 
@@ -157,6 +161,9 @@ def create_app(
             now=now,
         ),
         utility_access=UtilityAccess(UtilityStore(store.engine), now),
+        # TODO(payments): the payment port's start_payment, and its callbacks to shop.succeeded
+        # and shop.failed; until then every checkout is 503 and reserves nothing.
+        shop=ShopService(CarbonStore(store.engine), no_payment_provider, now=now),
     )
     app = FastAPI(
         title="gridmint aggregator",

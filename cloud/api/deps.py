@@ -30,6 +30,7 @@ from fastapi.templating import Jinja2Templates
 from cloud.api.limits import HttpLimitCounters
 from cloud.auth import Auth, Principal, Role, bearer_scheme, session_cookie
 from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH
+from cloud.services.carbon_shop import ShopService
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
@@ -48,6 +49,7 @@ from cloud.storage.store import Store
 __all__ = [
     "ANYONE",
     "FLEET",
+    "SHOP_ROLES",
     "AccountsDep",
     "ApiContext",
     "CertificatesDep",
@@ -72,6 +74,9 @@ __all__ = [
 # Role sets the routes share (admins always pass `require`, so they are not listed).
 FLEET = (Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
 ANYONE = (Role.HOMEOWNER, *FLEET)
+# The carbon shop's own roles (cloud/api/shop_routes.py): besides the shop they may only read
+# their account and log out; every other endpoint refuses them.
+SHOP_ROLES = (Role.PROVIDER, Role.BUYER)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +120,9 @@ class ApiContext:
     # Utility clients and homeowners' grants (cloud/api/connect_auth.py); create_app always
     # builds it, None only in a context made by hand (its routes then answer 503).
     utility_access: UtilityAccess | None = None
+    # The retail carbon shop (cloud/api/shop_routes.py); create_app always builds one (its
+    # payments answer 503 until a payment port is wired in). None: its routes answer 503.
+    shop: ShopService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

@@ -68,6 +68,15 @@ class ShopConflict(Exception):
     """The units are not there (any more), or the order is no longer in a state for this."""
 
 
+class PaymentUnavailable(RuntimeError):
+    """No payment provider is configured (the API answers 503)."""
+
+
+async def no_payment_provider(ref: str, amount_minor: int, currency: str, description: str) -> str:
+    """The `start_payment` of a shop without a payment port: refuses every payment."""
+    raise PaymentUnavailable("no payment provider configured")
+
+
 @dataclass(frozen=True, slots=True)
 class ProjectView:
     project: StoredProject
@@ -306,6 +315,7 @@ class ShopService:
                     f"lot {lot_id} is priced in {lot.currency}, the order is in {currency}"
                 )
             picked.append((lot, kg))
+        await self.expire()  # units of reservations that ran out are for sale again
         projects = {p.project_id: p for p in await self.store.projects()}
         for lot, _ in picked:
             status = projects[lot.project_id].status

@@ -215,7 +215,9 @@ class CarbonStore:
                 await conn.execute(
                     select(carbon_lots)
                     .where(*conds)
-                    .order_by(carbon_lots.c.created_ms, carbon_lots.c.lot_id)
+                    .order_by(
+                        carbon_lots.c.created_ms, carbon_lots.c.serial_start, carbon_lots.c.lot_id
+                    )
                 )
             ).all()
         return [StoredLot(**r._mapping) for r in rows]
