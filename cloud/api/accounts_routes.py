@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import ANYONE, AccountsDep, CtxDep, require
+from cloud.api.deps import ANYONE, SHOP_ROLES, AccountsDep, CtxDep, require
 from cloud.auth import SESSION_COOKIE, Principal, Role
 from cloud.storage.accounts import LoginError
 
@@ -114,7 +114,7 @@ async def logout(
     request: Request,
     response: Response,
     accounts: AccountsDep,
-    p: Annotated[Principal, Depends(require(*ANYONE, action="log out"))],
+    p: Annotated[Principal, Depends(require(*ANYONE, *SHOP_ROLES, action="log out"))],
 ) -> None:
     """Revoke the token used for this request and clear the cookie."""
     header = request.headers.get("authorization", "")
@@ -127,7 +127,7 @@ async def logout(
 @router.get("/api/v1/me", response_model=AccountPublic, tags=["accounts"])
 async def me(
     accounts: AccountsDep,
-    p: Annotated[Principal, Depends(require(*ANYONE, action="read its account"))],
+    p: Annotated[Principal, Depends(require(*ANYONE, *SHOP_ROLES, action="read its account"))],
 ) -> AccountPublic:
     """The account making the request."""
     account = await accounts.get_account_by_id(p.account_id)

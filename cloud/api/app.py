@@ -34,6 +34,7 @@ from cloud.api import (
     ops_routes,
     pages_routes,
     payments_routes,
+    shop_routes,
     site_live_routes,
     sites_routes,
     tokens_routes,
@@ -42,7 +43,9 @@ from cloud.api.deps import ApiContext
 from cloud.api.limits import HttpLimitCounters, InputLimits
 from cloud.api.templating import STATIC_DIR, make_templates
 from cloud.auth import make_auth
+from cloud.domain.payments import Money
 from cloud.domain.rate_limit import BucketLimit
+from cloud.services.carbon_shop import ShopService, no_payment_provider
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
@@ -55,6 +58,7 @@ from cloud.services.reconciliation import ReconciliationService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
+from cloud.storage.carbon_store import CarbonStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
@@ -88,7 +92,48 @@ ROUTERS = (
     connect_meter_routes.router,
     analytics_pages_routes.router,
     payments_routes.router,
+    shop_routes.router,
 )
+
+
+class _ShopOutcomes:
+    """The payment port's outcomes, told to the shop (which answers with the order)."""
+
+    def __init__(self, shop: ShopService) -> None:
+        self.shop = shop
+
+    async def succeeded(self, ref: str, payment_id: str) -> None:
+        await self.shop.succeeded(ref, payment_id)
+
+    async def failed(self, ref: str, payment_id: str, reason: str) -> None:
+        await self.shop.failed(ref, payment_id, reason)
+
+
+def _shop(store: Store, payments: PaymentService | None, now: Callable[[], float]) -> ShopService:
+    """The carbon shop wired to the payment port: a checkout opens a payment for the order,
+    the port tells the shop when it succeeded or failed (the shop is its `outcomes`), and only
+    an order's buyer may press the sandbox's pay button. Without a port every checkout is a
+    503 and reserves nothing."""
+    if payments is None:
+        return ShopService(CarbonStore(store.engine), no_payment_provider, now=now)
+    port = payments
+
+    async def start_payment(ref: str, amount_minor: int, currency: str, description: str) -> str:
+        started = await port.start(ref, Money(amount_minor, currency), description)
+        return started.payment_id
+
+    shop = ShopService(CarbonStore(store.engine), start_payment, now=now)
+
+    async def owner_of(ref: str) -> str | None:
+        try:
+            return (await shop.order(ref)).buyer_account_id
+        except Exception:  # not one of the shop's orders
+            return None
+
+    port.outcomes = _ShopOutcomes(shop)
+    if port.owner_of is None:
+        port.owner_of = owner_of
+    return shop
 
 
 def create_app(
@@ -163,6 +208,7 @@ def create_app(
         ),
         utility_access=UtilityAccess(UtilityStore(store.engine), now),
         payments=payments,
+        shop=_shop(store, payments, now),
     )
     app = FastAPI(
         title="gridmint aggregator",

@@ -30,6 +30,7 @@ from fastapi.templating import Jinja2Templates
 from cloud.api.limits import HttpLimitCounters
 from cloud.auth import Auth, Principal, Role, bearer_scheme, session_cookie
 from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH
+from cloud.services.carbon_shop import ShopService
 from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
@@ -49,6 +50,7 @@ from cloud.storage.store import Store
 __all__ = [
     "ANYONE",
     "FLEET",
+    "SHOP_ROLES",
     "AccountsDep",
     "ApiContext",
     "CertificatesDep",
@@ -73,6 +75,9 @@ __all__ = [
 # Role sets the routes share (admins always pass `require`, so they are not listed).
 FLEET = (Role.INSTALLER, Role.APPROVER, Role.GRID_OPERATOR)
 ANYONE = (Role.HOMEOWNER, *FLEET)
+# The carbon shop's own roles (cloud/api/shop_routes.py): besides the shop they may only read
+# their account and log out; every other endpoint refuses them.
+SHOP_ROLES = (Role.PROVIDER, Role.BUYER)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +123,9 @@ class ApiContext:
     utility_access: UtilityAccess | None = None
     # Payments (cloud/api/payments_routes.py); None: its routes answer 503.
     payments: PaymentService | None = None
+    # The retail carbon shop (cloud/api/shop_routes.py); create_app always builds one (its
+    # payments answer 503 until a payment port is wired in). None: its routes answer 503.
+    shop: ShopService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import ANYONE, CtxDep, require
+from cloud.api.deps import ANYONE, SHOP_ROLES, CtxDep, require
 from cloud.auth import Principal, Role
 from cloud.domain.payments import FxRate, PaymentError, SignatureError
 from cloud.services.payments import NotFound, PaymentService, UnknownPayment
@@ -74,7 +74,9 @@ async def sandbox_complete(
     payment_id: str,
     body: CompleteBody,
     ctx: CtxDep,
-    p: Annotated[Principal, Depends(require(*ANYONE, action="complete a sandbox payment"))],
+    p: Annotated[
+        Principal, Depends(require(*ANYONE, *SHOP_ROLES, action="complete a sandbox payment"))
+    ],
 ) -> PaymentView:
     """The sandbox's "pay" (or "decline") button: the buyer who owns the payment, or an admin.
     404 when the sandbox is not the provider, or the payment is not the caller's."""
@@ -100,7 +102,7 @@ async def sandbox_complete(
 @router.get("/api/v1/fx-rates", tags=["payments"])
 async def fx_rates(
     ctx: CtxDep,
-    _p: Annotated[Principal, Depends(require(*ANYONE, action="read FX rates"))],
+    _p: Annotated[Principal, Depends(require(*ANYONE, *SHOP_ROLES, action="read FX rates"))],
     base: Annotated[str | None, Query(min_length=3, max_length=3)] = None,
     quote: Annotated[str | None, Query(min_length=3, max_length=3)] = None,
 ) -> list[FxRateBody]:

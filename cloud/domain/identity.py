@@ -27,6 +27,10 @@ class Role(StrEnum):
     APPROVER = "approver"
     GRID_OPERATOR = "grid_operator"
     ADMIN = "admin"
+    # The carbon shop (docs/carbon-shop.md): an offset project provider lists projects and
+    # lots (approved like every other account); a buyer is a plain shop customer.
+    PROVIDER = "provider"
+    BUYER = "buyer"
 
 
 class AccountStatus(StrEnum):

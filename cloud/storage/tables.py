@@ -111,7 +111,8 @@ accounts = Table(
     Column("status", String(16), nullable=False, index=True),
     Column("created_ms", BigInteger, nullable=False),
     CheckConstraint(
-        "role IN ('homeowner', 'installer', 'approver', 'grid_operator', 'admin')",
+        "role IN ('homeowner', 'installer', 'approver', 'grid_operator', 'admin', "
+        "'provider', 'buyer')",
         name="ck_accounts_role",
     ),
     CheckConstraint("status IN ('pending', 'approved', 'rejected')", name="ck_accounts_status"),
@@ -678,4 +679,121 @@ fx_rates = Table(
     Column("as_of", Date, primary_key=True),
     Column("source", String(100), nullable=False),
     Column("rate_ppm", BigInteger, nullable=False),
+)
+
+# The retail carbon shop (migration 0018; cloud/storage/carbon_store.py, docs/carbon-shop.md).
+# Quantities are whole kg CO2e (one serial number per kg), money minor units of an ISO 4217
+# currency, times Unix ms. `provider_account_id` and `buyer_account_id` are account ids (or the
+# legacy admin token's "admin-token": no key).
+carbon_projects = Table(
+    "carbon_projects",
+    metadata,
+    Column("project_id", String(32), primary_key=True),
+    Column("provider_account_id", String(32), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("country", String(2), nullable=False),
+    Column("standard", String(100), nullable=False),
+    Column("verifier", String(200), nullable=False),
+    Column("serial_prefix", String(40), nullable=False),
+    Column("start_date", String(10), nullable=True),  # ISO 8601 date of the crediting period
+    Column("end_date", String(10), nullable=True),
+    Column("vintage", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    CheckConstraint(
+        "status IN ('active', 'retired', 'withdrawn')", name="ck_carbon_projects_status"
+    ),
+)
+
+carbon_lots = Table(
+    "carbon_lots",
+    metadata,
+    Column("lot_id", String(32), primary_key=True),
+    Column(
+        "project_id",
+        String(32),
+        ForeignKey("carbon_projects.project_id"),
+        nullable=False,
+        index=True,
+    ),
+    Column("serial_start", BigInteger, nullable=False),
+    Column("serial_end", BigInteger, nullable=False),  # inclusive
+    Column("price_minor_per_t", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("available_kg", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    # A gridmint_solar lot sells one certificate whole (cloud/services/certificates.py).
+    Column("certificate_id", String(64), nullable=True, unique=True),
+    CheckConstraint("available_kg >= 0", name="ck_carbon_lots_available"),
+    CheckConstraint(
+        "serial_start >= 0 AND serial_end >= serial_start "
+        "AND available_kg <= serial_end - serial_start + 1",
+        name="ck_carbon_lots_serials",
+    ),
+)
+
+carbon_orders = Table(
+    "carbon_orders",
+    metadata,
+    Column("order_id", String(32), primary_key=True),
+    Column("buyer_account_id", String(32), nullable=False, index=True),
+    Column("state", String(16), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("total_minor", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("payment_id", String(200), nullable=True),
+    Column("beneficiary", String(200), nullable=False),
+    Column("reason", String(500), nullable=False, server_default=""),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_carbon_orders_state_expires", "state", "expires_ms"),
+    CheckConstraint(
+        "state IN ('reserved', 'placed', 'complete', 'cancelled', 'expired')",
+        name="ck_carbon_orders_state",
+    ),
+)
+
+carbon_order_lines = Table(
+    "carbon_order_lines",
+    metadata,
+    Column("order_id", String(32), ForeignKey("carbon_orders.order_id"), primary_key=True),
+    Column("lot_id", String(32), ForeignKey("carbon_lots.lot_id"), primary_key=True),
+    Column("serial_start", BigInteger, primary_key=True),
+    Column("serial_end", BigInteger, nullable=False),
+    Column("kg", BigInteger, nullable=False),
+    Column("price_minor", BigInteger, nullable=False),
+    Index("ix_carbon_order_lines_lot", "lot_id"),
+    CheckConstraint(
+        "kg > 0 AND serial_end - serial_start + 1 = kg", name="ck_carbon_order_lines_kg"
+    ),
+)
+
+carbon_retirements = Table(
+    "carbon_retirements",
+    metadata,
+    Column("retirement_id", String(32), primary_key=True),
+    Column("order_id", String(32), ForeignKey("carbon_orders.order_id"), nullable=False),
+    Column("lot_id", String(32), ForeignKey("carbon_lots.lot_id"), nullable=False),
+    Column("serial_start", BigInteger, nullable=False),
+    Column("serial_end", BigInteger, nullable=False),
+    Column("beneficiary", String(200), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("retired_ms", BigInteger, nullable=False),
+    Index("ix_carbon_retirements_order", "order_id"),
+    UniqueConstraint("lot_id", "serial_start", name="uq_carbon_retirements_lot_serial"),
+    CheckConstraint("serial_end >= serial_start", name="ck_carbon_retirements_range"),
+)
+
+carbon_events = Table(
+    "carbon_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("project_id", String(32), nullable=True, index=True),
+    Column("order_id", String(32), nullable=True, index=True),
+    Column("actor", String(64), nullable=False, server_default=""),
+    Column("detail", Text, nullable=False, server_default=""),  # JSON
 )

@@ -159,6 +159,18 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/payments/sandbox/{payment_id}/complete"): (D, A, A, A, A, A),
     ("GET", "/api/v1/fx-rates"): (D, A, A, A, A, A),
     ("PUT", "/api/v1/fx-rates"): (D, D, D, D, D, A),
+    # The carbon shop: everyone signed in browses; providers (not in ROLES: see
+    # test_carbon_shop_api.py for provider and buyer) and admins list projects and lots;
+    # homeowners (and buyers) check out and read their own orders.
+    ("GET", "/api/v1/shop/projects"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/shop/projects/{project_id}"): (D, A, A, A, A, A),
+    ("GET", "/api/v1/shop/projects/{project_id}/custody"): (D, A, A, A, A, A),
+    ("POST", "/api/v1/shop/projects"): (D, D, D, D, D, A),
+    ("POST", "/api/v1/shop/projects/{project_id}/lots"): (D, D, D, D, D, A),
+    ("POST", "/api/v1/shop/orders"): (D, A, D, D, D, A),
+    ("GET", "/api/v1/shop/orders"): (D, A, D, D, D, A),
+    ("GET", "/api/v1/shop/orders/{order_id}"): (D, A, D, D, D, A),
+    ("GET", "/api/v1/shop/orders/{order_id}/statement"): (D, A, D, D, D, A),
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.

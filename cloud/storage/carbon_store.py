@@ -1,0 +1,613 @@
+"""The retail carbon shop on the aggregator's database (migration 0018): projects, lots, orders
+and their lines, retirements, and the append-only event log.
+
+Owns: every query on the carbon_* tables, and the transactions that keep the units honest:
+
+* `reserve`: one transaction inserts the order, takes the kilograms of every lot with a
+  conditional `UPDATE ... SET available_kg = available_kg - :kg WHERE ... available_kg >= :kg`
+  (rowcount 0: not enough, everything rolls back), allocates serials from what the holding
+  orders do not hold (cloud.domain.carbon_shop.allocate) and writes the lines. Lots are taken in
+  lot id order, so two orders never wait on each other's lots (no deadlock). On PostgreSQL the
+  UPDATE row-locks the lot until commit: the next reservation of that lot waits and then sees
+  this one's lines.
+* `place_and_retire`: reserved -> placed -> complete and one retirement per line, in one
+  transaction, only if the order is still reserved (a second call changes nothing).
+* `release`: reserved -> cancelled | expired and the kilograms back, only if still reserved.
+
+The database refuses a retirement that overlaps one of the same lot (a trigger; unique
+(lot_id, serial_start)); that surfaces as `RetirementOverlap`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cloud.domain.carbon_shop import HOLDING, OrderState, ShopError, allocate, price_minor
+from cloud.storage.tables import (
+    carbon_events,
+    carbon_lots,
+    carbon_order_lines,
+    carbon_orders,
+    carbon_projects,
+    carbon_retirements,
+)
+
+
+class InsufficientUnits(Exception):
+    """A lot has fewer kilograms left than asked for (nothing was reserved)."""
+
+    def __init__(self, lot_id: str, wanted_kg: int, available_kg: int) -> None:
+        super().__init__(f"lot {lot_id} has {available_kg} kg left, {wanted_kg} kg were asked for")
+        self.lot_id = lot_id
+        self.wanted_kg = wanted_kg
+        self.available_kg = available_kg
+
+
+class RetirementOverlap(ValueError):
+    """The database refused a retirement: some of its serials are already retired."""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProject:
+    project_id: str
+    provider_account_id: str
+    name: str
+    kind: str
+    country: str
+    standard: str
+    verifier: str
+    serial_prefix: str
+    start_date: str | None
+    end_date: str | None
+    vintage: int
+    status: str
+    description: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLot:
+    lot_id: str
+    project_id: str
+    serial_start: int
+    serial_end: int
+    price_minor_per_t: int
+    currency: str
+    available_kg: int
+    created_ms: int
+    certificate_id: str | None = None
+
+    @property
+    def kg(self) -> int:
+        return self.serial_end - self.serial_start + 1
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLine:
+    """Serials [serial_start, serial_end] of one lot held by an order."""
+
+    lot_id: str
+    serial_start: int
+    serial_end: int
+    kg: int
+    price_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOrder:
+    order_id: str
+    buyer_account_id: str
+    state: str
+    currency: str
+    total_minor: int
+    created_ms: int
+    expires_ms: int
+    payment_id: str | None
+    beneficiary: str
+    reason: str
+    updated_ms: int
+    lines: tuple[StoredLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRetirement:
+    retirement_id: str
+    order_id: str
+    lot_id: str
+    serial_start: int
+    serial_end: int
+    beneficiary: str
+    reason: str
+    retired_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    at_ms: int
+    kind: str
+    project_id: str | None
+    order_id: str | None
+    actor: str
+    detail: dict[str, Any]
+
+
+class CarbonStore:
+    """The carbon shop's rows on one database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # projects and lots ----------------------------------------------------------------------
+
+    async def add_project(self, p: StoredProject, actor: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(carbon_projects).values(**_fields(p)))
+            await _event(
+                conn,
+                p.created_ms,
+                "project_registered",
+                actor,
+                project_id=p.project_id,
+                detail={"name": p.name, "standard": p.standard, "verifier": p.verifier},
+            )
+
+    async def get_project(self, project_id: str) -> StoredProject | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(carbon_projects).where(carbon_projects.c.project_id == project_id)
+                )
+            ).first()
+        return None if row is None else StoredProject(**row._mapping)
+
+    async def projects(self) -> list[StoredProject]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(carbon_projects).order_by(carbon_projects.c.created_ms))
+            ).all()
+        return [StoredProject(**r._mapping) for r in rows]
+
+    async def add_lot(self, lot: StoredLot, actor: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(carbon_lots).values(**_fields(lot)))
+            await _event(
+                conn,
+                lot.created_ms,
+                "lot_added",
+                actor,
+                project_id=lot.project_id,
+                detail={
+                    "lot_id": lot.lot_id,
+                    "serial_start": lot.serial_start,
+                    "serial_end": lot.serial_end,
+                    "price_minor_per_t": lot.price_minor_per_t,
+                    "currency": lot.currency,
+                },
+            )
+
+    async def get_lot(self, lot_id: str) -> StoredLot | None:
+        found = await self.lots(lot_ids=[lot_id])
+        return found[0] if found else None
+
+    async def lots(
+        self, *, project_id: str | None = None, lot_ids: Sequence[str] | None = None
+    ) -> list[StoredLot]:
+        conds: list[Any] = []
+        if project_id is not None:
+            conds.append(carbon_lots.c.project_id == project_id)
+        if lot_ids is not None:
+            conds.append(carbon_lots.c.lot_id.in_(list(lot_ids)))
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(carbon_lots)
+                    .where(*conds)
+                    .order_by(
+                        carbon_lots.c.created_ms, carbon_lots.c.serial_start, carbon_lots.c.lot_id
+                    )
+                )
+            ).all()
+        return [StoredLot(**r._mapping) for r in rows]
+
+    # orders ---------------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        *,
+        order_id: str,
+        buyer_account_id: str,
+        currency: str,
+        beneficiary: str,
+        reason: str,
+        lines: Sequence[tuple[StoredLot, int]],
+        now_ms: int,
+        expires_ms: int,
+    ) -> StoredOrder:
+        """Reserve `kg` of each lot for a new order, all or nothing (InsufficientUnits)."""
+        wanted: dict[str, tuple[StoredLot, int]] = {}
+        for lot, kg in lines:  # one line per lot: the same lot twice is summed
+            prev = wanted.get(lot.lot_id)
+            wanted[lot.lot_id] = (lot, kg + (prev[1] if prev else 0))
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(carbon_orders).values(
+                    order_id=order_id,
+                    buyer_account_id=buyer_account_id,
+                    state=OrderState.RESERVED.value,
+                    currency=currency,
+                    total_minor=0,
+                    created_ms=now_ms,
+                    expires_ms=expires_ms,
+                    payment_id=None,
+                    beneficiary=beneficiary,
+                    reason=reason,
+                    updated_ms=now_ms,
+                )
+            )
+            total = 0
+            for lot_id in sorted(wanted):
+                lot, kg = wanted[lot_id]
+                done = await conn.execute(
+                    update(carbon_lots)
+                    .where(carbon_lots.c.lot_id == lot_id, carbon_lots.c.available_kg >= kg)
+                    .values(available_kg=carbon_lots.c.available_kg - kg)
+                )
+                if done.rowcount != 1:
+                    left = (
+                        await conn.execute(
+                            select(carbon_lots.c.available_kg).where(carbon_lots.c.lot_id == lot_id)
+                        )
+                    ).scalar()
+                    raise InsufficientUnits(lot_id, kg, int(left or 0))
+                taken = await _held_spans(conn, lot_id)
+                try:
+                    spans = allocate((lot.serial_start, lot.serial_end), taken, kg)
+                except ShopError as exc:  # available_kg and the lines disagree: refuse
+                    raise RuntimeError(f"lot {lot_id}: {exc}") from exc
+                rows: list[dict[str, Any]] = [
+                    {
+                        "order_id": order_id,
+                        "lot_id": lot_id,
+                        "serial_start": a,
+                        "serial_end": b,
+                        "kg": b - a + 1,
+                        "price_minor": price_minor(b - a + 1, lot.price_minor_per_t),
+                    }
+                    for a, b in spans
+                ]
+                await conn.execute(insert(carbon_order_lines), rows)
+                total += sum(r["price_minor"] for r in rows)
+                await _event(
+                    conn,
+                    now_ms,
+                    "reserved",
+                    buyer_account_id,
+                    project_id=lot.project_id,
+                    order_id=order_id,
+                    detail={"lot_id": lot_id, "kg": kg, "serials": [list(s) for s in spans]},
+                )
+            await conn.execute(
+                update(carbon_orders)
+                .where(carbon_orders.c.order_id == order_id)
+                .values(total_minor=total)
+            )
+        order = await self.get_order(order_id)
+        assert order is not None
+        return order
+
+    async def set_payment(self, order_id: str, payment_id: str) -> None:
+        """Record the payment provider's id of a reserved order."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(carbon_orders)
+                .where(
+                    carbon_orders.c.order_id == order_id,
+                    carbon_orders.c.state == OrderState.RESERVED.value,
+                )
+                .values(payment_id=payment_id)
+            )
+
+    async def place_and_retire(self, order_id: str, payment_id: str, now_ms: int) -> bool:
+        """Paid: the order becomes complete and every line is retired for its beneficiary, in
+        one transaction. False (nothing changed) unless the order was still reserved."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(carbon_orders)
+                .where(
+                    carbon_orders.c.order_id == order_id,
+                    carbon_orders.c.state == OrderState.RESERVED.value,
+                )
+                .values(state=OrderState.PLACED.value, payment_id=payment_id, updated_ms=now_ms)
+            )
+            if done.rowcount != 1:
+                return False
+            order = (
+                await conn.execute(
+                    select(carbon_orders).where(carbon_orders.c.order_id == order_id)
+                )
+            ).one()
+            lines = await _lines(conn, order_id)
+            projects = await _projects_of(conn, [ln.lot_id for ln in lines])
+            for lot_id in sorted(projects):
+                await _event(
+                    conn,
+                    now_ms,
+                    "placed",
+                    order.buyer_account_id,
+                    project_id=projects[lot_id],
+                    order_id=order_id,
+                    detail={"lot_id": lot_id, "payment_id": payment_id},
+                )
+            try:
+                for ln in sorted(lines, key=lambda x: (x.lot_id, x.serial_start)):
+                    await conn.execute(
+                        insert(carbon_retirements).values(
+                            retirement_id=new_id("ret"),
+                            order_id=order_id,
+                            lot_id=ln.lot_id,
+                            serial_start=ln.serial_start,
+                            serial_end=ln.serial_end,
+                            beneficiary=order.beneficiary,
+                            reason=order.reason,
+                            retired_ms=now_ms,
+                        )
+                    )
+                    await _event(
+                        conn,
+                        now_ms,
+                        "retired",
+                        order.buyer_account_id,
+                        project_id=projects[ln.lot_id],
+                        order_id=order_id,
+                        detail={
+                            "lot_id": ln.lot_id,
+                            "serial_start": ln.serial_start,
+                            "serial_end": ln.serial_end,
+                            "beneficiary": order.beneficiary,
+                        },
+                    )
+            except IntegrityError as exc:
+                raise RetirementOverlap(str(exc.orig)) from exc
+            await conn.execute(
+                update(carbon_orders)
+                .where(carbon_orders.c.order_id == order_id)
+                .values(state=OrderState.COMPLETE.value)
+            )
+        return True
+
+    async def release(
+        self,
+        order_id: str,
+        to: OrderState,
+        now_ms: int,
+        *,
+        note: str = "",
+        payment_id: str | None = None,
+        expired_by_ms: int | None = None,
+    ) -> bool:
+        """A reserved order becomes `to` (cancelled or expired) and its kilograms go back to
+        their lots, in one transaction. False (nothing changed) unless it was still reserved
+        (and, with `expired_by_ms`, its reservation ran out by then)."""
+        conds = [
+            carbon_orders.c.order_id == order_id,
+            carbon_orders.c.state == OrderState.RESERVED.value,
+        ]
+        if expired_by_ms is not None:
+            conds.append(carbon_orders.c.expires_ms <= expired_by_ms)
+        values: dict[str, Any] = {"state": to.value, "updated_ms": now_ms}
+        if payment_id is not None:
+            values["payment_id"] = payment_id
+        async with self.engine.begin() as conn:
+            done = await conn.execute(update(carbon_orders).where(*conds).values(**values))
+            if done.rowcount != 1:
+                return False
+            buyer = (
+                await conn.execute(
+                    select(carbon_orders.c.buyer_account_id).where(
+                        carbon_orders.c.order_id == order_id
+                    )
+                )
+            ).scalar_one()
+            per_lot: dict[str, int] = {}
+            for ln in await _lines(conn, order_id):
+                per_lot[ln.lot_id] = per_lot.get(ln.lot_id, 0) + ln.kg
+            projects = await _projects_of(conn, list(per_lot))
+            for lot_id in sorted(per_lot):
+                await conn.execute(
+                    update(carbon_lots)
+                    .where(carbon_lots.c.lot_id == lot_id)
+                    .values(available_kg=carbon_lots.c.available_kg + per_lot[lot_id])
+                )
+                await _event(
+                    conn,
+                    now_ms,
+                    to.value,
+                    buyer,
+                    project_id=projects[lot_id],
+                    order_id=order_id,
+                    detail={"lot_id": lot_id, "kg": per_lot[lot_id], "note": note},
+                )
+        return True
+
+    async def note(self, order_id: str, kind: str, now_ms: int, detail: dict[str, Any]) -> None:
+        """An event about an order that changes nothing else (e.g. a payment after release)."""
+        async with self.engine.begin() as conn:
+            await _event(conn, now_ms, kind, "", order_id=order_id, detail=detail)
+
+    async def expired_orders(self, now_ms: int) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(carbon_orders.c.order_id)
+                    .where(
+                        carbon_orders.c.state == OrderState.RESERVED.value,
+                        carbon_orders.c.expires_ms <= now_ms,
+                    )
+                    .order_by(carbon_orders.c.expires_ms)
+                )
+            ).all()
+        return [r.order_id for r in rows]
+
+    async def get_order(self, order_id: str) -> StoredOrder | None:
+        found = await self._orders(carbon_orders.c.order_id == order_id)
+        return found[0] if found else None
+
+    async def orders(self, buyer_account_id: str | None = None) -> list[StoredOrder]:
+        conds = (
+            []
+            if buyer_account_id is None
+            else [carbon_orders.c.buyer_account_id == buyer_account_id]
+        )
+        return await self._orders(*conds)
+
+    async def _orders(self, *conds: Any) -> list[StoredOrder]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(carbon_orders)
+                    .where(*conds)
+                    .order_by(carbon_orders.c.created_ms, carbon_orders.c.order_id)
+                )
+            ).all()
+            return [
+                StoredOrder(**r._mapping, lines=tuple(await _lines(conn, r.order_id))) for r in rows
+            ]
+
+    # retirements and events -----------------------------------------------------------------
+
+    async def retirements(
+        self, *, order_id: str | None = None, lot_ids: Sequence[str] | None = None
+    ) -> list[StoredRetirement]:
+        conds: list[Any] = []
+        if order_id is not None:
+            conds.append(carbon_retirements.c.order_id == order_id)
+        if lot_ids is not None:
+            conds.append(carbon_retirements.c.lot_id.in_(list(lot_ids)))
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(carbon_retirements)
+                    .where(*conds)
+                    .order_by(carbon_retirements.c.lot_id, carbon_retirements.c.serial_start)
+                )
+            ).all()
+        return [StoredRetirement(**r._mapping) for r in rows]
+
+    async def insert_retirement(self, r: StoredRetirement) -> None:
+        """Write one retirement row as given (RetirementOverlap if the database refuses it).
+
+        Not used by the service (retirements are written with the order's completion); it
+        exists so the database's guarantee can be exercised without the service's checks.
+        """
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(carbon_retirements).values(**_fields(r)))
+        except IntegrityError as exc:
+            raise RetirementOverlap(str(exc.orig)) from exc
+
+    async def events(
+        self, *, project_id: str | None = None, order_id: str | None = None
+    ) -> list[StoredEvent]:
+        conds: list[Any] = []
+        if project_id is not None:
+            conds.append(carbon_events.c.project_id == project_id)
+        if order_id is not None:
+            conds.append(carbon_events.c.order_id == order_id)
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(carbon_events).where(*conds).order_by(carbon_events.c.id))
+            ).all()
+        return [
+            StoredEvent(
+                r.id,
+                r.at_ms,
+                r.kind,
+                r.project_id,
+                r.order_id,
+                r.actor,
+                json.loads(r.detail) if r.detail else {},
+            )
+            for r in rows
+        ]
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+async def _event(
+    conn: AsyncConnection,
+    at_ms: int,
+    kind: str,
+    actor: str,
+    *,
+    project_id: str | None = None,
+    order_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        insert(carbon_events).values(
+            at_ms=at_ms,
+            kind=kind,
+            project_id=project_id,
+            order_id=order_id,
+            actor=actor[:64],
+            detail=json.dumps(detail or {}, sort_keys=True),
+        )
+    )
+
+
+async def _held_spans(conn: AsyncConnection, lot_id: str) -> list[tuple[int, int]]:
+    """Serials of the lot held by reserved, placed or complete orders."""
+    rows = (
+        await conn.execute(
+            select(carbon_order_lines.c.serial_start, carbon_order_lines.c.serial_end)
+            .select_from(
+                carbon_order_lines.join(
+                    carbon_orders, carbon_orders.c.order_id == carbon_order_lines.c.order_id
+                )
+            )
+            .where(
+                and_(
+                    carbon_order_lines.c.lot_id == lot_id,
+                    carbon_orders.c.state.in_([s.value for s in HOLDING]),
+                )
+            )
+        )
+    ).all()
+    return [(r.serial_start, r.serial_end) for r in rows]
+
+
+async def _lines(conn: AsyncConnection, order_id: str) -> list[StoredLine]:
+    rows = (
+        await conn.execute(
+            select(carbon_order_lines)
+            .where(carbon_order_lines.c.order_id == order_id)
+            .order_by(carbon_order_lines.c.lot_id, carbon_order_lines.c.serial_start)
+        )
+    ).all()
+    return [StoredLine(r.lot_id, r.serial_start, r.serial_end, r.kg, r.price_minor) for r in rows]
+
+
+async def _projects_of(conn: AsyncConnection, lot_ids: Sequence[str]) -> dict[str, str]:
+    rows = (
+        await conn.execute(
+            select(carbon_lots.c.lot_id, carbon_lots.c.project_id).where(
+                carbon_lots.c.lot_id.in_(list(lot_ids))
+            )
+        )
+    ).all()
+    return {r.lot_id: r.project_id for r in rows}
