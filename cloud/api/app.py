@@ -53,7 +53,7 @@ from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
-from cloud.services.payments import PaymentService
+from cloud.services.payments import PaymentOutcomes, PaymentService
 from cloud.services.reconciliation import ReconciliationService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
@@ -97,16 +97,31 @@ ROUTERS = (
 
 
 class _ShopOutcomes:
-    """The payment port's outcomes, told to the shop (which answers with the order)."""
+    """The payment port's outcomes: a shop order's go to the shop; any other ref's (a market
+    credit top-up, say) to the outcomes the port was built with."""
 
-    def __init__(self, shop: ShopService) -> None:
+    def __init__(self, shop: ShopService, others: PaymentOutcomes | None) -> None:
         self.shop = shop
+        self.others = others
+
+    async def _is_order(self, ref: str) -> bool:
+        try:
+            await self.shop.order(ref)
+        except Exception:  # not one of the shop's orders
+            return False
+        return True
 
     async def succeeded(self, ref: str, payment_id: str) -> None:
-        await self.shop.succeeded(ref, payment_id)
+        if await self._is_order(ref):
+            await self.shop.succeeded(ref, payment_id)
+        elif self.others is not None:
+            await self.others.succeeded(ref, payment_id)
 
     async def failed(self, ref: str, payment_id: str, reason: str) -> None:
-        await self.shop.failed(ref, payment_id, reason)
+        if await self._is_order(ref):
+            await self.shop.failed(ref, payment_id, reason)
+        elif self.others is not None:
+            await self.others.failed(ref, payment_id, reason)
 
 
 def _shop(store: Store, payments: PaymentService | None, now: Callable[[], float]) -> ShopService:
@@ -124,15 +139,16 @@ def _shop(store: Store, payments: PaymentService | None, now: Callable[[], float
 
     shop = ShopService(CarbonStore(store.engine), start_payment, now=now)
 
+    others_owner = port.owner_of
+
     async def owner_of(ref: str) -> str | None:
         try:
             return (await shop.order(ref)).buyer_account_id
         except Exception:  # not one of the shop's orders
-            return None
+            return None if others_owner is None else await others_owner(ref)
 
-    port.outcomes = _ShopOutcomes(shop)
-    if port.owner_of is None:
-        port.owner_of = owner_of
+    port.outcomes = _ShopOutcomes(shop, port.outcomes)
+    port.owner_of = owner_of
     return shop
 
 
