@@ -11,11 +11,13 @@ import logging
 import socket
 from collections.abc import Callable
 
+import httpx
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 
 from cloud.api.app import create_app
+from cloud.api.deps import ApiContext
 from cloud.domain.ingest_rules import IngestLimits
 from cloud.domain.market_checks import MarketConfig
 from cloud.domain.openadr import parse_clients
@@ -37,6 +39,12 @@ from cloud.services.ledger import (
 )
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
+from cloud.services.payments import (
+    PaymentProvider,
+    PaymentService,
+    SandboxProvider,
+    StripeProvider,
+)
 from cloud.services.policies import PolicyEngine
 from cloud.services.settlement import SettlementService
 from cloud.services.timeseries import InfluxSink
@@ -47,6 +55,7 @@ from cloud.storage.dispatch_store import DispatchStore
 from cloud.storage.ledger_store import LedgerStore
 from cloud.storage.market_store import MarketStore
 from cloud.storage.openadr_store import OpenAdrStore
+from cloud.storage.payments_store import PaymentStore
 from cloud.storage.sequencer_lock import SequencerLock
 from cloud.storage.store import Store
 from mqttlink import BatchSubscription, client_tls_context
@@ -109,6 +118,9 @@ class CloudRuntime:
         self._influx_task: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
         self._server_task: asyncio.Task[None] | None = None
+        self._payments_task: asyncio.Task[None] | None = None
+        self._payments_http: httpx.AsyncClient | None = None
+        self.payments: PaymentService | None = None
         self.http_port = settings.http_port
 
     @property
@@ -283,6 +295,7 @@ class CloudRuntime:
         if serve_http:
             if self.http_port == 0:
                 self.http_port = free_port(s.http_host)
+            self.payments = self._payments()
             app = create_app(
                 self.store,
                 admin_token=s.admin_token,
@@ -302,7 +315,9 @@ class CloudRuntime:
                 dispatch=self.dispatch,
                 openadr=self.openadr,
                 meter_tolerance_permille=s.meter_tolerance_permille,
+                payments=self.payments,
             )
+            self._payments_task = asyncio.create_task(self._sweep_payments(app.state.ctx))
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))
             self._server_task = asyncio.create_task(self._server.serve())
             while not self._server.started:
@@ -392,6 +407,41 @@ class CloudRuntime:
             )
             return Ed25519PrivateKey.generate()
         return load_or_create_ledger_key(path)
+
+    def _payments(self) -> PaymentService:
+        """The payment port with the configured provider (docs/operations.md, "Payments"): the
+        embedded sandbox unless Stripe is configured. The shop becomes its outcomes in
+        create_app."""
+        s = self.settings
+        assert self.store is not None
+        provider: PaymentProvider
+        if s.payment_provider == "stripe":
+            if not (s.stripe_secret_key and s.stripe_webhook_secret):
+                raise ValueError(
+                    "payment_provider is stripe: set stripe_secret_key and stripe_webhook_secret"
+                )
+            self._payments_http = httpx.AsyncClient(timeout=30.0)
+            provider = StripeProvider(
+                s.stripe_api_base, s.stripe_secret_key, s.stripe_webhook_secret, self._payments_http
+            )
+        else:
+            provider = SandboxProvider()
+        return PaymentService(provider, PaymentStore(self.store.engine), None, now=self.clock.now)  # type: ignore[arg-type]
+
+    async def _sweep_payments(self, ctx: ApiContext) -> None:
+        """Every minute: payments open past `payment_timeout_s` fail (the shop releases their
+        units), owed outcomes are told again, and expired shop reservations are released."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(60)
+            try:
+                if self.payments is not None:
+                    await self.payments.expire_stale(s.payment_timeout_s)
+                    await self.payments.resend_outcomes()
+                if ctx.shop is not None:
+                    await ctx.shop.expire()
+            except Exception as exc:  # the next round tries again
+                log.error("payments sweep failed: %s", exc)
 
     async def _registered_batteries(self) -> dict[str, BatteryParams]:
         assert self.store is not None
@@ -524,6 +574,7 @@ class CloudRuntime:
             self._gc_task,
             self._influx_task,
             self._derms_task,
+            self._payments_task,
         )
         for task in tasks:
             if task is not None:
@@ -540,6 +591,8 @@ class CloudRuntime:
             await self.workers.stop()
         if self.influx is not None:
             self.influx.close()
+        if self._payments_http is not None:
+            await self._payments_http.aclose()
         if self.sequencer_lock is not None:
             await self.sequencer_lock.release()
         if self.store is not None:
