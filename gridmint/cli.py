@@ -785,6 +785,7 @@ EXTRAS: dict[str, frozenset[str]] = {
             "python-multipart",
             "influxdb-client",
             "xmlschema",
+            "httpx",
         }
     ),
 }

@@ -88,6 +88,8 @@ def test_roles_are_plain_strings() -> None:
         "approver",
         "grid_operator",
         "admin",
+        "provider",
+        "buyer",
     ]
     assert Role("grid_operator") is Role.GRID_OPERATOR
     assert f"{Role.INSTALLER}" == "installer"
