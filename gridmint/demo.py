@@ -280,6 +280,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
         summary["market"] = await _market_summary(cloud, summary["ledger"])
         summary["dispatch"] = await _dispatch_summary(cloud, homes)
         summary["meter"] = await _meter_summary(cloud, opts.homes)
+        summary["shop"] = await _shop_summary(cloud)
         agent_stop.set()
         for h in homes:
             if h.task is not None:
@@ -329,6 +330,7 @@ async def _demo_accounts(
         DemoLogin("grid_operator", "operator@demo.gridmint", "/"),
         DemoLogin("approver", "approver@demo.gridmint", "/approvals"),
         DemoLogin("installer", "installer@demo.gridmint", "/"),
+        DemoLogin("provider", "provider@demo.gridmint", "/api/v1/shop/projects"),
     ]
     owners = [
         DemoLogin("homeowner", f"home-{i:03d}@demo.gridmint", "/home /market", site_id)
@@ -621,6 +623,111 @@ async def _proof_summary(homes: list[Home], cloud: CloudRuntime) -> dict[str, in
     return totals
 
 
+# The demo's offset projects: (name, kind, country, standard, verifier, serial prefix, vintage,
+# kg on sale, price per tonne in cents). Invented names; the kinds and standards are real ones.
+DEMO_PROJECTS = (
+    (
+        "Rio Verde reforestation",
+        "forestry",
+        "BR",
+        "Verra VCS",
+        "SCS Global",
+        "VCS-DEMO-1",
+        2022,
+        5_000,
+        1_800,
+    ),
+    (
+        "Kisumu clean cookstoves",
+        "cookstoves",
+        "KE",
+        "Gold Standard",
+        "Earthood",
+        "GS-DEMO-2",
+        2023,
+        3_000,
+        1_200,
+    ),
+    (
+        "Hellisheidi direct air capture",
+        "direct_air_capture",
+        "IS",
+        "Puro.earth",
+        "DNV",
+        "PURO-DEMO-3",
+        2024,
+        500,
+        60_000,
+    ),
+)
+
+
+async def _shop_summary(cloud: CloudRuntime) -> dict[str, Any]:
+    """The carbon shop: the demo provider's projects on sale, and one purchase by the first
+    homeowner paid through the embedded sandbox provider (the same port and callbacks a
+    Stripe payment goes through), its units retired on their behalf."""
+    from cloud.domain.payments import Money
+    from cloud.services.carbon_shop import ShopService
+    from cloud.services.payments import PaymentService, SandboxProvider
+    from cloud.storage.carbon_store import CarbonStore
+    from cloud.storage.payments_store import PaymentStore
+
+    assert cloud.store is not None
+    accounts = AccountStore(cloud.store.engine)
+    provider = await accounts.get_account_by_email("provider@demo.gridmint")
+    buyer = await accounts.get_account_by_email("home-001@demo.gridmint")
+    if provider is None or buyer is None:
+        return {}
+    sandbox = SandboxProvider()
+    payments = PaymentService(sandbox, PaymentStore(cloud.store.engine), None, now=cloud.clock.now)  # type: ignore[arg-type]
+
+    async def start_payment(ref: str, amount_minor: int, currency: str, what: str) -> str:
+        return (await payments.start(ref, Money(amount_minor, currency), what)).payment_id
+
+    shop = ShopService(CarbonStore(cloud.store.engine), start_payment, now=cloud.clock.now)
+    payments.outcomes = shop  # type: ignore[assignment]
+    lots = []
+    for name, kind, country, std, verifier, prefix, vintage, kg, price in DEMO_PROJECTS:
+        project = await shop.register_project(
+            provider.account_id,
+            name=name,
+            kind=kind,
+            country=country,
+            standard=std,
+            verifier=verifier,
+            serial_prefix=prefix,
+            vintage=vintage,
+        )
+        lots.append(
+            await shop.add_lot(
+                provider.account_id,
+                project.project_id,
+                serials=f"{prefix}-1..{kg}",
+                price_minor_per_t=price,
+                currency="USD",
+            )
+        )
+    order = await shop.checkout(
+        buyer.account_id, [(lots[0].lot_id, 250)], "USD", "Homeowner of site-001", "demo"
+    )
+    assert order.payment_id is not None
+    row = await payments.get(order.payment_id)
+    assert row is not None
+    assert row.provider_id is not None
+    await payments.on_event(sandbox.complete(row.provider_id, True))
+    statement = await shop.retirement_statement(order.order_id)
+    return {
+        "projects": len(DEMO_PROJECTS),
+        "on_sale_kg": sum(p[7] for p in DEMO_PROJECTS) - 250,
+        "order": order.order_id,
+        "state": (await shop.order(order.order_id)).state,
+        "paid_minor": order.total_minor,
+        "currency": "USD",
+        "retired": [r["serials"] for r in statement["retirements"]],
+        "beneficiary": statement["beneficiary"],
+    }
+
+
 async def _meter_summary(cloud: CloudRuntime, homes: int) -> dict[str, Any]:
     """The virtual meter of every demo site: its Green Button export for the whole run,
     checked against the ESPI schema and against the ledger's accepted records, and read back
@@ -714,6 +821,14 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
         console.print(
             f"  proofs     {proofs['verified']} tokens proven in the signed log on the Pis, "
             f"{proofs['failed']} failed, {proofs['waiting']} not yet in the log"
+        )
+    shop = summary.get("shop")
+    if shop:
+        console.print(
+            f"  shop       {shop['projects']} offset projects on sale ({shop['on_sale_kg']} kg "
+            f"left); home-001 bought 250 kg for {shop['paid_minor'] / 100:.2f} "
+            f"{shop['currency']} through the sandbox provider: order {shop['state']}, "
+            f"{', '.join(shop['retired'])} retired for {shop['beneficiary']}"
         )
     m = summary.get("meter")
     if m and m["sites"]:

@@ -67,6 +67,11 @@ async def test_demo_flow_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     assert meter["feeds_equal_ledger"] and meter["round_trip_difference_wh"] == 0, meter
     assert meter["intervals"] == summary["ledger"]["intervals_closed"]  # one minting device a home
 
+    # the carbon shop: projects on sale, one purchase paid in the sandbox and retired
+    shop = summary["shop"]
+    assert shop["projects"] == 3 and shop["state"] == "complete", shop
+    assert shop["retired"] == ["VCS-DEMO-1-1..250"] and shop["paid_minor"] == 450
+
     battery, curtail = summary["dispatch"]
     print(summary["dispatch"])
     assert battery["control"] == "opModFixedW" and battery["devices"] == 2
