@@ -316,6 +316,8 @@ class CloudRuntime:
                 openadr=self.openadr,
                 meter_tolerance_permille=s.meter_tolerance_permille,
                 payments=self.payments,
+                market_currency=self.settings.market_currency,
+                bank_transfer_fee_minor=self.settings.bank_transfer_fee_minor,
             )
             self._payments_task = asyncio.create_task(self._sweep_payments(app.state.ctx))
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))
@@ -430,7 +432,8 @@ class CloudRuntime:
 
     async def _sweep_payments(self, ctx: ApiContext) -> None:
         """Every minute: payments open past `payment_timeout_s` fail (the shop releases their
-        units), owed outcomes are told again, and expired shop reservations are released."""
+        units), owed outcomes are told again, expired shop reservations are released, and
+        credit redemptions whose payout was not confirmed are paid out (once)."""
         s = self.settings
         while True:
             await asyncio.sleep(60)
@@ -440,6 +443,8 @@ class CloudRuntime:
                     await self.payments.resend_outcomes()
                 if ctx.shop is not None:
                     await ctx.shop.expire()
+                if ctx.credits is not None:
+                    await ctx.credits.retry_payouts()
             except Exception as exc:  # the next round tries again
                 log.error("payments sweep failed: %s", exc)
 

@@ -116,6 +116,9 @@ class CloudSettings(BaseSettings):
     market_interval_s: Literal[300, 900] = 300
     market_mode: Literal["continuous", "call_auction"] = "continuous"
     market_tick: int = Field(1, gt=0)
+    market_currency: str = Field(
+        "EUR", pattern="^[A-Z]{3}$", description="ISO 4217 currency of prices and credits"
+    )
     market_feed_in_price: int = Field(8, ge=0, description="price band floor (feed-in tariff)")
     market_retail_price: int = Field(32, ge=0, description="price band ceiling (retail price)")
     market_platform_fee: int = Field(1, ge=0, description="per kWh, paid by the buyer")

@@ -20,6 +20,7 @@ from cloud.api import (
     certificates_routes,
     connect_auth_routes,
     connect_meter_routes,
+    credits_routes,
     derms_pages_routes,
     device_routes,
     dispatch_routes,
@@ -47,6 +48,7 @@ from cloud.domain.payments import Money
 from cloud.domain.rate_limit import BucketLimit
 from cloud.services.carbon_shop import ShopService, no_payment_provider
 from cloud.services.certificates import CertificateService
+from cloud.services.credits import REF_PREFIX, CreditService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
 from cloud.services.fleet import FleetService
@@ -61,6 +63,7 @@ from cloud.storage.accounts import AccountStore
 from cloud.storage.carbon_store import CarbonStore
 from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.claims import ClaimStore
+from cloud.storage.credits_store import CreditStore
 from cloud.storage.device_views import DeviceViews
 from cloud.storage.dispatch_store import DispatchStore
 from cloud.storage.meter_store import MeterStore
@@ -93,6 +96,7 @@ ROUTERS = (
     analytics_pages_routes.router,
     payments_routes.router,
     shop_routes.router,
+    credits_routes.router,
 )
 
 
@@ -122,6 +126,62 @@ class _ShopOutcomes:
             await self.shop.failed(ref, payment_id, reason)
         elif self.others is not None:
             await self.others.failed(ref, payment_id, reason)
+
+
+class _CreditOutcomes:
+    """The payment port's outcomes for market-credit top-ups (refs crd_...); any other ref's
+    to the outcomes the port was built with."""
+
+    def __init__(self, credits: CreditService, others: PaymentOutcomes | None) -> None:
+        self.credits = credits
+        self.others = others
+
+    async def succeeded(self, ref: str, payment_id: str) -> None:
+        if ref.startswith(REF_PREFIX):
+            await self.credits.succeeded(ref, payment_id)
+        elif self.others is not None:
+            await self.others.succeeded(ref, payment_id)
+
+    async def failed(self, ref: str, payment_id: str, reason: str) -> None:
+        if ref.startswith(REF_PREFIX):
+            await self.credits.failed(ref, payment_id, reason)
+        elif self.others is not None:
+            await self.others.failed(ref, payment_id, reason)
+
+
+def _credits(
+    store: Store,
+    ledger: LedgerService | None,
+    payments: PaymentService | None,
+    market: MarketService | None,
+    currency: str,
+    fee_minor: int,
+    now: Callable[[], float],
+) -> CreditService | None:
+    """Market credits through the payment port: the port tells the credits of their top-ups'
+    outcomes, and only a transfer's homeowner may press the sandbox's pay button for it."""
+    if ledger is None or payments is None:
+        return None
+    port = payments
+    credits = CreditService(
+        CreditStore(store.engine),
+        ledger,
+        port,
+        currency=currency,
+        fee_minor=fee_minor,
+        committed=(lambda _site: 0) if market is None else market.held_credits,
+        now=now,
+    )
+    others_owner = port.owner_of
+
+    async def owner_of(ref: str) -> str | None:
+        if ref.startswith(REF_PREFIX):
+            return await credits.owner_of(ref)
+        return None if others_owner is None else await others_owner(ref)
+
+    port.outcomes = _CreditOutcomes(credits, port.outcomes)
+    port.owner_of = owner_of
+    return credits
 
 
 def _shop(store: Store, payments: PaymentService | None, now: Callable[[], float]) -> ShopService:
@@ -176,6 +236,8 @@ def create_app(
     openadr: OpenAdrService | None = None,
     meter_tolerance_permille: int = 10,
     payments: PaymentService | None = None,
+    market_currency: str = "EUR",
+    bank_transfer_fee_minor: int = 0,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -188,6 +250,9 @@ def create_app(
     """
     accounts = accounts or AccountStore(store.engine)
     meter = MeterService(MeterStore(store.engine), ledger)
+    credits = _credits(
+        store, ledger, payments, market, market_currency, bank_transfer_fee_minor, now
+    )
     ctx = ApiContext(
         store=store,
         accounts=accounts,
@@ -225,6 +290,7 @@ def create_app(
         utility_access=UtilityAccess(UtilityStore(store.engine), now),
         payments=payments,
         shop=_shop(store, payments, now),
+        credits=credits,
     )
     app = FastAPI(
         title="gridmint aggregator",

@@ -32,6 +32,7 @@ from cloud.auth import Auth, Principal, Role, bearer_scheme, session_cookie
 from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH
 from cloud.services.carbon_shop import ShopService
 from cloud.services.certificates import CertificateService
+from cloud.services.credits import CreditService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
 from cloud.services.fleet import FleetService
@@ -126,6 +127,9 @@ class ApiContext:
     # The retail carbon shop (cloud/api/shop_routes.py); create_app always builds one (its
     # payments answer 503 until a payment port is wired in). None: its routes answer 503.
     shop: ShopService | None = None
+    # Market payment credits bought and cashed through the payment port
+    # (cloud/api/credits_routes.py); None without a ledger or a port: its routes answer 503.
+    credits: CreditService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

@@ -505,6 +505,11 @@ class MarketService:
                 )
             )
 
+    def held_credits(self, site_id: str) -> int:
+        """Payment credits the site's resting bids and unsettled trades hold (minor units):
+        what a redemption may not take."""
+        return self._unsettled_cost.get(site_id, 0) + self._reserved.get(site_id, 0)
+
     def offer_room(self, site_id: str, interval_start: int) -> int:
         """What the site may still offer for an interval (tradable Tgen of it plus the forecast
         share, less what its orders already committed); the final check runs at placement."""

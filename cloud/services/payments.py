@@ -84,6 +84,11 @@ class PaymentProvider(Protocol):
 
     async def refund(self, provider_id: str, amount: Money | None) -> ProviderPayment: ...
 
+    async def payout(self, ref: str, amount: Money, destination: str, description: str) -> str:
+        """Send `amount` to `destination` (a redemption of market credits); the provider's id
+        of the transfer. Idempotent per `ref`: a retry of the same ref is the same transfer."""
+        ...
+
 
 class PaymentOutcomes(Protocol):
     """What the shop implements to hear how its payments ended. Called after the outcome is
@@ -298,6 +303,16 @@ class PaymentService:
             await self._tell(after)
         return expired
 
+    async def payout(self, ref: str, amount: Money, destination: str, description: str) -> str:
+        """Pay money out (a market-credit redemption) to `destination`: the provider's transfer
+        id. The caller stores what it pays out before it calls (credits_store); a retry with
+        the same ref is the same transfer at the provider. PaymentError when refused."""
+        if amount.amount_minor <= 0:
+            raise PaymentError("a payout amount is positive")
+        if not destination.strip():
+            raise PaymentError("a payout names where the money goes")
+        return await self.provider.payout(ref, amount, destination.strip(), description)
+
     async def put_rate(self, rate: FxRate) -> None:
         """Store an exchange rate (an admin's entry: pair, day, source)."""
         await self.store.put_rate(rate)
@@ -351,6 +366,9 @@ class SandboxProvider:
     def __init__(self) -> None:
         self.payments: dict[str, Money] = {}
         self.refunded: dict[str, int] = {}
+        self.payouts: dict[str, tuple[str, Money, str]] = {}  # ref -> (id, amount, destination)
+        # Destinations the sandbox refuses (a closed bank account, say), for tests and demos.
+        self.refuse_destinations: set[str] = set()
 
     async def create(
         self, ref: str, amount: Money, description: str, *, attempt: str = ""
@@ -389,6 +407,15 @@ class SandboxProvider:
             paid.amount_minor if amount is None else amount.amount_minor
         )
         return ProviderPayment(provider_id, PaymentStatus.REFUNDED, None)
+
+    async def payout(self, ref: str, amount: Money, destination: str, description: str) -> str:
+        if destination in self.refuse_destinations:
+            raise PaymentError(f"the sandbox refused the payout to {destination}")
+        done = self.payouts.get(ref)
+        if done is None:
+            done = ("sbx_po_" + secrets.token_hex(12), amount, destination)
+            self.payouts[ref] = done
+        return done[0]
 
 
 # Stripe PaymentIntent statuses: waiting for the buyer (created) or settling (processing);
@@ -487,6 +514,31 @@ class StripeProvider:
         if status in ("succeeded", "pending"):
             return ProviderPayment(provider_id, PaymentStatus.REFUNDED, None)
         raise PaymentError(f"the refund was not made (status {status})")
+
+    async def payout(self, ref: str, amount: Money, destination: str, description: str) -> str:
+        """A Connect transfer to the homeowner's connected account (`acct_...`): Stripe pays
+        out to bank accounts of connected accounts, not to a bank account we name."""
+        if not destination.startswith("acct_"):
+            raise PaymentError(
+                "with Stripe, credits are paid out to the homeowner's connected Stripe account "
+                "(an id starting acct_)"
+            )
+        doc = await self._post(
+            "/v1/transfers",
+            {
+                "amount": str(amount.amount_minor),
+                "currency": amount.currency.lower(),
+                "destination": destination,
+                "description": description,
+                "transfer_group": ref,
+                "metadata[ref]": ref,
+            },
+            idempotency_key=f"payout-{ref}",
+        )
+        transfer_id = doc.get("id")
+        if not isinstance(transfer_id, str):
+            raise PaymentError("the payment provider's answer has no transfer")
+        return transfer_id
 
     def verify(self, payload: bytes, signature: str | None, now_s: float) -> PaymentEvent | str:
         """A webhook body checked against its Stripe-Signature header: the event, or the type

@@ -797,3 +797,40 @@ carbon_events = Table(
     Column("actor", String(64), nullable=False, server_default=""),
     Column("detail", Text, nullable=False, server_default=""),  # JSON
 )
+
+# Market payment credits bought or cashed through the payment port (migration 0022;
+# cloud/services/credits.py). `gross` moves on the homeowner's side of the bank transfer, the flat
+# `fee` is kept, `net` arrives (credits for a top-up, money for a redemption). `ledger_seq` is the
+# DEPOSIT (top-up) or WITHDRAWAL (redemption) entry; a redemption whose payout was refused is
+# given back by a DEPOSIT naming the same transfer (`return_seq`).
+credit_transfers = Table(
+    "credit_transfers",
+    metadata,
+    Column("transfer_id", String(40), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("site_id", String(64), nullable=False, index=True),
+    Column("account_id", String(32), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("gross_minor", BigInteger, nullable=False),
+    Column("fee_minor", BigInteger, nullable=False),
+    Column("net_minor", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("payment_id", String(40), nullable=True),
+    Column("payout_to", String(100), nullable=False, server_default=""),
+    Column("payout_id", String(100), nullable=True),
+    Column("ledger_seq", BigInteger, nullable=True),
+    Column("return_seq", BigInteger, nullable=True),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    CheckConstraint("kind IN ('top_up', 'redemption')", name="ck_credit_transfers_kind"),
+    CheckConstraint(
+        "state IN ('pending', 'complete', 'failed', 'paying_out', 'paid_out', 'returned')",
+        name="ck_credit_transfers_state",
+    ),
+    CheckConstraint(
+        "gross_minor > 0 AND fee_minor >= 0 AND net_minor > 0 "
+        "AND gross_minor = fee_minor + net_minor",
+        name="ck_credit_transfers_amounts",
+    ),
+)

@@ -64,6 +64,10 @@ class EntryKind(IntEnum):
     # The DERMS: reward credits for flexibility a site delivered in a dispatch event (`ref`
     # names the event, `requested_wh` the Wh delivered), paid by the grid settlement account.
     FLEX_REWARD = 17
+    # Payment credits paid out to a homeowner (a redemption through the payment port): the
+    # site's account is debited, the grid settlement account credited; `ref` names the
+    # redemption. The payout's fee and net are the payment side's business, not the ledger's.
+    WITHDRAWAL = 19
 
 
 MARKET_KINDS = frozenset({EntryKind.ORDER_EVENT, EntryKind.TRADE_MATCH})

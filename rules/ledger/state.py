@@ -505,6 +505,15 @@ def _check_kind(st: LedgerState, e: Entry, index: int) -> _IntervalContext | Non
         postings_are({GRID_ACCOUNT: (amount, 0), site_account(site): (0, amount)})
         return None
 
+    if k is EntryKind.WITHDRAWAL:
+        if e.burns or e.mints or e.convs or e.gen_wh or e.exit_wh or not e.ref:
+            raise _fail(index, "a withdrawal moves payment only, for its redemption")
+        amount = sum(p.debit for p in e.postings)
+        if amount <= 0:
+            raise _fail(index, "a withdrawal must be positive")
+        postings_are({site_account(site): (amount, 0), GRID_ACCOUNT: (0, amount)})
+        return None
+
     raise _fail(index, f"unknown entry kind {k!r}")
 
 

@@ -240,16 +240,36 @@ class TradingRules(EntryWriter):
             requested_wh=requested_wh,
         )
 
-    def deposit(self, site: str, at: int, amount_minor: int) -> Entry:
-        """Credits paid in by a homeowner, through the grid settlement account."""
+    def deposit(self, site: str, at: int, amount_minor: int, ref: str = "") -> Entry:
+        """Credits paid in by a homeowner, through the grid settlement account (`ref`: the
+        top-up that paid them, if any)."""
         if amount_minor <= 0:
             raise LedgerRuleError("deposit must be positive")
         return self._emit(
             kind=EntryKind.DEPOSIT,
             site=site,
             interval_start=at,
+            ref=ref,
             postings=(
                 Posting(GRID_ACCOUNT, debit=amount_minor),
                 Posting(site_account(site), credit=amount_minor),
+            ),
+        )
+
+    def withdraw(self, site: str, at: int, amount_minor: int, ref: str) -> Entry:
+        """Credits paid out to a homeowner (redemption `ref`), through the grid settlement
+        account; refused like any posting that would take the site's account below zero."""
+        if amount_minor <= 0:
+            raise LedgerRuleError("a withdrawal must be positive")
+        if not ref:
+            raise LedgerRuleError("a withdrawal names its redemption")
+        return self._emit(
+            kind=EntryKind.WITHDRAWAL,
+            site=site,
+            interval_start=at,
+            ref=ref,
+            postings=(
+                Posting(site_account(site), debit=amount_minor),
+                Posting(GRID_ACCOUNT, credit=amount_minor),
             ),
         )

@@ -1,7 +1,7 @@
 """An in-repo fake of the few Stripe endpoints the adapter calls, served over real HTTP.
 
-`POST /v1/payment_intents` and `POST /v1/refunds` answer like Stripe (form-encoded bodies,
-bearer secret key, Idempotency-Key replays). Test-only `POST /_test/succeed/{pi}` and
+`POST /v1/payment_intents`, `POST /v1/refunds` and `POST /v1/transfers` answer like Stripe
+(form-encoded bodies, bearer secret key, Idempotency-Key replays). Test-only `POST /_test/succeed/{pi}` and
 `/_test/fail/{pi}` make the fake send the matching webhook to `webhook_url`, signed with the
 stripe package's own `WebhookSignature.generate_signature_header`, `times` times (the same
 event: a redelivery); they answer the status codes the receiver gave. A refund sends
@@ -34,6 +34,7 @@ class FakeStripe:
         self.webhook_url = ""
         self.intents: dict[str, dict[str, Any]] = {}
         self.refunds: list[dict[str, Any]] = []
+        self.transfers: list[dict[str, Any]] = []
         self.requests: list[tuple[str, dict[str, str], dict[str, str]]] = []
         self.sent: list[tuple[dict[str, Any], int]] = []  # (event, receiver's status)
         self._idempotent: dict[str, dict[str, Any]] = {}
@@ -111,6 +112,30 @@ class FakeStripe:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return re
+
+        @app.post("/v1/transfers")
+        async def transfer(request: Request) -> dict[str, Any]:
+            # Connect transfers (market-credit redemptions): idempotent per key, like Stripe.
+            self._check(request)
+            form = {k: str(v) for k, v in (await request.form()).items()}
+            self.requests.append(("transfers", form, dict(request.headers)))
+            key = request.headers.get("idempotency-key", "")
+            if key and key in self._idempotent:
+                return self._idempotent[key]
+            if not form.get("destination", "").startswith("acct_"):
+                raise HTTPException(400, {"message": "No such destination"})
+            tr = {
+                "id": "tr_" + secrets.token_hex(8),
+                "object": "transfer",
+                "amount": int(form["amount"]),
+                "currency": form["currency"],
+                "destination": form["destination"],
+                "transfer_group": form.get("transfer_group"),
+            }
+            self.transfers.append(tr)
+            if key:
+                self._idempotent[key] = tr
+            return tr
 
         @app.post("/_test/succeed/{pi}")
         async def succeed(pi: str, times: int = 1) -> list[int]:

@@ -159,6 +159,11 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/payments/sandbox/{payment_id}/complete"): (D, A, A, A, A, A),
     ("GET", "/api/v1/fx-rates"): (D, A, A, A, A, A),
     ("PUT", "/api/v1/fx-rates"): (D, D, D, D, D, A),
+    # A home's market credits: its homeowner tops up and redeems (someone else's site is a 404,
+    # test_market_credits.py); admins may too.
+    ("GET", "/api/v1/sites/{site_id}/credits"): (D, A, D, D, D, A),
+    ("POST", "/api/v1/sites/{site_id}/credits/top-ups"): (D, A, D, D, D, A),
+    ("POST", "/api/v1/sites/{site_id}/credits/redemptions"): (D, A, D, D, D, A),
     # The carbon shop: everyone signed in browses; providers (not in ROLES: see
     # test_carbon_shop_api.py for provider and buyer) and admins list projects and lots;
     # homeowners (and buyers) check out and read their own orders.

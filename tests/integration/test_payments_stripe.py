@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from cloud.api.app import create_app
-from cloud.domain.payments import Money, PaymentStatus
+from cloud.domain.payments import Money, PaymentError, PaymentStatus
 from cloud.services.payments import PaymentService, StripeProvider
 from cloud.storage.accounts import AccountStore
 from cloud.storage.payments_store import PaymentStore
@@ -191,3 +191,21 @@ async def test_refund(world: World) -> None:
     events = await world.service.store.events(started.payment_id)
     assert [t for _i, t, _o in events].count("charge.refunded") == 2
     assert world.outcomes.calls == [("succeeded", "order-4", started.payment_id, "")]
+
+
+async def test_payout_is_a_connect_transfer_once_per_ref(world: World) -> None:
+    """A market-credit redemption is paid out as a Connect transfer to the homeowner's
+    connected account; a retry of the same redemption is the same transfer (idempotency key),
+    and a destination that is not a connected account is refused before Stripe is asked."""
+    first = await world.service.payout("crd_1", Money(950, "EUR"), "acct_home1", "redeem")
+    again = await world.service.payout("crd_1", Money(950, "EUR"), "acct_home1", "redeem")
+    assert first == again and first.startswith("tr_")
+    assert [t["id"] for t in world.fake.transfers] == [first]
+    kind, form, headers = world.fake.requests[-1]
+    assert kind == "transfers" and headers["idempotency-key"] == "payout-crd_1"
+    assert form["amount"] == "950" and form["currency"] == "eur"
+    assert form["destination"] == "acct_home1" and form["transfer_group"] == "crd_1"
+    asked = len(world.fake.requests)
+    with pytest.raises(PaymentError, match="connected Stripe account"):
+        await world.service.payout("crd_2", Money(950, "EUR"), "DE89370400440532013000", "x")
+    assert len(world.fake.requests) == asked

@@ -290,6 +290,27 @@ def test_unsold_export_keeps_what_a_trade_still_needs() -> None:
     assert check_conservation(eng.entries) == []
 
 
+def test_a_withdrawal_pays_out_credits_and_never_overdraws() -> None:
+    eng = LedgerEngine()
+    eng.deposit("h", T0, 1000, ref="ctu_1")
+    e = eng.withdraw("h", T0 + 60, 400, "crd_1")
+    assert e.kind is EntryKind.WITHDRAWAL and e.ref == "crd_1" and not e.burns and not e.mints
+    assert eng.state.balance(site_account("h")) == 600
+    with pytest.raises(LedgerRuleError, match="negative balance"):
+        eng.withdraw("h", T0 + 120, 601, "crd_2")
+    assert eng.state.balance(site_account("h")) == 600  # nothing changed on the refusal
+    with pytest.raises(LedgerRuleError, match="names its redemption"):
+        eng.withdraw("h", T0 + 120, 10, "")
+    # a hand-made withdrawal that pays the grid from nowhere is refused on replay
+    forged = dataclasses.replace(
+        e, postings=(Posting(GRID_ACCOUNT, debit=400), Posting(site_account("h"), credit=400))
+    )
+    with pytest.raises(LedgerRuleError, match="postings"):
+        replay([eng.entries[0], forged])
+    assert replay(eng.entries).balance(site_account("h")) == 600
+    assert check_conservation(eng.entries) == []
+
+
 def test_grid_purchase_is_payment_only() -> None:
     eng = LedgerEngine()
     eng.deposit("h", T0, 1000)
@@ -346,6 +367,7 @@ def _sample_log() -> list[Entry]:
     )
     eng = LedgerEngine()
     eng.deposit("b", T0, 10_000)
+    eng.withdraw("b", T0, 1_000, "crd_sample")
     eng.close_interval("a", flows(T0, g=900, e=300, c=400, soc=50), b)
     eng.close_interval("a", flows(T0 + 300, g=100, e=200, d=300, soc=20), b)
     eng.close_interval("b", flows(T0, g=50, i=400, device="inv-b"), None)
@@ -365,6 +387,7 @@ def test_entries_round_trip_and_are_canonical() -> None:
         EntryKind.GRID_SALE,
         EntryKind.GRID_PURCHASE,
         EntryKind.DEPOSIT,
+        EntryKind.WITHDRAWAL,
     }
     assert any(e.measurement is not None and e.measurement.soc_permille is not None for e in log)
     for e in log:
