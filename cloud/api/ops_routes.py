@@ -96,7 +96,31 @@ async def metrics(ctx: CtxDep) -> PlainTextResponse:
             f"gridmint_ledger_late_records {await ledger.store.late_records()}",
         ]
     lines += await derms_metrics(ctx)
+    lines += await payment_metrics(ctx)
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+async def payment_metrics(ctx: ApiContext) -> list[str]:
+    """Payments by status, and the provider events refused or not applied, by outcome (bad
+    signatures, duplicates, unknown payments, late successes refunded, ignored types)."""
+    if ctx.payments is None:
+        return []
+    by_status = await ctx.payments.store.count_by_status()
+    return [
+        "# HELP gridmint_payments Payments through the payment port, by status.",
+        "# TYPE gridmint_payments gauge",
+        *(
+            f'gridmint_payments{{status="{st}"}} {by_status.get(st, 0)}'
+            for st in ("created", "processing", "succeeded", "failed", "canceled", "refunded")
+        ),
+        "# HELP gridmint_payment_events_total Provider events and webhooks not applied as a "
+        "status change, by outcome (since start).",
+        "# TYPE gridmint_payment_events_total counter",
+        *(
+            f'gridmint_payment_events_total{{outcome="{k}"}} {n}'
+            for k, n in sorted(ctx.payments.counters.items())
+        ),
+    ]
 
 
 async def derms_metrics(ctx: ApiContext) -> list[str]:

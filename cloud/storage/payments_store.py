@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import date
 
-from sqlalchemy import Row, and_, select, update
+from sqlalchemy import Row, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -235,6 +235,13 @@ class PaymentStore:
             )
             r = (await conn.execute(select(payments).where(c.payment_id == payment_id))).one()
         return _payment(r)
+
+    async def count_by_status(self) -> dict[str, int]:
+        """How many payments are in each status (for /metrics)."""
+        c = payments.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(c.status, func.count()).group_by(c.status))
+            return {str(status): int(n) for status, n in rows}
 
     async def stale(self, before_ms: int, limit: int = 500) -> list[PaymentRow]:
         """Payments still created or processing that were created before `before_ms`."""

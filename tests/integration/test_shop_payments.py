@@ -97,5 +97,15 @@ async def test_checkout_paid_in_the_sandbox_retires_once_and_a_failure_releases(
         assert r.status_code == 200, r.text
         r = await c.get(f"/api/v1/shop/orders/{o2['order_id']}", headers=h("o@x.org"))
         assert r.json()["state"] == "cancelled"
+        admin = await accounts.create_account("a@x.org", "A", PW, "admin", OK)
+        r = await c.get(
+            "/metrics",
+            headers={"Authorization": f"Bearer {await accounts.issue_token(admin.account_id, 60)}"},
+        )
+        metrics = r.text
+        assert 'gridmint_payments{status="succeeded"} 1' in metrics
+        assert 'gridmint_payments{status="failed"} 1' in metrics
+        # the buyer pressed "pay" three times: two deliveries of the same event were no-ops
+        assert 'gridmint_payment_events_total{outcome="duplicate"} 2' in metrics
         r = await c.get(f"/api/v1/shop/projects/{pid}", headers=h("o@x.org"))
         assert r.json()["available_kg"] == 30
