@@ -433,7 +433,8 @@ class CloudRuntime:
     async def _sweep_payments(self, ctx: ApiContext) -> None:
         """Every minute: payments open past `payment_timeout_s` fail (the shop releases their
         units), owed outcomes are told again, expired shop reservations are released, and
-        credit redemptions whose payout was not confirmed are paid out (once)."""
+        credit redemptions whose payout was not confirmed are paid out (once), and monthly
+        offset subscriptions buy their month (once)."""
         s = self.settings
         while True:
             await asyncio.sleep(60)
@@ -445,6 +446,8 @@ class CloudRuntime:
                     await ctx.shop.expire()
                 if ctx.credits is not None:
                     await ctx.credits.retry_payouts()
+                if ctx.subscriptions is not None:
+                    await ctx.subscriptions.run_due()
             except Exception as exc:  # the next round tries again
                 log.error("payments sweep failed: %s", exc)
 

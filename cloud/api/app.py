@@ -38,6 +38,7 @@ from cloud.api import (
     shop_routes,
     site_live_routes,
     sites_routes,
+    subscription_routes,
     tokens_routes,
 )
 from cloud.api.deps import ApiContext
@@ -57,6 +58,7 @@ from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
 from cloud.services.payments import PaymentOutcomes, PaymentService
 from cloud.services.reconciliation import ReconciliationService
+from cloud.services.shop_subscriptions import SubscriptionService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
@@ -69,6 +71,7 @@ from cloud.storage.dispatch_store import DispatchStore
 from cloud.storage.meter_store import MeterStore
 from cloud.storage.revenue_store import RevenueStore
 from cloud.storage.store import Store
+from cloud.storage.subscriptions_store import SubscriptionStore
 from cloud.storage.utility_store import UtilityStore
 
 # In this order (it is the OpenAPI document's order of paths).
@@ -97,6 +100,7 @@ ROUTERS = (
     payments_routes.router,
     shop_routes.router,
     credits_routes.router,
+    subscription_routes.router,
 )
 
 
@@ -253,6 +257,7 @@ def create_app(
     credits = _credits(
         store, ledger, payments, market, market_currency, bank_transfer_fee_minor, now
     )
+    shop = _shop(store, payments, now)
     ctx = ApiContext(
         store=store,
         accounts=accounts,
@@ -289,8 +294,9 @@ def create_app(
         ),
         utility_access=UtilityAccess(UtilityStore(store.engine), now),
         payments=payments,
-        shop=_shop(store, payments, now),
+        shop=shop,
         credits=credits,
+        subscriptions=SubscriptionService(SubscriptionStore(store.engine), shop, now),
     )
     app = FastAPI(
         title="gridmint aggregator",

@@ -41,6 +41,7 @@ from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
 from cloud.services.payments import PaymentService
 from cloud.services.reconciliation import ReconciliationService
+from cloud.services.shop_subscriptions import SubscriptionService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
@@ -130,6 +131,9 @@ class ApiContext:
     # Market payment credits bought and cashed through the payment port
     # (cloud/api/credits_routes.py); None without a ledger or a port: its routes answer 503.
     credits: CreditService | None = None
+    # Monthly offset subscriptions (cloud/api/subscription_routes.py); create_app always builds
+    # them over its shop. None: their routes answer 503.
+    subscriptions: SubscriptionService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

@@ -834,3 +834,33 @@ credit_transfers = Table(
         name="ck_credit_transfers_amounts",
     ),
 )
+
+# Monthly offset subscriptions of the carbon shop (migration 0023; cloud/services/
+# shop_subscriptions.py). One run per subscription and calendar month (primary key): the month's
+# order is made at most once, however often or wherever the renewal runs.
+carbon_subscriptions = Table(
+    "carbon_subscriptions",
+    metadata,
+    Column("subscription_id", String(32), primary_key=True),
+    Column("buyer_account_id", String(32), nullable=False, index=True),
+    Column("project_id", String(32), nullable=False),
+    Column("kg_per_month", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("beneficiary", String(200), nullable=False),
+    Column("reason", String(500), nullable=False, server_default=""),
+    Column("state", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    CheckConstraint("state IN ('active', 'cancelled')", name="ck_carbon_subscriptions_state"),
+    CheckConstraint("kg_per_month > 0", name="ck_carbon_subscriptions_kg"),
+)
+
+carbon_subscription_runs = Table(
+    "carbon_subscription_runs",
+    metadata,
+    Column("subscription_id", String(32), primary_key=True),
+    Column("period", String(7), primary_key=True),  # YYYY-MM, UTC
+    Column("order_id", String(32), nullable=True),  # null: the month was skipped (see detail)
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("at_ms", BigInteger, nullable=False),
+)

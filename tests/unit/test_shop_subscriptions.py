@@ -1,0 +1,51 @@
+"""The monthly subscription rules: months in UTC, the amount's bounds, and which lot a month
+buys from."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from cloud.domain.shop_subscriptions import (
+    LotOffer,
+    SubscriptionError,
+    check_kg_per_month,
+    next_period_start_ms,
+    period_of,
+    pick_lot,
+)
+
+
+def ms(*args: int) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+
+
+def test_months_are_utc_calendar_months() -> None:
+    assert period_of(ms(2026, 12, 31, 23, 59, 59)) == "2026-12"
+    assert period_of(ms(2027, 1, 1)) == "2027-01"
+    assert next_period_start_ms(ms(2026, 12, 15)) == ms(2027, 1, 1)
+    assert next_period_start_ms(ms(2026, 2, 1)) == ms(2026, 3, 1)
+
+
+@pytest.mark.parametrize("kg", [0, -1, True, 1.5, 1_000_001])
+def test_a_monthly_amount_is_a_positive_bounded_whole_number(kg: object) -> None:
+    with pytest.raises(SubscriptionError):
+        check_kg_per_month(kg)  # type: ignore[arg-type]
+
+
+def test_the_cheapest_lot_in_the_currency_with_the_kg_left_older_first() -> None:
+    lots = [
+        LotOffer("dear", "EUR", 20_000, 500, 1),
+        LotOffer("cheap-small", "EUR", 9_000, 10, 2),
+        LotOffer("cheap-new", "EUR", 12_000, 500, 5),
+        LotOffer("cheap-old", "EUR", 12_000, 500, 3),
+        LotOffer("dollars", "USD", 1_000, 500, 0),
+    ]
+    assert pick_lot(lots, 100, "EUR").lot_id == "cheap-old"
+    assert pick_lot(lots, 10, "EUR").lot_id == "cheap-small"
+    assert pick_lot(lots, 100, "USD").lot_id == "dollars"
+    with pytest.raises(SubscriptionError, match="no lot priced in GBP"):
+        pick_lot(lots, 1, "GBP")
+    with pytest.raises(SubscriptionError, match="at most 500 kg"):
+        pick_lot(lots, 501, "EUR")
