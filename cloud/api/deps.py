@@ -40,6 +40,7 @@ from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
 from cloud.services.payments import PaymentService
 from cloud.services.reconciliation import ReconciliationService
+from cloud.services.registration import RegistrationService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
 from cloud.storage.accounts import AccountStore
@@ -126,6 +127,9 @@ class ApiContext:
     # The retail carbon shop (cloud/api/shop_routes.py); create_app always builds one (its
     # payments answer 503 until a payment port is wired in). None: its routes answer 503.
     shop: ShopService | None = None
+    # Self-registration and email verification (cloud/api/registration_routes.py); create_app
+    # always builds one. None: its routes answer 503 and checkouts are not held back.
+    registration: RegistrationService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

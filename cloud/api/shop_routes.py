@@ -301,7 +301,12 @@ async def checkout(
 ) -> OrderPublic:
     """Reserve every line or none, start the payment, and return the reserved order (it
     expires unless paid in time). 400: bad quantity or currency; 404: unknown lot; 409: not
-    enough units (with how many are left); 503: no payment provider."""
+    enough units (with how many are left); 503: no payment provider. 403: the caller's email
+    address is not verified yet (self-registered accounts; cloud.services.registration)."""
+    if ctx.registration is not None:
+        refusal = await ctx.registration.checkout_refusal(p.account_id)
+        if refusal is not None:
+            raise HTTPException(403, refusal)
     try:
         order = await _shop(ctx).checkout(
             p.account_id,
