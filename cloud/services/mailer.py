@@ -13,6 +13,7 @@ import asyncio
 import logging
 import smtplib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -48,10 +49,15 @@ class OutboxMailer:
 
     sent: list[SentMail] = field(default_factory=list)
     limit: int = 1000  # a long-running demo forgets the oldest
+    # Told of each mail as it is kept (the demo prints it, links and all).
+    on_send: Callable[[SentMail], None] | None = None
 
     async def send(self, to: str, subject: str, text: str) -> None:
-        self.sent.append(SentMail(to, subject, text))
+        mail = SentMail(to, subject, text)
+        self.sent.append(mail)
         del self.sent[: -self.limit]
+        if self.on_send is not None:
+            self.on_send(mail)
         log.info("mail to %s kept in the outbox (no SMTP server configured): %s", to, subject)
 
     def last_to(self, to: str) -> SentMail | None:

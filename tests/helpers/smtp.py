@@ -85,7 +85,12 @@ class SmtpServer:
                     raise AssertionError(f"no mail #{count} to {to} within {timeout} s")
                 self.arrived.wait(left)
 
-    async def wait_for_mail(self, to: str, timeout: float = 10.0, count: int = 1) -> EmailMessage:
+    async def wait_for_mail(
+        self,
+        to: str,
+        timeout: float = 10.0,  # noqa: ASYNC109 - the wait runs in a thread, bounded by it
+        count: int = 1,
+    ) -> EmailMessage:
         """`wait_for_mail_blocking` without blocking the event loop (the app under test may be
         running in it)."""
         return await asyncio.to_thread(self.wait_for_mail_blocking, to, timeout, count)
