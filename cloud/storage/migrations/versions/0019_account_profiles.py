@@ -73,6 +73,9 @@ def downgrade() -> None:
         op.execute("PRAGMA foreign_keys = OFF")
         op.execute("PRAGMA defer_foreign_keys = ON")
     with op.batch_alter_table("accounts") as batch:
+        # SQLite's rebuild copies the CHECKs too: drop those that name the columns first.
+        batch.drop_constraint("ck_accounts_affiliation", type_="check")
+        batch.drop_constraint("ck_accounts_account_type", type_="check")
         for column in (
             "email_verified_ms",
             "affiliation",
