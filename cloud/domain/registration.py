@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -79,6 +80,18 @@ def check_profile(
     return Profile(kind, name, number, aff)
 
 
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def check_email(email: str) -> str:
+    """The address trimmed and lower-case, if it looks like one a mail can go to (one @, a
+    dot in the domain, no spaces or line breaks); ValueError otherwise."""
+    address = email.strip().lower()
+    if len(address) > 320 or not _EMAIL.fullmatch(address) or not address.isprintable():
+        raise ValueError(f"{email.strip()!r} is not an email address")
+    return address
+
+
 def registration_role(affiliation: Affiliation) -> tuple[Role, bool]:
     """The role a registering account gets, and whether it is approved at once (a plain buyer)
     or waits for an approver (a provider, like every other account)."""
@@ -124,7 +137,10 @@ def make_email_token(secret: bytes, account_id: str, email: str, expires_ms: int
 def parse_email_token(token: str) -> EmailToken:
     """What the token claims; EmailTokenError when it is not a token at all."""
     parts = token.strip().split(".")
-    if len(parts) != 3 or not all(parts) or not parts[1].isdigit() or len(parts[1]) > 16:
+    digits = parts[1] if len(parts) == 3 else ""
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    ascii_number = digits.isascii() and digits.isdigit() and len(digits) <= 16
+    if len(parts) != 3 or not all(parts) or not ascii_number:
         raise EmailTokenError("this verification link is incomplete or malformed")
     return EmailToken(parts[0], int(parts[1]), parts[2])
 

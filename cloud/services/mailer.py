@@ -106,7 +106,10 @@ class SmtpMailer:
             smtp.send_message(message)
 
     async def send(self, to: str, subject: str, text: str) -> None:
-        message = self._message(to, subject, text)
+        try:
+            message = self._message(to, subject, text)
+        except ValueError as exc:  # a header that cannot be written (a line break in it)
+            raise MailError(f"the mail to {to!r} cannot be written: {exc}") from exc
         try:
             await asyncio.to_thread(self._send_blocking, message)
         except (OSError, smtplib.SMTPException) as exc:  # refused, unreachable, timed out

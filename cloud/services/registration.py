@@ -20,6 +20,7 @@ from urllib.parse import quote
 from cloud.domain.identity import AccountStatus
 from cloud.domain.registration import (
     EmailTokenError,
+    check_email,
     check_email_token,
     check_profile,
     make_email_token,
@@ -114,6 +115,7 @@ class RegistrationService:
         (422) or a taken email (409); a mail that cannot be sent is reported, not raised."""
         try:
             profile = check_profile(account_type, business_name, business_id, affiliation)
+            email = check_email(email)
         except ValueError as exc:
             raise RegistrationError(str(exc)) from None
         role, approved = registration_role(profile.affiliation)

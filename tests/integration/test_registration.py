@@ -197,6 +197,8 @@ async def test_business_details_duplicates_and_bad_input(shop: Shop) -> None:
     assert r.status_code == 422
     r = await c.post("/api/v1/register", json={**_buyer("x@x.org"), "affiliation": "installer"})
     assert r.status_code == 422
+    r = await c.post("/api/v1/register", json=_buyer("x@x.org\r\nBcc: many@x.org"))
+    assert r.status_code == 422 and "is not an email address" in r.json()["detail"]
     assert shop.smtp.messages == []  # nothing refused was stored, so nothing was mailed
     assert await shop.accounts.get_account_by_email("acme@x.org") is None
 

@@ -10,6 +10,7 @@ from cloud.domain.registration import (
     AccountType,
     Affiliation,
     EmailTokenError,
+    check_email,
     check_email_token,
     check_profile,
     make_email_token,
@@ -62,7 +63,8 @@ def test_wrong_account_or_email_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "junk", ["", "abc", "a.b.c", "a..c", "a.12.c.d", "a.-5.c", f"a.{'9' * 20}.c"]
+    "junk",
+    ["", "abc", "a.b.c", "a..c", "a.12.c.d", "a.-5.c", "a.²3.c", "a.١٢.c", f"a.{'9' * 20}.c"],
 )
 def test_malformed_tokens_are_refused_plainly(junk: str) -> None:
     with pytest.raises(EmailTokenError, match="incomplete or malformed"):
@@ -91,6 +93,21 @@ def test_profiles() -> None:
         check_profile("company", "", "", "none")
     with pytest.raises(ValueError, match="affiliation must be one of none, provider"):
         check_profile("individual", "", "", "installer")
+
+
+def test_email_addresses() -> None:
+    assert check_email(" Ana@Example.ORG ") == "ana@example.org"
+    for bad in (
+        "ana",
+        "ana@",
+        "@x.org",
+        "ana@x",
+        "a b@x.org",
+        "a@b@x.org",
+        "a@x.org\r\nBcc: e@x.org",
+    ):
+        with pytest.raises(ValueError, match="is not an email address"):
+            check_email(bad)
 
 
 def test_roles_of_registering_accounts() -> None:
