@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.helpers.services import free_port
 
@@ -50,15 +50,34 @@ class _Collector:
 class SmtpServer:
     """The server, its port, and every (recipient, message) it accepted, oldest first."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, logins: dict[str, str] | None = None) -> None:
+        """With `logins` (name -> password) the server takes mail only after AUTH (over the
+        plain connection: a loopback test has no certificate to offer)."""
         self.port = port or free_port()
+        self.logins = logins
         self.messages: list[tuple[str, EmailMessage]] = []
         self.arrived = threading.Condition()
         self._controller: Controller | None = None
 
     def start(self) -> None:
-        self._controller = Controller(_Collector(self), hostname=HOST, port=self.port)
+        auth: dict[str, Any] = {}
+        if self.logins is not None:
+            auth = {
+                "auth_required": True,
+                "auth_require_tls": False,
+                "authenticator": self._authenticate,
+            }
+        self._controller = Controller(_Collector(self), hostname=HOST, port=self.port, **auth)
         self._controller.start()
+
+    def _authenticate(
+        self, _server: SMTP, _session: Session, _envelope: Envelope, _mechanism: str, data: Any
+    ) -> AuthResult:
+        assert self.logins is not None
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login, password = data.login.decode(), data.password.decode()
+        return AuthResult(success=self.logins.get(login) == password, handled=False)
 
     def stop(self) -> None:
         if self._controller is not None:
@@ -104,10 +123,10 @@ class SmtpServer:
 
 
 def mail_text(message: EmailMessage) -> str:
-    """The plain-text body."""
+    """The plain-text body, with the wire's CRLF line ends as \n."""
     body = message.get_body(preferencelist=("plain",))
     assert body is not None, "the mail has no text/plain part"
-    return str(body.get_content())
+    return str(body.get_content()).replace("\r\n", "\n")
 
 
 def verification_link(message: EmailMessage) -> str:
