@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
 
@@ -70,6 +70,7 @@ __all__ = [
     "current_principal",
     "get_ctx",
     "optional_principal",
+    "refuse_unverified_email",
     "require",
 ]
 
@@ -228,6 +229,17 @@ async def current_principal(ctx: CtxDep, principal: OptionalPrincipalDep) -> Pri
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def refuse_unverified_email(ctx: ApiContext, account_id: str) -> None:
+    """403 "verify your email address before buying: ..." while the account's email is not
+    verified (a self-registered buyer may browse, not pay). Every route that takes a shopper's
+    money calls it first."""
+    if ctx.registration is None:
+        return
+    refusal = await ctx.registration.checkout_refusal(account_id)
+    if refusal is not None:
+        raise HTTPException(403, refusal)
 
 
 def require(*roles: Role, action: str = "use this endpoint") -> Callable[..., Awaitable[Principal]]:
