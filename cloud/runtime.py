@@ -37,6 +37,7 @@ from cloud.services.ledger import (
     default_origin,
     load_or_create_ledger_key,
 )
+from cloud.services.mailer import Mailer, OutboxMailer, SmtpMailer
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
 from cloud.services.payments import (
@@ -121,6 +122,9 @@ class CloudRuntime:
         self._payments_task: asyncio.Task[None] | None = None
         self._payments_http: httpx.AsyncClient | None = None
         self.payments: PaymentService | None = None
+        # Outgoing mail (registration's verification links): SMTP when smtp_host is set, else
+        # an in-memory outbox (the embedded demo prints its links).
+        self.mailer: Mailer | None = None
         self.http_port = settings.http_port
 
     @property
@@ -296,6 +300,7 @@ class CloudRuntime:
             if self.http_port == 0:
                 self.http_port = free_port(s.http_host)
             self.payments = self._payments()
+            self.mailer = self._mailer()
             app = create_app(
                 self.store,
                 admin_token=s.admin_token,
@@ -318,6 +323,10 @@ class CloudRuntime:
                 payments=self.payments,
                 market_currency=self.settings.market_currency,
                 bank_transfer_fee_minor=self.settings.bank_transfer_fee_minor,
+                mailer=self.mailer,
+                public_base_url=s.public_base_url or f"http://{s.http_host}:{self.http_port}",
+                email_link_ttl_s=s.email_link_ttl_s,
+                email_link_secret=s.email_link_secret.encode() or None,
             )
             self._payments_task = asyncio.create_task(self._sweep_payments(app.state.ctx))
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))
@@ -429,6 +438,20 @@ class CloudRuntime:
         else:
             provider = SandboxProvider()
         return PaymentService(provider, PaymentStore(self.store.engine), None, now=self.clock.now)  # type: ignore[arg-type]
+
+    def _mailer(self) -> Mailer:
+        s = self.settings
+        if not s.smtp_host:
+            return OutboxMailer()
+        return SmtpMailer(
+            s.smtp_host,
+            s.smtp_port,
+            s.smtp_from,
+            starttls=s.smtp_starttls,
+            username=s.smtp_username,
+            password=s.smtp_password,
+            timeout_s=s.smtp_timeout_s,
+        )
 
     async def _sweep_payments(self, ctx: ApiContext) -> None:
         """Every minute: payments open past `payment_timeout_s` fail (the shop releases their

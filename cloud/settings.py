@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -192,3 +192,35 @@ class CloudSettings(BaseSettings):
     bank_transfer_fee_minor: int = Field(
         0, ge=0, description="flat fee per market-credit top-up or redemption by bank transfer"
     )
+    # Email (cloud/services/mailer.py) and self-registration (cloud/services/registration.py;
+    # docs/carbon-shop.md, "Registration"). Without smtp_host mails are kept in memory (the
+    # embedded demo's outbox) and nothing is sent.
+    smtp_host: str = Field(
+        "", description="SMTP server for outgoing mail; empty: keep mails in memory"
+    )
+    smtp_port: int = Field(587, gt=0, lt=65536, description="its port (587 submission, 25 relay)")
+    smtp_from: str = Field("gridmint <no-reply@localhost>", description="the From address")
+    smtp_starttls: bool = Field(False, description="upgrade the connection with STARTTLS")
+    smtp_username: str = Field("", description="login name (empty: no login)")
+    smtp_password: str = Field("", description="login password")
+    smtp_timeout_s: float = Field(10.0, gt=0, description="give up on the mail server after this")
+    public_base_url: str = Field(
+        "",
+        description="the aggregator's address as users reach it, for links in mails "
+        "(empty: http://<http_host>:<http_port>)",
+    )
+    email_link_ttl_s: int = Field(
+        24 * 3600, gt=0, description="how long an email verification link works"
+    )
+    email_link_secret: str = Field(
+        "",
+        description="key that signs email links (16+ characters); empty: a random key made "
+        "once and kept in the database (table server_secrets)",
+    )
+
+    @field_validator("email_link_secret")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("email_link_secret needs at least 16 characters (or none at all)")
+        return value

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cloud.runtime import CloudRuntime, free_port
+from cloud.services.mailer import OutboxMailer, SentMail
 from cloud.settings import CloudSettings
 from cloud.storage.accounts import AccountStore
 from edge.accounting import Channel
@@ -359,6 +360,14 @@ async def _demo_accounts(
     if len(owners) > 3:
         more = "home-004" if len(owners) == 4 else f"home-004 to home-{len(owners):03d}"
         out.print(f"          homeowner      {more}@demo.gridmint")
+    if isinstance(cloud.mailer, OutboxMailer):  # no SMTP server: show the mails here
+        out.print(f"        new shop accounts register at {cloud.url}/register")
+
+        def show(mail: SentMail) -> None:
+            link = next((w for w in mail.text.split() if "/verify-email?token=" in w), "")
+            out.print(f"[bold]mail[/]    (not sent: no SMTP server) to {mail.to}: {link}")
+
+        cloud.mailer.on_send = show
     return login_url, staff + owners
 
 

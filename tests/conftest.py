@@ -9,6 +9,7 @@ import pytest
 
 from cloud.storage.store import Store
 from tests.helpers.services import Mosquitto, create_pg_database, drop_pg_database
+from tests.helpers.smtp import SmtpServer
 
 
 @pytest.fixture
@@ -20,6 +21,14 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, keeping what it receives: see
+    tests/helpers/smtp.py (`wait_for_mail`, `verification_link`)."""
+    with SmtpServer() as server:
+        yield server
 
 
 @pytest.fixture

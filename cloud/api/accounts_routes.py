@@ -51,6 +51,13 @@ class AccountPublic(BaseModel):
     display_name: str
     role: str
     status: str
+    # The profile self-registration records (cloud/api/registration_routes.py); accounts made
+    # by an operator are individuals with no affiliation (providers: provider), verified.
+    account_type: str = "individual"
+    business_name: str = ""
+    business_id: str = ""
+    affiliation: str = "none"
+    email_verified: bool = True
 
 
 class AccountDecision(BaseModel):
@@ -73,13 +80,18 @@ class ApiKeyCreated(BaseModel):
     key: str
 
 
-def _account(a) -> AccountPublic:  # type: ignore[no-untyped-def]
+def account_public(a) -> AccountPublic:  # type: ignore[no-untyped-def]
     return AccountPublic(
         account_id=a.account_id,
         email=a.email,
         display_name=a.display_name,
         role=str(a.role),
         status=str(a.status),
+        account_type=a.account_type,
+        business_name=a.business_name,
+        business_id=a.business_id,
+        affiliation=a.affiliation,
+        email_verified=a.email_verified,
     )
 
 
@@ -139,7 +151,7 @@ async def me(
             role=str(p.role),
             status="approved",
         )
-    return _account(account)
+    return account_public(account)
 
 
 @router.post("/api/v1/accounts", response_model=AccountPublic, status_code=201, tags=["accounts"])
@@ -151,7 +163,7 @@ async def sign_up(body: AccountCreate, accounts: AccountsDep) -> AccountPublic:
         )
     except ValueError as exc:
         raise HTTPException(409 if "exists" in str(exc) else 422, str(exc)) from None
-    return _account(account)
+    return account_public(account)
 
 
 @router.get(
@@ -163,7 +175,7 @@ async def sign_up(body: AccountCreate, accounts: AccountsDep) -> AccountPublic:
 async def list_accounts(accounts: AccountsDep, status: str | None = None) -> list[AccountPublic]:
     """Accounts, optionally by status (the approval queue: status=pending)."""
     try:
-        return [_account(a) for a in await accounts.list_accounts(status)]
+        return [account_public(a) for a in await accounts.list_accounts(status)]
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
 
@@ -189,7 +201,7 @@ async def decide_account(
         )
     except KeyError:
         raise HTTPException(404, f"account {account_id!r} does not exist") from None
-    return _account(account)
+    return account_public(account)
 
 
 @router.post(

@@ -35,6 +35,7 @@ from cloud.api import (
     ops_routes,
     pages_routes,
     payments_routes,
+    registration_routes,
     shop_routes,
     site_live_routes,
     sites_routes,
@@ -54,10 +55,12 @@ from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
 from cloud.services.fleet import FleetService
 from cloud.services.ledger import LedgerService, NotSequencerError
+from cloud.services.mailer import Mailer, OutboxMailer
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
 from cloud.services.payments import PaymentOutcomes, PaymentService
 from cloud.services.reconciliation import ReconciliationService
+from cloud.services.registration import DEFAULT_LINK_TTL_S, RegistrationService
 from cloud.services.shop_subscriptions import SubscriptionService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
@@ -101,6 +104,7 @@ ROUTERS = (
     shop_routes.router,
     credits_routes.router,
     subscription_routes.router,
+    registration_routes.router,
 )
 
 
@@ -242,6 +246,10 @@ def create_app(
     payments: PaymentService | None = None,
     market_currency: str = "EUR",
     bank_transfer_fee_minor: int = 0,
+    mailer: Mailer | None = None,
+    public_base_url: str = "http://localhost:8000",
+    email_link_ttl_s: int = DEFAULT_LINK_TTL_S,
+    email_link_secret: bytes | None = None,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -251,6 +259,9 @@ def create_app(
     (cloud.api.limits); without them (tests, benchmarks) nothing is limited.
     With `openadr`, the OpenADR 3.0.1 VTN answers under /openadr3/3.0.1 (docs/openadr.md).
     With `payments`, the payment routes work (docs/operations.md, "Payments"); else 503.
+    Registration mails go through `mailer` (without one: an in-memory outbox), with links to
+    `public_base_url` that work for `email_link_ttl_s`, signed with `email_link_secret` (or the
+    deployment's own key in the database).
     """
     accounts = accounts or AccountStore(store.engine)
     meter = MeterService(MeterStore(store.engine), ledger)
@@ -297,6 +308,14 @@ def create_app(
         shop=shop,
         credits=credits,
         subscriptions=SubscriptionService(SubscriptionStore(store.engine), shop, now),
+        registration=RegistrationService(
+            accounts,
+            mailer if mailer is not None else OutboxMailer(),
+            public_base_url=public_base_url,
+            link_ttl_s=email_link_ttl_s,
+            secret=email_link_secret,
+            now=now,
+        ),
     )
     app = FastAPI(
         title="gridmint aggregator",

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import AccountsDep, CtxDep, require
+from cloud.api.deps import AccountsDep, CtxDep, refuse_unverified_email, require
 from cloud.auth import Principal, Role, visible_site_ids
 from cloud.services.credits import (
     CreditConflict,
@@ -156,6 +156,7 @@ async def top_up(
     amount less the bank-transfer fee is deposited (once). 400: bad amount or currency, or not
     more than the fee."""
     await _site(accounts, p, site_id)
+    await refuse_unverified_email(ctx, p.account_id)
     try:
         t, started = await _credits(ctx).top_up(
             p.account_id, site_id, body.amount_minor, body.currency

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
 
@@ -41,6 +41,7 @@ from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
 from cloud.services.payments import PaymentService
 from cloud.services.reconciliation import ReconciliationService
+from cloud.services.registration import RegistrationService
 from cloud.services.shop_subscriptions import SubscriptionService
 from cloud.services.utility_access import UtilityAccess
 from cloud.services.virtual_meter import MeterService
@@ -71,6 +72,7 @@ __all__ = [
     "current_principal",
     "get_ctx",
     "optional_principal",
+    "refuse_unverified_email",
     "require",
 ]
 
@@ -134,6 +136,9 @@ class ApiContext:
     # Monthly offset subscriptions (cloud/api/subscription_routes.py); create_app always builds
     # them over its shop. None: their routes answer 503.
     subscriptions: SubscriptionService | None = None
+    # Self-registration and email verification (cloud/api/registration_routes.py); create_app
+    # always builds one. None: its routes answer 503 and checkouts are not held back.
+    registration: RegistrationService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).
@@ -232,6 +237,17 @@ async def current_principal(ctx: CtxDep, principal: OptionalPrincipalDep) -> Pri
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def refuse_unverified_email(ctx: ApiContext, account_id: str) -> None:
+    """403 "verify your email address before buying: ..." while the account's email is not
+    verified (a self-registered buyer may browse, not pay). Every route that takes a shopper's
+    money calls it first."""
+    if ctx.registration is None:
+        return
+    refusal = await ctx.registration.checkout_refusal(account_id)
+    if refusal is not None:
+        raise HTTPException(403, refusal)
 
 
 def require(*roles: Role, action: str = "use this endpoint") -> Callable[..., Awaitable[Principal]]:

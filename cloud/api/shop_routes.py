@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import ANYONE, SHOP_ROLES, CtxDep, require
+from cloud.api.deps import ANYONE, SHOP_ROLES, CtxDep, refuse_unverified_email, require
 from cloud.auth import Principal, Role
 from cloud.domain.carbon_shop import ProjectFilter, ProjectKind
 from cloud.services.carbon_shop import (
@@ -301,7 +301,9 @@ async def checkout(
 ) -> OrderPublic:
     """Reserve every line or none, start the payment, and return the reserved order (it
     expires unless paid in time). 400: bad quantity or currency; 404: unknown lot; 409: not
-    enough units (with how many are left); 503: no payment provider."""
+    enough units (with how many are left); 503: no payment provider. 403: the caller's email
+    address is not verified yet (self-registered accounts; cloud.services.registration)."""
+    await refuse_unverified_email(ctx, p.account_id)
     try:
         order = await _shop(ctx).checkout(
             p.account_id,

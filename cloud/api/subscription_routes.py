@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from cloud.api.deps import CtxDep, require
+from cloud.api.deps import CtxDep, refuse_unverified_email, require
 from cloud.auth import Principal, Role
 from cloud.services.carbon_shop import ShopInvalid, ShopNotFound
 from cloud.services.shop_subscriptions import SubscriptionService, SubscriptionView
@@ -84,7 +84,9 @@ def _service(ctx: CtxDep) -> SubscriptionService:
 async def subscribe(body: SubscriptionRequest, ctx: CtxDep, p: Shopper) -> SubscriptionPublic:
     """Buy `kg_per_month` of the project every calendar month (UTC), starting with this month's
     order at once (it waits for its payment like any order; the runs say if a month was
-    skipped and why). 400: bad amount, currency or project state; 404: unknown project."""
+    skipped and why). 400: bad amount, currency or project state; 403: email not verified;
+    404: unknown project."""
+    await refuse_unverified_email(ctx, p.account_id)
     try:
         view = await _service(ctx).create(
             p.account_id,

@@ -33,7 +33,14 @@ from cloud.domain.identity import (
     verify_password,
 )
 from cloud.storage.store import single_statement
-from cloud.storage.tables import account_decisions, accounts, api_keys, auth_tokens, sites
+from cloud.storage.tables import (
+    account_decisions,
+    accounts,
+    api_keys,
+    auth_tokens,
+    server_secrets,
+    sites,
+)
 
 MIN_PASSWORD_CHARS = 8
 log = logging.getLogger(__name__)
@@ -57,6 +64,17 @@ class Account:
     role: Role
     status: AccountStatus
     created_ms: int
+    # The profile (migration 0019): individual or business, the business's name and number,
+    # the affiliation (none: a plain buyer; provider), and when the email was verified.
+    account_type: str = "individual"
+    business_name: str = ""
+    business_id: str = ""
+    affiliation: str = "none"
+    email_verified_ms: int | None = None
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_ms is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +121,11 @@ def _account(row: Any) -> Account:
         role=Role(row.role),
         status=AccountStatus(row.status),
         created_ms=row.created_ms,
+        account_type=row.account_type,
+        business_name=row.business_name,
+        business_id=row.business_id,
+        affiliation=row.affiliation,
+        email_verified_ms=row.email_verified_ms,
     )
 
 
@@ -250,8 +273,20 @@ class AccountStore:
         password: str,
         role: Role | str,
         status: AccountStatus | str = AccountStatus.PENDING,
+        *,
+        email_verified: bool = True,
+        account_type: str = "individual",
+        business_name: str = "",
+        business_id: str = "",
+        affiliation: str | None = None,
     ) -> Account:
-        """Create an account; ValueError for a taken email, unknown role or weak password."""
+        """Create an account; ValueError for a taken email, unknown role or weak password.
+
+        Accounts made by an operator (the CLI, the demo) or reviewed by an approver count as
+        verified; self-registration (cloud.services.registration) passes
+        `email_verified=False` and its checked profile. The affiliation defaults to `provider`
+        for a provider, else `none`.
+        """
         email = normalise_email(email)
         if "@" not in email or len(email) > 320:
             raise ValueError(f"{email!r} is not an email address")
@@ -269,6 +304,9 @@ class AccountStore:
             raise ValueError("the display name must not be empty")
         account_id = secrets.token_hex(16)
         password_hash = hash_password(password)
+        if affiliation is None:
+            affiliation = "provider" if role is Role.PROVIDER else "none"
+        now = self._now_ms()
         duplicate = ValueError(f"an account with email {email!r} already exists")
         try:
             async with self.engine.begin() as conn:
@@ -287,7 +325,12 @@ class AccountStore:
                         password_hash=password_hash,
                         role=role.value,
                         status=status.value,
-                        created_ms=self._now_ms(),
+                        created_ms=now,
+                        account_type=account_type,
+                        business_name=business_name,
+                        business_id=business_id,
+                        affiliation=affiliation,
+                        email_verified_ms=now if email_verified else None,
                     )
                 )
         except IntegrityError:
@@ -295,6 +338,45 @@ class AccountStore:
         account = await self.get_account_by_id(account_id)
         assert account is not None
         return account
+
+    async def mark_email_verified(self, account_id: str, email: str) -> Account | None:
+        """Record that `email` of the account was verified now. None when it already was (or
+        the account's email is no longer `email`): a verification link works once."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(accounts)
+                .where(
+                    accounts.c.account_id == account_id,
+                    accounts.c.email == email,
+                    accounts.c.email_verified_ms.is_(None),
+                )
+                .values(email_verified_ms=self._now_ms())
+            )
+        if result.rowcount == 0:
+            return None
+        self._forget_credentials()
+        return await self.get_account_by_id(account_id)
+
+    async def server_secret(self, name: str, nbytes: int = 32) -> bytes:
+        """The deployment's secret `name`, made (random, `nbytes`) on first use. Two processes
+        that make it at once keep the first one stored."""
+        query = select(server_secrets.c.secret).where(server_secrets.c.name == name)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(
+                        insert(server_secrets).values(
+                            name=name, secret=secrets.token_hex(nbytes), created_ms=self._now_ms()
+                        )
+                    )
+            except IntegrityError:
+                pass  # another process made it first: use theirs
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(query)).first()
+        assert row is not None
+        return bytes.fromhex(row.secret)
 
     async def _set_status(self, account_id: str, status: AccountStatus) -> Account:
         async with self.engine.begin() as conn:
@@ -491,9 +573,7 @@ class AccountStore:
         cached = self._credentials.get(digest, now)
         if cached is not None:
             if self._credentials.due(digest, now):
-                self._credentials.refresh(
-                    digest, lambda: self._read_token(digest, self._clock())
-                )
+                self._credentials.refresh(digest, lambda: self._read_token(digest, self._clock()))
             return cached
         return await self._credentials.read_once(digest, lambda: self._read_token(digest, now))
 
@@ -583,9 +663,7 @@ class AccountStore:
         if row is None or row.revoked or not api_key_matches(secret, row.key_hash):
             return None
         account = _account(row)
-        self._credentials.put(
-            digest, account, now + self._ttl_s, now + self._ttl_s / 2, generation
-        )
+        self._credentials.put(digest, account, now + self._ttl_s, now + self._ttl_s / 2, generation)
         return account
 
     async def revoke_api_key(self, key_id: str) -> bool:

@@ -110,12 +110,30 @@ accounts = Table(
     Column("role", String(16), nullable=False),
     Column("status", String(16), nullable=False, index=True),
     Column("created_ms", BigInteger, nullable=False),
+    # Self-registration's profile (migration 0019; cloud/services/registration.py).
+    Column("account_type", String(16), nullable=False, server_default="individual"),
+    Column("business_name", String(200), nullable=False, server_default=""),
+    Column("business_id", String(64), nullable=False, server_default=""),  # company/VAT number
+    Column("affiliation", String(16), nullable=False, server_default="none"),
+    Column("email_verified_ms", BigInteger, nullable=True),  # None: not verified yet
     CheckConstraint(
         "role IN ('homeowner', 'installer', 'approver', 'grid_operator', 'admin', "
         "'provider', 'buyer')",
         name="ck_accounts_role",
     ),
     CheckConstraint("status IN ('pending', 'approved', 'rejected')", name="ck_accounts_status"),
+    CheckConstraint("account_type IN ('individual', 'business')", name="ck_accounts_account_type"),
+    CheckConstraint("affiliation IN ('none', 'provider')", name="ck_accounts_affiliation"),
+)
+
+# The deployment's own secrets, made on first use (the key that signs email links): they live
+# in the database so that every API process of a deployment, and its restarts, share them.
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("secret", String(128), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
 )
 
 sites = Table(

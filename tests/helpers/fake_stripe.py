@@ -1,11 +1,11 @@
 """An in-repo fake of the few Stripe endpoints the adapter calls, served over real HTTP.
 
 `POST /v1/payment_intents`, `POST /v1/refunds` and `POST /v1/transfers` answer like Stripe
-(form-encoded bodies, bearer secret key, Idempotency-Key replays). Test-only `POST /_test/succeed/{pi}` and
-`/_test/fail/{pi}` make the fake send the matching webhook to `webhook_url`, signed with the
-stripe package's own `WebhookSignature.generate_signature_header`, `times` times (the same
-event: a redelivery); they answer the status codes the receiver gave. A refund sends
-charge.refunded the same way once its answer is out.
+(form-encoded bodies, bearer secret key, Idempotency-Key replays). Test-only
+`POST /_test/succeed/{pi}` and `/_test/fail/{pi}` make the fake send the matching webhook to
+`webhook_url`, signed with the stripe package's own `WebhookSignature.generate_signature_header`,
+`times` times (the same event: a redelivery); they answer the status codes the receiver gave. A
+refund sends charge.refunded the same way once its answer is out.
 """
 
 from __future__ import annotations

@@ -180,6 +180,15 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/shop/subscriptions"): (D, A, D, D, D, A),
     ("GET", "/api/v1/shop/subscriptions"): (D, A, D, D, D, A),
     ("DELETE", "/api/v1/shop/subscriptions/{subscription_id}"): (D, A, D, D, D, A),
+    # Self-registration and email verification: for anyone (the link's token, the credential
+    # of a verification, is checked in test_registration.py).
+    ("POST", "/api/v1/register"): (A, A, A, A, A, A),
+    ("POST", "/api/v1/register/resend"): (A, A, A, A, A, A),
+    ("POST", "/api/v1/verify-email"): (A, A, A, A, A, A),
+    ("GET", "/register"): (A, A, A, A, A, A),
+    ("POST", "/register"): (A, A, A, A, A, A),
+    ("POST", "/register/resend"): (A, A, A, A, A, A),
+    ("GET", "/verify-email"): (A, A, A, A, A, A),
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.
