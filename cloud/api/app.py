@@ -25,6 +25,7 @@ from cloud.api import (
     dispatch_routes,
     fleet_live_routes,
     fleet_routes,
+    footprint_routes,
     home_routes,
     ledger_routes,
     market_page_routes,
@@ -34,6 +35,7 @@ from cloud.api import (
     ops_routes,
     pages_routes,
     payments_routes,
+    shop_pages_routes,
     shop_routes,
     site_live_routes,
     sites_routes,
@@ -50,6 +52,7 @@ from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
 from cloud.services.fleet import FleetService
+from cloud.services.footprint import FootprintService
 from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
@@ -63,6 +66,7 @@ from cloud.storage.certificates_store import CertificateStore
 from cloud.storage.claims import ClaimStore
 from cloud.storage.device_views import DeviceViews
 from cloud.storage.dispatch_store import DispatchStore
+from cloud.storage.footprint_store import FootprintStore
 from cloud.storage.meter_store import MeterStore
 from cloud.storage.revenue_store import RevenueStore
 from cloud.storage.store import Store
@@ -93,6 +97,8 @@ ROUTERS = (
     analytics_pages_routes.router,
     payments_routes.router,
     shop_routes.router,
+    footprint_routes.router,
+    shop_pages_routes.router,
 )
 
 
@@ -225,6 +231,7 @@ def create_app(
         utility_access=UtilityAccess(UtilityStore(store.engine), now),
         payments=payments,
         shop=_shop(store, payments, now),
+        footprint=FootprintService(FootprintStore(store.engine), now),
     )
     app = FastAPI(
         title="gridmint aggregator",

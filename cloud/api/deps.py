@@ -35,6 +35,7 @@ from cloud.services.certificates import CertificateService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
 from cloud.services.fleet import FleetService
+from cloud.services.footprint import FootprintService
 from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
@@ -126,6 +127,9 @@ class ApiContext:
     # The retail carbon shop (cloud/api/shop_routes.py); create_app always builds one (its
     # payments answer 503 until a payment port is wired in). None: its routes answer 503.
     shop: ShopService | None = None
+    # Accounts' carbon footprints (cloud/api/footprint_routes.py); create_app always builds
+    # one. None: its routes answer 503.
+    footprint: FootprintService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).
