@@ -28,6 +28,7 @@ from cloud.api.pages_routes import _gate, _message
 from cloud.auth import Principal, Role
 from cloud.domain.carbon_shop import OrderState, ProjectFilter, ProjectKind
 from cloud.domain.footprint import BOUNDS, DIET_KG, DIET_SOURCE, FACTORS, Diet
+from cloud.domain.payments import CURRENCY_EXPONENTS
 from cloud.services.carbon_shop import ShopConflict, ShopNotFound, ShopService
 
 BROWSE_ROLES = frozenset({*ANYONE, *SHOP_ROLES, Role.ADMIN})
@@ -51,7 +52,10 @@ def _page(
 ) -> Response:
     status = data.pop("status", 200)
     return ctx.templates.TemplateResponse(
-        request, name, {"who": p, "nav": _nav(p), **data}, status_code=status
+        request,
+        name,
+        {"who": p, "nav": _nav(p), "exponents": CURRENCY_EXPONENTS, **data},
+        status_code=status,
     )
 
 

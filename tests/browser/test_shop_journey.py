@@ -353,6 +353,11 @@ async def test_buyer_journey(cloud: CloudRuntime, browser: Browser, tmp_path: Pa
     await expect(card.locator(f'tr.lot[data-lot="{forest_lot}"] td.lot-available')).to_have_text(
         "180 kg"
     )
+    # The chosen display currency stays chosen; a lot already in it shows its own price.
+    methane, wind_lot = stock["methane_capture"]["lot"]["lot_id"], wind["lot"]["lot_id"]
+    await expect(page.locator("#display-currency")).to_have_value("EUR")
+    await expect(page.locator(f'tr.lot[data-lot="{methane}"] td.fx')).to_have_text("≈ 11.06 EUR")
+    await expect(page.locator(f'tr.lot[data-lot="{wind_lot}"] td.fx')).to_have_text("9.00 EUR")
     await shots.take(page, "shop-after")
     await card.locator("a.project-link").click()
     await expect(page.locator("#custody-retirements")).to_contain_text("VCS-1234-2024-1..120")

@@ -3,8 +3,8 @@
 //
 // The basket lives in localStorage ("gridmint.basket": {currency, lines: [...]}) and holds one
 // currency, because an order has one (the API refuses a lot in another currency). Every amount
-// is an integer of minor units; the page never does float money except to show a converted
-// price, which it rounds half up to a minor unit. Errors from the API are shown in its words.
+// is an integer of minor units; a converted price is computed exactly (BigInt) and rounded half
+// to even like the server's convert. Errors from the API are shown in its words.
 "use strict";
 
 (() => {
@@ -25,6 +25,29 @@
     const sign = minor < 0 ? "-" : "";
     const a = Math.abs(minor);
     return sign + Math.floor(a / 100) + "." + pad(a % 100);
+  }
+  // ISO 4217 minor-unit exponents (cloud.domain.payments.CURRENCY_EXPONENTS), from the page.
+  const EXPONENTS = (() => {
+    const el = document.getElementById("currency-exponents");
+    try { return el ? JSON.parse(el.textContent) : {}; } catch (_e) { return {}; }
+  })();
+  const exponent = (c) => (c in EXPONENTS ? EXPONENTS[c] : 2);
+  function moneyIn(minor, currency) {
+    const e = exponent(currency);
+    if (e === 0) return String(minor);
+    const sign = minor < 0 ? "-" : "";
+    const a = Math.abs(minor), unit = 10 ** e;
+    return sign + Math.floor(a / unit) + "." + String(a % unit).padStart(e, "0");
+  }
+  // An amount of the rate's base in its quote's minor units, rounded half to even, exactly as
+  // cloud.domain.payments.convert does (BigInt: no float in the arithmetic).
+  function convertMinor(minor, rate) {
+    const n = BigInt(minor) * BigInt(rate.rate_ppm) * 10n ** BigInt(exponent(rate.quote));
+    const d = 1000000n * 10n ** BigInt(exponent(rate.base));
+    let q = n / d;
+    const r2 = 2n * (n % d);
+    if (r2 > d || (r2 === d && q % 2n === 1n)) q += 1n;
+    return Number(q);
   }
   // kg x price per tonne / 1000, rounded half up (cloud.domain.carbon_shop.price_minor).
   const lineMinor = (kg, perT) => Math.floor((2 * kg * perT + 1000) / 2000);
@@ -142,11 +165,10 @@
         const cell = row.querySelector("td.fx");
         const from = row.dataset.currency;
         if (!want) { cell.textContent = ""; continue; }
-        if (from === want) { cell.textContent = money(Number(row.dataset.price)) + " " + want; continue; }
+        if (from === want) { cell.textContent = moneyIn(Number(row.dataset.price), want) + " " + want; continue; }
         const rate = newest(from, want);
         if (!rate) { cell.textContent = ""; continue; } // no stored rate: no conversion
-        const minor = Math.floor((2 * Number(row.dataset.price) * rate.rate_ppm + 1e6) / 2e6);
-        cell.textContent = "≈ " + money(minor) + " " + want;
+        cell.textContent = "≈ " + moneyIn(convertMinor(Number(row.dataset.price), rate), want) + " " + want;
         used.set(from + want, rate);
       }
       const note = document.getElementById("fx-note");
