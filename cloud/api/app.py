@@ -26,6 +26,7 @@ from cloud.api import (
     dispatch_routes,
     fleet_live_routes,
     fleet_routes,
+    footprint_routes,
     home_routes,
     ledger_routes,
     market_page_routes,
@@ -36,6 +37,7 @@ from cloud.api import (
     pages_routes,
     payments_routes,
     registration_routes,
+    shop_pages_routes,
     shop_routes,
     site_live_routes,
     sites_routes,
@@ -54,6 +56,7 @@ from cloud.services.credits import REF_PREFIX, CreditService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
 from cloud.services.fleet import FleetService
+from cloud.services.footprint import FootprintService
 from cloud.services.ledger import LedgerService, NotSequencerError
 from cloud.services.mailer import Mailer, OutboxMailer
 from cloud.services.market import MarketService
@@ -71,6 +74,7 @@ from cloud.storage.claims import ClaimStore
 from cloud.storage.credits_store import CreditStore
 from cloud.storage.device_views import DeviceViews
 from cloud.storage.dispatch_store import DispatchStore
+from cloud.storage.footprint_store import FootprintStore
 from cloud.storage.meter_store import MeterStore
 from cloud.storage.revenue_store import RevenueStore
 from cloud.storage.store import Store
@@ -105,6 +109,8 @@ ROUTERS = (
     credits_routes.router,
     subscription_routes.router,
     registration_routes.router,
+    footprint_routes.router,
+    shop_pages_routes.router,
 )
 
 
@@ -316,6 +322,7 @@ def create_app(
             secret=email_link_secret,
             now=now,
         ),
+        footprint=FootprintService(FootprintStore(store.engine), now),
     )
     app = FastAPI(
         title="gridmint aggregator",

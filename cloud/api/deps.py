@@ -36,6 +36,7 @@ from cloud.services.credits import CreditService
 from cloud.services.device_credentials import DeviceCredentials
 from cloud.services.dispatch import DispatchService
 from cloud.services.fleet import FleetService
+from cloud.services.footprint import FootprintService
 from cloud.services.ledger import LedgerService
 from cloud.services.market import MarketService
 from cloud.services.openadr import OpenAdrService
@@ -139,6 +140,9 @@ class ApiContext:
     # Self-registration and email verification (cloud/api/registration_routes.py); create_app
     # always builds one. None: its routes answer 503 and checkouts are not held back.
     registration: RegistrationService | None = None
+    # Accounts' carbon footprints (cloud/api/footprint_routes.py); create_app always builds
+    # one. None: its routes answer 503.
+    footprint: FootprintService | None = None
 
 
 # The dependencies are coroutines so FastAPI calls them inline (a plain def runs in a thread).

@@ -57,6 +57,8 @@ async def dashboard(request: Request, ctx: CtxDep, p: OptionalPrincipalDep) -> R
         return RedirectResponse("/login", status_code=303)
     if p.role is Role.HOMEOWNER:
         return RedirectResponse("/home", status_code=303)  # their own page, "My home"
+    if p.role in (Role.BUYER, Role.PROVIDER):
+        return RedirectResponse("/shop", status_code=303)  # the carbon shop is all they use
     if p.role not in (Role.ADMIN, *FLEET):
         raise HTTPException(403, f"role {p.role} may not view the fleet dashboard")
     return ctx.templates.TemplateResponse(

@@ -882,3 +882,19 @@ carbon_subscription_runs = Table(
     Column("detail", Text, nullable=False, server_default=""),
     Column("at_ms", BigInteger, nullable=False),
 )
+
+# Accounts' carbon footprints (migration 0020; cloud/storage/footprint_store.py): every saved
+# calculation, the newest being the account's baseline. `answers` is the calculator's JSON;
+# `model` the version of the factors (cloud.domain.footprint.MODEL).
+footprints = Table(
+    "footprints",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", String(32), nullable=False),
+    Column("saved_ms", BigInteger, nullable=False),
+    Column("model", String(16), nullable=False),
+    Column("answers", Text, nullable=False),
+    Column("total_kg", BigInteger, nullable=False),
+    CheckConstraint("total_kg >= 0", name="ck_footprints_total"),
+    Index("ix_footprints_account_saved", "account_id", "saved_ms"),
+)

@@ -189,6 +189,19 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/register"): (A, A, A, A, A, A),
     ("POST", "/register/resend"): (A, A, A, A, A, A),
     ("GET", "/verify-email"): (A, A, A, A, A, A),
+    # The footprint: shoppers (homeowners here; buyers in test_shop_journey.py) keep their own.
+    ("POST", "/api/v1/footprint/estimate"): (D, A, D, D, D, A),
+    ("POST", "/api/v1/footprint"): (D, A, D, D, D, A),
+    ("GET", "/api/v1/footprint"): (D, A, D, D, D, A),
+    # The shop's pages: everyone signed in browses (as the API); the basket, checkout, orders,
+    # statements and the footprint are for shoppers and admins.
+    ("GET", "/shop"): (D, A, A, A, A, A),
+    ("GET", "/shop/projects/{project_id}"): (D, A, A, A, A, A),
+    ("GET", "/shop/checkout"): (D, A, D, D, D, A),
+    ("GET", "/shop/orders"): (D, A, D, D, D, A),
+    ("GET", "/shop/orders/{order_id}"): (D, A, D, D, D, A),
+    ("GET", "/shop/orders/{order_id}/statement"): (D, A, D, D, D, A),
+    ("GET", "/footprint"): (D, A, D, D, D, A),
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.
@@ -202,6 +215,13 @@ PAGES = {
     "/fleet",
     "/events",
     "/events/{event_id}",
+    "/shop",
+    "/shop/projects/{project_id}",
+    "/shop/checkout",
+    "/shop/orders",
+    "/shop/orders/{order_id}",
+    "/shop/orders/{order_id}/statement",
+    "/footprint",
 }
 
 BODIES = {
