@@ -2,7 +2,10 @@
 aggregator (CloudRuntime on SQLite, the embedded sandbox payment provider, real HTTP).
 
 A provider's three projects are on sale (two in USD, one in EUR) and an admin has stored a
-USD->EUR rate. The buyer signs in, computes a footprint and saves it as the baseline, searches
+USD->EUR rate. A new individual registers on /register with no affiliation; the verification
+mail goes through a real SMTP server (aiosmtpd); before the link is opened a checkout is refused
+(the email is not verified); the link read from the mail signs the buyer in. The buyer computes
+a footprint and saves it as the baseline, searches
 the shop with filters, sees a price in EUR naming the rate, its date and source, opens a
 project's chain-of-custody report, tries to buy more kilograms than are left (the API's reason
 is shown) and a lot in another currency (the basket refuses), then buys 120 kg, pays with the
@@ -30,6 +33,7 @@ from playwright.async_api import Browser, Page, expect
 from cloud.domain.footprint import answers, compute
 from cloud.runtime import CloudRuntime
 from cloud.storage.accounts import AccountStore
+from tests.helpers.smtp import SmtpServer, verification_link
 
 pytestmark = [pytest.mark.browser]
 
@@ -50,6 +54,8 @@ class Shots:
         self.dirs = [tmp_path / "shots", artifacts_dir()]
         for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
+        for old in self.dirs[1].glob("*.png"):  # an earlier run's, which may be numbered apart
+            old.unlink()
         self.n = 0
 
     async def take(self, page: Page, name: str) -> None:
@@ -60,9 +66,58 @@ class Shots:
             shutil.copyfile(first, d / first.name)
 
 
+@pytest.fixture
+def cloud_settings(smtp_server: SmtpServer) -> dict[str, Any]:
+    """The aggregator mails through the test's SMTP server."""
+    return {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp_server.port,
+        "smtp_from": "gridmint <no-reply@gridmint.test>",
+    }
+
+
 # -------------------------------------------------------------------------------------------
-# Sign-up. For now the buyer's account is made through the accounts store; registration with
-# email verification will replace this helper (and the journey then starts on /register).
+# Sign-up. The journey registers on the page (`register_on_the_page`); the API-only test below
+# makes its buyer through the accounts store.
+
+
+async def register_on_the_page(
+    page: Page, base: str, smtp_server: SmtpServer, shots: Shots
+) -> None:
+    """A new individual registers with no affiliation; checkout is refused until the mailed
+    link (read from the SMTP server) is opened, which signs the buyer in on /shop."""
+    await page.goto(base + "/login")
+    await page.click("text=Create an account")
+    await expect(page).to_have_url(base + "/register")
+    await page.check("input[name=account_type][value=individual]")
+    await expect(page.locator("#business-fields")).to_be_hidden()
+    await page.select_option("select[name=affiliation]", "none")
+    await page.fill("input[name=display_name]", BUYER_NAME)
+    await page.fill("input[name=email]", BUYER_EMAIL)
+    await page.fill("input[name=password]", PASSWORD)
+    await shots.take(page, "register")
+    await page.click("button[type=submit]")
+    await expect(page.locator("h2")).to_have_text("Check your email")
+    await shots.take(page, "check-your-email")
+    mail = await smtp_server.wait_for_mail(BUYER_EMAIL)
+
+    # Signed in before verifying, the buyer may browse but not pay.
+    r = await page.request.post(
+        base + "/api/v1/login", data={"email": BUYER_EMAIL, "password": PASSWORD}
+    )
+    assert r.ok, await r.text()
+    r = await page.request.post(
+        base + "/api/v1/shop/orders",
+        data={"lines": [{"lot_id": "lot_x", "kg": 1}], "currency": "USD", "beneficiary": "x"},
+    )
+    assert r.status == 403 and "verify your email address" in (await r.json())["detail"]
+
+    link = verification_link(mail)
+    assert link.startswith(base + "/verify-email?token=")
+    await page.goto(link)
+    await expect(page).to_have_url(base + "/shop")
+    me = await (await page.request.get(base + "/api/v1/me")).json()
+    assert (me["email"], me["email_verified"], me["role"]) == (BUYER_EMAIL, True, "buyer")
 
 
 async def sign_up_buyer(cloud: CloudRuntime) -> tuple[str, str]:
@@ -168,11 +223,12 @@ async def set_range(page: Page, selector: str, value: int) -> None:
     )
 
 
-async def test_buyer_journey(cloud: CloudRuntime, browser: Browser, tmp_path: Path) -> None:
+async def test_buyer_journey(
+    cloud: CloudRuntime, browser: Browser, tmp_path: Path, smtp_server: SmtpServer
+) -> None:
     stock = await stock_the_shop(cloud)
     forest = stock["forestry"]
     forest_lot = forest["lot"]["lot_id"]
-    email, password = await sign_up_buyer(cloud)
     shots = Shots(tmp_path)
     base = cloud.url
 
@@ -181,13 +237,8 @@ async def test_buyer_journey(cloud: CloudRuntime, browser: Browser, tmp_path: Pa
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
 
-    # Sign in: a buyer lands in the shop.
-    await page.goto(base + "/shop")
-    await expect(page).to_have_url(base + "/login")
-    await page.fill("input[name=email]", email)
-    await page.fill("input[name=password]", password)
-    await page.click("button[type=submit]")
-    await expect(page).to_have_url(base + "/shop")
+    # Register, verify the email through the mailed link: the new buyer lands in the shop.
+    await register_on_the_page(page, base, smtp_server, shots)
     await expect(page.locator("section.project")).to_have_count(3)
     await shots.take(page, "shop")
 
