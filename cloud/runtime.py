@@ -316,6 +316,7 @@ class CloudRuntime:
                 openadr=self.openadr,
                 meter_tolerance_permille=s.meter_tolerance_permille,
                 payments=self.payments,
+                shop_grid_g_co2e_per_kwh=s.shop_grid_g_co2e_per_kwh,
             )
             self._payments_task = asyncio.create_task(self._sweep_payments(app.state.ctx))
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))

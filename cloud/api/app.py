@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -37,12 +38,14 @@ from cloud.api import (
     shop_routes,
     site_live_routes,
     sites_routes,
+    solar_listing_routes,
     tokens_routes,
 )
 from cloud.api.deps import ApiContext
 from cloud.api.limits import HttpLimitCounters, InputLimits
 from cloud.api.templating import STATIC_DIR, make_templates
 from cloud.auth import make_auth
+from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH
 from cloud.domain.payments import Money
 from cloud.domain.rate_limit import BucketLimit
 from cloud.services.carbon_shop import ShopService, no_payment_provider
@@ -93,6 +96,7 @@ ROUTERS = (
     analytics_pages_routes.router,
     payments_routes.router,
     shop_routes.router,
+    solar_listing_routes.router,
 )
 
 
@@ -124,20 +128,34 @@ class _ShopOutcomes:
             await self.others.failed(ref, payment_id, reason)
 
 
-def _shop(store: Store, payments: PaymentService | None, now: Callable[[], float]) -> ShopService:
+def _shop(
+    store: Store,
+    payments: PaymentService | None,
+    now: Callable[[], float],
+    ledger: LedgerService | None = None,
+    deployment: str = "",
+    grid_g_co2e_per_kwh: int = DEFAULT_GRID_G_CO2_PER_KWH,
+) -> ShopService:
     """The carbon shop wired to the payment port: a checkout opens a payment for the order,
     the port tells the shop when it succeeded or failed (the shop is its `outcomes`), and only
     an order's buyer may press the sandbox's pay button. Without a port every checkout is a
-    503 and reserves nothing."""
+    503 and reserves nothing. With the ledger, the shop writes its listings, paid orders and
+    retirements as ledger leaves and homeowners may list their certificates."""
+    on_ledger: dict[str, Any] = {
+        "ledger": ledger,
+        "certificates": None if ledger is None else CertificateStore(store.engine),
+        "deployment": deployment,
+        "grid_g_co2e_per_kwh": grid_g_co2e_per_kwh,
+    }
     if payments is None:
-        return ShopService(CarbonStore(store.engine), no_payment_provider, now=now)
+        return ShopService(CarbonStore(store.engine), no_payment_provider, now=now, **on_ledger)
     port = payments
 
     async def start_payment(ref: str, amount_minor: int, currency: str, description: str) -> str:
         started = await port.start(ref, Money(amount_minor, currency), description)
         return started.payment_id
 
-    shop = ShopService(CarbonStore(store.engine), start_payment, now=now)
+    shop = ShopService(CarbonStore(store.engine), start_payment, now=now, **on_ledger)
 
     others_owner = port.owner_of
 
@@ -176,6 +194,7 @@ def create_app(
     openadr: OpenAdrService | None = None,
     meter_tolerance_permille: int = 10,
     payments: PaymentService | None = None,
+    shop_grid_g_co2e_per_kwh: int = DEFAULT_GRID_G_CO2_PER_KWH,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -224,7 +243,7 @@ def create_app(
         ),
         utility_access=UtilityAccess(UtilityStore(store.engine), now),
         payments=payments,
-        shop=_shop(store, payments, now),
+        shop=_shop(store, payments, now, ledger, deployment, shop_grid_g_co2e_per_kwh),
     )
     app = FastAPI(
         title="gridmint aggregator",
