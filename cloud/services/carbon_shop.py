@@ -627,13 +627,16 @@ class ShopService:
             if proof is None:
                 item["pending"] = PROOF_PENDING
             else:
-                item["mint"] = {
+                item["mint"] = {  # the same shape as a shop leaf's (`_leaves`)
                     "seq": proof.leaf_index,
+                    "kind": EntryKind.MINT_GEN.name,
                     "leaf": proof.leaf.hex(),
                     "leaf_hash": leaf_hash(proof.leaf).hex(),
-                    "tree_size": proof.tree_size,
-                    "path": [h.hex() for h in proof.path],
-                    "checkpoint": proof.checkpoint,
+                    "proof": {
+                        "tree_size": proof.tree_size,
+                        "path": [h.hex() for h in proof.path],
+                        "checkpoint": proof.checkpoint,
+                    },
                 }
             tokens.append(item)
         return {

@@ -171,6 +171,8 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/shop/orders"): (D, A, D, D, D, A),
     ("GET", "/api/v1/shop/orders/{order_id}"): (D, A, D, D, D, A),
     ("GET", "/api/v1/shop/orders/{order_id}/statement"): (D, A, D, D, D, A),
+    # homeowners list their own certificates for sale (admins: anyone's)
+    ("POST", "/api/v1/shop/solar-listings"): (D, A, D, D, D, A),
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.
