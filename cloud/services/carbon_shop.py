@@ -80,6 +80,7 @@ from rules.ledger import CARBON_SITE, Entry, EntryKind, LedgerEngine
 
 SOLAR_STANDARD = "gridmint GC (EnergyTag-style granular certificate)"
 SOLAR_VERIFIER = "gridmint ledger (signed records)"
+MAX_CERTIFICATES_PER_LOT = 500
 PROOF_PENDING = "no signed checkpoint covers this leaf yet: proof pending"
 
 # start_payment(ref, amount_minor, currency, description) -> the provider's payment id
@@ -290,10 +291,10 @@ class ShopService:
         event: LotListed,
         site: str,
         actor: str,
-        hold: tuple[str, str] | None = None,
+        hold: tuple[Sequence[str], str] | None = None,
     ) -> StoredLot:
-        """Write the lot and its listing leaf in one unit of work (with `hold` = (certificate,
-        owner site): the certificate held by the lot in it too)."""
+        """Write the lot and its listing leaf in one unit of work (with `hold` = (certificates,
+        owner site): the certificates held by the lot in it too)."""
         assert self.ledger is not None
         seqs: list[int] = []
 
@@ -304,7 +305,8 @@ class ShopService:
 
         async def also(conn: AsyncConnection) -> None:
             if hold is not None:
-                await self.store.hold_certificate(conn, hold[0], hold[1], lot.lot_id)
+                for certificate_id in hold[0]:
+                    await self.store.hold_certificate(conn, certificate_id, hold[1], lot.lot_id)
             await self.store.add_lot(dataclasses.replace(lot, ledger_seq=seqs[0]), actor, conn=conn)
 
         try:
@@ -323,58 +325,73 @@ class ShopService:
 
     # homeowners' certificates ----------------------------------------------------------------
 
-    async def list_certificate(
+    async def list_certificates(
         self,
         owner_account_id: str,
-        certificate_id: str,
+        certificate_ids: Sequence[str],
         *,
         price_minor_per_t: int,
         currency: str,
         site_name: str = "",
     ) -> tuple[StoredProject, StoredLot]:
-        """Put a homeowner's active certificate on sale as a gridmint_solar lot of their site's
-        project (made on the first listing): serials `GC-<certificate>-1..kg`, kg = the
-        certificate's Wh x the grid factor, rounded down. The caller (the route) has checked
-        that `owner_account_id` owns the certificate's site. While listed, the certificate is
-        held by the lot: not transferred, retired or expired outside the shop; the shop
-        retires it for its buyers when the lot sells out.
+        """Put active certificates of one site on sale as one gridmint_solar lot of the site's
+        project (made on its first listing): kg = their Wh x the grid factor / 1e6, rounded
+        down (a home's granular certificate covers one interval, well under a kg: several are
+        listed together), serials `GC-<first certificate>-1..kg` (a hash of the set for
+        several). The caller (the route) has checked that `owner_account_id` owns the site.
+        While listed, the certificates are held by the lot: not transferred, retired or
+        expired outside the shop; the shop retires them for its buyers when the lot sells out.
 
-        ShopNotFound: no such certificate; ShopConflict: not active, already listed, or
-        transferred to this site (only a site's own generation is listed); ShopInvalid: 0 kg,
-        bad price or currency; LedgerUnavailable: no ledger here."""
+        ShopNotFound: no such certificate; ShopConflict: not active, already listed,
+        transferred (only a site's own generation is listed), or of another site; ShopInvalid:
+        0 kg, none or repeated, bad price or currency; LedgerUnavailable: no ledger here."""
         if self.ledger is None or self.certificates is None:
             raise LedgerUnavailable("certificates are listed on the ledger, not running here")
+        ids = list(certificate_ids)
+        if not ids or len(set(ids)) != len(ids) or len(ids) > MAX_CERTIFICATES_PER_LOT:
+            raise ShopInvalid(
+                f"list 1 to {MAX_CERTIFICATES_PER_LOT} different certificates in one lot"
+            )
         try:
             check_currency(currency)
             check_listing("GC-1..1", price_minor_per_t, currency)
         except ShopError as exc:
             raise ShopInvalid(str(exc)) from None
         async with self._ledger_lock:
-            cert = await self.certificates.get(certificate_id)
-            if cert is None:
-                raise ShopNotFound(f"certificate {certificate_id} does not exist")
             now_ms = self._now_ms()
-            if cert.listed_lot_id is not None:
-                raise ShopConflict(
-                    f"certificate {certificate_id} is already listed (lot {cert.listed_lot_id})"
-                )
-            if cert.status != "active" or now_ms >= cert.expires_ms:
-                status = "expired" if cert.status == "active" else cert.status
-                raise ShopConflict(f"certificate {certificate_id} is {status}, not active")
-            if cert.owner_site_id != cert.issued_site_id:
-                raise ShopConflict(
-                    f"certificate {certificate_id} was transferred to site {cert.owner_site_id}: "
-                    "only a site's own generation is listed"
-                )
-            kg = avoided_kg(cert.energy_wh, self.grid_g_co2e_per_kwh)
+            certs: list[StoredCertificate] = []
+            for certificate_id in ids:
+                cert = await self.certificates.get(certificate_id)
+                if cert is None:
+                    raise ShopNotFound(f"certificate {certificate_id} does not exist")
+                if cert.listed_lot_id is not None:
+                    raise ShopConflict(
+                        f"certificate {certificate_id} is already listed (lot {cert.listed_lot_id})"
+                    )
+                if cert.status != "active" or now_ms >= cert.expires_ms:
+                    status = "expired" if cert.status == "active" else cert.status
+                    raise ShopConflict(f"certificate {certificate_id} is {status}, not active")
+                if cert.owner_site_id != cert.issued_site_id:
+                    raise ShopConflict(
+                        f"certificate {certificate_id} was transferred to site "
+                        f"{cert.owner_site_id}: only a site's own generation is listed"
+                    )
+                if certs and cert.owner_site_id != certs[0].owner_site_id:
+                    raise ShopConflict("the certificates of one lot belong to one site")
+                certs.append(cert)
+            wh = sum(c.energy_wh for c in certs)
+            kg = avoided_kg(wh, self.grid_g_co2e_per_kwh)
             if kg <= 0:
+                what = "certificate " + ids[0] if len(ids) == 1 else f"{len(ids)} certificates"
                 raise ShopInvalid(
-                    f"certificate {certificate_id} certifies {cert.energy_wh} Wh, which avoid "
-                    f"0 kg CO2e at {self.grid_g_co2e_per_kwh} g/kWh: nothing to sell"
+                    f"{what} certify {wh} Wh, which avoid 0 kg CO2e at "
+                    f"{self.grid_g_co2e_per_kwh} g/kWh: nothing to sell (list more together)"
                 )
-            backing = await self._backing(cert)
-            site = cert.owner_site_id
-            project = await self._solar_project(owner_account_id, site, site_name, cert, now_ms)
+            backing: tuple[Backing, ...] = ()
+            for c in certs:
+                backing += await self._backing(c)
+            site = certs[0].owner_site_id
+            project = await self._solar_project(owner_account_id, site, site_name, certs[0], now_ms)
             lot = StoredLot(
                 lot_id=new_id("lot"),
                 project_id=project.project_id,
@@ -384,8 +401,8 @@ class ShopService:
                 currency=currency,
                 available_kg=kg,
                 created_ms=now_ms,
-                certificate_id=certificate_id,
-                serial_prefix=solar_lot_prefix(certificate_id),
+                certificate_id=ids[0],
+                serial_prefix=solar_lot_prefix(ids),
             )
             event = LotListed(
                 at_ms=now_ms,
@@ -397,13 +414,13 @@ class ShopService:
                 serial_end=kg,
                 price_minor_per_t=price_minor_per_t,
                 currency=currency,
-                certificate_id=certificate_id,
+                certificate_ids=tuple(ids),
                 site_id=site,
                 g_co2e_per_kwh=self.grid_g_co2e_per_kwh,
                 backing=backing,
             )
             listed = await self._list_on_ledger(
-                lot, event, site, owner_account_id, hold=(certificate_id, site)
+                lot, event, site, owner_account_id, hold=(ids, site)
             )
             return project, listed
 
@@ -523,7 +540,7 @@ class ShopService:
                 "tokens": [],
             }
             if lot.certificate_id is not None:
-                row.update(await self._certificate_custody(lot.certificate_id))
+                row.update(await self._certificate_custody(lot.lot_id))
             lots.append(row)
         out: dict[str, Any] = {
             "project_id": p.project_id,
@@ -581,15 +598,18 @@ class ShopService:
             }
         return out
 
-    async def _certificate_custody(self, certificate_id: str) -> dict[str, Any]:
-        """A gridmint_solar lot's certificate and, per token behind it, the signed record,
+    async def _certificate_custody(self, lot_id: str) -> dict[str, Any]:
+        """A gridmint_solar lot's certificates and, per token behind them, the signed record,
         the key that signed it and the inclusion proof of the MINT_GEN that minted it."""
         if self.ledger is None or self.certificates is None:
             return {}
-        cert = await self.certificates.get(certificate_id)
-        if cert is None:
-            return {}
-        token_ids = sorted({s.token_id for s in cert.slices})
+        certs = [
+            c
+            for cid in (await self.store.held_certificates([lot_id])).get(lot_id, [])
+            if (c := await self.certificates.get(cid)) is not None
+        ]
+        slices = [(c.certificate_id, sl) for c in certs for sl in c.slices]
+        token_ids = sorted({sl.token_id for _, sl in slices})
         records = await self.ledger.store.records_of_tokens(token_ids)
         keys = {
             (device, kid): pub
@@ -599,9 +619,10 @@ class ShopService:
         }
         proofs = await self.ledger.proofs_for_tokens(token_ids)
         tokens = []
-        for sl in cert.slices:
+        for certificate_id, sl in slices:
             rec = records.get(sl.token_id)
             item: dict[str, Any] = {
+                "certificate_id": certificate_id,
                 "token_id": sl.token_id,
                 "start_wh": sl.start_wh,
                 "end_wh": sl.end_wh,
@@ -640,19 +661,22 @@ class ShopService:
                 }
             tokens.append(item)
         return {
-            "certificate": {
-                "certificate_id": cert.certificate_id,
-                "kind": cert.kind,
-                "status": cert.status,
-                "site_id": cert.issued_site_id,
-                "energy_wh": cert.energy_wh,
-                "g_co2e_per_kwh": self.grid_g_co2e_per_kwh,
-                "technology": cert.technology,
-                "market_zone": cert.market_zone,
-                "production_start": cert.production_start,
-                "production_end": cert.production_end,
-                "beneficiary": cert.beneficiary,
-            },
+            "certificates": [
+                {
+                    "certificate_id": cert.certificate_id,
+                    "kind": cert.kind,
+                    "status": cert.status,
+                    "site_id": cert.issued_site_id,
+                    "energy_wh": cert.energy_wh,
+                    "g_co2e_per_kwh": self.grid_g_co2e_per_kwh,
+                    "technology": cert.technology,
+                    "market_zone": cert.market_zone,
+                    "production_start": cert.production_start,
+                    "production_end": cert.production_end,
+                    "beneficiary": cert.beneficiary,
+                }
+                for cert in certs
+            ],
             "tokens": tokens,
         }
 
@@ -825,6 +849,7 @@ class ShopService:
         if not lots:
             return []
         done = await self.store.retired_kg([lot.lot_id for lot in lots])
+        held = await self.store.held_certificates([lot.lot_id for lot in lots])
         out = []
         for lot in lots:
             if done[lot.lot_id] + kg[lot.lot_id] != lot.kg:
@@ -832,14 +857,8 @@ class ShopService:
             names = list(
                 dict.fromkeys([*await self.store.beneficiaries(lot.lot_id), order.beneficiary])
             )
-            assert lot.certificate_id is not None
-            out.append(
-                SoldOut(
-                    lot.certificate_id,
-                    lot.lot_id,
-                    f"carbon shop lot {lot.lot_id}: " + "; ".join(names),
-                )
-            )
+            beneficiary = f"carbon shop lot {lot.lot_id}: " + "; ".join(names)
+            out += [SoldOut(c, lot.lot_id, beneficiary) for c in held.get(lot.lot_id, [])]
         return out
 
     async def failed(self, ref: str, payment_id: str, reason: str) -> StoredOrder | None:
@@ -938,9 +957,13 @@ class ShopService:
 _PREFIX_UNSAFE = re.compile(r"[^A-Za-z0-9._/-]")
 
 
-def solar_lot_prefix(certificate_id: str) -> str:
-    """The serial prefix of the lot that sells a certificate: it names the certificate."""
-    return f"GC-{certificate_id[:16]}"
+def solar_lot_prefix(certificate_ids: Sequence[str]) -> str:
+    """The serial prefix of the lot that sells certificates: it names the certificate (or,
+    for several, the hash of their ids)."""
+    if len(certificate_ids) == 1:
+        return f"GC-{certificate_ids[0][:16]}"
+    digest = hashlib.sha256("\x00".join(sorted(certificate_ids)).encode()).hexdigest()
+    return f"GC-{digest[:16]}"
 
 
 def solar_project_prefix(site_id: str) -> str:

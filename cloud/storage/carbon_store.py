@@ -260,6 +260,23 @@ class CarbonStore:
                 f"site {owner_site_id}"
             )
 
+    async def held_certificates(self, lot_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The certificates each of these lots holds (sells), by certificate id."""
+        if not lot_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(certificates.c.listed_lot_id, certificates.c.certificate_id)
+                    .where(certificates.c.listed_lot_id.in_(list(lot_ids)))
+                    .order_by(certificates.c.certificate_id)
+                )
+            ).all()
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r.listed_lot_id, []).append(r.certificate_id)
+        return out
+
     async def create_project_once(self, p: StoredProject, actor: str) -> StoredProject:
         """The project with `p`'s id, stored now if it is not there yet (idempotent: a site's
         gridmint_solar project is made on its first listing)."""

@@ -133,15 +133,16 @@ class ShopBook:
                 )
         staged: dict[str, list[tuple[int, int, str]]] = {}
         if ev.kind == GRIDMINT_SOLAR:
-            if not ev.certificate_id or not ev.site_id or not ev.backing:
+            if not ev.certificate_ids or not ev.site_id or not ev.backing:
                 raise CarbonRuleError(
-                    f"gridmint_solar lot {lot} does not name its certificate, site and tokens"
+                    f"gridmint_solar lot {lot} does not name its certificates, site and tokens"
                 )
-            if ev.certificate_id in self.certificates:
-                raise CarbonRuleError(
-                    f"certificate {ev.certificate_id} is already listed as lot "
-                    f"{self.certificates[ev.certificate_id]}"
-                )
+            for cert in ev.certificate_ids:
+                if cert in self.certificates or ev.certificate_ids.count(cert) > 1:
+                    raise CarbonRuleError(
+                        f"certificate {cert} is already listed as lot "
+                        f"{self.certificates.get(cert, lot)}"
+                    )
             if ev.g_co2e_per_kwh <= 0:
                 raise CarbonRuleError(f"gridmint_solar lot {lot} states no grid emission factor")
             for b in ev.backing:
@@ -180,11 +181,11 @@ class ShopBook:
                     f"lot {lot} lists {ev.kg} kg, but its {ev.backing_wh} Wh at "
                     f"{ev.g_co2e_per_kwh} g CO2e/kWh avoid only {most} kg"
                 )
-        elif ev.backing or ev.certificate_id:
+        elif ev.backing or ev.certificate_ids:
             raise CarbonRuleError(f"lot {lot} of kind {ev.kind} names certificate tokens")
         self.token_slices.update(staged)
-        if ev.certificate_id:
-            self.certificates[ev.certificate_id] = lot
+        for cert in ev.certificate_ids:
+            self.certificates[cert] = lot
         self.lots[lot] = _Lot(ev, seq)
         self.kg_listed += ev.kg
 

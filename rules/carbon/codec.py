@@ -45,8 +45,10 @@ class Backing:
 @dataclass(frozen=True, slots=True)
 class LotListed:
     """A lot put on sale: serials `serial_prefix-serial_start..serial_end` (one per kg) at a
-    price per tonne. A gridmint_solar lot also names its certificate, the site whose generation
-    it is, the grid factor its kg were computed with (g CO2e per kWh) and the token slices."""
+    price per tonne. A gridmint_solar lot also names its certificates (one or more of one site:
+    a home's granular certificate alone rarely avoids a whole kg), the site whose generation
+    they certify, the grid factor its kg were computed with (g CO2e per kWh) and the token
+    slices."""
 
     at_ms: int
     lot_id: str
@@ -57,7 +59,7 @@ class LotListed:
     serial_end: int
     price_minor_per_t: int
     currency: str
-    certificate_id: str = ""
+    certificate_ids: tuple[str, ...] = ()
     site_id: str = ""
     g_co2e_per_kwh: int = 0
     backing: tuple[Backing, ...] = ()
@@ -153,7 +155,7 @@ def encode_shop_event(ev: ShopEvent) -> bytes:
             8: ev.serial_end,
             9: ev.price_minor_per_t,
             10: ev.currency,
-            11: ev.certificate_id,
+            11: list(ev.certificate_ids),
             12: ev.site_id,
             13: ev.g_co2e_per_kwh,
             14: [[b.token_id, b.record_hash, b.start_wh, b.end_wh] for b in ev.backing],
@@ -204,6 +206,12 @@ def _bytes(v: Any) -> bytes:
     return v
 
 
+def _texts(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise CarbonCodecError(f"expected a list of text, got {v!r}")
+    return tuple(_text(x) for x in v)
+
+
 def _rows(v: Any, width: int) -> list[list[Any]]:
     if not isinstance(v, list) or any(not isinstance(r, list) or len(r) != width for r in v):
         raise CarbonCodecError(f"expected a list of {width}-item arrays, got {v!r}")
@@ -239,7 +247,7 @@ def decode_shop_event(data: bytes) -> ShopEvent:
             serial_end=_uint(m[8]),
             price_minor_per_t=_uint(m[9]),
             currency=_text(m[10]),
-            certificate_id=_text(m[11]),
+            certificate_ids=_texts(m[11]),
             site_id=_text(m[12]),
             g_co2e_per_kwh=_uint(m[13]),
             backing=tuple(
@@ -262,16 +270,13 @@ def decode_shop_event(data: bytes) -> ShopEvent:
         )
     elif kind == _RETIRED:
         _keys(m, 8)
-        certs = m[7]
-        if not isinstance(certs, list):
-            raise CarbonCodecError("certificates must be a list")
         ev = Retired(
             at_ms=_uint(m[2]),
             order_id=_text(m[3]),
             beneficiary=_text(m[4]),
             reason=_text(m[5]),
             spans=tuple(RetiredSpan(_text(a), _uint(s), _uint(e)) for a, s, e in _rows(m[6], 3)),
-            certificates=tuple(_text(c) for c in certs),
+            certificates=_texts(m[7]),
         )
     elif kind == _WITHDRAWN:
         _keys(m, 5)

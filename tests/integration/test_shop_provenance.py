@@ -173,11 +173,11 @@ async def test_a_bought_solar_kg_traces_to_signed_records(world: World, tmp_path
     lot = listed["lot"]
     assert lot["kg"] == 14 and lot["serials"] == f"GC-{big['certificate_id'][:16]}-1..14"
     assert lot["certificate_id"] == big["certificate_id"] and listed["ledger_seq"] is not None
+    assert listed["certificate_ids"] == [cid := big["certificate_id"]]
     project_id = listed["project_id"]
     # listed: not twice, not transferred or retired outside the shop
     r = await w.client.post("/api/v1/shop/solar-listings", json=listing, headers=w.auth("alice"))
     assert r.status_code == 409 and "already listed" in r.json()["detail"], r.text
-    cid = big["certificate_id"]
     r = await w.client.post(
         f"/api/v1/certificates/{cid}/retire", json={"beneficiary": "x"}, headers=w.auth("alice")
     )
@@ -188,24 +188,32 @@ async def test_a_bought_solar_kg_traces_to_signed_records(world: World, tmp_path
         headers=w.auth("alice"),
     )
     assert r.status_code == 409, r.text
+    # several certificates of the site in one lot: 21 kWh make 14 kg (the 1 kWh alone made 0)
+    both = [other["certificate_id"], small["certificate_id"]]
+    r = await w.client.post(
+        "/api/v1/shop/solar-listings",
+        json={**listing, "certificate_id": None, "certificate_ids": both},
+        headers=w.auth("alice"),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["lot"]["kg"] == 14 and r.json()["energy_wh"] == 21_000
     r = await w.client.get("/api/v1/shop/projects?own_solar=true", headers=w.auth("ben"))
-    (project,) = r.json()
-    assert project["kind"] == "gridmint_solar" and project["available_kg"] == 14
+    (project,) = r.json()  # one gridmint_solar project per site
+    assert project["kind"] == "gridmint_solar" and project["available_kg"] == 28
 
     # Ben buys 5 kg; the payment is reported three times: one paid leaf, one retirement leaf.
     order_id = await _buy(w, "ben", lot["lot_id"], 5, "Ben's bakery", times=3)
     shop_leaves = [e for e in w.ledger.engine.entries if e.kind is EntryKind.CARBON]
     retirements = [e for e in shop_leaves if isinstance(decode_shop_event(e.market), Retired)]
-    assert len(shop_leaves) == 3 and len(retirements) == 1
+    assert len(shop_leaves) == 4 and len(retirements) == 1
 
     r = await w.client.get(f"/api/v1/shop/projects/{project_id}/custody", headers=w.auth("ben"))
     assert r.status_code == 200, r.text
     custody = r.json()
     log_key = custody["log_key"]
-    (clot,) = custody["lots"]
-    assert (
-        clot["certificate"]["certificate_id"] == cid and clot["certificate"]["status"] == "active"
-    )
+    clot = next(x for x in custody["lots"] if x["lot_id"] == lot["lot_id"])
+    (ccert,) = clot["certificates"]
+    assert ccert["certificate_id"] == cid and ccert["status"] == "active"
     (token,) = clot["tokens"]
     assert token["wh"] == 20_000
     rec = token["record"]
@@ -231,7 +239,7 @@ async def test_a_bought_solar_kg_traces_to_signed_records(world: World, tmp_path
     listed_event = clot["ledger"][0]["event"]
     assert listed_event["backing"][0]["record_hash"] == rec["record_hash"]
     assert listed_event["g_co2e_per_kwh"] == 707 and listed_event["site_id"] == "site-alice"
-    assert custody["ledger_events"] == clot["ledger"]
+    assert all(leaf in custody["ledger_events"] for leaf in clot["ledger"])
 
     r = await w.client.get(f"/api/v1/shop/orders/{order_id}/statement", headers=w.auth("ben"))
     st = r.json()
@@ -262,11 +270,11 @@ async def test_a_bought_solar_kg_traces_to_signed_records(world: World, tmp_path
     report = verify_export(export)
     assert report.ok, report.error
     assert report.shop.as_dict() == {
-        "listings": 1,
-        "solar_listings": 1,
+        "listings": 2,
+        "solar_listings": 2,
         "orders": 2,
         "retirements": 2,
-        "kg_listed": 14,
+        "kg_listed": 28,
         "kg_retired": 14,
     }
 

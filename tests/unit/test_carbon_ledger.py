@@ -55,7 +55,7 @@ SOLAR = LotListed(
     3,
     9000,
     "EUR",
-    certificate_id="c" * 64,
+    certificate_ids=("c" * 64, "e" * 64),
     site_id="site-a",
     g_co2e_per_kwh=707,
     backing=(Backing("t1", H, 0, 2000), Backing("t2", H, 100, 3000)),
@@ -75,7 +75,7 @@ RETIRED = Retired(
     "Alice",
     "offsetting",
     (RetiredSpan("lot_a", 1, 20), RetiredSpan("lot_s", 1, 3)),
-    ("c" * 64,),
+    ("c" * 64, "e" * 64),
 )
 EVENTS: tuple[ShopEvent, ...] = (
     EXTERNAL,
@@ -222,7 +222,7 @@ def test_a_sound_history_replays_and_counts() -> None:
             (
                 SOLAR,
                 dataclasses.replace(
-                    SOLAR, lot_id="lot_t", certificate_id="d" * 64, serial_prefix="GC-d"
+                    SOLAR, lot_id="lot_t", certificate_ids=("d" * 64,), serial_prefix="GC-d"
                 ),
             ),
             "backs two lots beyond its Wh",
