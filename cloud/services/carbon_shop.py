@@ -815,17 +815,50 @@ class ShopService:
             spans=tuple(RetiredSpan(x.lot_id, x.serial_start, x.serial_end) for x in lines),
             certificates=tuple(so.certificate_id for so in sold_out),
         )
+        # Lots stored before the shop wrote leaves (an upgraded database) are listed on the
+        # ledger first, as they stand, so the paid order names listed lots.
+        unlisted = [
+            lot
+            for lot in await self.store.lots(lot_ids=sorted({x.lot_id for x in lines}))
+            if lot.ledger_seq is None
+        ]
+        projects = {p.project_id: p for p in await self.store.projects()}
+        listings = [
+            (
+                lot.lot_id,
+                LotListed(
+                    at_ms=now_ms,
+                    lot_id=lot.lot_id,
+                    project_id=lot.project_id,
+                    kind=projects[lot.project_id].kind,
+                    serial_prefix=lot.prefix(projects[lot.project_id].serial_prefix),
+                    serial_start=lot.serial_start,
+                    serial_end=lot.serial_end,
+                    price_minor_per_t=lot.price_minor_per_t,
+                    currency=lot.currency,
+                ),
+            )
+            for lot in unlisted
+        ]
         seqs: list[int] = []
+        listed: list[tuple[str, int]] = []
 
         def decide(engine: LedgerEngine) -> list[Entry]:
-            out = [
+            out = []
+            for lot_id, ev in listings:
+                e = engine.record_carbon(CARBON_SITE, lot_id, encode_shop_event(ev))
+                listed.append((lot_id, e.seq))
+                out.append(e)
+            mine = [
                 engine.record_carbon(CARBON_SITE, order.order_id, encode_shop_event(ev))
                 for ev in (paid, retired)
             ]
-            seqs.extend(e.seq for e in out)
-            return out
+            seqs.extend(e.seq for e in mine)
+            return out + mine
 
         async def also(conn: AsyncConnection) -> None:
+            for lot_id, seq in listed:
+                await self.store.set_lot_seq(conn, lot_id, seq)
             await self.store.place_and_retire(
                 order.order_id,
                 payment_id,

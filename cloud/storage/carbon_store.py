@@ -260,6 +260,15 @@ class CarbonStore:
                 f"site {owner_site_id}"
             )
 
+    async def set_lot_seq(self, conn: AsyncConnection, lot_id: str, seq: int) -> None:
+        """Record the listing leaf of a lot stored without one (listed before the shop wrote
+        leaves); in the caller's unit of work, only if it has none yet."""
+        await conn.execute(
+            update(carbon_lots)
+            .where(carbon_lots.c.lot_id == lot_id, carbon_lots.c.ledger_seq.is_(None))
+            .values(ledger_seq=seq)
+        )
+
     async def held_certificates(self, lot_ids: Sequence[str]) -> dict[str, list[str]]:
         """The certificates each of these lots holds (sells), by certificate id."""
         if not lot_ids:

@@ -292,3 +292,47 @@ async def test_a_bought_solar_kg_traces_to_signed_records(world: World, tmp_path
     assert f"retirement for order {order_id}, which has no paid order before it" in str(
         report.error
     ), report.error
+
+
+async def test_a_lot_from_before_the_ledger_is_listed_on_its_first_sale(
+    store: Store, tmp_path: Path
+) -> None:
+    """An upgraded shop: a lot stored without a leaf gets its listing leaf with its first paid
+    order, so the export still verifies."""
+    from cloud.services.carbon_shop import ShopService
+    from cloud.storage.carbon_store import CarbonStore
+
+    async def start_payment(ref: str, amount: int, currency: str, what: str) -> str:
+        return f"pay-{ref}"
+
+    key = Ed25519PrivateKey.generate()
+    ledger = LedgerService(LedgerStore(store.engine), key, ORIGIN, time.time, grace_s=0)
+    await ledger.load()
+    before = ShopService(CarbonStore(store.engine), start_payment)  # no ledger yet
+    p = await before.register_project(
+        "acct-p",
+        name="Kasigau",
+        kind="forestry",
+        country="KE",
+        standard="Verra VCS",
+        verifier="Epic",
+        serial_prefix="VCS-612",
+        vintage=2023,
+    )
+    lot = await before.add_lot(
+        "acct-p", p.project_id, serials="VCS-612-1..50", price_minor_per_t=1500, currency="EUR"
+    )
+    assert lot.ledger_seq is None
+    after = ShopService(CarbonStore(store.engine), start_payment, ledger=ledger)
+    order = await after.checkout("acct-b", [(lot.lot_id, 7)], "EUR", "Bo")
+    await after.succeeded(order.order_id, "pay-1")
+    await after.succeeded(order.order_id, "pay-1")  # told twice: nothing more
+    kinds = [type(decode_shop_event(e.market)).__name__ for e in ledger.engine.entries]
+    assert kinds == ["LotListed", "OrderPaid", "Retired"]
+    assert (await after.project(p.project_id)).lots[0].ledger_seq == 0
+    await export_ledger(
+        ledger.store, tmp_path, origin=ORIGIN, log_public_key=ledger.public_key, deployment="d"
+    )
+    report = verify_export(tmp_path)
+    assert report.ok, report.error
+    assert report.shop.kg_retired == 7
