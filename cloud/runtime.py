@@ -327,6 +327,7 @@ class CloudRuntime:
                 public_base_url=s.public_base_url or f"http://{s.http_host}:{self.http_port}",
                 email_link_ttl_s=s.email_link_ttl_s,
                 email_link_secret=s.email_link_secret.encode() or None,
+                shop_grid_g_co2e_per_kwh=s.shop_grid_g_co2e_per_kwh,
             )
             self._payments_task = asyncio.create_task(self._sweep_payments(app.state.ctx))
             self._server = uvicorn.Server(http_config(app, s.http_host, self.http_port))

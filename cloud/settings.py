@@ -189,6 +189,13 @@ class CloudSettings(BaseSettings):
         description="a payment still unpaid this long after it started fails (the shop then "
         "releases its reservations)",
     )
+    # The carbon shop's homeowner listings (docs/carbon-shop.md, "Our own solar certificates"):
+    # kg CO2e avoided = certificate Wh x this factor / 1e6, rounded down. Default: the US EPA
+    # AVERT national weighted average marginal CO2 rate the EPA Greenhouse Gas Equivalencies
+    # Calculator uses, 1,559 lb/MWh = 707 g/kWh (cloud/domain/certificates.py).
+    shop_grid_g_co2e_per_kwh: int = Field(
+        707, gt=0, le=2000, description="grid emission factor for listed certificates, g CO2e/kWh"
+    )
     bank_transfer_fee_minor: int = Field(
         0, ge=0, description="flat fee per market-credit top-up or redemption by bank transfer"
     )

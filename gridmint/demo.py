@@ -92,7 +92,11 @@ async def _make_home(
     sdm630 = load_register_map(find_register_map("eastron/sdm630"))
     # One home model behind every simulated device of the home: the meters see what the
     # inverter's generation limit and the battery's setpoint do to the flows.
-    home = HomeModel(capacity_w, 48.0 + i * 0.1, 0.0 + i * 0.2, 350 + 50 * (i % 3), 1000 + i)
+    # Home 2 charges an electric car through the day (a 3 kW base load): it uses most of its
+    # own generation, so its granular certificates make whole kg for the carbon shop within a
+    # short demo, and it buys on the market.
+    base_load_w = 3_000 if i == 2 else 350 + 50 * (i % 3)
+    home = HomeModel(capacity_w, 48.0 + i * 0.1, 0.0 + i * 0.2, base_load_w, 1000 + i)
     home.battery = BatteryModel(
         BATTERY_WH,
         BATTERY_MAX_W,
@@ -276,12 +280,14 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
         summary["logins"] = [
             {"role": x.role, "email": x.email, "page": x.page, "site_id": x.site_id} for x in logins
         ]
+        # The shop first: its listings, paid orders and retirements are ledger leaves, which
+        # the export below carries and the verifier replays.
+        summary["shop"] = await _shop_summary(cloud, opts.homes)
         summary["ledger"] = await _ledger_summary(cloud, data, keep=opts.data_dir is not None)
         summary["proofs"] = await _proof_summary(homes, cloud)
         summary["market"] = await _market_summary(cloud, summary["ledger"])
         summary["dispatch"] = await _dispatch_summary(cloud, homes)
         summary["meter"] = await _meter_summary(cloud, opts.homes)
-        summary["shop"] = await _shop_summary(cloud)
         agent_stop.set()
         for h in homes:
             if h.task is not None:
@@ -610,6 +616,7 @@ async def _ledger_summary(cloud: CloudRuntime, data: Path, keep: bool) -> dict[s
         "intervals_closed": len(ledger.engine.state.closed),
         "verified": report.ok,
         "market_replayed": report.market_replayed,
+        "shop": report.shop.as_dict(),
         "error": None if report.error is None else str(report.error),
         "export": str(export) if keep else None,
     }
@@ -671,14 +678,17 @@ DEMO_PROJECTS = (
 )
 
 
-async def _shop_summary(cloud: CloudRuntime) -> dict[str, Any]:
+async def _shop_summary(cloud: CloudRuntime, homes: int = 1) -> dict[str, Any]:
     """The carbon shop: the demo provider's projects on sale, and one purchase by the first
     homeowner paid through the embedded sandbox provider (the same port and callbacks a
-    Stripe payment goes through), its units retired on their behalf."""
+    Stripe payment goes through), its units retired on their behalf. Then a demo home lists
+    its solar certificates, another home buys a kg of them, and the kg is traced to the
+    devices' signed records and the signed ledger (`_solar_summary`)."""
     from cloud.domain.payments import Money
     from cloud.services.carbon_shop import ShopService
     from cloud.services.payments import PaymentService, SandboxProvider
     from cloud.storage.carbon_store import CarbonStore
+    from cloud.storage.certificates_store import CertificateStore
     from cloud.storage.payments_store import PaymentStore
 
     assert cloud.store is not None
@@ -693,8 +703,25 @@ async def _shop_summary(cloud: CloudRuntime) -> dict[str, Any]:
     async def start_payment(ref: str, amount_minor: int, currency: str, what: str) -> str:
         return (await payments.start(ref, Money(amount_minor, currency), what)).payment_id
 
-    shop = ShopService(CarbonStore(cloud.store.engine), start_payment, now=cloud.clock.now)
+    shop = ShopService(
+        CarbonStore(cloud.store.engine),
+        start_payment,
+        now=cloud.clock.now,
+        ledger=cloud.ledger,
+        certificates=CertificateStore(cloud.store.engine),
+        grid_g_co2e_per_kwh=cloud.settings.shop_grid_g_co2e_per_kwh,
+        deployment=cloud.settings.deployment,
+    )
     payments.outcomes = shop  # type: ignore[assignment]
+
+    async def pay(order_id: str) -> None:
+        order = await shop.order(order_id)
+        assert order.payment_id is not None
+        row = await payments.get(order.payment_id)
+        assert row is not None
+        assert row.provider_id is not None
+        await payments.on_event(sandbox.complete(row.provider_id, True))
+
     lots = []
     for name, kind, country, std, verifier, prefix, vintage, kg, price in DEMO_PROJECTS:
         project = await shop.register_project(
@@ -719,11 +746,7 @@ async def _shop_summary(cloud: CloudRuntime) -> dict[str, Any]:
     order = await shop.checkout(
         buyer.account_id, [(lots[0].lot_id, 250)], "USD", "Homeowner of site-001", "demo"
     )
-    assert order.payment_id is not None
-    row = await payments.get(order.payment_id)
-    assert row is not None
-    assert row.provider_id is not None
-    await payments.on_event(sandbox.complete(row.provider_id, True))
+    await pay(order.order_id)
     statement = await shop.retirement_statement(order.order_id)
     return {
         "projects": len(DEMO_PROJECTS),
@@ -734,6 +757,97 @@ async def _shop_summary(cloud: CloudRuntime) -> dict[str, Any]:
         "currency": "USD",
         "retired": [r["serials"] for r in statement["retirements"]],
         "beneficiary": statement["beneficiary"],
+        "solar": await _solar_summary(cloud, shop, pay, accounts, homes),
+    }
+
+
+SOLAR_PRICE_MINOR_PER_T = 3_000  # USD cents per tonne CO2e: 3 cents a kg
+
+
+async def _solar_summary(
+    cloud: CloudRuntime,
+    shop: Any,
+    pay: Callable[[str], Any],
+    accounts: AccountStore,
+    homes: int,
+) -> dict[str, Any]:
+    """The demo home with the most self-consumed generation is issued granular certificates
+    and lists them together (one 5-minute certificate is well under a kg); the next home buys
+    a kg, and the custody report traces it: every token's signed record verifies with its
+    device's key, and the MINT_GEN that minted it is proven in the signed checkpoint."""
+    from cloud.services.certificates import CertificateService
+    from cloud.storage.certificates_store import CertificateStore
+    from protocol.checkpoint import parse_signed_checkpoint, parse_verifier_key
+    from protocol.merkle import leaf_hash, verify_inclusion
+
+    ledger = cloud.ledger
+    assert ledger is not None
+    assert cloud.store is not None
+    await ledger.close_due()
+    certs = CertificateService(CertificateStore(cloud.store.engine), ledger)
+    best: tuple[int, str, list[str]] = (0, "", [])
+    for site in _site_ids(homes):
+        await certs.issue_granular(site)
+        mine = [
+            c for c in await certs.owned_by(site) if c.status == "active" and not c.listed_lot_id
+        ]
+        wh = sum(c.energy_wh for c in mine)
+        if wh > best[0]:
+            best = (wh, site, [c.certificate_id for c in mine])
+    wh, site, ids = best
+    owner = await accounts.get_site(site) if site else None
+    if owner is None or wh * shop.grid_g_co2e_per_kwh // 1_000_000 < 1:
+        return {"listed": False, "certified_wh": wh}
+    project, lot = await shop.list_certificates(
+        owner.owner_account_id,
+        ids,
+        price_minor_per_t=SOLAR_PRICE_MINOR_PER_T,
+        currency="USD",
+        site_name=owner.name,
+    )
+    others = [s for s in _site_ids(homes) if s != site]
+    buyer_email = f"home-{int(others[0][-3:]):03d}@demo.gridmint" if others else None
+    buyer = await accounts.get_account_by_email(buyer_email or "home-001@demo.gridmint")
+    assert buyer is not None
+    order = await shop.checkout(
+        buyer.account_id, [(lot.lot_id, 1)], "USD", f"Household of {others[0] if others else site}"
+    )
+    await pay(order.order_id)
+    custody = await shop.custody(project.project_id)
+    row = next(x for x in custody["lots"] if x["lot_id"] == lot.lot_id)
+    vkey = parse_verifier_key(ledger.verifier_key)
+    verified = 0
+    for token in row["tokens"]:
+        rec, mint = token["record"], token["mint"]
+        if rec is None or mint is None or rec["public_key"] is None:
+            continue
+        s1 = cose.parse(bytes.fromhex(rec["envelope"]))
+        cose.verify(s1, bytes.fromhex(rec["public_key"]), custody["records_aad"].encode())
+        cp = parse_signed_checkpoint(
+            mint["proof"]["checkpoint"].encode(), vkey.name, vkey.public_key
+        )
+        verify_inclusion(
+            leaf_hash(bytes.fromhex(mint["leaf"])),
+            mint["seq"],
+            cp.size,
+            [bytes.fromhex(h) for h in mint["proof"]["path"]],
+            cp.root,
+        )
+        verified += 1
+    statement = await shop.retirement_statement(order.order_id)
+    return {
+        "listed": True,
+        "site": site,
+        "certificates": len(ids),
+        "certified_wh": wh,
+        "lot_kg": lot.kg,
+        "serials": statement["retirements"][0]["serials"],
+        "bought_kg": 1,
+        "buyer": statement["beneficiary"],
+        "tokens": len(row["tokens"]),
+        "records_verified": verified,
+        "ledger_leaves": len(row["ledger"]),
+        "retirement_leaf": (statement["ledger_proof"] or {}).get("retirement", {}).get("seq"),
     }
 
 
@@ -839,6 +953,15 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
             f"{shop['currency']} through the sandbox provider: order {shop['state']}, "
             f"{', '.join(shop['retired'])} retired for {shop['beneficiary']}"
         )
+        solar = shop.get("solar") or {}
+        if solar.get("listed"):
+            console.print(
+                f"  solar      {solar['site']} listed {solar['certificates']} certificates "
+                f"({solar['certified_wh']} Wh, {solar['lot_kg']} kg CO2e); {solar['buyer']} "
+                f"bought {solar['serials']}: it traces to {solar['tokens']} generation tokens, "
+                f"{solar['records_verified']} signed records verified with their devices' keys "
+                "and proven minted in the signed ledger"
+            )
     m = summary.get("meter")
     if m and m["sites"]:
         console.print(

@@ -41,10 +41,19 @@ Checks, in order, stopping at the first discrepancy:
    traded Wh, the value conversion rate = the trade's price, no more burned than traded, no Tgen
    of an earlier interval; a ref the market never matched is a warning (a trade settled
    outside the market);
-6. every checkpoint is signed by the log key for the log's origin, sizes never decrease and stay
+6. the carbon shop (nothing to do for a log without CARBON leaves): every CARBON leaf's event
+   decodes canonically (rules.carbon) and the entry's ref and site are the event's (the lot or
+   order id; a gridmint_solar listing's site, else CARBON_SITE); the events replay in log order
+   through rules.carbon's `ShopBook`: serials sold and retired only within a listed lot, no
+   serial sold or retired twice, no retirement without a paid order for that lot covering it,
+   order lines priced by the shop's price rule and totals their sum; a gridmint_solar listing's
+   every token is a record of this export (signature verified in step 2) minted by a MINT_GEN
+   to the listing's site before it, from the record the listing names, no Wh of a token backs
+   two lots, and its kg do not exceed its Wh times the grid factor it states;
+7. every checkpoint is signed by the log key for the log's origin, sizes never decrease and stay
    within the entries, roots equal the Merkle root of the first `size` leaves, consecutive
    checkpoints are consistent (RFC 9162 proofs), the last one covers every entry;
-7. records no entry references are reported as warnings ("not yet in the ledger").
+8. records no entry references are reported as warnings ("not yet in the ledger").
 """
 
 from __future__ import annotations
@@ -75,7 +84,18 @@ from protocol.checkpoint import (
 )
 from protocol.ledger_leaf import LeafError, LedgerLeaf, decode_leaf
 from protocol.merkle import MerkleLog, ProofError, leaf_hash, verify_consistency
+from rules.carbon import (
+    CarbonCodecError,
+    CarbonRuleError,
+    LotListed,
+    MintedToken,
+    OrderPaid,
+    Retired,
+    ShopBook,
+    decode_shop_event,
+)
 from rules.ledger import (
+    CARBON_SITE,
     INTERVAL_KINDS,
     MARKET_SITE,
     Entry,
@@ -103,6 +123,7 @@ __all__ = [
     "EXPORT_FORMAT",
     "Discrepancy",
     "MarketSummary",
+    "ShopSummary",
     "SiteSummary",
     "VerifyReport",
     "verify_command",
@@ -230,6 +251,41 @@ class MarketSummary:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ShopSummary:
+    """What replaying the carbon shop's leaves (CARBON) found; zeros without them."""
+
+    listings: int = 0
+    solar_listings: int = 0
+    orders: int = 0
+    retirements: int = 0
+    kg_listed: int = 0
+    kg_retired: int = 0
+
+    @property
+    def present(self) -> bool:
+        return self.listings > 0 or self.orders > 0 or self.retirements > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "listings": self.listings,
+            "solar_listings": self.solar_listings,
+            "orders": self.orders,
+            "retirements": self.retirements,
+            "kg_listed": self.kg_listed,
+            "kg_retired": self.kg_retired,
+        }
+
+    def line(self) -> str:
+        """One line for the printed summary."""
+        return (
+            f"carbon shop replayed: {self.listings} lots listed ({self.solar_listings} from "
+            f"gridmint certificates, traced to signed records; {self.kg_listed} kg), "
+            f"{self.orders} orders paid, {self.retirements} retirements, {self.kg_retired} kg "
+            "retired"
+        )
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     """What `verify_export` found: `ok` with balances, or the first discrepancy in `error`."""
@@ -247,6 +303,7 @@ class VerifyReport:
     accounts: dict[str, int] = field(default_factory=dict)  # every payment account, minor units
     state: LedgerState | None = None  # the replayed ledger state (None on failure)
     market: MarketSummary = field(default_factory=MarketSummary)  # zeros on failure
+    shop: ShopSummary = field(default_factory=ShopSummary)  # zeros on failure
 
     @property
     def ok(self) -> bool:
@@ -280,6 +337,7 @@ class VerifyReport:
             "warnings": list(self.warnings),
             "balances": self.balances() if self.ok else {},
             "market": self.market.as_dict(),
+            "shop": self.shop.as_dict(),
             "summary": {
                 "records": self.records,
                 "devices": self.devices,
@@ -1197,7 +1255,69 @@ def _check_market(
 
 
 # --------------------------------------------------------------------------------------------
-# Step 6: Merkle log and checkpoints
+# Step 6: the carbon shop
+
+
+def _shop_bad(e: Entry, message: str) -> Discrepancy:
+    item = f"entry {e.seq}, CARBON {e.site}" + (f", {e.ref}" if e.ref else "")
+    return Discrepancy(ENTRIES_FILE, message, line=e.seq + 1, item=item, entries=(e.seq, e.seq))
+
+
+def _check_shop(entries: Sequence[Entry], records: dict[bytes, _Record]) -> ShopSummary:
+    """Replay the CARBON leaves through rules.carbon's ShopBook (a no-op without them)."""
+    if not any(e.kind is EntryKind.CARBON for e in entries):
+        return ShopSummary()
+    book = ShopBook()
+    minted: dict[str, MintedToken] = {}
+    listings = solar = orders = retirements = 0
+    for e in entries:
+        if e.kind is EntryKind.MINT_GEN:
+            for r in e.refs:
+                if r.generated_wh > 0:
+                    minted[r.token_id] = MintedToken(e.site, r.generated_wh, r.record_hash, e.seq)
+            continue
+        if e.kind is not EntryKind.CARBON:
+            continue
+        try:
+            ev = decode_shop_event(e.market)
+        except CarbonCodecError as exc:
+            raise _shop_bad(e, f"shop event: {exc}") from None
+        subject = ev.order_id if isinstance(ev, (OrderPaid, Retired)) else ev.lot_id
+        site = ev.site_id if isinstance(ev, LotListed) and ev.site_id else CARBON_SITE
+        for name, stated, actual in (
+            ("ref", e.ref, subject),
+            ("site", e.site, site),
+            ("interval", e.interval_start, 0),
+            ("counterparty", e.counterparty, ""),
+            ("requested Wh", e.requested_wh, 0),
+        ):
+            if stated != actual:
+                raise _shop_bad(e, f"the entry's {name} is {stated!r}, its shop event's {actual!r}")
+        if isinstance(ev, LotListed):
+            for b in ev.backing:
+                rec = records.get(b.record_hash)
+                if rec is None or rec.record.token_id != b.token_id:
+                    raise _shop_bad(
+                        e,
+                        f"lot {ev.lot_id}: token {b.token_id} (record {b.record_hash.hex()}) is "
+                        f"not a signed record of {RECORDS_FILE}",
+                    )
+        try:
+            book.apply(e.seq, ev, minted.get)
+        except CarbonRuleError as exc:
+            raise _shop_bad(e, str(exc)) from None
+        if isinstance(ev, LotListed):
+            listings += 1
+            solar += bool(ev.backing)
+        elif isinstance(ev, OrderPaid):
+            orders += 1
+        elif isinstance(ev, Retired):
+            retirements += 1
+    return ShopSummary(listings, solar, orders, retirements, book.kg_listed, book.kg_retired)
+
+
+# --------------------------------------------------------------------------------------------
+# Step 7: Merkle log and checkpoints
 
 
 def _check_checkpoints(
@@ -1283,6 +1403,7 @@ def verify_export(directory: Path) -> VerifyReport:
         leaves, entries, referenced = _check_entries(files.entries, records, devices)
         state = _replay(entries)
         market = _check_market(entries, state, files.market_mode, warnings)
+        shop = _check_shop(entries, records)
         last = _check_checkpoints(files.checkpoints, leaves, files.origin, files.log_key)
     except Discrepancy as exc:
         if files is None:
@@ -1328,6 +1449,7 @@ def verify_export(directory: Path) -> VerifyReport:
         accounts={a: b for a, b in sorted(state.balances.items())},
         state=state,
         market=market,
+        shop=shop,
         records=len(files.records),
         devices=len(files.devices),
         entries=len(files.entries),
@@ -1350,6 +1472,8 @@ def _print_summary(report: VerifyReport, out: Console) -> None:
     )
     if report.market.present:
         out.print(report.market.line(), markup=False, highlight=False)
+    if report.shop.present:
+        out.print(report.shop.line(), markup=False, highlight=False)
     table = Table(title="Balances recomputed by replaying the ledger")
     table.add_column("site")
     for name in ("Tgen Wh", "Tstorage Wh", "set-aside Wh", "balance (minor units)"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -41,6 +42,7 @@ from cloud.api import (
     shop_routes,
     site_live_routes,
     sites_routes,
+    solar_listing_routes,
     subscription_routes,
     tokens_routes,
 )
@@ -48,6 +50,7 @@ from cloud.api.deps import ApiContext
 from cloud.api.limits import HttpLimitCounters, InputLimits
 from cloud.api.templating import STATIC_DIR, make_templates
 from cloud.auth import make_auth
+from cloud.domain.certificates import DEFAULT_GRID_G_CO2_PER_KWH
 from cloud.domain.payments import Money
 from cloud.domain.rate_limit import BucketLimit
 from cloud.services.carbon_shop import ShopService, no_payment_provider
@@ -111,6 +114,7 @@ ROUTERS = (
     registration_routes.router,
     footprint_routes.router,
     shop_pages_routes.router,
+    solar_listing_routes.router,
 )
 
 
@@ -198,20 +202,34 @@ def _credits(
     return credits
 
 
-def _shop(store: Store, payments: PaymentService | None, now: Callable[[], float]) -> ShopService:
+def _shop(
+    store: Store,
+    payments: PaymentService | None,
+    now: Callable[[], float],
+    ledger: LedgerService | None = None,
+    deployment: str = "",
+    grid_g_co2e_per_kwh: int = DEFAULT_GRID_G_CO2_PER_KWH,
+) -> ShopService:
     """The carbon shop wired to the payment port: a checkout opens a payment for the order,
     the port tells the shop when it succeeded or failed (the shop is its `outcomes`), and only
     an order's buyer may press the sandbox's pay button. Without a port every checkout is a
-    503 and reserves nothing."""
+    503 and reserves nothing. With the ledger, the shop writes its listings, paid orders and
+    retirements as ledger leaves and homeowners may list their certificates."""
+    on_ledger: dict[str, Any] = {
+        "ledger": ledger,
+        "certificates": None if ledger is None else CertificateStore(store.engine),
+        "deployment": deployment,
+        "grid_g_co2e_per_kwh": grid_g_co2e_per_kwh,
+    }
     if payments is None:
-        return ShopService(CarbonStore(store.engine), no_payment_provider, now=now)
+        return ShopService(CarbonStore(store.engine), no_payment_provider, now=now, **on_ledger)
     port = payments
 
     async def start_payment(ref: str, amount_minor: int, currency: str, description: str) -> str:
         started = await port.start(ref, Money(amount_minor, currency), description)
         return started.payment_id
 
-    shop = ShopService(CarbonStore(store.engine), start_payment, now=now)
+    shop = ShopService(CarbonStore(store.engine), start_payment, now=now, **on_ledger)
 
     others_owner = port.owner_of
 
@@ -256,6 +274,7 @@ def create_app(
     public_base_url: str = "http://localhost:8000",
     email_link_ttl_s: int = DEFAULT_LINK_TTL_S,
     email_link_secret: bytes | None = None,
+    shop_grid_g_co2e_per_kwh: int = DEFAULT_GRID_G_CO2_PER_KWH,
 ) -> FastAPI:
     """Build the FastAPI application around a store.
 
@@ -274,7 +293,7 @@ def create_app(
     credits = _credits(
         store, ledger, payments, market, market_currency, bank_transfer_fee_minor, now
     )
-    shop = _shop(store, payments, now)
+    shop = _shop(store, payments, now, ledger, deployment, shop_grid_g_co2e_per_kwh)
     ctx = ApiContext(
         store=store,
         accounts=accounts,

@@ -20,6 +20,7 @@ from cloud.api.deps import ANYONE, SHOP_ROLES, CtxDep, refuse_unverified_email, 
 from cloud.auth import Principal, Role
 from cloud.domain.carbon_shop import ProjectFilter, ProjectKind
 from cloud.services.carbon_shop import (
+    LedgerUnavailable,
     PaymentUnavailable,
     ProjectView,
     ShopConflict,
@@ -124,7 +125,7 @@ def _lot(prefix: str, lot: StoredLot) -> LotPublic:
     return LotPublic(
         lot_id=lot.lot_id,
         project_id=lot.project_id,
-        serials=f"{prefix}-{lot.serial_start}..{lot.serial_end}",
+        serials=f"{lot.prefix(prefix)}-{lot.serial_start}..{lot.serial_end}",
         kg=lot.kg,
         available_kg=lot.available_kg,
         price_minor_per_t=lot.price_minor_per_t,
@@ -195,12 +196,19 @@ def _http(exc: Exception) -> HTTPException:
         return HTTPException(403, str(exc))
     if isinstance(exc, ShopConflict):
         return HTTPException(409, str(exc))
-    if isinstance(exc, PaymentUnavailable):
+    if isinstance(exc, (PaymentUnavailable, LedgerUnavailable)):
         return HTTPException(503, str(exc))
     return HTTPException(400, str(exc))
 
 
-SHOP_ERRORS = (ShopNotFound, ShopForbidden, ShopConflict, ShopInvalid, PaymentUnavailable)
+SHOP_ERRORS = (
+    ShopNotFound,
+    ShopForbidden,
+    ShopConflict,
+    ShopInvalid,
+    PaymentUnavailable,
+    LedgerUnavailable,
+)
 
 router = APIRouter()
 

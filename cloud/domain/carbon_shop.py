@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from rules.carbon.book import line_price_minor
+
 KG_PER_TONNE = 1000
 MAX_KG = 10**12  # a million tonnes per line or lot: far beyond any retail order
 MAX_PRICE_MINOR_PER_T = 10**9
@@ -177,11 +179,12 @@ def price_minor(kg: int, price_minor_per_t: int) -> int:
     """What `kg` cost at a price per tonne, in minor units.
 
     Rounding rule: half up to the nearest minor unit, per line (kg x price / 1000, a remainder
-    of 500 or more rounds up). An order's total is the sum of its lines' prices.
+    of 500 or more rounds up). An order's total is the sum of its lines' prices. The rule itself
+    is rules.carbon's, which the independent verifier applies to the ledger's paid orders.
     """
     check_kg(kg)
     check_price(price_minor_per_t)
-    return (kg * price_minor_per_t + KG_PER_TONNE // 2) // KG_PER_TONNE
+    return line_price_minor(kg, price_minor_per_t)
 
 
 # reservations -------------------------------------------------------------------------------

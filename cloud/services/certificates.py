@@ -160,6 +160,7 @@ class CertificateService:
     ) -> StoredCertificate:
         """Give an active certificate to another site (CertificateConflict if not active)."""
         sc = await self.get(certificate_id)
+        _not_listed(sc)
         if sc.owner_site_id == to_site_id:
             raise CertificateConflict(
                 f"certificate {certificate_id} already belongs to {to_site_id}"
@@ -179,6 +180,7 @@ class CertificateService:
     async def retire(self, certificate_id: str, beneficiary: str) -> StoredCertificate:
         """Claim an active certificate's energy for `beneficiary`; final."""
         sc = await self.get(certificate_id)
+        _not_listed(sc)
         reg = self._new_registry()
         reg.certificates[sc.certificate_id] = to_domain(sc)
         at = self._now_ms()
@@ -194,11 +196,22 @@ class CertificateService:
         now = self._now_ms()
         reg = self._new_registry()
         for sc in await self.store.query(status=CertStatus.ACTIVE.value, expires_by_ms=now):
+            if sc.listed_lot_id is not None:
+                continue  # on sale: its claim waits for the shop's buyers
             reg.certificates[sc.certificate_id] = to_domain(sc)
         ids = [c.certificate_id for c in reg.expire(now)]
         if ids:
             await self.store.mark_expired(ids)
         return ids
+
+
+def _not_listed(sc: StoredCertificate) -> None:
+    """A certificate on sale in the carbon shop is the shop's to retire (for its buyers)."""
+    if sc.listed_lot_id is not None and sc.status == CertStatus.ACTIVE.value:
+        raise CertificateConflict(
+            f"certificate {sc.certificate_id} is listed for sale in the carbon shop (lot "
+            f"{sc.listed_lot_id}): it is retired for its buyers when the lot sells out"
+        )
 
 
 def to_domain(sc: StoredCertificate) -> Certificate:

@@ -38,6 +38,7 @@ from cloud.storage.tables import (
     carbon_orders,
     carbon_projects,
     carbon_retirements,
+    certificates,
 )
 
 
@@ -88,10 +89,16 @@ class StoredLot:
     available_kg: int
     created_ms: int
     certificate_id: str | None = None
+    serial_prefix: str | None = None  # the lot's own (gridmint_solar); None: the project's
+    ledger_seq: int | None = None  # the CARBON leaf that listed it (None: written without one)
 
     @property
     def kg(self) -> int:
         return self.serial_end - self.serial_start + 1
+
+    def prefix(self, project_prefix: str) -> str:
+        """The prefix of this lot's serials."""
+        return self.serial_prefix or project_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +126,8 @@ class StoredOrder:
     reason: str
     updated_ms: int
     lines: tuple[StoredLine, ...]
+    paid_seq: int | None = None  # the CARBON leaf of the paid order
+    retired_seq: int | None = None  # the CARBON leaf of its retirement
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +140,24 @@ class StoredRetirement:
     beneficiary: str
     reason: str
     retired_ms: int
+    ledger_seq: int | None = None  # the CARBON leaf of the order's retirement
+
+
+class OrderNotReserved(RuntimeError):
+    """The order was no longer reserved when its payment was to be recorded (nothing written)."""
+
+
+class CertificateNotHeld(RuntimeError):
+    """The certificate could not be held for (or retired by) the shop: it changed meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
+class SoldOut:
+    """A certificate whose lot a retirement sells out: retired with it, for the lot's buyers."""
+
+    certificate_id: str
+    lot_id: str
+    beneficiary: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,23 +207,99 @@ class CarbonStore:
             ).all()
         return [StoredProject(**r._mapping) for r in rows]
 
-    async def add_lot(self, lot: StoredLot, actor: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(carbon_lots).values(**_fields(lot)))
-            await _event(
-                conn,
-                lot.created_ms,
-                "lot_added",
-                actor,
-                project_id=lot.project_id,
-                detail={
-                    "lot_id": lot.lot_id,
-                    "serial_start": lot.serial_start,
-                    "serial_end": lot.serial_end,
-                    "price_minor_per_t": lot.price_minor_per_t,
-                    "currency": lot.currency,
-                },
+    async def add_lot(
+        self, lot: StoredLot, actor: str, conn: AsyncConnection | None = None
+    ) -> None:
+        """Store a lot (with `conn`, in the caller's unit of work: the ledger's, which writes
+        the listing leaf in the same transaction; a gridmint_solar lot's certificate is held
+        by `hold_certificate` in that same unit of work)."""
+        if conn is None:
+            async with self.engine.begin() as own:
+                await self._add_lot(own, lot, actor)
+        else:
+            await self._add_lot(conn, lot, actor)
+
+    async def _add_lot(self, conn: AsyncConnection, lot: StoredLot, actor: str) -> None:
+        await conn.execute(insert(carbon_lots).values(**_fields(lot)))
+        await _event(
+            conn,
+            lot.created_ms,
+            "lot_added",
+            actor,
+            project_id=lot.project_id,
+            detail={
+                "lot_id": lot.lot_id,
+                "serial_start": lot.serial_start,
+                "serial_end": lot.serial_end,
+                "price_minor_per_t": lot.price_minor_per_t,
+                "currency": lot.currency,
+                **({"certificate_id": lot.certificate_id} if lot.certificate_id else {}),
+                **({"ledger_seq": lot.ledger_seq} if lot.ledger_seq is not None else {}),
+            },
+        )
+
+    async def hold_certificate(
+        self, conn: AsyncConnection, certificate_id: str, owner_site_id: str, lot_id: str
+    ) -> None:
+        """Mark an active, unlisted certificate of `owner_site_id` as held by the shop's lot
+        (a conditional update: CertificateNotHeld, and the unit of work rolls back, if it is no
+        longer so). While held it is neither transferred nor retired outside the shop."""
+        done = await conn.execute(
+            update(certificates)
+            .where(
+                certificates.c.certificate_id == certificate_id,
+                certificates.c.owner_site_id == owner_site_id,
+                certificates.c.status == "active",
+                certificates.c.listed_lot_id.is_(None),
             )
+            .values(listed_lot_id=lot_id)
+        )
+        if done.rowcount != 1:
+            raise CertificateNotHeld(
+                f"certificate {certificate_id} is no longer an active, unlisted certificate of "
+                f"site {owner_site_id}"
+            )
+
+    async def set_lot_seq(self, conn: AsyncConnection, lot_id: str, seq: int) -> None:
+        """Record the listing leaf of a lot stored without one (listed before the shop wrote
+        leaves); in the caller's unit of work, only if it has none yet."""
+        await conn.execute(
+            update(carbon_lots)
+            .where(carbon_lots.c.lot_id == lot_id, carbon_lots.c.ledger_seq.is_(None))
+            .values(ledger_seq=seq)
+        )
+
+    async def held_certificates(self, lot_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The certificates each of these lots holds (sells), by certificate id."""
+        if not lot_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(certificates.c.listed_lot_id, certificates.c.certificate_id)
+                    .where(certificates.c.listed_lot_id.in_(list(lot_ids)))
+                    .order_by(certificates.c.certificate_id)
+                )
+            ).all()
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r.listed_lot_id, []).append(r.certificate_id)
+        return out
+
+    async def create_project_once(self, p: StoredProject, actor: str) -> StoredProject:
+        """The project with `p`'s id, stored now if it is not there yet (idempotent: a site's
+        gridmint_solar project is made on its first listing)."""
+        found = await self.get_project(p.project_id)
+        if found is not None:
+            return found
+        try:
+            await self.add_project(p, actor)
+        except IntegrityError:
+            found = await self.get_project(p.project_id)
+            if found is None:
+                raise
+            return found
+        return p
 
     async def get_lot(self, lot_id: str) -> StoredLot | None:
         found = await self.lots(lot_ids=[lot_id])
@@ -320,73 +423,194 @@ class CarbonStore:
                 .values(payment_id=payment_id)
             )
 
-    async def place_and_retire(self, order_id: str, payment_id: str, now_ms: int) -> bool:
+    async def place_and_retire(
+        self,
+        order_id: str,
+        payment_id: str,
+        now_ms: int,
+        *,
+        conn: AsyncConnection | None = None,
+        paid_seq: int | None = None,
+        retired_seq: int | None = None,
+        sold_out: Sequence[SoldOut] = (),
+    ) -> bool:
         """Paid: the order becomes complete and every line is retired for its beneficiary, in
-        one transaction. False (nothing changed) unless the order was still reserved."""
-        async with self.engine.begin() as conn:
-            done = await conn.execute(
-                update(carbon_orders)
-                .where(
-                    carbon_orders.c.order_id == order_id,
-                    carbon_orders.c.state == OrderState.RESERVED.value,
-                )
-                .values(state=OrderState.PLACED.value, payment_id=payment_id, updated_ms=now_ms)
+        one transaction. False (nothing changed) unless the order was still reserved.
+
+        With `conn` it runs in the caller's unit of work (the ledger's, whose leaves of the paid
+        order and its retirement, `paid_seq` and `retired_seq`, are written with these rows):
+        then an order no longer reserved raises OrderNotReserved, so the leaves roll back too.
+        `sold_out` certificates (their lots' last serials retired here) are retired with it
+        (CertificateNotHeld if one is no longer held by its lot)."""
+        if conn is not None:
+            if not await self._place_and_retire(
+                conn, order_id, payment_id, now_ms, paid_seq, retired_seq, sold_out
+            ):
+                raise OrderNotReserved(f"order {order_id} is no longer reserved")
+            return True
+        async with self.engine.begin() as own:
+            return await self._place_and_retire(
+                own, order_id, payment_id, now_ms, paid_seq, retired_seq, sold_out
             )
-            if done.rowcount != 1:
-                return False
-            order = (
+
+    async def _place_and_retire(
+        self,
+        conn: AsyncConnection,
+        order_id: str,
+        payment_id: str,
+        now_ms: int,
+        paid_seq: int | None,
+        retired_seq: int | None,
+        sold_out: Sequence[SoldOut],
+    ) -> bool:
+        done = await conn.execute(
+            update(carbon_orders)
+            .where(
+                carbon_orders.c.order_id == order_id,
+                carbon_orders.c.state == OrderState.RESERVED.value,
+            )
+            .values(state=OrderState.PLACED.value, payment_id=payment_id, updated_ms=now_ms)
+        )
+        if done.rowcount != 1:
+            return False
+        order = (
+            await conn.execute(select(carbon_orders).where(carbon_orders.c.order_id == order_id))
+        ).one()
+        lines = await _lines(conn, order_id)
+        projects = await _projects_of(conn, [ln.lot_id for ln in lines])
+        for lot_id in sorted(projects):
+            await _event(
+                conn,
+                now_ms,
+                "placed",
+                order.buyer_account_id,
+                project_id=projects[lot_id],
+                order_id=order_id,
+                detail={
+                    "lot_id": lot_id,
+                    "payment_id": payment_id,
+                    **({"ledger_seq": paid_seq} if paid_seq is not None else {}),
+                },
+            )
+        try:
+            for ln in sorted(lines, key=lambda x: (x.lot_id, x.serial_start)):
                 await conn.execute(
-                    select(carbon_orders).where(carbon_orders.c.order_id == order_id)
+                    insert(carbon_retirements).values(
+                        retirement_id=new_id("ret"),
+                        order_id=order_id,
+                        lot_id=ln.lot_id,
+                        serial_start=ln.serial_start,
+                        serial_end=ln.serial_end,
+                        beneficiary=order.beneficiary,
+                        reason=order.reason,
+                        retired_ms=now_ms,
+                        ledger_seq=retired_seq,
+                    )
                 )
-            ).one()
-            lines = await _lines(conn, order_id)
-            projects = await _projects_of(conn, [ln.lot_id for ln in lines])
-            for lot_id in sorted(projects):
                 await _event(
                     conn,
                     now_ms,
-                    "placed",
+                    "retired",
                     order.buyer_account_id,
-                    project_id=projects[lot_id],
+                    project_id=projects[ln.lot_id],
                     order_id=order_id,
-                    detail={"lot_id": lot_id, "payment_id": payment_id},
+                    detail={
+                        "lot_id": ln.lot_id,
+                        "serial_start": ln.serial_start,
+                        "serial_end": ln.serial_end,
+                        "beneficiary": order.beneficiary,
+                        **({"ledger_seq": retired_seq} if retired_seq is not None else {}),
+                    },
                 )
-            try:
-                for ln in sorted(lines, key=lambda x: (x.lot_id, x.serial_start)):
-                    await conn.execute(
-                        insert(carbon_retirements).values(
-                            retirement_id=new_id("ret"),
-                            order_id=order_id,
-                            lot_id=ln.lot_id,
-                            serial_start=ln.serial_start,
-                            serial_end=ln.serial_end,
-                            beneficiary=order.beneficiary,
-                            reason=order.reason,
-                            retired_ms=now_ms,
-                        )
-                    )
-                    await _event(
-                        conn,
-                        now_ms,
-                        "retired",
-                        order.buyer_account_id,
-                        project_id=projects[ln.lot_id],
-                        order_id=order_id,
-                        detail={
-                            "lot_id": ln.lot_id,
-                            "serial_start": ln.serial_start,
-                            "serial_end": ln.serial_end,
-                            "beneficiary": order.beneficiary,
-                        },
-                    )
-            except IntegrityError as exc:
-                raise RetirementOverlap(str(exc.orig)) from exc
-            await conn.execute(
-                update(carbon_orders)
-                .where(carbon_orders.c.order_id == order_id)
-                .values(state=OrderState.COMPLETE.value)
+        except IntegrityError as exc:
+            raise RetirementOverlap(str(exc.orig)) from exc
+        for so in sold_out:
+            retired = await conn.execute(
+                update(certificates)
+                .where(
+                    certificates.c.certificate_id == so.certificate_id,
+                    certificates.c.listed_lot_id == so.lot_id,
+                    certificates.c.status == "active",
+                )
+                .values(status="retired", beneficiary=so.beneficiary[:200], retired_ms=now_ms)
             )
+            if retired.rowcount != 1:
+                raise CertificateNotHeld(
+                    f"certificate {so.certificate_id} is no longer held by lot {so.lot_id}"
+                )
+            await _event(
+                conn,
+                now_ms,
+                "certificate_retired",
+                order.buyer_account_id,
+                project_id=projects[so.lot_id],
+                order_id=order_id,
+                detail={"lot_id": so.lot_id, "certificate_id": so.certificate_id},
+            )
+        await conn.execute(
+            update(carbon_orders)
+            .where(carbon_orders.c.order_id == order_id)
+            .values(state=OrderState.COMPLETE.value, paid_seq=paid_seq, retired_seq=retired_seq)
+        )
         return True
+
+    async def retired_kg(self, lot_ids: Sequence[str]) -> dict[str, int]:
+        """Kilograms retired so far per lot."""
+        if not lot_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        carbon_retirements.c.lot_id,
+                        carbon_retirements.c.serial_start,
+                        carbon_retirements.c.serial_end,
+                    ).where(carbon_retirements.c.lot_id.in_(list(lot_ids)))
+                )
+            ).all()
+        out = dict.fromkeys(lot_ids, 0)
+        for r in rows:
+            out[r.lot_id] += r.serial_end - r.serial_start + 1
+        return out
+
+    async def paid_orders_of_lots(self, lot_ids: Sequence[str]) -> list[tuple[str, str, int, int]]:
+        """(lot, order, paid leaf, retirement leaf) of every order with ledger leaves that
+        bought from these lots, oldest leaf first."""
+        if not lot_ids:
+            return []
+        q = (
+            select(
+                carbon_order_lines.c.lot_id,
+                carbon_orders.c.order_id,
+                carbon_orders.c.paid_seq,
+                carbon_orders.c.retired_seq,
+            )
+            .select_from(
+                carbon_order_lines.join(
+                    carbon_orders, carbon_orders.c.order_id == carbon_order_lines.c.order_id
+                )
+            )
+            .where(
+                carbon_order_lines.c.lot_id.in_(list(lot_ids)),
+                carbon_orders.c.paid_seq.is_not(None),
+            )
+            .distinct()
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return sorted((r.lot_id, r.order_id, int(r.paid_seq), int(r.retired_seq)) for r in rows)
+
+    async def beneficiaries(self, lot_id: str) -> list[str]:
+        """The beneficiaries of a lot's retirements, first retirement first, each once."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(carbon_retirements.c.beneficiary)
+                    .where(carbon_retirements.c.lot_id == lot_id)
+                    .order_by(carbon_retirements.c.retired_ms, carbon_retirements.c.serial_start)
+                )
+            ).all()
+        return list(dict.fromkeys(r.beneficiary for r in rows))
 
     async def release(
         self,

@@ -58,6 +58,7 @@ class StoredCertificate:
     retired_ms: int | None
     beneficiary: str
     slices: tuple[StoredSlice, ...]
+    listed_lot_id: str | None = None  # held by this carbon shop lot (migration 0021)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,7 @@ class CertificateStore:
                     certificates.c.certificate_id == certificate_id,
                     certificates.c.owner_site_id == from_site_id,
                     certificates.c.status == "active",
+                    certificates.c.listed_lot_id.is_(None),  # not while the shop sells it
                 )
                 .values(owner_site_id=to_site_id)
             )
@@ -231,6 +233,7 @@ class CertificateStore:
                     certificates.c.certificate_id == certificate_id,
                     certificates.c.owner_site_id == owner_site_id,
                     certificates.c.status == "active",
+                    certificates.c.listed_lot_id.is_(None),  # the shop retires a listed one
                 )
                 .values(status="retired", beneficiary=beneficiary, retired_ms=at_ms)
             )
@@ -248,6 +251,8 @@ class CertificateStore:
                     .where(
                         certificates.c.certificate_id.in_(chunk),
                         certificates.c.status == "active",
+                        # a certificate on sale keeps its claim until its lot sells out
+                        certificates.c.listed_lot_id.is_(None),
                     )
                     .values(status="expired")
                 )
@@ -293,4 +298,5 @@ def _cert(r: Any, slices: list[StoredSlice]) -> StoredCertificate:
         retired_ms=r.retired_ms,
         beneficiary=r.beneficiary,
         slices=tuple(slices),
+        listed_lot_id=r.listed_lot_id,
     )

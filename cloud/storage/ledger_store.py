@@ -441,8 +441,24 @@ class LedgerStore:
             rows = (await conn.execute(q)).all()
         return [_record(r) for r in rows]
 
-    async def device_keys(self) -> list[tuple[str, str, bytes, bytes, int, int | None]]:
-        """(device, site, kid, public key, valid_from, valid_until) for every key."""
+    async def records_of_tokens(self, token_ids: Sequence[str]) -> dict[str, StoredRecord]:
+        """The accepted records of these tokens (a chain-of-custody report shows them)."""
+        if not token_ids:
+            return {}
+        q = (
+            select(tokens, devices.c.site_id)
+            .select_from(tokens.join(devices, tokens.c.device_id == devices.c.device_id))
+            .where(tokens.c.token_id.in_(list(token_ids)))
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return {r.token_id: _record(r) for r in rows}
+
+    async def device_keys(
+        self, device_ids: Sequence[str] | None = None
+    ) -> list[tuple[str, str, bytes, bytes, int, int | None]]:
+        """(device, site, kid, public key, valid_from, valid_until) for every key (of these
+        devices only, when given)."""
         q = (
             select(
                 devices.c.device_id,
@@ -455,6 +471,8 @@ class LedgerStore:
             .select_from(devices.join(device_keys, device_keys.c.device_id == devices.c.device_id))
             .order_by(devices.c.device_id, device_keys.c.valid_from, device_keys.c.kid)
         )
+        if device_ids is not None:
+            q = q.where(devices.c.device_id.in_(list(device_ids)))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [

@@ -298,6 +298,9 @@ certificates = Table(
     Column("expires_ms", BigInteger, nullable=False),
     Column("retired_ms", BigInteger, nullable=True),
     Column("beneficiary", String(200), nullable=False, server_default=""),
+    # Migration 0021: the carbon shop lot that sells this certificate; while set, the
+    # certificate is neither transferred nor retired outside the shop.
+    Column("listed_lot_id", String(32), nullable=True),
     CheckConstraint("kind IN ('granular', 'rec')", name="ck_certificates_kind"),
     CheckConstraint("status IN ('active', 'retired', 'expired')", name="ck_certificates_status"),
     CheckConstraint("energy_wh > 0", name="ck_certificates_energy"),
@@ -744,6 +747,10 @@ carbon_lots = Table(
     Column("created_ms", BigInteger, nullable=False),
     # A gridmint_solar lot sells one certificate whole (cloud/services/certificates.py).
     Column("certificate_id", String(64), nullable=True, unique=True),
+    # Migration 0021: the lot's own serial prefix (a gridmint_solar lot's names its
+    # certificate; NULL: the project's), and the ledger leaf (CARBON) that listed it.
+    Column("serial_prefix", String(40), nullable=True),
+    Column("ledger_seq", BigInteger, nullable=True),
     CheckConstraint("available_kg >= 0", name="ck_carbon_lots_available"),
     CheckConstraint(
         "serial_start >= 0 AND serial_end >= serial_start "
@@ -766,6 +773,9 @@ carbon_orders = Table(
     Column("beneficiary", String(200), nullable=False),
     Column("reason", String(500), nullable=False, server_default=""),
     Column("updated_ms", BigInteger, nullable=False),
+    # Migration 0021: the ledger leaves (CARBON) of the paid order and of its retirement.
+    Column("paid_seq", BigInteger, nullable=True),
+    Column("retired_seq", BigInteger, nullable=True),
     Index("ix_carbon_orders_state_expires", "state", "expires_ms"),
     CheckConstraint(
         "state IN ('reserved', 'placed', 'complete', 'cancelled', 'expired')",
@@ -799,6 +809,7 @@ carbon_retirements = Table(
     Column("beneficiary", String(200), nullable=False),
     Column("reason", String(500), nullable=False),
     Column("retired_ms", BigInteger, nullable=False),
+    Column("ledger_seq", BigInteger, nullable=True),  # migration 0021: its CARBON leaf
     Index("ix_carbon_retirements_order", "order_id"),
     UniqueConstraint("lot_id", "serial_start", name="uq_carbon_retirements_lot_serial"),
     CheckConstraint("serial_end >= serial_start", name="ck_carbon_retirements_range"),

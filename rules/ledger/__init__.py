@@ -41,8 +41,10 @@ from rules.ledger.engine import (
     LedgerEngine,
 )
 from rules.ledger.entries import (
+    CARBON_SITE,
     DSO_FEE_ACCOUNT,
     ENTRY_VERSION,
+    EVENT_KINDS,
     GRID_ACCOUNT,
     INTERVAL_KINDS,
     MARKET_KINDS,
@@ -89,6 +91,7 @@ __all__ = [
     "Allocation",
     "BatteryParams",
     "Burn",
+    "CARBON_SITE",
     "CloseResult",
     "Conversion",
     "DSO_FEE_ACCOUNT",
@@ -96,6 +99,7 @@ __all__ = [
     "Entry",
     "EntryKind",
     "EntryWriter",
+    "EVENT_KINDS",
     "GRID_ACCOUNT",
     "INTERVAL_KINDS",
     "IntervalFlag",

@@ -64,6 +64,10 @@ class EntryKind(IntEnum):
     # The DERMS: reward credits for flexibility a site delivered in a dispatch event (`ref`
     # names the event, `requested_wh` the Wh delivered), paid by the grid settlement account.
     FLEX_REWARD = 17
+    # The carbon shop's leaves (rules.carbon): a lot listed, an order paid, units retired, a
+    # listing withdrawn. They move nothing; their `market` bytes are a rules.carbon event, `ref`
+    # the lot or order id. Checked by the verifier's replay of rules.carbon.ShopBook.
+    CARBON = 18
     # Payment credits paid out to a homeowner (a redemption through the payment port): the
     # site's account is debited, the grid settlement account credited; `ref` names the
     # redemption. The payout's fee and net are the payment side's business, not the ledger's.
@@ -72,6 +76,9 @@ class EntryKind(IntEnum):
 
 MARKET_KINDS = frozenset({EntryKind.ORDER_EVENT, EntryKind.TRADE_MATCH})
 MARKET_SITE = "market"  # the `site` of a market leaf that belongs to no site (a gate closure)
+# Leaves that move nothing and carry an event's canonical bytes in `market`.
+EVENT_KINDS = MARKET_KINDS | {EntryKind.CARBON}
+CARBON_SITE = "shop"  # the `site` of a shop leaf that belongs to no site (external projects)
 
 
 INTERVAL_KINDS = frozenset(
@@ -453,7 +460,7 @@ class Entry:
     cap_wh: int = 0  # INTERVAL_CLOSE: measured stored energy
     tstorage_wh: int = 0  # INTERVAL_CLOSE: checkpoint of the site's Tstorage
     set_aside_wh: int = 0  # INTERVAL_CLOSE: checkpoint of the site's set-aside
-    market: bytes = b""  # ORDER_EVENT / TRADE_MATCH: the event or trade, canonical CBOR
+    market: bytes = b""  # ORDER_EVENT / TRADE_MATCH / CARBON: the event or trade, canonical CBOR
 
     @property
     def burned_wh(self) -> int:

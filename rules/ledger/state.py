@@ -15,9 +15,9 @@ from typing import Any
 from protocol.record import token_id
 from rules.ledger.entries import (
     DSO_FEE_ACCOUNT,
+    EVENT_KINDS,
     GRID_ACCOUNT,
     INTERVAL_KINDS,
-    MARKET_KINDS,
     PERMILLE,
     PLATFORM_FEE_ACCOUNT,
     PPM,
@@ -154,12 +154,13 @@ def _apply_in_place(st: LedgerState, e: Entry, index: int) -> None:
     if not e.site:
         raise _fail(index, "entry has no site")
     if (
-        e.kind in MARKET_KINDS
+        e.kind in EVENT_KINDS
         and not (e.burns or e.mints or e.postings or e.convs or e.refs)
         and not (e.gen_wh or e.exit_wh)
         and e.measurement is None
     ):
-        # A market leaf that moves nothing (every one the market writes, most of the log):
+        # A market or shop leaf that moves nothing (every one the market and the shop write,
+        # most of the log):
         # of the checks below only the sign of interval_start and the market bytes can fail,
         # and of the commit only the seq changes. Same outcome and the same refusals, without
         # the general path's cost. Anything else goes the general way and is refused there.
@@ -275,7 +276,7 @@ def _check_kind(st: LedgerState, e: Entry, index: int) -> _IntervalContext | Non
     """Kind-specific rules; returns the context the entry acts in (if any)."""
     k = e.kind
     site = e.site
-    if k in MARKET_KINDS:  # first: the market logs many of these, and they move nothing
+    if k in EVENT_KINDS:  # first: the market logs many of these, and they move nothing
         if (
             e.burns
             or e.mints

@@ -240,6 +240,13 @@ class TradingRules(EntryWriter):
             requested_wh=requested_wh,
         )
 
+    def record_carbon(self, site: str, ref: str, event: bytes) -> Entry:
+        """Log a carbon shop leaf (rules.carbon's canonical bytes of a listing, a paid order, a
+        retirement or a withdrawal; `ref` the lot or order id). It moves nothing."""
+        if not event:
+            raise LedgerRuleError("a CARBON leaf carries its shop event")
+        return self._emit(kind=EntryKind.CARBON, site=site, interval_start=0, market=event, ref=ref)
+
     def deposit(self, site: str, at: int, amount_minor: int, ref: str = "") -> Entry:
         """Credits paid in by a homeowner, through the grid settlement account (`ref`: the
         top-up that paid them, if any)."""

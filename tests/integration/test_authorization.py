@@ -202,6 +202,8 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/shop/orders/{order_id}"): (D, A, D, D, D, A),
     ("GET", "/shop/orders/{order_id}/statement"): (D, A, D, D, D, A),
     ("GET", "/footprint"): (D, A, D, D, D, A),
+    # homeowners list their own certificates for sale (admins: anyone's)
+    ("POST", "/api/v1/shop/solar-listings"): (D, A, D, D, D, A),
 }
 
 # HTML pages: anonymous callers are sent to /login; a wrong role gets a plain 403 page.

@@ -71,6 +71,12 @@ async def test_demo_flow_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     shop = summary["shop"]
     assert shop["projects"] == 3 and shop["state"] == "complete", shop
     assert shop["retired"] == ["VCS-DEMO-1-1..250"] and shop["paid_minor"] == 450
+    # a demo home's solar certificates on sale; a bought kg traces to the signed records
+    solar = shop["solar"]
+    assert solar["listed"] and solar["lot_kg"] >= 1, solar
+    assert solar["tokens"] > 0 and solar["records_verified"] == solar["tokens"], solar
+    led = summary["ledger"]["shop"]  # and `gridmint verify` replayed the shop's leaves
+    assert led["solar_listings"] == 1 and led["orders"] == led["retirements"] == 2, led
 
     battery, curtail = summary["dispatch"]
     print(summary["dispatch"])

@@ -40,6 +40,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert summary["accepted"] > 10 and summary["rejected"] == 0, summary
     assert summary["ledger"]["verified"], summary["ledger"]
     assert summary["ledger"]["entries"] > 20
+    assert summary["ledger"]["shop"]["retirements"] == 2, summary["ledger"]  # the shop's leaves
     return data
 
 
