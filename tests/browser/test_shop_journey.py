@@ -391,6 +391,9 @@ async def test_buyer_journey(
     await expect(page.locator("#st-kg")).to_have_text("120 kg CO2e")
     await expect(page.locator("#st-paid")).to_contain_text("2.22 USD via sandbox")
     await expect(page.locator("#print")).to_have_text("Print / save as PDF")
+    # the retirement is a leaf of the signed ledger: its proof is on the statement
+    await expect(page.locator("div#ledger-proof")).to_contain_text("Retired")
+    await expect(page.locator("div#ledger-proof")).to_contain_text("checkpoint")
     await shots.take(page, "statement")
     await page.emulate_media(media="print")
     await expect(page.locator("#print")).to_be_hidden()
