@@ -234,6 +234,7 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
             # sends telemetry every real second, which is `speed` simulated seconds.
             fleet_stale_s=max(60.0, 10 * opts.speed),
             dispatch_resend_s=max(30.0, 10 * opts.speed),
+            bank_transfer_fee_minor=DEMO_TRANSFER_FEE_MINOR,
         ),
         clock=clock,
     )
@@ -280,8 +281,9 @@ async def run_demo(opts: DemoOptions, console: Console, stop: asyncio.Event) -> 
         summary["logins"] = [
             {"role": x.role, "email": x.email, "page": x.page, "site_id": x.site_id} for x in logins
         ]
-        # The shop first: its listings, paid orders and retirements are ledger leaves, which
-        # the export below carries and the verifier replays.
+        # Credits and the shop first: their deposits, withdrawals, listings, paid orders and
+        # retirements are ledger leaves, which the export below carries and verify replays.
+        summary["credits"] = await _credits_summary(cloud, opts.homes)
         summary["shop"] = await _shop_summary(cloud, opts.homes)
         summary["ledger"] = await _ledger_summary(cloud, data, keep=opts.data_dir is not None)
         summary["proofs"] = await _proof_summary(homes, cloud)
@@ -337,10 +339,10 @@ async def _demo_accounts(
         DemoLogin("grid_operator", "operator@demo.gridmint", "/"),
         DemoLogin("approver", "approver@demo.gridmint", "/approvals"),
         DemoLogin("installer", "installer@demo.gridmint", "/"),
-        DemoLogin("provider", "provider@demo.gridmint", "/api/v1/shop/projects"),
+        DemoLogin("provider", "provider@demo.gridmint", "/shop"),
     ]
     owners = [
-        DemoLogin("homeowner", f"home-{i:03d}@demo.gridmint", "/home /market", site_id)
+        DemoLogin("homeowner", f"home-{i:03d}@demo.gridmint", "/home /market /shop", site_id)
         for i, site_id in enumerate(_site_ids(homes), start=1)
     ]
     operator_id = ""
@@ -378,6 +380,56 @@ async def _demo_accounts(
 
 
 BUYER_CREDITS_MINOR = 20_000  # each buying home starts with 200.00 in payment credits
+DEMO_TRANSFER_FEE_MINOR = 30  # the flat bank-transfer fee of credit top-ups and redemptions
+
+
+async def _credits_summary(cloud: CloudRuntime, homes: int) -> dict[str, Any]:
+    """A homeowner buys market credits through the payment port (the embedded sandbox: the
+    same port and webhooks path Stripe uses) and cashes some of them back, over the running
+    aggregator's HTTP API; the flat bank-transfer fee comes off both ways."""
+    import httpx
+
+    if homes < 2 or cloud.store is None or cloud.ledger is None:
+        return {}
+    accounts = AccountStore(cloud.store.engine)
+    owner = await accounts.get_account_by_email("home-002@demo.gridmint")
+    if owner is None:
+        return {}
+    token = await accounts.issue_token(owner.account_id, ttl_s=3600)
+    site = "site-002"
+    h = {"Authorization": f"Bearer {token}"}
+    currency = cloud.settings.market_currency
+    async with httpx.AsyncClient(base_url=cloud.url, headers=h, timeout=30) as c:
+        before = (await c.get(f"/api/v1/sites/{site}/credits")).json()["balance_minor"]
+        r = await c.post(
+            f"/api/v1/sites/{site}/credits/top-ups",
+            json={"amount_minor": 5_000, "currency": currency},
+        )
+        r.raise_for_status()
+        top_up = r.json()
+        r = await c.post(
+            f"/api/v1/payments/sandbox/{top_up['payment_id']}/complete", json={"succeed": True}
+        )
+        r.raise_for_status()
+        r = await c.post(
+            f"/api/v1/sites/{site}/credits/redemptions",
+            json={"amount_minor": 2_000, "currency": currency, "payout_to": "DE00 demo bank"},
+        )
+        r.raise_for_status()
+        redemption = r.json()
+        after = (await c.get(f"/api/v1/sites/{site}/credits")).json()
+    return {
+        "site": site,
+        "currency": currency,
+        "fee_minor": DEMO_TRANSFER_FEE_MINOR,
+        "balance_before_minor": before,
+        "topped_up_minor": top_up["transfer"]["gross_minor"],
+        "deposited_minor": top_up["transfer"]["net_minor"],
+        "redeemed_minor": redemption["gross_minor"],
+        "paid_out_minor": redemption["net_minor"],
+        "redemption_state": redemption["state"],
+        "balance_after_minor": after["balance_minor"],
+    }
 
 
 async def _demo_policies(cloud: CloudRuntime, out: Console, logins: list[DemoLogin]) -> None:
@@ -757,6 +809,8 @@ async def _shop_summary(cloud: CloudRuntime, homes: int = 1) -> dict[str, Any]:
         "currency": "USD",
         "retired": [r["serials"] for r in statement["retirements"]],
         "beneficiary": statement["beneficiary"],
+        "pages": f"{cloud.url}/shop",
+        "register": f"{cloud.url}/register",
         "solar": await _solar_summary(cloud, shop, pay, accounts, homes),
     }
 
@@ -945,6 +999,16 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
             f"  proofs     {proofs['verified']} tokens proven in the signed log on the Pis, "
             f"{proofs['failed']} failed, {proofs['waiting']} not yet in the log"
         )
+    cr = summary.get("credits")
+    if cr:
+        console.print(
+            f"  credits    {cr['site']} topped up {cr['topped_up_minor'] / 100:.2f} "
+            f"{cr['currency']} through the sandbox payment provider "
+            f"({cr['deposited_minor'] / 100:.2f} credited after the "
+            f"{cr['fee_minor'] / 100:.2f} transfer fee) and redeemed "
+            f"{cr['redeemed_minor'] / 100:.2f} ({cr['paid_out_minor'] / 100:.2f} paid out, "
+            f"{cr['redemption_state']}): DEPOSIT and WITHDRAWAL entries in the ledger"
+        )
     shop = summary.get("shop")
     if shop:
         console.print(
@@ -952,6 +1016,11 @@ def print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> N
             f"left); home-001 bought 250 kg for {shop['paid_minor'] / 100:.2f} "
             f"{shop['currency']} through the sandbox provider: order {shop['state']}, "
             f"{', '.join(shop['retired'])} retired for {shop['beneficiary']}"
+        )
+        console.print(
+            f"             pages: {shop['pages']} (search, custody reports, basket, orders, "
+            f"statements; /footprint); new buyers register at {shop['register']} (the "
+            "verification link is printed above: the demo keeps its mail in memory)"
         )
         solar = shop.get("solar") or {}
         if solar.get("listed"):

@@ -67,6 +67,12 @@ async def test_demo_flow_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path)
     assert meter["feeds_equal_ledger"] and meter["round_trip_difference_wh"] == 0, meter
     assert meter["intervals"] == summary["ledger"]["intervals_closed"]  # one minting device a home
 
+    # market credits bought and cashed through the payment port, less the transfer fee
+    cr = summary["credits"]
+    assert (cr["deposited_minor"], cr["paid_out_minor"]) == (5_000 - 30, 2_000 - 30), cr
+    assert cr["redemption_state"] == "paid_out", cr
+    # the market may spend credits meanwhile, never more than the site had
+    assert cr["balance_after_minor"] <= cr["balance_before_minor"] + 4_970 - 2_000, cr
     # the carbon shop: projects on sale, one purchase paid in the sandbox and retired
     shop = summary["shop"]
     assert shop["projects"] == 3 and shop["state"] == "complete", shop
