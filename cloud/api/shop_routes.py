@@ -65,6 +65,18 @@ class OrderRequest(BaseModel):
     currency: str = Field(min_length=3, max_length=3)
     beneficiary: str = Field(min_length=1, max_length=200)
     reason: str = Field(default="", max_length=500)
+    retire_now: bool = Field(
+        default=True,
+        description="retire the units as soon as the payment succeeds; false: the paid order "
+        "waits (placed) until POST .../retire",
+    )
+
+
+class RetireRequest(BaseModel):
+    beneficiary: str | None = Field(
+        default=None, min_length=1, max_length=200, description="default: the order's"
+    )
+    reason: str | None = Field(default=None, max_length=500)
 
 
 class LotPublic(BaseModel):
@@ -118,6 +130,7 @@ class OrderPublic(BaseModel):
     beneficiary: str
     reason: str
     updated_ms: int
+    retire_on_payment: bool
     lines: list[OrderLinePublic]
 
 
@@ -170,6 +183,7 @@ def _order(o: StoredOrder) -> OrderPublic:
         beneficiary=o.beneficiary,
         reason=o.reason,
         updated_ms=o.updated_ms,
+        retire_on_payment=bool(o.retire_on_payment),
         lines=[
             OrderLinePublic(
                 lot_id=ln.lot_id,
@@ -319,7 +333,26 @@ async def checkout(
             body.currency,
             body.beneficiary,
             body.reason,
+            retire_now=body.retire_now,
         )
+    except SHOP_ERRORS as exc:
+        raise _http(exc) from None
+    return _order(order)
+
+
+@router.post("/api/v1/shop/orders/{order_id}/retire", response_model=OrderPublic, tags=["shop"])
+async def retire(
+    order_id: str,
+    body: RetireRequest,
+    ctx: CtxDep,
+    p: Annotated[Principal, Depends(require(*SHOPPERS, action="retire carbon credits"))],
+) -> OrderPublic:
+    """Retire a paid order's units now (an order bought with `retire_now: false`), for the
+    beneficiary named here or at checkout. 404: not the caller's; 409: not paid and waiting
+    (still reserved, already retired, released)."""
+    buyer = None if p.role is Role.ADMIN else p.account_id
+    try:
+        order = await _shop(ctx).retire(buyer, order_id, body.beneficiary, body.reason)
     except SHOP_ERRORS as exc:
         raise _http(exc) from None
     return _order(order)

@@ -50,6 +50,7 @@ from cloud.storage.carbon_store import (
     CarbonStore,
     CertificateNotHeld,
     InsufficientUnits,
+    OrderNotPlaced,
     OrderNotReserved,
     SoldOut,
     StoredEvent,
@@ -689,9 +690,11 @@ class ShopService:
         currency: str,
         beneficiary: str,
         reason: str = "",
+        retire_now: bool = True,
     ) -> StoredOrder:
         """Reserve every line (lot id, kg) or none, price it, start the payment and return the
-        reserved order (expires at now + reservation_s).
+        reserved order (expires at now + reservation_s). With `retire_now` False the paid order
+        stays placed (its serials the buyer's, unsold to anyone else) until `retire`.
 
         ShopInvalid: empty order, bad quantity or currency, a lot in another currency;
         ShopNotFound: unknown lot; ShopConflict: not enough units (says how many are left).
@@ -735,6 +738,7 @@ class ShopService:
                 lines=picked,
                 now_ms=now_ms,
                 expires_ms=reservation_expiry(now_ms, self.reservation_s),
+                retire_on_payment=retire_now,
             )
         except InsufficientUnits as exc:
             raise ShopConflict(
@@ -773,7 +777,10 @@ class ShopService:
                 return None
             if order.state == OrderState.RESERVED.value:
                 try:
-                    await self._place_and_retire(order, payment_id)
+                    if order.retire_on_payment:
+                        await self._place_and_retire(order, payment_id)
+                    else:
+                        await self._place(order, payment_id)
                 except (OrderNotReserved, CertificateNotHeld):
                     order = await self.store.get_order(ref)  # released meanwhile (expiry)
                     assert order is not None
@@ -787,6 +794,153 @@ class ShopService:
                     {"payment_id": payment_id, "state": order.state, "refund": True},
                 )
         return await self.store.get_order(ref)
+
+    async def retire(
+        self,
+        buyer_account_id: str | None,
+        order_id: str,
+        beneficiary: str | None = None,
+        reason: str | None = None,
+    ) -> StoredOrder:
+        """Retire a paid order's units now, for `beneficiary` (default: the one named at
+        checkout) and `reason`: a `Retired` leaf with the rows, in one unit of work.
+        ShopNotFound: unknown, or not the buyer's (None: an admin); ShopConflict: not paid and
+        waiting (still reserved, already retired, released); ShopInvalid: empty beneficiary."""
+        async with self._ledger_lock:
+            order = await self.store.get_order(order_id)
+            if order is None or (
+                buyer_account_id is not None and order.buyer_account_id != buyer_account_id
+            ):
+                raise ShopNotFound(f"order {order_id} does not exist")
+            who = (order.beneficiary if beneficiary is None else beneficiary).strip()
+            why = (order.reason if reason is None else reason).strip()
+            if not who:
+                raise ShopInvalid("a retirement names its beneficiary")
+            if order.state != OrderState.PLACED.value:
+                raise ShopConflict(
+                    f"order {order_id} is {order.state}: only a paid order waiting to be "
+                    "retired can be retired"
+                )
+            try:
+                await self._retire_placed(order, who, why)
+            except (OrderNotPlaced, CertificateNotHeld) as exc:
+                raise ShopConflict(str(exc)) from None
+        return await self.order(order_id)
+
+    async def _retire_placed(self, order: StoredOrder, beneficiary: str, reason: str) -> None:
+        now_ms = self._now_ms()
+        sold_out = await self._sold_out(dataclasses.replace(order, beneficiary=beneficiary))
+        if self.ledger is None:
+            await self.store.retire_placed(
+                order.order_id,
+                now_ms,
+                beneficiary=beneficiary,
+                reason=reason,
+                sold_out=sold_out,
+            )
+            return
+        retired = Retired(
+            at_ms=now_ms,
+            order_id=order.order_id,
+            beneficiary=beneficiary,
+            reason=reason,
+            spans=tuple(
+                RetiredSpan(ln.lot_id, ln.serial_start, ln.serial_end)
+                for ln in sorted(order.lines, key=lambda x: (x.lot_id, x.serial_start))
+            ),
+            certificates=tuple(so.certificate_id for so in sold_out),
+        )
+        seqs: list[int] = []
+
+        def decide(engine: LedgerEngine) -> list[Entry]:
+            e = engine.record_carbon(CARBON_SITE, order.order_id, encode_shop_event(retired))
+            seqs.append(e.seq)
+            return [e]
+
+        async def also(conn: AsyncConnection) -> None:
+            await self.store.retire_placed(
+                order.order_id,
+                now_ms,
+                beneficiary=beneficiary,
+                reason=reason,
+                conn=conn,
+                retired_seq=seqs[0],
+                sold_out=sold_out,
+            )
+
+        assert self.ledger is not None
+        await self.ledger.append(decide, also)
+        await self._checkpoint()
+
+    async def _place(self, order: StoredOrder, payment_id: str) -> None:
+        """Paid, to be retired later: the order's `OrderPaid` leaf and placed row."""
+        now_ms = self._now_ms()
+        if self.ledger is None:
+            await self.store.place(order.order_id, payment_id, now_ms)
+            return
+        paid = OrderPaid(
+            at_ms=now_ms,
+            order_id=order.order_id,
+            buyer=order.buyer_account_id,
+            currency=order.currency,
+            total_minor=order.total_minor,
+            payment_id=payment_id,
+            lines=tuple(
+                PaidLine(ln.lot_id, ln.serial_start, ln.serial_end, ln.kg, ln.price_minor)
+                for ln in sorted(order.lines, key=lambda x: (x.lot_id, x.serial_start))
+            ),
+        )
+        listings = await self._unlisted_listings(order, now_ms)
+        seqs: list[int] = []
+        listed: list[tuple[str, int]] = []
+
+        def decide(engine: LedgerEngine) -> list[Entry]:
+            out = []
+            for lot_id, ev in listings:
+                e = engine.record_carbon(CARBON_SITE, lot_id, encode_shop_event(ev))
+                listed.append((lot_id, e.seq))
+                out.append(e)
+            e = engine.record_carbon(CARBON_SITE, order.order_id, encode_shop_event(paid))
+            seqs.append(e.seq)
+            return [*out, e]
+
+        async def also(conn: AsyncConnection) -> None:
+            for lot_id, seq in listed:
+                await self.store.set_lot_seq(conn, lot_id, seq)
+            await self.store.place(order.order_id, payment_id, now_ms, conn=conn, paid_seq=seqs[0])
+
+        assert self.ledger is not None
+        await self.ledger.append(decide, also)
+        await self._checkpoint()
+
+    async def _unlisted_listings(
+        self, order: StoredOrder, now_ms: int
+    ) -> list[tuple[str, LotListed]]:
+        """Lots stored before the shop wrote leaves (an upgraded database) are listed on the
+        ledger first, as they stand, so the paid order names listed lots."""
+        unlisted = [
+            lot
+            for lot in await self.store.lots(lot_ids=sorted({ln.lot_id for ln in order.lines}))
+            if lot.ledger_seq is None
+        ]
+        projects = {p.project_id: p for p in await self.store.projects()}
+        return [
+            (
+                lot.lot_id,
+                LotListed(
+                    at_ms=now_ms,
+                    lot_id=lot.lot_id,
+                    project_id=lot.project_id,
+                    kind=projects[lot.project_id].kind,
+                    serial_prefix=lot.prefix(projects[lot.project_id].serial_prefix),
+                    serial_start=lot.serial_start,
+                    serial_end=lot.serial_end,
+                    price_minor_per_t=lot.price_minor_per_t,
+                    currency=lot.currency,
+                ),
+            )
+            for lot in unlisted
+        ]
 
     async def _place_and_retire(self, order: StoredOrder, payment_id: str) -> None:
         now_ms = self._now_ms()
@@ -815,31 +969,7 @@ class ShopService:
             spans=tuple(RetiredSpan(x.lot_id, x.serial_start, x.serial_end) for x in lines),
             certificates=tuple(so.certificate_id for so in sold_out),
         )
-        # Lots stored before the shop wrote leaves (an upgraded database) are listed on the
-        # ledger first, as they stand, so the paid order names listed lots.
-        unlisted = [
-            lot
-            for lot in await self.store.lots(lot_ids=sorted({x.lot_id for x in lines}))
-            if lot.ledger_seq is None
-        ]
-        projects = {p.project_id: p for p in await self.store.projects()}
-        listings = [
-            (
-                lot.lot_id,
-                LotListed(
-                    at_ms=now_ms,
-                    lot_id=lot.lot_id,
-                    project_id=lot.project_id,
-                    kind=projects[lot.project_id].kind,
-                    serial_prefix=lot.prefix(projects[lot.project_id].serial_prefix),
-                    serial_start=lot.serial_start,
-                    serial_end=lot.serial_end,
-                    price_minor_per_t=lot.price_minor_per_t,
-                    currency=lot.currency,
-                ),
-            )
-            for lot in unlisted
-        ]
+        listings = await self._unlisted_listings(order, now_ms)
         seqs: list[int] = []
         listed: list[tuple[str, int]] = []
 

@@ -128,6 +128,7 @@ class StoredOrder:
     lines: tuple[StoredLine, ...]
     paid_seq: int | None = None  # the CARBON leaf of the paid order
     retired_seq: int | None = None  # the CARBON leaf of its retirement
+    retire_on_payment: int = 1  # 0: paid now, retired later by its buyer (placed meanwhile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,10 @@ class StoredRetirement:
 
 class OrderNotReserved(RuntimeError):
     """The order was no longer reserved when its payment was to be recorded (nothing written)."""
+
+
+class OrderNotPlaced(RuntimeError):
+    """The order was not paid-and-waiting (placed) when its retirement was to be recorded."""
 
 
 class CertificateNotHeld(RuntimeError):
@@ -338,6 +343,7 @@ class CarbonStore:
         lines: Sequence[tuple[StoredLot, int]],
         now_ms: int,
         expires_ms: int,
+        retire_on_payment: bool = True,
     ) -> StoredOrder:
         """Reserve `kg` of each lot for a new order, all or nothing (InsufficientUnits)."""
         wanted: dict[str, tuple[StoredLot, int]] = {}
@@ -358,6 +364,7 @@ class CarbonStore:
                     beneficiary=beneficiary,
                     reason=reason,
                     updated_ms=now_ms,
+                    retire_on_payment=int(retire_on_payment),
                 )
             )
             total = 0
@@ -463,13 +470,98 @@ class CarbonStore:
         retired_seq: int | None,
         sold_out: Sequence[SoldOut],
     ) -> bool:
+        if not await self._place(conn, order_id, payment_id, now_ms, paid_seq):
+            return False
+        await self._retire(conn, order_id, now_ms, retired_seq, sold_out, None, None)
+        return True
+
+    async def place(
+        self,
+        order_id: str,
+        payment_id: str,
+        now_ms: int,
+        *,
+        conn: AsyncConnection | None = None,
+        paid_seq: int | None = None,
+    ) -> bool:
+        """Paid, to be retired later: reserved -> placed, the serials stay the buyer's. False
+        (nothing changed) unless the order was still reserved; with `conn` (the ledger's unit
+        of work) that raises OrderNotReserved instead, so the paid order's leaf rolls back."""
+        if conn is not None:
+            if not await self._place(conn, order_id, payment_id, now_ms, paid_seq):
+                raise OrderNotReserved(f"order {order_id} is no longer reserved")
+            return True
+        async with self.engine.begin() as own:
+            return await self._place(own, order_id, payment_id, now_ms, paid_seq)
+
+    async def retire_placed(
+        self,
+        order_id: str,
+        now_ms: int,
+        *,
+        beneficiary: str,
+        reason: str,
+        conn: AsyncConnection | None = None,
+        retired_seq: int | None = None,
+        sold_out: Sequence[SoldOut] = (),
+    ) -> None:
+        """Retire a placed (paid) order's serials for `beneficiary`: placed -> complete in one
+        transaction (the caller's `conn`, or its own). OrderNotPlaced if it was not placed."""
+        if conn is not None:
+            await self._retire_placed(
+                conn, order_id, now_ms, beneficiary, reason, retired_seq, sold_out
+            )
+            return
+        async with self.engine.begin() as own:
+            await self._retire_placed(
+                own, order_id, now_ms, beneficiary, reason, retired_seq, sold_out
+            )
+
+    async def _retire_placed(
+        self,
+        conn: AsyncConnection,
+        order_id: str,
+        now_ms: int,
+        beneficiary: str,
+        reason: str,
+        retired_seq: int | None,
+        sold_out: Sequence[SoldOut],
+    ) -> None:
+        # Claim the order first (a conditional update), so two retirements of it cannot both
+        # write: the loser finds it no longer placed.
+        claimed = await conn.execute(
+            update(carbon_orders)
+            .where(
+                carbon_orders.c.order_id == order_id,
+                carbon_orders.c.state == OrderState.PLACED.value,
+                carbon_orders.c.retired_seq.is_(None),
+            )
+            .values(beneficiary=beneficiary, reason=reason, updated_ms=now_ms, retired_seq=-1)
+        )
+        if claimed.rowcount != 1:
+            raise OrderNotPlaced(f"order {order_id} is not paid and waiting to be retired")
+        await self._retire(conn, order_id, now_ms, retired_seq, sold_out, beneficiary, reason)
+
+    async def _place(
+        self,
+        conn: AsyncConnection,
+        order_id: str,
+        payment_id: str,
+        now_ms: int,
+        paid_seq: int | None,
+    ) -> bool:
         done = await conn.execute(
             update(carbon_orders)
             .where(
                 carbon_orders.c.order_id == order_id,
                 carbon_orders.c.state == OrderState.RESERVED.value,
             )
-            .values(state=OrderState.PLACED.value, payment_id=payment_id, updated_ms=now_ms)
+            .values(
+                state=OrderState.PLACED.value,
+                payment_id=payment_id,
+                updated_ms=now_ms,
+                paid_seq=paid_seq,
+            )
         )
         if done.rowcount != 1:
             return False
@@ -492,6 +584,25 @@ class CarbonStore:
                     **({"ledger_seq": paid_seq} if paid_seq is not None else {}),
                 },
             )
+        return True
+
+    async def _retire(
+        self,
+        conn: AsyncConnection,
+        order_id: str,
+        now_ms: int,
+        retired_seq: int | None,
+        sold_out: Sequence[SoldOut],
+        beneficiary: str | None,
+        reason: str | None,
+    ) -> None:
+        order = (
+            await conn.execute(select(carbon_orders).where(carbon_orders.c.order_id == order_id))
+        ).one()
+        beneficiary = order.beneficiary if beneficiary is None else beneficiary
+        reason = order.reason if reason is None else reason
+        lines = await _lines(conn, order_id)
+        projects = await _projects_of(conn, [ln.lot_id for ln in lines])
         try:
             for ln in sorted(lines, key=lambda x: (x.lot_id, x.serial_start)):
                 await conn.execute(
@@ -501,8 +612,8 @@ class CarbonStore:
                         lot_id=ln.lot_id,
                         serial_start=ln.serial_start,
                         serial_end=ln.serial_end,
-                        beneficiary=order.beneficiary,
-                        reason=order.reason,
+                        beneficiary=beneficiary,
+                        reason=reason,
                         retired_ms=now_ms,
                         ledger_seq=retired_seq,
                     )
@@ -518,7 +629,7 @@ class CarbonStore:
                         "lot_id": ln.lot_id,
                         "serial_start": ln.serial_start,
                         "serial_end": ln.serial_end,
-                        "beneficiary": order.beneficiary,
+                        "beneficiary": beneficiary,
                         **({"ledger_seq": retired_seq} if retired_seq is not None else {}),
                     },
                 )
@@ -550,9 +661,8 @@ class CarbonStore:
         await conn.execute(
             update(carbon_orders)
             .where(carbon_orders.c.order_id == order_id)
-            .values(state=OrderState.COMPLETE.value, paid_seq=paid_seq, retired_seq=retired_seq)
+            .values(state=OrderState.COMPLETE.value, retired_seq=retired_seq)
         )
-        return True
 
     async def retired_kg(self, lot_ids: Sequence[str]) -> dict[str, int]:
         """Kilograms retired so far per lot."""

@@ -776,6 +776,9 @@ carbon_orders = Table(
     # Migration 0021: the ledger leaves (CARBON) of the paid order and of its retirement.
     Column("paid_seq", BigInteger, nullable=True),
     Column("retired_seq", BigInteger, nullable=True),
+    # Migration 0024: retire the units when the payment succeeds (1), or leave the paid order
+    # placed until its buyer retires it (0).
+    Column("retire_on_payment", Integer, nullable=False, server_default="1"),
     Index("ix_carbon_orders_state_expires", "state", "expires_ms"),
     CheckConstraint(
         "state IN ('reserved', 'placed', 'complete', 'cancelled', 'expired')",

@@ -453,3 +453,49 @@ async def test_footprint_api_refuses_bad_answers(cloud: CloudRuntime) -> None:
         r = await client.get("/api/v1/footprint", headers=h)
         assert r.json()["baseline"]["total_kg"] == 14_400
         assert len(r.json()["months"]) == 1
+
+
+async def test_pay_now_retire_later_from_the_order_page(
+    cloud: CloudRuntime, browser: Browser, tmp_path: Path
+) -> None:
+    """ "Pay now, retire later": after the sandbox payment the order page shows the units as
+    the buyer's, not retired, with a retirement form; retiring names the beneficiary chosen
+    then, and the statement says so."""
+    stock = await stock_the_shop(cloud)
+    forest = stock["forestry"]
+    email, password = await sign_up_buyer(cloud)
+    base = cloud.url
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(base + "/login")
+    await page.fill("input[name=email]", email)
+    await page.fill("input[name=password]", password)
+    await page.click("button[type=submit]")
+    await page.goto(base + f"/shop/projects/{forest['project']['project_id']}")
+    row = page.locator(f'tr.lot[data-lot="{forest["lot"]["lot_id"]}"]')
+    await row.locator("input.add-kg").fill("40")
+    await row.locator("button.add-lot").click()
+    await expect(page.locator("#basket-message")).to_contain_text("Added 40 kg")
+    await page.goto(base + "/shop/checkout")
+    await page.check("#retire-later")
+    await page.click("#retire-now")
+    await expect(page.locator("#pay")).to_be_visible()
+    await page.click("#pay-sandbox")
+    await expect(page).to_have_url(re.compile(r"/shop/orders/ord_[0-9a-f]+$"))
+    await expect(page.locator("#order-state")).to_have_text("placed")
+    await expect(page.locator("#order-explain")).to_contain_text("not yet retired")
+    await expect(page.locator("#retire-form")).to_be_visible()
+    await expect(page.locator("#statement-box")).to_be_hidden()
+    await page.screenshot(path=str(tmp_path / "retire-later.png"), full_page=True)
+    await page.fill("#retire-beneficiary", "Acme Ltd")
+    await page.fill("#retire-reason", "FY2026 travel")
+    await page.click("#retire-order")
+    await expect(page.locator("#order-state")).to_have_text("complete")
+    await expect(page.locator("#order-beneficiary")).to_have_text("Acme Ltd")
+    await expect(page.locator("#retire-form")).to_be_hidden()
+    await page.click("#statement-link")
+    await expect(page.locator("#st-beneficiary")).to_have_text("Acme Ltd")
+    await expect(page.locator("#st-reason")).to_have_text("FY2026 travel")
+    await expect(page.locator("#st-retirements td.serials")).to_have_text(["VCS-1234-2024-1..40"])
+    assert errors == []

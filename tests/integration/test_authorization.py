@@ -176,6 +176,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/shop/orders"): (D, A, D, D, D, A),
     ("GET", "/api/v1/shop/orders/{order_id}"): (D, A, D, D, D, A),
     ("GET", "/api/v1/shop/orders/{order_id}/statement"): (D, A, D, D, D, A),
+    ("POST", "/api/v1/shop/orders/{order_id}/retire"): (D, A, D, D, D, A),
     # Monthly subscriptions: buyers (not in ROLES) and homeowners subscribe; admins too.
     ("POST", "/api/v1/shop/subscriptions"): (D, A, D, D, D, A),
     ("GET", "/api/v1/shop/subscriptions"): (D, A, D, D, D, A),

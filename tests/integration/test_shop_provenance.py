@@ -336,3 +336,96 @@ async def test_a_lot_from_before_the_ledger_is_listed_on_its_first_sale(
     report = verify_export(tmp_path)
     assert report.ok, report.error
     assert report.shop.kg_retired == 7
+
+
+async def test_paid_now_retired_later_at_the_buyers_choice(store: Store, tmp_path: Path) -> None:
+    """`retire_now: false`: the paid order stays placed (its serials sold, nobody else's, not
+    yet retired: no statement), a `Retired` leaf follows when the buyer retires it for the
+    beneficiary they name then; it retires once, only the buyer may, and the export verifies."""
+    accounts = AccountStore(store.engine)
+    prov = await accounts.create_account("p@x.org", "P", PW, "provider", OK)
+    ben = await accounts.create_account("ben@x.org", "Ben", PW, "buyer", OK)
+    cat = await accounts.create_account("cat@x.org", "Cat", PW, "buyer", OK)
+    tok = {a.email: await accounts.issue_token(a.account_id, 3600) for a in (prov, ben, cat)}
+    ledger = LedgerService(
+        LedgerStore(store.engine), Ed25519PrivateKey.generate(), ORIGIN, time.time, grace_s=0
+    )
+    await ledger.load()
+    payments = PaymentService(SandboxProvider(), PaymentStore(store.engine), None, now=time.time)  # type: ignore[arg-type]
+    app = create_app(store, accounts=accounts, ledger=ledger, payments=payments)
+
+    def h(email: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tok[email]}"}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post(
+            "/api/v1/shop/projects",
+            json={
+                "name": "Kasigau",
+                "kind": "forestry",
+                "country": "KE",
+                "standard": "Verra VCS",
+                "verifier": "Epic",
+                "serial_prefix": "VCS-612",
+                "vintage": 2023,
+            },
+            headers=h("p@x.org"),
+        )
+        pid = r.json()["project_id"]
+        r = await c.post(
+            f"/api/v1/shop/projects/{pid}/lots",
+            json={"serials": "VCS-612-1..50", "price_minor_per_t": 1500, "currency": "EUR"},
+            headers=h("p@x.org"),
+        )
+        lot_id = r.json()["lot_id"]
+        order = {
+            "lines": [{"lot_id": lot_id, "kg": 30}],
+            "currency": "EUR",
+            "beneficiary": "Ben",
+            "retire_now": False,
+        }
+        r = await c.post("/api/v1/shop/orders", json=order, headers=h("ben@x.org"))
+        assert r.status_code == 201 and r.json()["retire_on_payment"] is False, r.text
+        o = r.json()
+        url = f"/api/v1/shop/orders/{o['order_id']}"
+        r = await c.post(url + "/retire", json={}, headers=h("ben@x.org"))
+        assert r.status_code == 409 and "reserved" in r.json()["detail"]  # not paid yet
+        for _ in range(2):
+            r = await c.post(
+                f"/api/v1/payments/sandbox/{o['payment_id']}/complete",
+                json={"succeed": True},
+                headers=h("ben@x.org"),
+            )
+            assert r.status_code == 200, r.text
+        r = await c.get(url, headers=h("ben@x.org"))
+        assert r.json()["state"] == "placed"
+        r = await c.get(url + "/statement", headers=h("ben@x.org"))
+        assert r.status_code == 409  # nothing retired yet
+        r = await c.get(f"/api/v1/shop/projects/{pid}", headers=h("cat@x.org"))
+        assert r.json()["available_kg"] == 20  # the 30 kg are Ben's, sold to nobody else
+        kinds = [type(decode_shop_event(e.market)).__name__ for e in ledger.engine.entries]
+        assert kinds == ["LotListed", "OrderPaid"]
+
+        r = await c.post(url + "/retire", json={"beneficiary": "Acme Ltd"}, headers=h("cat@x.org"))
+        assert r.status_code == 404  # not Cat's order
+        r = await c.post(
+            url + "/retire",
+            json={"beneficiary": "Acme Ltd", "reason": "FY2026 travel"},
+            headers=h("ben@x.org"),
+        )
+        assert r.status_code == 200 and r.json()["state"] == "complete", r.text
+        r = await c.post(url + "/retire", json={}, headers=h("ben@x.org"))
+        assert r.status_code == 409  # once
+        r = await c.get(url + "/statement", headers=h("ben@x.org"))
+        st = r.json()
+        assert (st["beneficiary"], st["reason"]) == ("Acme Ltd", "FY2026 travel")
+        assert [x["serials"] for x in st["retirements"]] == ["VCS-612-1..30"]
+        assert st["ledger_proof"]["retirement"]["event"]["beneficiary"] == "Acme Ltd"
+    kinds = [type(decode_shop_event(e.market)).__name__ for e in ledger.engine.entries]
+    assert kinds == ["LotListed", "OrderPaid", "Retired"]
+    await export_ledger(
+        ledger.store, tmp_path, origin=ORIGIN, log_public_key=ledger.public_key, deployment="d"
+    )
+    report = verify_export(tmp_path)
+    assert report.ok, report.error
+    assert report.shop.kg_retired == 30

@@ -265,6 +265,7 @@
           currency: b.currency,
           beneficiary: document.getElementById("beneficiary").value,
           reason: document.getElementById("reason").value,
+          retire_now: !document.getElementById("retire-later").checked,
         });
         // The units are reserved in the order now: the basket has done its job.
         saveBasket({ currency: null, lines: [] });
@@ -327,12 +328,31 @@
     if (!main) return;
     const orderId = main.dataset.order;
     bindPay(document.getElementById("pay-sandbox"), main.dataset.payment, orderId);
-    if (main.dataset.final === "yes") return;
+    const retireForm = document.getElementById("retire-form");
+    retireForm.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const btn = document.getElementById("retire-order");
+      btn.disabled = true;
+      try {
+        await api("POST", "/api/v1/shop/orders/" + encodeURIComponent(orderId) + "/retire", {
+          beneficiary: document.getElementById("retire-beneficiary").value,
+          reason: document.getElementById("retire-reason").value,
+        });
+        window.location.reload();
+      } catch (e) {
+        document.getElementById("order-error").textContent = "The shop refused the retirement: " + e.message;
+        btn.disabled = false;
+      }
+    });
+    const later = main.dataset.retireLater === "yes";
+    if (main.dataset.final === "yes" || (later && main.dataset.state === "placed")) return;
     const pollMs = Number(main.dataset.pollMs) || 1000;
     const FINAL = new Set(["complete", "cancelled", "expired"]);
     const EXPLAIN = {
       reserved: "Waiting for the payment.",
-      placed: "Paid; retiring the units.",
+      placed: later
+        ? "Paid; the units are yours and not yet retired: retire them below when you choose."
+        : "Paid; retiring the units.",
       complete: "Paid; the units are retired for the beneficiary.",
       cancelled: "The payment failed; the units went back on sale.",
       expired: "The reservation ran out before the payment; the units went back on sale.",
@@ -348,6 +368,12 @@
         if (FINAL.has(o.state)) {
           main.dataset.final = "yes";
           document.getElementById("statement-box").hidden = o.state !== "complete";
+          const payBtn = document.getElementById("pay-sandbox");
+          if (payBtn) payBtn.closest("p").hidden = true;
+          return;
+        }
+        if (later && o.state === "placed") {  // paid: now it waits for the buyer, not for us
+          retireForm.hidden = false;
           const payBtn = document.getElementById("pay-sandbox");
           if (payBtn) payBtn.closest("p").hidden = true;
           return;
