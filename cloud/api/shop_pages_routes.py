@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from cloud.api.deps import ANYONE, SHOP_ROLES, ApiContext, CtxDep
 from cloud.api.pages_routes import _gate, _message
+from cloud.api.subscription_routes import footprint_packages
 from cloud.auth import Principal, Role
 from cloud.domain.carbon_shop import OrderState, ProjectFilter, ProjectKind
 from cloud.domain.footprint import BOUNDS, DIET_KG, DIET_SOURCE, FACTORS, Diet
@@ -160,7 +161,19 @@ async def project_page(request: Request, project_id: str, ctx: CtxDep) -> Respon
         custody = await shop.custody(project_id)
     except ShopNotFound as exc:
         return _message(ctx, request, 404, "Not found", str(exc))
-    return _page(ctx, request, p, "shop_project.html", {"v": view, "custody": custody})
+    # Shoppers may subscribe: packages sized to their footprint, beneficiary their name.
+    pk, beneficiary = None, ""
+    if p.role in SHOPPER_ROLES:
+        pk = await footprint_packages(ctx, p.account_id)
+        account = await ctx.accounts.get_account_by_id(p.account_id)
+        beneficiary = (account.display_name if account else "") or p.email or ""
+    return _page(
+        ctx,
+        request,
+        p,
+        "shop_project.html",
+        {"v": view, "custody": custody, "pk": pk, "beneficiary": beneficiary},
+    )
 
 
 @router.get("/shop/checkout", response_class=HTMLResponse, include_in_schema=False)
@@ -184,7 +197,15 @@ async def orders_page(request: Request, ctx: CtxDep) -> Response:
     if shop is None:
         return _not_running(ctx, request)
     orders = list(reversed(await shop.orders(p.account_id)))
-    return _page(ctx, request, p, "shop_orders.html", {"orders": orders})
+    subs = [] if ctx.subscriptions is None else await ctx.subscriptions.of_buyer(p.account_id)
+    names = {v.project.project_id: v.project.name for v in await shop.search(ProjectFilter())}
+    return _page(
+        ctx,
+        request,
+        p,
+        "shop_orders.html",
+        {"orders": orders, "subscriptions": subs, "project_names": names},
+    )
 
 
 async def _own_order(ctx: ApiContext, shop: ShopService, p: Principal, order_id: str) -> Any:

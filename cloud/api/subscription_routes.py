@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 
 from cloud.api.deps import CtxDep, refuse_unverified_email, require
 from cloud.auth import Principal, Role
+from cloud.domain.footprint import AVERAGE_US_KG
+from cloud.domain.shop_subscriptions import packages
 from cloud.services.carbon_shop import ShopInvalid, ShopNotFound
 from cloud.services.shop_subscriptions import SubscriptionService, SubscriptionView
 
@@ -49,6 +51,39 @@ class SubscriptionPublic(BaseModel):
     state: str
     created_ms: int
     runs: list[RunPublic]
+
+
+class PackagePublic(BaseModel):
+    key: str
+    label: str
+    share_pct: int
+    kg_per_month: int
+
+
+class PackagesPublic(BaseModel):
+    footprint_kg_per_year: int
+    from_baseline: bool = Field(description="false: no saved footprint, the 20 t US average")
+    packages: list[PackagePublic]
+
+
+async def footprint_packages(ctx: CtxDep, account_id: str) -> PackagesPublic:
+    """The monthly packages for an account: shares of its saved footprint baseline (or of the
+    calculator's average when it has none)."""
+    baseline = None
+    if ctx.footprint is not None:
+        view = await ctx.footprint.view(account_id)
+        baseline = None if view.baseline is None else view.baseline.total_kg
+    kg = AVERAGE_US_KG if baseline is None else baseline
+    return PackagesPublic(
+        footprint_kg_per_year=kg,
+        from_baseline=baseline is not None,
+        packages=[
+            PackagePublic(
+                key=x.key, label=x.label, share_pct=x.share_pct, kg_per_month=x.kg_per_month
+            )
+            for x in packages(kg)
+        ],
+    )
 
 
 def _public(v: SubscriptionView) -> SubscriptionPublic:
@@ -101,6 +136,13 @@ async def subscribe(body: SubscriptionRequest, ctx: CtxDep, p: Shopper) -> Subsc
     except ShopInvalid as exc:
         raise HTTPException(400, str(exc)) from None
     return _public(view)
+
+
+@router.get("/api/v1/shop/packages", response_model=PackagesPublic, tags=["shop"])
+async def my_packages(ctx: CtxDep, p: Shopper) -> PackagesPublic:
+    """Monthly amounts sized to a share (25, 50, 100 %) of the caller's yearly footprint: its
+    saved baseline (/footprint), else the 20 t US average. Subscribe with one's kg_per_month."""
+    return await footprint_packages(ctx, p.account_id)
 
 
 @router.get("/api/v1/shop/subscriptions", response_model=list[SubscriptionPublic], tags=["shop"])

@@ -65,3 +65,29 @@ def pick_lot(lots: Sequence[LotOffer], kg: int, currency: str) -> LotOffer:
             f"no lot of the project has {kg} kg left in {currency} (at most {most} kg)"
         )
     return min(enough, key=lambda lot: (lot.price_minor_per_t, lot.created_ms, lot.lot_id))
+
+
+# Packages: monthly amounts sized to a share of the buyer's yearly footprint (their saved
+# baseline, else the calculator's 20 t average), so "cover half my footprint" is one choice.
+PACKAGE_SHARES_PCT = (25, 50, 100)
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    key: str
+    label: str
+    share_pct: int
+    kg_per_month: int
+
+
+def packages(footprint_kg_per_year: int) -> list[Package]:
+    """A package per share of the yearly footprint: its twelfth, rounded up to whole kg (at
+    least 1 kg), so twelve months cover at least the share."""
+    if isinstance(footprint_kg_per_year, bool) or footprint_kg_per_year < 0:
+        raise SubscriptionError("a footprint is a non-negative number of kg a year")
+    out = []
+    for pct in PACKAGE_SHARES_PCT:
+        kg = max(1, -(-footprint_kg_per_year * pct // (100 * 12)))
+        label = "all of my footprint" if pct == 100 else f"{pct} % of my footprint"
+        out.append(Package(f"footprint-{pct}", label, pct, check_kg_per_month(kg)))
+    return out

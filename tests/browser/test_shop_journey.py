@@ -499,3 +499,48 @@ async def test_pay_now_retire_later_from_the_order_page(
     await expect(page.locator("#st-reason")).to_have_text("FY2026 travel")
     await expect(page.locator("#st-retirements td.serials")).to_have_text(["VCS-1234-2024-1..40"])
     assert errors == []
+
+
+async def test_a_monthly_subscription_from_the_project_page(
+    cloud: CloudRuntime, browser: Browser, tmp_path: Path
+) -> None:
+    """A package sized to the buyer's footprint (no baseline: the 20 t average, so a quarter
+    is 417 kg a month), subscribed on the project page: this month's order is made at once
+    and paid on its page; the orders page lists the subscription with its month, and
+    cancelling it there stops it."""
+    stock = await stock_the_shop(cloud)
+    gas = stock["methane_capture"]
+    email, password = await sign_up_buyer(cloud)
+    base = cloud.url
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(base + "/login")
+    await page.fill("input[name=email]", email)
+    await page.fill("input[name=password]", password)
+    await page.click("button[type=submit]")
+    await page.goto(base + f"/shop/projects/{gas['project']['project_id']}")
+    await expect(page.locator("#subscribe-kg option")).to_have_text(
+        [
+            "25 % of my footprint: 417 kg a month",
+            "50 % of my footprint: 834 kg a month",
+            "all of my footprint: 1667 kg a month",
+        ]
+    )
+    await page.select_option("#subscribe-kg", "417")
+    await page.click("#subscribe")
+    await expect(page.locator("#subscribe-result")).to_contain_text("This month's order")
+    await page.screenshot(path=str(tmp_path / "subscribed.png"), full_page=True)
+    await page.click("#subscription-order")
+    await expect(page.locator("#order-state")).to_have_text("reserved")
+    await page.click("#pay-sandbox")
+    await expect(page.locator("#order-state")).to_have_text("complete")
+    await page.goto(base + "/shop/orders")
+    row = page.locator("#subscriptions tbody tr")
+    await expect(row).to_have_count(1)
+    await expect(row).to_contain_text("Vermont Landfill Gas Capture")
+    await expect(row).to_contain_text("417 (USD)")
+    await expect(row.locator("a.mono")).to_have_count(1)  # this month's order
+    await row.locator("button.cancel-subscription").click()
+    await expect(page.locator("#subscriptions tbody tr")).to_contain_text("cancelled")
+    assert errors == []

@@ -179,6 +179,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/v1/shop/orders/{order_id}/retire"): (D, A, D, D, D, A),
     # Monthly subscriptions: buyers (not in ROLES) and homeowners subscribe; admins too.
     ("POST", "/api/v1/shop/subscriptions"): (D, A, D, D, D, A),
+    ("GET", "/api/v1/shop/packages"): (D, A, D, D, D, A),
     ("GET", "/api/v1/shop/subscriptions"): (D, A, D, D, D, A),
     ("DELETE", "/api/v1/shop/subscriptions/{subscription_id}"): (D, A, D, D, D, A),
     # Self-registration and email verification: for anyone (the link's token, the credential

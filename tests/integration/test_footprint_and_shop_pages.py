@@ -97,11 +97,23 @@ async def test_pages_render_fields_added_later(store: Store) -> None:
         "prov", project.project_id, serials="GM-7-1..50", price_minor_per_t=900, currency="USD"
     )
     custody = await shop.custody(project.project_id)
-    custody["lots"][0]["tokens"] = [
+    custody["lots"][0]["tokens"] = [  # the shape of a gridmint_solar lot's tokens
         {
-            "token_id": "tok-abc",
-            "record": {"device_id": "pi-7", "generated_wh": 1200},
-            "inclusion_proof": ["aa11", "bb22"],
+            "token_id": "ab12" * 16,
+            "wh": 1200,
+            "record": {
+                "device_id": "pi-7",
+                "seq": 9,
+                "record_hash": "cd34" * 16,
+                "kid": "ef56" * 4,
+            },
+            "mint": {
+                "seq": 17,
+                "kind": "MINT_GEN",
+                "leaf_hash": "0123" * 16,
+                "proof": {"tree_size": 42, "path": ["aa11", "bb22"], "checkpoint": "note"},
+            },
+            "pending": None,
         }
     ]
 
@@ -117,7 +129,7 @@ async def test_pages_render_fields_added_later(store: Store) -> None:
         "checkpoint": {"size": 42, "root": "cafe01", "signature": "5151"},
         "path": ["d00d", "beef"],
     }
-    statement["retirements"][0]["tokens"] = ["tok-abc"]
+    statement["retirements"][0]["tokens"] = ["ab12" * 16]
 
     async def statement_with_proof(order_id: str) -> dict[str, Any]:
         return statement
@@ -131,8 +143,9 @@ async def test_pages_render_fields_added_later(store: Store) -> None:
         r = await c.get(f"/shop/projects/{project.project_id}")
         assert r.status_code == 200, r.text
         tokens = r.text.split('class="lot-tokens"', 1)[1].split("</table>", 1)[0]
-        for text in ("token id", "tok-abc", "inclusion proof", "aa11, bb22", "pi-7", "1200"):
+        for text in ("ab12ab12ab12ab12…", "pi-7 · 9", "1200", "cd34cd34cd34cd34…", "leaf 17"):
             assert text in tokens, text
+        assert "in the checkpoint of 42 leaves (2 hashes)" in tokens
         r = await c.get(f"/shop/orders/{order.order_id}/statement")
         assert r.status_code == 200, r.text
         proof = r.text.split('id="ledger-proof"', 1)[1].split("</div>", 1)[0]

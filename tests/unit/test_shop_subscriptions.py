@@ -12,6 +12,7 @@ from cloud.domain.shop_subscriptions import (
     SubscriptionError,
     check_kg_per_month,
     next_period_start_ms,
+    packages,
     period_of,
     pick_lot,
 )
@@ -49,3 +50,12 @@ def test_the_cheapest_lot_in_the_currency_with_the_kg_left_older_first() -> None
         pick_lot(lots, 1, "GBP")
     with pytest.raises(SubscriptionError, match="at most 500 kg"):
         pick_lot(lots, 501, "EUR")
+
+
+def test_packages_cover_a_share_of_the_yearly_footprint_in_twelve_months() -> None:
+    got = packages(20_000)
+    assert [(p.share_pct, p.kg_per_month) for p in got] == [(25, 417), (50, 834), (100, 1667)]
+    assert all(p.kg_per_month * 12 * 100 >= 20_000 * p.share_pct for p in got)
+    assert [p.kg_per_month for p in packages(0)] == [1, 1, 1]
+    with pytest.raises(SubscriptionError):
+        packages(-1)

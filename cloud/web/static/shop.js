@@ -387,6 +387,59 @@
     setTimeout(poll, pollMs);
   }
 
+  function subscribeForm() {
+    const form = document.getElementById("subscribe-form");
+    if (!form) return;
+    const out = document.getElementById("subscribe-result");
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const btn = document.getElementById("subscribe");
+      btn.disabled = true;
+      out.className = "";
+      try {
+        const s = await api("POST", "/api/v1/shop/subscriptions", {
+          project_id: form.dataset.project,
+          kg_per_month: Number(document.getElementById("subscribe-kg").value),
+          currency: document.getElementById("subscribe-currency").value,
+          beneficiary: document.getElementById("subscribe-beneficiary").value,
+        });
+        const run = s.runs[0];
+        out.replaceChildren();
+        if (run && run.order_id) {
+          out.append("Subscribed. This month's order: ");
+          const a = document.createElement("a");
+          a.href = "/shop/orders/" + run.order_id;
+          a.id = "subscription-order";
+          a.className = "mono";
+          a.textContent = run.order_id;
+          out.append(a, " (pay it there).");
+        } else {
+          out.textContent = "Subscribed; this month was skipped: " + (run ? run.detail : "");
+        }
+      } catch (e) {
+        out.className = "error";
+        out.textContent = "The shop refused the subscription: " + e.message;
+        btn.disabled = false;
+      }
+    });
+  }
+
+  function subscriptionsList() {
+    for (const btn of document.querySelectorAll("button.cancel-subscription")) {
+      btn.addEventListener("click", async () => {
+        const row = btn.closest("tr");
+        btn.disabled = true;
+        try {
+          await api("DELETE", "/api/v1/shop/subscriptions/" + encodeURIComponent(row.dataset.subscription));
+          window.location.reload();
+        } catch (e) {
+          document.getElementById("subscriptions-error").textContent = "Could not cancel: " + e.message;
+          btn.disabled = false;
+        }
+      });
+    }
+  }
+
   function statementPage() {
     const btn = document.getElementById("print");
     if (btn) btn.addEventListener("click", () => window.print());
@@ -396,5 +449,7 @@
   shopPage();
   checkoutPage();
   orderPage();
+  subscribeForm();
+  subscriptionsList();
   statementPage();
 })();
