@@ -55,6 +55,13 @@ class LotRequest(BaseModel):
     currency: str = Field(min_length=3, max_length=3, description="ISO 4217")
 
 
+class ProjectStatusRequest(BaseModel):
+    status: str = Field(
+        description="retired: no new lots, what is listed still sells; withdrawn: off the shop"
+    )
+    reason: str = Field(default="", max_length=500)
+
+
 class OrderLineRequest(BaseModel):
     lot_id: str = Field(min_length=1, max_length=32)
     kg: int = Field(description="whole kg CO2e, > 0")
@@ -283,6 +290,28 @@ async def register_project(
     except SHOP_ERRORS as exc:
         raise _http(exc) from None
     return _project(ProjectView(project, ()))
+
+
+@router.post(
+    "/api/v1/shop/projects/{project_id}/status", response_model=ProjectPublic, tags=["shop"]
+)
+async def set_project_status(
+    project_id: str,
+    body: ProjectStatusRequest,
+    ctx: CtxDep,
+    p: Annotated[Principal, Depends(require(*PROVIDERS, action="change offset projects"))],
+) -> ProjectPublic:
+    """Retire or withdraw one of the caller's projects (admins: any). 400: unknown status;
+    403: another provider's; 404: unknown; 409: not a change it may make (a withdrawn
+    project stays withdrawn)."""
+    shop = _shop(ctx)
+    try:
+        await shop.set_project_status(
+            p.account_id, project_id, body.status, body.reason, admin=p.role is Role.ADMIN
+        )
+        return _project(await shop.project(project_id))
+    except SHOP_ERRORS as exc:
+        raise _http(exc) from None
 
 
 @router.post(

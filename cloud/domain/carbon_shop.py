@@ -74,6 +74,22 @@ def can_transition(old: OrderState, new: OrderState) -> bool:
     return new in TRANSITIONS[old]
 
 
+# A project's life: a retired project takes no new lots but what it listed still sells out; a
+# withdrawn one is off the shop (no search, no checkout). Neither comes back.
+PROJECT_TRANSITIONS: dict[ProjectStatus, frozenset[ProjectStatus]] = {
+    ProjectStatus.ACTIVE: frozenset({ProjectStatus.RETIRED, ProjectStatus.WITHDRAWN}),
+    ProjectStatus.RETIRED: frozenset({ProjectStatus.WITHDRAWN}),
+    ProjectStatus.WITHDRAWN: frozenset(),
+}
+SELLABLE = frozenset({ProjectStatus.ACTIVE, ProjectStatus.RETIRED})
+
+
+def check_project_transition(old: ProjectStatus, new: ProjectStatus) -> None:
+    """ShopError unless a project may go from `old` to `new`."""
+    if new not in PROJECT_TRANSITIONS[old]:
+        raise ShopError(f"a project that is {old.value} cannot become {new.value}")
+
+
 # validation ---------------------------------------------------------------------------------
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
@@ -232,8 +248,9 @@ class Offer:
 
 
 def matches(f: ProjectFilter, o: Offer) -> bool:
-    """Whether an active project fits the filter (price: some lot at or under the maximum)."""
-    if o.status is not ProjectStatus.ACTIVE:
+    """Whether a project on sale (active, or retired with lots left) fits the filter (price:
+    some lot at or under the maximum)."""
+    if o.status not in SELLABLE:
         return False
     if f.kind is not None and o.kind is not f.kind:
         return False

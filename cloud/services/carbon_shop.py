@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.domain.carbon_shop import (
     DEFAULT_RESERVATION_S,
+    SELLABLE,
     Offer,
     OrderState,
     ProjectFilter,
@@ -40,6 +41,7 @@ from cloud.domain.carbon_shop import (
     check_currency,
     check_kg,
     check_listing,
+    check_project_transition,
     check_vintage,
     matches,
     reservation_expiry,
@@ -470,6 +472,37 @@ class ShopService:
         )
         return await self.store.create_project_once(p, owner_account_id)
 
+    async def set_project_status(
+        self,
+        by_account_id: str,
+        project_id: str,
+        status: str,
+        reason: str = "",
+        *,
+        admin: bool = False,
+    ) -> StoredProject:
+        """Retire (no new lots; what is listed still sells) or withdraw (off the shop) a
+        project: its provider or an admin. ShopInvalid: unknown status or a reason too long;
+        ShopForbidden: another provider's; ShopConflict: not a change the project may make."""
+        project = await self._project(project_id)
+        if not admin and project.provider_account_id != by_account_id:
+            raise ShopForbidden(f"project {project_id} belongs to another provider")
+        try:
+            new = ProjectStatus(status)
+        except ValueError:
+            raise ShopInvalid(
+                f"status {status!r} is not one of {', '.join(x.value for x in ProjectStatus)}"
+            ) from None
+        try:
+            check_project_transition(ProjectStatus(project.status), new)
+        except ShopError as exc:
+            raise ShopConflict(str(exc)) from None
+        if not await self.store.set_project_status(
+            project_id, project.status, new.value, self._now_ms(), by_account_id, reason.strip()
+        ):
+            raise ShopConflict(f"project {project_id} changed meanwhile; read it again")
+        return await self._project(project_id)
+
     async def _project(self, project_id: str) -> StoredProject:
         p = await self.store.get_project(project_id)
         if p is None:
@@ -724,7 +757,7 @@ class ShopService:
         projects = {p.project_id: p for p in await self.store.projects()}
         for lot, _ in picked:
             status = projects[lot.project_id].status
-            if status != ProjectStatus.ACTIVE.value:
+            if ProjectStatus(status) not in SELLABLE:
                 raise ShopConflict(f"project {lot.project_id} of lot {lot.lot_id} is {status}")
         now_ms = self._now_ms()
         order_id = new_id("ord")

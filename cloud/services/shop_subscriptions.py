@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloud.domain.carbon_shop import ProjectStatus, ShopError, check_currency
+from cloud.domain.carbon_shop import SELLABLE, ProjectStatus, ShopError, check_currency
 from cloud.domain.shop_subscriptions import (
     LotOffer,
     SubscriptionError,
@@ -124,7 +124,7 @@ class SubscriptionService:
         order_id: str | None = None
         try:
             view = await self.shop.project(s.project_id)
-            if view.project.status != ProjectStatus.ACTIVE.value:
+            if ProjectStatus(view.project.status) not in SELLABLE:
                 raise SubscriptionError(f"the project is {view.project.status}")
             lot = pick_lot(
                 [

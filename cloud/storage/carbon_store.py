@@ -212,6 +212,29 @@ class CarbonStore:
             ).all()
         return [StoredProject(**r._mapping) for r in rows]
 
+    async def set_project_status(
+        self, project_id: str, old: str, new: str, now_ms: int, actor: str, reason: str
+    ) -> bool:
+        """Move the project from `old` to `new` (conditional: False if it was not `old` any
+        more), with a `status_changed` event."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(carbon_projects)
+                .where(carbon_projects.c.project_id == project_id, carbon_projects.c.status == old)
+                .values(status=new)
+            )
+            if done.rowcount != 1:
+                return False
+            await _event(
+                conn,
+                now_ms,
+                "status_changed",
+                actor,
+                project_id=project_id,
+                detail={"from": old, "to": new, "reason": reason},
+            )
+            return True
+
     async def add_lot(
         self, lot: StoredLot, actor: str, conn: AsyncConnection | None = None
     ) -> None:

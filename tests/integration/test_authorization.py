@@ -172,6 +172,7 @@ TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/api/v1/shop/projects/{project_id}/custody"): (D, A, A, A, A, A),
     ("POST", "/api/v1/shop/projects"): (D, D, D, D, D, A),
     ("POST", "/api/v1/shop/projects/{project_id}/lots"): (D, D, D, D, D, A),
+    ("POST", "/api/v1/shop/projects/{project_id}/status"): (D, D, D, D, D, A),
     ("POST", "/api/v1/shop/orders"): (D, A, D, D, D, A),
     ("GET", "/api/v1/shop/orders"): (D, A, D, D, D, A),
     ("GET", "/api/v1/shop/orders/{order_id}"): (D, A, D, D, D, A),

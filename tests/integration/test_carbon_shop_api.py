@@ -184,3 +184,82 @@ async def test_new_roles_are_refused_on_operator_endpoints(store: Store) -> None
                 assert f"role {role} may not" in r.json()["detail"]
             r = await c.get("/api/v1/me", headers=hdr)
             assert r.status_code == 200 and r.json()["role"] == role
+
+
+async def test_a_provider_retires_then_withdraws_a_project(store: Store) -> None:
+    """Retired: no new lots, but its listed units still sell and it is still found; withdrawn:
+    off the shop (not found, no checkout) for good. Only its provider (or an admin) may."""
+
+    async def pay(ref: str, amount: int, currency: str, what: str) -> str:
+        return f"pay-{ref}"
+
+    accounts = AccountStore(store.engine)
+    prov = await accounts.create_account("p@x.org", "P", PW, "provider", OK)
+    other = await accounts.create_account("q@x.org", "Q", PW, "provider", OK)
+    buyer = await accounts.create_account("b@x.org", "B", PW, "buyer", OK)
+    app = create_app(store, accounts=accounts, now=lambda: NOW)
+    app.state.ctx.shop.start_payment = pay  # no payment port here: a reservation is enough
+    tok = {a.email: await accounts.issue_token(a.account_id, 3600) for a in (prov, other, buyer)}
+
+    def h(email: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tok[email]}"}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post(
+            "/api/v1/shop/projects",
+            json={
+                "name": "Rio Verde",
+                "kind": "forestry",
+                "country": "BR",
+                "standard": "Verra VCS",
+                "verifier": "SCS Global",
+                "serial_prefix": "VCS-981",
+                "vintage": 2022,
+            },
+            headers=h("p@x.org"),
+        )
+        pid = r.json()["project_id"]
+        lot = {"serials": "VCS-981-1..100", "price_minor_per_t": 1000, "currency": "EUR"}
+        r = await c.post(f"/api/v1/shop/projects/{pid}/lots", json=lot, headers=h("p@x.org"))
+        lot_id = r.json()["lot_id"]
+        status = f"/api/v1/shop/projects/{pid}/status"
+
+        r = await c.post(status, json={"status": "retired"}, headers=h("q@x.org"))
+        assert r.status_code == 403, r.text
+        r = await c.post(status, json={"status": "dormant"}, headers=h("p@x.org"))
+        assert r.status_code == 400 and "active, retired, withdrawn" in r.json()["detail"]
+        r = await c.post(
+            status,
+            json={"status": "retired", "reason": "crediting period over"},
+            headers=h("p@x.org"),
+        )
+        assert r.status_code == 200 and r.json()["status"] == "retired", r.text
+        more = {**lot, "serials": "VCS-981-101..200"}
+        r = await c.post(f"/api/v1/shop/projects/{pid}/lots", json=more, headers=h("p@x.org"))
+        assert r.status_code == 409 and "retired" in r.json()["detail"]
+        r = await c.get("/api/v1/shop/projects", headers=h("b@x.org"))
+        assert [p["project_id"] for p in r.json()] == [pid]  # still on sale
+        order = {"lines": [{"lot_id": lot_id, "kg": 10}], "currency": "EUR", "beneficiary": "B"}
+        r = await c.post("/api/v1/shop/orders", json=order, headers=h("b@x.org"))
+        assert r.status_code == 201, r.text
+
+        r = await c.post(status, json={"status": "withdrawn"}, headers=h("p@x.org"))
+        assert r.status_code == 200 and r.json()["status"] == "withdrawn"
+        r = await c.get("/api/v1/shop/projects", headers=h("b@x.org"))
+        assert r.json() == []
+        r = await c.post("/api/v1/shop/orders", json=order, headers=h("b@x.org"))
+        assert r.status_code == 409 and "withdrawn" in r.json()["detail"]
+        r = await c.post(status, json={"status": "active"}, headers=h("p@x.org"))
+        assert r.status_code == 409 and "cannot become active" in r.json()["detail"]
+        r = await c.post(
+            "/api/v1/shop/projects/prj_nope/status",
+            json={"status": "retired"},
+            headers=h("p@x.org"),
+        )
+        assert r.status_code == 404
+        r = await c.get(f"/api/v1/shop/projects/{pid}/custody", headers=h("b@x.org"))
+        changes = [e for e in r.json()["events"] if e["kind"] == "status_changed"]
+        assert [(e["detail"]["to"], e["detail"]["reason"]) for e in changes] == [
+            ("retired", "crediting period over"),
+            ("withdrawn", ""),
+        ]

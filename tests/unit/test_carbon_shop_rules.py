@@ -155,3 +155,20 @@ def test_serials_never_handed_out_or_retired_twice(
         assert all(100 <= a <= b <= 100 + size - 1 for a, b in taken)
         assert book.available + sum(b - a + 1 for a, b in taken) == size
         assert sorted(ever_retired) == sorted(s for v in book.retired.values() for s in v)
+
+
+def test_project_status_only_moves_towards_the_end() -> None:
+    from cloud.domain.carbon_shop import ProjectStatus as S
+    from cloud.domain.carbon_shop import check_project_transition
+
+    check_project_transition(S.ACTIVE, S.RETIRED)
+    check_project_transition(S.ACTIVE, S.WITHDRAWN)
+    check_project_transition(S.RETIRED, S.WITHDRAWN)
+    for old, new in (
+        (S.RETIRED, S.ACTIVE),
+        (S.WITHDRAWN, S.ACTIVE),
+        (S.WITHDRAWN, S.RETIRED),
+        (S.ACTIVE, S.ACTIVE),
+    ):
+        with pytest.raises(ShopError, match="cannot become"):
+            check_project_transition(old, new)
