@@ -180,30 +180,9 @@ class CreditService:
         t = await self.store.get(ref)
         if t is None or t.kind != TOP_UP or t.state != "pending":
             return
-        seq: list[int] = []
-
-        def decide(engine: LedgerEngine) -> list[Entry]:
-            e = engine.deposit(t.site_id, int(self.now()), t.net_minor, ref=t.transfer_id)
-            seq.append(e.seq)
-            return [e]
-
-        async def also(conn: AsyncConnection) -> None:
-            moved = await self.store.move_in(
-                conn,
-                t.transfer_id,
-                ["pending"],
-                "complete",
-                self._now_ms(),
-                payment_id=payment_id,
-                ledger_seq=seq[0],
-            )
-            if not moved:
-                raise _AlreadyMoved  # a racing success deposited it: write nothing
-
-        try:
-            await self.ledger.append(decide, also)
-        except _AlreadyMoved:
-            return
+        await self._deposit_and_move(
+            t, t.net_minor, "pending", "complete", "ledger_seq", payment_id=payment_id
+        )
 
     async def failed(self, ref: str, payment_id: str, reason: str) -> None:
         """The top-up's payment failed: nothing was deposited; the transfer says why."""
@@ -293,10 +272,27 @@ class CreditService:
         return got
 
     async def _give_back(self, t: CreditTransfer, reason: str) -> None:
+        await self._deposit_and_move(
+            t, t.gross_minor, "paying_out", "returned", "return_seq", detail=reason
+        )
+
+    async def _deposit_and_move(
+        self,
+        t: CreditTransfer,
+        amount_minor: int,
+        from_state: str,
+        to_state: str,
+        seq_column: str,
+        **values: object,
+    ) -> None:
+        """In one unit of work: a DEPOSIT of `amount_minor` naming the transfer, and the
+        transfer moved from `from_state` to `to_state` with the entry's seq in `seq_column`.
+        If the transfer had already left `from_state` (a repeated or racing call), nothing is
+        written."""
         seq: list[int] = []
 
         def decide(engine: LedgerEngine) -> list[Entry]:
-            e = engine.deposit(t.site_id, int(self.now()), t.gross_minor, ref=t.transfer_id)
+            e = engine.deposit(t.site_id, int(self.now()), amount_minor, ref=t.transfer_id)
             seq.append(e.seq)
             return [e]
 
@@ -304,11 +300,11 @@ class CreditService:
             moved = await self.store.move_in(
                 conn,
                 t.transfer_id,
-                ["paying_out"],
-                "returned",
+                [from_state],
+                to_state,
                 self._now_ms(),
-                return_seq=seq[0],
-                detail=reason,
+                **{seq_column: seq[0]},
+                **values,
             )
             if not moved:
                 raise _AlreadyMoved
